@@ -1,0 +1,115 @@
+//! The libp2p behaviour and transport every dispy peer runs.
+//!
+//! Transport: TCP → pnet (the cluster key) → noise → yamux. pnet sits below noise, so a peer
+//! without the key never completes a connection and no behaviour ever sees it.
+
+use super::NetConfig;
+use crate::error::{Error, Result};
+use dispy_protocol::{KAD_PROTOCOL_NAME, MAX_MESSAGE_SIZE, PROTOCOL_NAME, Request, Response};
+use futures::future::Either;
+use libp2p::core::upgrade::Version;
+use libp2p::core::{Transport, muxing::StreamMuxerBox, transport::Boxed};
+use libp2p::pnet::PnetConfig;
+use libp2p::request_response::{self, ProtocolSupport, cbor};
+use libp2p::swarm::{NetworkBehaviour, behaviour::toggle::Toggle};
+use libp2p::{PeerId, StreamProtocol, Swarm, identify, identity, kad, mdns, noise, ping, tcp, yamux};
+use std::time::Duration;
+
+/// How long the transport upgrade (pnet, noise, yamux) may take. A wrong key often makes the
+/// upgrade hang rather than fail, so this bounds how long such a peer holds a dial open.
+pub(crate) const CONNECTION_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Requests are answered at once by design (long work is acknowledged and reported later),
+/// so a request that takes this long means the peer is in trouble.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Inbound substreams above this are dropped by libp2p with only a warning: keep it well
+/// above the scheduler's in-flight depth.
+const MAX_CONCURRENT_STREAMS: usize = 1024;
+
+/// The peer's behaviours; the derive generates `BehaviourEvent`.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub(crate) rr: cbor::Behaviour<Request, Response>,
+    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Builds the swarm; nothing runs until the event loop polls it.
+pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result<Swarm<Behaviour>> {
+    let psk = cfg.psk;
+    let kad_server = cfg.kad_server;
+    let mdns_on = cfg.mdns;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_other_transport(|key| -> std::result::Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
+            let noise = noise::Config::new(key)?;
+            let tcp = tcp::tokio::Transport::new(tcp::Config::default());
+            // Boxed so that both cases share the upgrade chain below.
+            let base = match psk {
+                Some(psk) => tcp
+                    .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                    .map(|socket, _| Either::Left(socket))
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .boxed(),
+                None => tcp
+                    .map(|socket, _| Either::Right(socket))
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .boxed(),
+            };
+            Ok(base
+                .upgrade(Version::V1Lazy)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default())
+                .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+                .boxed())
+        })
+        .map_err(|e| Error::Setup(e.to_string()))?
+        .with_behaviour(|key| -> std::result::Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+            let local = key.public().to_peer_id();
+            let codec = cbor::codec::Codec::<Request, Response>::default()
+                .set_request_size_maximum(MAX_MESSAGE_SIZE)
+                .set_response_size_maximum(MAX_MESSAGE_SIZE);
+            let rr = request_response::Behaviour::with_codec(
+                codec,
+                [(StreamProtocol::new(PROTOCOL_NAME), ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(REQUEST_TIMEOUT)
+                    .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),
+            );
+            let mut kcfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL_NAME));
+            // Clients look often while they run; nodes refresh at a calm pace.
+            kcfg.set_periodic_bootstrap_interval(Some(if kad_server {
+                Duration::from_secs(30)
+            } else {
+                Duration::from_secs(3)
+            }));
+            let mut kad = kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kcfg);
+            // Auto mode stays Client until an external address is confirmed, which never
+            // happens on a LAN without autonat: nodes must answer queries, so force Server.
+            // Transient clients stay out of everyone's routing table.
+            kad.set_mode(Some(if kad_server { kad::Mode::Server } else { kad::Mode::Client }));
+            let identify = identify::Behaviour::new(identify::Config::new(
+                dispy_protocol::IDENTIFY_PROTOCOL.into(),
+                key.public(),
+            ));
+            let mdns = if mdns_on {
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config { query_interval: Duration::from_secs(5), ..Default::default() },
+                    local,
+                )?)
+            } else {
+                None
+            };
+            Ok(Behaviour { rr, kad, identify, ping: ping::Behaviour::default(), mdns: mdns.into() })
+        })
+        .map_err(|e| Error::Setup(e.to_string()))?
+        // Client-node connections carry long quiet stretches (a job running for hours);
+        // liveness comes from connection events, not from idling out.
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
+        .with_connection_timeout(CONNECTION_TIMEOUT)
+        .build();
+    Ok(swarm)
+}

@@ -1,0 +1,369 @@
+//! The task that owns the swarm. It only moves data: swarm events out as [`NetEvent`]s,
+//! [`Command`]s in; policy lives with the node and the scheduler.
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+use super::discovery::{Backoff, ip_of, without_peer, worth_dialing};
+use super::handle::Command;
+use super::{NetConfig, NetEvent, error_chain};
+use crate::error::{Error, Result};
+use dispy_protocol::{KAD_PROTOCOL_NAME, Response};
+use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, kad, mdns};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, trace, warn};
+
+/// A configured peer address we keep a connection to.
+struct Target {
+    addr: Multiaddr,
+    peer: Option<PeerId>,
+    connected: bool,
+    dialing: Option<ConnectionId>,
+    backoff: Backoff,
+    /// Feed this peer to Kademlia once connected.
+    bootstrap: bool,
+}
+
+/// Owns the swarm; run it with [`EventLoop::run`].
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::UnboundedSender<NetEvent>,
+    pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Response>>>,
+    targets: Vec<Target>,
+    /// Remote address of each live connection, to judge the addresses peers report.
+    connections: HashMap<ConnectionId, Multiaddr>,
+    /// Peers found by mDNS whose dials failed: they wait before the next try.
+    mdns_backoff: HashMap<PeerId, Backoff>,
+    /// Handshake failures already logged at warn level (by address or remote IP).
+    handshake_logged: HashSet<String>,
+    fingerprint: String,
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::UnboundedSender<NetEvent>,
+        cfg: NetConfig,
+    ) -> Self {
+        let now = Instant::now();
+        let target = |addr: &Multiaddr, bootstrap: bool| Target {
+            addr: addr.clone(),
+            peer: addr.iter().find_map(|p| match p {
+                Protocol::P2p(id) => Some(id),
+                _ => None,
+            }),
+            connected: false,
+            dialing: None,
+            backoff: Backoff::new(now),
+            bootstrap,
+        };
+        let mut targets: Vec<Target> = cfg.bootstrap.iter().map(|a| target(a, true)).collect();
+        targets.extend(cfg.peers.iter().map(|a| target(a, false)));
+        let fingerprint = match cfg.psk {
+            Some(psk) => psk.fingerprint().to_string(),
+            None => "none (open mesh)".to_string(),
+        };
+        EventLoop {
+            swarm,
+            commands,
+            events,
+            pending_requests: HashMap::new(),
+            targets,
+            connections: HashMap::new(),
+            mdns_backoff: HashMap::new(),
+            handshake_logged: HashSet::new(),
+            fingerprint,
+        }
+    }
+
+    /// Runs until [`super::NetHandle::shutdown`] or until every handle is dropped.
+    pub async fn run(mut self) {
+        let mut redial = tokio::time::interval(Duration::from_millis(250));
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Shutdown) | None => break,
+                    Some(cmd) => self.on_command(cmd),
+                },
+                _ = redial.tick() => self.redial(),
+            }
+        }
+        // Outstanding callers learn that the runtime is gone instead of waiting forever.
+        for (_, reply) in self.pending_requests.drain() {
+            let _ = reply.send(Err(Error::NodeStopped));
+        }
+        debug!("network event loop stopped");
+    }
+
+    fn emit(&self, event: NetEvent) {
+        // The receiver is gone only while the process shuts down; nothing to do then.
+        let _ = self.events.send(event);
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Request { peer, request, reply } => {
+                let id = self.swarm.behaviour_mut().rr.send_request(&peer, request);
+                self.pending_requests.insert(id, reply);
+            }
+            Command::Respond { channel, response } => {
+                if self.swarm.behaviour_mut().rr.send_response(channel, response).is_err() {
+                    debug!("response dropped: the asking peer has gone");
+                }
+            }
+            Command::Dial { addr } => {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    warn!(%addr, cause = %error_chain(&e), "dial failed");
+                }
+            }
+            Command::Disconnect { peer } => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::ConnectedPeers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    /// Dials configured peers that are not connected and whose backoff has passed.
+    fn redial(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.targets.len() {
+            let t = &self.targets[i];
+            if t.connected || t.dialing.is_some() || !t.backoff.due(now) {
+                continue;
+            }
+            if let Some(peer) = t.peer {
+                if self.swarm.is_connected(&peer) {
+                    continue;
+                }
+            }
+            let opts = DialOpts::unknown_peer_id().address(t.addr.clone()).build();
+            let id = opts.connection_id();
+            let addr = t.addr.clone();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    self.targets[i].dialing = Some(id);
+                    self.targets[i].backoff.attempted(now);
+                }
+                Err(e) => {
+                    self.targets[i].backoff.failed(now);
+                    debug!(%addr, cause = %error_chain(&e), "dial not started");
+                }
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let local = *self.swarm.local_peer_id();
+                let addr = address.with(Protocol::P2p(local));
+                self.emit(NetEvent::Listening { addr });
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
+                let remote = endpoint.get_remote_address().clone();
+                self.connections.insert(connection_id, remote.clone());
+                self.mdns_backoff.remove(&peer_id);
+                let now = Instant::now();
+                let mut bootstrap = false;
+                for t in &mut self.targets {
+                    if t.dialing == Some(connection_id) || t.peer == Some(peer_id) {
+                        t.dialing = None;
+                        t.connected = true;
+                        t.peer = Some(peer_id);
+                        t.backoff.reset(now);
+                        if t.bootstrap {
+                            bootstrap = true;
+                            let addr = without_peer(&t.addr);
+                            self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                        }
+                    }
+                }
+                if bootstrap {
+                    if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
+                        debug!(cause = %e, "kademlia bootstrap not started");
+                    }
+                }
+                debug!(peer = %peer_id, %remote, "connection established");
+                if num_established.get() == 1 {
+                    self.emit(NetEvent::Connected { peer: peer_id, remote });
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
+                self.connections.remove(&connection_id);
+                debug!(peer = %peer_id, cause = ?cause, "connection closed");
+                if num_established == 0 {
+                    for t in &mut self.targets {
+                        if t.peer == Some(peer_id) {
+                            t.connected = false;
+                        }
+                    }
+                    self.emit(NetEvent::Disconnected { peer: peer_id });
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                self.on_dial_error(connection_id, peer_id, &error);
+            }
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                let ip = ip_of(&send_back_addr).map(|ip| ip.to_string()).unwrap_or_default();
+                let cause = error_chain(&error);
+                if self.handshake_logged.insert(format!("in:{ip}")) {
+                    warn!(
+                        remote = %send_back_addr,
+                        fingerprint = %self.fingerprint,
+                        %cause,
+                        "a peer failed the network-key handshake: it probably uses a different secret \
+                         (local network key fingerprint {})",
+                        self.fingerprint
+                    );
+                } else {
+                    debug!(remote = %send_back_addr, %cause, "incoming connection failed");
+                }
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            SwarmEvent::ListenerError { error, .. } => warn!(cause = %error_chain(&error), "listener error"),
+            other => trace!(?other, "swarm event"),
+        }
+    }
+
+    fn on_dial_error(&mut self, connection_id: ConnectionId, peer: Option<PeerId>, error: &DialError) {
+        let now = Instant::now();
+        let cause = error_chain(error);
+        // A refused or unreachable address says nothing about secrets; anything that failed
+        // after TCP connected (reset, garbage, timeout) is the signature of a key mismatch.
+        let handshake = matches!(error, DialError::Transport(_))
+            && !["Connection refused", "No route to host", "Network is unreachable", "Cannot assign"]
+                .iter()
+                .any(|s| cause.contains(s));
+        if let Some(peer) = peer {
+            if let Some(b) = self.mdns_backoff.get_mut(&peer) {
+                b.failed(now);
+            }
+        }
+        let mut configured = None;
+        for t in &mut self.targets {
+            if t.dialing == Some(connection_id) {
+                t.dialing = None;
+                t.backoff.failed(now);
+                configured = Some(t.addr.clone());
+            }
+        }
+        let key = configured.as_ref().map(|a| a.to_string()).or(peer.map(|p| p.to_string()));
+        if handshake {
+            let first = key.as_ref().is_none_or(|k| self.handshake_logged.insert(format!("out:{k}")));
+            if first {
+                warn!(
+                    peer = ?peer,
+                    addr = ?configured,
+                    fingerprint = %self.fingerprint,
+                    %cause,
+                    "a peer failed the network-key handshake: it probably uses a different secret \
+                     (local network key fingerprint {})",
+                    self.fingerprint
+                );
+            } else {
+                debug!(peer = ?peer, %cause, "dial failed again");
+            }
+        } else {
+            debug!(peer = ?peer, addr = ?configured, %cause, "dial failed");
+        }
+        if let Some(addr) = configured {
+            let reason = if handshake {
+                format!("the secure handshake failed ({cause}); the peer probably uses a different secret")
+            } else {
+                cause
+            };
+            self.emit(NetEvent::DialFailed { addr, reason, handshake });
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Rr(event) => self.on_rr_event(event),
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                let now = Instant::now();
+                for (peer, addr) in found {
+                    if self.swarm.is_connected(&peer) {
+                        continue;
+                    }
+                    let backoff = self.mdns_backoff.entry(peer).or_insert_with(|| Backoff::new(now));
+                    if !backoff.due(now) {
+                        continue;
+                    }
+                    backoff.attempted(now);
+                    debug!(%peer, %addr, "found on the LAN; dialing");
+                    // Discovery is unauthenticated: the peer counts only once a connection
+                    // (pnet + noise) is established, never on this event alone.
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(vec![addr])
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    let _ = self.swarm.dial(opts);
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
+            BehaviourEvent::Identify(identify::Event::Received { connection_id, peer_id, info }) => {
+                let kad_proto = StreamProtocol::new(KAD_PROTOCOL_NAME);
+                if !info.protocols.contains(&kad_proto) {
+                    return;
+                }
+                let over_loopback = self
+                    .connections
+                    .get(&connection_id)
+                    .and_then(ip_of)
+                    .is_some_and(|ip| ip.is_loopback());
+                for addr in info.listen_addrs {
+                    if worth_dialing(&addr, over_loopback) {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, without_peer(&addr));
+                    }
+                }
+            }
+            BehaviourEvent::Identify(_) => {}
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, is_new_peer: true, .. }) => {
+                trace!(%peer, "kademlia learned a peer");
+                if !self.swarm.is_connected(&peer) {
+                    let opts = DialOpts::peer_id(peer).condition(PeerCondition::DisconnectedAndNotDialing).build();
+                    let _ = self.swarm.dial(opts);
+                }
+            }
+            BehaviourEvent::Kad(event) => trace!(?event, "kademlia"),
+            BehaviourEvent::Ping(_) => {}
+        }
+    }
+
+    fn on_rr_event(&mut self, event: request_response::Event<dispy_protocol::Request, Response>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                self.emit(NetEvent::Request { peer, request, channel });
+            }
+            Event::Message { message: Message::Response { request_id, response }, .. } => {
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure { peer, request_id, error, .. } => {
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Err(Error::Request { peer: peer.to_string(), reason: error_chain(&error) }));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                // Covers malformed and oversized requests: the peer is told nothing more
+                // than a closed stream, and the node goes on.
+                warn!(%peer, cause = %error_chain(&error), "dropped an inbound request that failed");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+}

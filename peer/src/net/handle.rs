@@ -1,0 +1,94 @@
+//! The cloneable handle through which tasks talk to the swarm's [`super::EventLoop`].
+
+use crate::error::{Error, Result};
+use dispy_protocol::{Request, Response};
+use libp2p::request_response::ResponseChannel;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+
+/// What the event loop is asked to do. Each variant that answers carries its reply sender.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Request { peer: PeerId, request: Request, reply: oneshot::Sender<Result<Response>> },
+    Respond { channel: ResponseChannel<Response>, response: Response },
+    Dial { addr: Multiaddr },
+    Disconnect { peer: PeerId },
+    ConnectedPeers { reply: oneshot::Sender<Vec<PeerId>> },
+    Shutdown,
+}
+
+/// Talks to the swarm task. Cheap to clone; every method fails with [`Error::NodeStopped`]
+/// once the event loop has ended.
+#[derive(Clone, Debug)]
+pub struct NetHandle {
+    tx: mpsc::Sender<Command>,
+    local: PeerId,
+}
+
+impl NetHandle {
+    pub(crate) fn new(tx: mpsc::Sender<Command>, local: PeerId) -> Self {
+        NetHandle { tx, local }
+    }
+
+    /// This peer's id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local
+    }
+
+    async fn send(&self, cmd: Command) -> Result<()> {
+        self.tx.send(cmd).await.map_err(|_| Error::NodeStopped)
+    }
+
+    /// Sends a request and waits for the answer.
+    ///
+    /// Cancel safety: dropping the future drops the answer, not the request, which the
+    /// peer still receives and acts on.
+    ///
+    /// # Errors
+    /// [`Error::Request`] when the peer cannot be reached or does not answer in time.
+    pub async fn request(&self, peer: PeerId, request: Request) -> Result<Response> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Request { peer, request, reply }).await?;
+        rx.await.map_err(|_| Error::NodeStopped)?
+    }
+
+    /// Answers a request received as [`super::NetEvent::Request`]. An answer to a peer that
+    /// has gone is dropped (logged at debug).
+    ///
+    /// # Errors
+    /// [`Error::NodeStopped`] only.
+    pub async fn respond(&self, channel: ResponseChannel<Response>, response: Response) -> Result<()> {
+        self.send(Command::Respond { channel, response }).await
+    }
+
+    /// Dials an address once (failures arrive as events for configured peers only).
+    ///
+    /// # Errors
+    /// [`Error::NodeStopped`] only.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<()> {
+        self.send(Command::Dial { addr }).await
+    }
+
+    /// Closes every connection to a peer.
+    ///
+    /// # Errors
+    /// [`Error::NodeStopped`] only.
+    pub async fn disconnect(&self, peer: PeerId) -> Result<()> {
+        self.send(Command::Disconnect { peer }).await
+    }
+
+    /// The peers connected right now.
+    ///
+    /// # Errors
+    /// [`Error::NodeStopped`] only.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::ConnectedPeers { reply }).await?;
+        rx.await.map_err(|_| Error::NodeStopped)
+    }
+
+    /// Stops the event loop; connections close.
+    pub async fn shutdown(&self) {
+        let _ = self.send(Command::Shutdown).await;
+    }
+}

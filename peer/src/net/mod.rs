@@ -1,0 +1,140 @@
+//! The peer runtime: one task ([`EventLoop`]) owns the libp2p swarm; everything else holds
+//! a cloneable [`NetHandle`] that sends it commands, and reads [`NetEvent`]s.
+//!
+//! Clients and nodes run the same runtime; only [`NetConfig`] differs (nodes answer
+//! Kademlia queries, clients only ask).
+
+mod behaviour;
+pub(crate) mod discovery;
+mod event_loop;
+mod handle;
+
+pub use event_loop::EventLoop;
+pub use handle::NetHandle;
+
+use crate::error::{Error, Result};
+use dispy_protocol::{Request, Response};
+use libp2p::identity::Keypair;
+use libp2p::pnet::PreSharedKey;
+use libp2p::request_response::ResponseChannel;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::mpsc;
+
+/// How a peer joins the mesh.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// The peer's identity; a fresh one when `None`.
+    pub keypair: Option<Keypair>,
+    /// Addresses to listen on (`/ip4/0.0.0.0/tcp/9700`, `/ip4/127.0.0.1/tcp/0`, ...).
+    pub listen: Vec<Multiaddr>,
+    /// The cluster key; `None` = an open mesh.
+    pub psk: Option<PreSharedKey>,
+    /// Discover peers on the LAN by multicast DNS.
+    pub mdns: bool,
+    /// Kademlia bootstrap peers, also dialed (and re-dialed) like `peers`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Peers to stay connected to: dialed at start and re-dialed with backoff when lost.
+    pub peers: Vec<Multiaddr>,
+    /// Answer Kademlia queries (nodes); clients only ask.
+    pub kad_server: bool,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            keypair: None,
+            listen: Vec::new(),
+            psk: None,
+            mdns: false,
+            bootstrap: Vec::new(),
+            peers: Vec::new(),
+            kad_server: false,
+        }
+    }
+}
+
+/// Something the network saw.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A listener is up; the address ends with `/p2p/<local peer id>`.
+    Listening {
+        /// The full address.
+        addr: Multiaddr,
+    },
+    /// The first connection to a peer is established (its secret and identity checked).
+    Connected {
+        /// The peer.
+        peer: PeerId,
+        /// The remote address of that connection.
+        remote: Multiaddr,
+    },
+    /// The last connection to a peer closed.
+    Disconnected {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A peer asks something; answer with [`NetHandle::respond`].
+    Request {
+        /// Who asks.
+        peer: PeerId,
+        /// What.
+        request: Request,
+        /// Where the answer goes.
+        channel: ResponseChannel<Response>,
+    },
+    /// A dial to an address given in the configuration failed.
+    DialFailed {
+        /// The address.
+        addr: Multiaddr,
+        /// Why, for people.
+        reason: String,
+        /// The connection opened but the secure handshake did not complete: most likely the
+        /// peer holds another secret.
+        handshake: bool,
+    },
+}
+
+/// Builds the runtime: the handle, the event stream and the loop to spawn. Listeners are
+/// bound here, so a busy port is reported before any task runs.
+///
+/// # Errors
+/// [`Error::Setup`] for a broken configuration, [`Error::Listen`] for an address that
+/// cannot be bound.
+pub fn new(cfg: NetConfig) -> Result<(NetHandle, mpsc::UnboundedReceiver<NetEvent>, EventLoop)> {
+    let keypair = cfg.keypair.clone().unwrap_or_else(Keypair::generate_ed25519);
+    let local = keypair.public().to_peer_id();
+    let mut swarm = behaviour::build_swarm(&cfg, keypair)?;
+    for addr in &cfg.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| Error::Listen { addr: addr.to_string(), reason: error_chain(&e) })?;
+    }
+    // Commands are bounded: a flood of callers waits instead of growing memory.
+    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    // Events are not: the swarm task must never wait on a slow consumer (it would stall
+    // every connection), and inbound traffic is already bounded by libp2p's stream limits.
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let handle = NetHandle::new(cmd_tx, local);
+    let event_loop = EventLoop::new(swarm, cmd_rx, ev_tx, cfg);
+    Ok((handle, ev_rx, event_loop))
+}
+
+/// The IP address in a multiaddr, if any (for `--nodes` patterns and reports).
+pub fn remote_ip(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    discovery::ip_of(addr)
+}
+
+/// An error and its sources on one line: libp2p nests the useful part several levels deep.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
+}

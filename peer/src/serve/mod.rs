@@ -1,0 +1,582 @@
+//! The node: takes clusters from clients, stages their files, runs their jobs in CPU slots
+//! and sends the results back.
+//!
+//! [`Server::run`] is one task reading [`NetEvent`]s and its own completions. It never
+//! waits on the network or the disk itself: job runs, chunk writes and result deliveries
+//! are spawned and report back over a channel.
+
+pub(crate) mod executor;
+pub mod store;
+mod sys;
+
+use crate::error::{Error, Result};
+use crate::net::{NetEvent, NetHandle};
+use dispy_protocol::{
+    Accepted, Chunk, ChunkStored, ClusterId, FileEntry, FileHash, Hello, JobId, JobOutcome, JobResult, JobSpec,
+    MAX_RESULT_BATCH_BYTES, Refusal, RefusalKind, Request, Reserve, Reserved, Response, Results, Role,
+    WIRE_VERSION,
+};
+use libp2p::request_response::ResponseChannel;
+use libp2p::{Multiaddr, PeerId};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+use store::{Store, Upload, check_name};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+/// How a node serves.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Name shown to clients.
+    pub name: String,
+    /// CPU slots: at most this many jobs run at once.
+    pub cpus: u32,
+    /// Where the store and the job directories live.
+    pub dest: PathBuf,
+    /// Largest file accepted, if limited.
+    pub max_file_size: Option<u64>,
+    /// Bytes of stdout (and of stderr) kept per job; the rest is counted and dropped.
+    pub max_output: usize,
+}
+
+/// Results being delivered to a client at once; more wait and are batched.
+const RESULT_BATCHES_IN_FLIGHT: usize = 2;
+
+/// What spawned work reports back to the server task.
+enum Internal {
+    /// `held_slot` is false for a job cancelled before it started.
+    JobDone { cluster: ClusterId, result: JobResult, held_slot: bool },
+    ChunkDone { cluster: ClusterId, hash: FileHash, upload: Box<Upload>, outcome: std::result::Result<bool, String>, channel: ResponseChannel<Response> },
+    ResultsSent { cluster: ClusterId, batch: Vec<JobResult>, delivered: bool },
+    Flush { cluster: ClusterId },
+}
+
+/// An upload slot: `None` while a chunk is being written.
+type UploadSlot = Option<Box<Upload>>;
+
+struct Cluster {
+    client: PeerId,
+    program: String,
+    files: Vec<FileEntry>,
+    cpus: u32,
+    dir: PathBuf,
+    queue: VecDeque<JobSpec>,
+    running: HashMap<JobId, oneshot::Sender<()>>,
+    uploads: HashMap<FileHash, UploadSlot>,
+    results: VecDeque<JobResult>,
+    sending: usize,
+    released: bool,
+}
+
+/// The node's state; see the module docs.
+pub struct Server {
+    cfg: ServeConfig,
+    net: NetHandle,
+    store: Store,
+    jobs_root: PathBuf,
+    clusters: HashMap<ClusterId, Cluster>,
+    free: u32,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    internal_rx: mpsc::UnboundedReceiver<Internal>,
+    stopping: bool,
+    /// Held for the node's life: a second node on the same dest path fails to start.
+    _lock: std::fs::File,
+}
+
+impl Server {
+    /// Prepares the dest path (store, job directories) and takes its lock.
+    ///
+    /// # Errors
+    /// [`Error::DestInUse`] if another node uses `dest`; [`Error::Io`] if it cannot be made.
+    pub fn new(cfg: ServeConfig, net: NetHandle) -> Result<Server> {
+        std::fs::create_dir_all(&cfg.dest).map_err(|e| Error::io(format!("cannot create {}", cfg.dest.display()), e))?;
+        let lock_path = cfg.dest.join("node.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(format!("cannot open {}", lock_path.display()), e))?;
+        if lock.try_lock().is_err() {
+            return Err(Error::DestInUse(cfg.dest.clone()));
+        }
+        let store = Store::open(&cfg.dest).map_err(|e| Error::io("cannot open the file store", e))?;
+        let jobs_root = cfg.dest.join("jobs");
+        // Job directories of an earlier run are stale: their jobs died with that node.
+        let _ = std::fs::remove_dir_all(&jobs_root);
+        std::fs::create_dir_all(&jobs_root).map_err(|e| Error::io(format!("cannot create {}", jobs_root.display()), e))?;
+        let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        Ok(Server {
+            free: cfg.cpus,
+            cfg,
+            net,
+            store,
+            jobs_root,
+            clusters: HashMap::new(),
+            internal_tx,
+            internal_rx,
+            stopping: false,
+            _lock: lock,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then kills running jobs, removes job directories
+    /// and returns. `on_listening` sees each listen address as it comes up.
+    ///
+    /// Shutdown order: stop taking clusters and jobs, kill running process groups, wait for
+    /// their tasks (bounded), delete the job directories, stop the network.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<NetEvent>,
+        shutdown: impl Future<Output = ()>,
+        mut on_listening: impl FnMut(&Multiaddr),
+    ) -> Result<()> {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(NetEvent::Listening { addr }) => on_listening(&addr),
+                    Some(ev) => self.on_net_event(ev),
+                    None => break,
+                },
+                Some(msg) = self.internal_rx.recv() => self.on_internal(msg),
+                _ = &mut shutdown => break,
+            }
+        }
+        self.stopping = true;
+        let ids: Vec<ClusterId> = self.clusters.keys().copied().collect();
+        for id in ids {
+            self.release(id);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.free < self.cfg.cpus {
+            match tokio::time::timeout_at(deadline, self.internal_rx.recv()).await {
+                Ok(Some(msg)) => self.on_internal(msg),
+                _ => break,
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.jobs_root);
+        self.net.shutdown().await;
+        info!("node stopped");
+        Ok(())
+    }
+
+    fn hello(&self) -> Hello {
+        Hello {
+            wire_version: WIRE_VERSION,
+            software: env!("CARGO_PKG_VERSION").to_string(),
+            role: Role::Node,
+            name: self.cfg.name.clone(),
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+            cpus: self.cfg.cpus,
+            free_cpus: self.free,
+            max_file_size: self.cfg.max_file_size,
+        }
+    }
+
+    fn respond(&self, channel: ResponseChannel<Response>, response: Response) {
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            let _ = net.respond(channel, response).await;
+        });
+    }
+
+    fn on_net_event(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Request { peer, request, channel } => {
+                let response = self.on_request(peer, request, channel);
+                if let Some((channel, response)) = response {
+                    self.respond(channel, response);
+                }
+            }
+            NetEvent::Disconnected { peer } => {
+                let gone: Vec<ClusterId> =
+                    self.clusters.iter().filter(|(_, c)| c.client == peer && !c.released).map(|(id, _)| *id).collect();
+                for id in gone {
+                    info!(cluster = %id, client = %peer, "client has gone; killing its jobs and deleting its files");
+                    self.release(id);
+                }
+            }
+            NetEvent::Connected { peer, remote } => debug!(%peer, %remote, "peer connected"),
+            NetEvent::DialFailed { addr, reason, .. } => debug!(%addr, %reason, "dial failed"),
+            NetEvent::Listening { .. } => {}
+        }
+    }
+
+    /// Handles a request; returns the answer unless spawned work will send it.
+    fn on_request(
+        &mut self,
+        peer: PeerId,
+        request: Request,
+        channel: ResponseChannel<Response>,
+    ) -> Option<(ResponseChannel<Response>, Response)> {
+        let refuse = |kind, msg: String| Response::Refused(Refusal::new(kind, msg));
+        let response = match request {
+            Request::Hello(h) => {
+                if h.wire_version != WIRE_VERSION {
+                    warn!(%peer, theirs = h.wire_version, ours = WIRE_VERSION, "peer speaks another protocol version");
+                }
+                Response::Hello(self.hello())
+            }
+            _ if self.stopping => refuse(RefusalKind::ShuttingDown, format!("node {} is shutting down", self.cfg.name)),
+            Request::Reserve(r) => self.reserve(peer, r),
+            Request::Chunk(c) => return self.chunk(peer, c, channel),
+            Request::Submit(s) => match (self.store.clone(), self.owned(peer, s.cluster)) {
+                (_, Err(refusal)) => refusal,
+                (store, Ok(cluster)) => {
+                    let missing: Vec<&str> = cluster
+                        .files
+                        .iter()
+                        .filter(|f| !store.has(&f.hash, f.size))
+                        .map(|f| f.name.as_str())
+                        .collect();
+                    if !missing.is_empty() {
+                        refuse(RefusalKind::BadFile, format!("files not staged yet: {}", missing.join(", ")))
+                    } else {
+                        let count = s.jobs.len() as u32;
+                        cluster.queue.extend(s.jobs);
+                        self.schedule();
+                        Response::Accepted(Accepted { count })
+                    }
+                }
+            },
+            Request::Cancel(c) => match self.owned(peer, c.cluster) {
+                Err(refusal) => refusal,
+                Ok(cluster) => {
+                    let mut cancelled = Vec::new();
+                    for id in c.jobs {
+                        if let Some(kill) = cluster.running.remove(&id) {
+                            let _ = kill.send(());
+                        } else if let Some(pos) = cluster.queue.iter().position(|j| j.id == id) {
+                            cluster.queue.remove(pos);
+                            cancelled.push(id);
+                        }
+                    }
+                    let now = executor::now_us();
+                    for id in cancelled {
+                        let result = JobResult {
+                            id,
+                            outcome: JobOutcome::Cancelled,
+                            stdout: Default::default(),
+                            stderr: Default::default(),
+                            start_us: now,
+                            end_us: now,
+                        };
+                        let _ = self.internal_tx.send(Internal::JobDone { cluster: c.cluster, result, held_slot: false });
+                    }
+                    Response::Ok
+                }
+            },
+            Request::Release(r) => match self.owned(peer, r.cluster) {
+                Err(refusal) => refusal,
+                Ok(_) => {
+                    self.release(r.cluster);
+                    Response::Ok
+                }
+            },
+            Request::Results(_) => refuse(RefusalKind::WrongRole, "this peer is a node; it takes no results".into()),
+        };
+        Some((channel, response))
+    }
+
+    /// The cluster, if `peer` is its client.
+    fn owned(&mut self, peer: PeerId, id: ClusterId) -> std::result::Result<&mut Cluster, Response> {
+        match self.clusters.get_mut(&id) {
+            Some(c) if c.client == peer && !c.released => Ok(c),
+            _ => Err(Response::Refused(Refusal::new(
+                RefusalKind::UnknownCluster,
+                format!("cluster {id} is not reserved on this node by you"),
+            ))),
+        }
+    }
+
+    fn reserve(&mut self, peer: PeerId, r: Reserve) -> Response {
+        let refuse = |kind, msg: String| Response::Refused(Refusal::new(kind, msg));
+        for f in &r.files {
+            if let Err(e) = check_name(&f.name) {
+                warn!(client = %peer, cause = %e, "refused a file name");
+                return refuse(RefusalKind::BadPath, e.to_string());
+            }
+            if let Some(max) = self.cfg.max_file_size {
+                if f.size > max {
+                    return refuse(
+                        RefusalKind::TooLarge,
+                        format!(
+                            "file {} is {} bytes, over node {}'s --max-file-size of {} bytes",
+                            f.name, f.size, self.cfg.name, max
+                        ),
+                    );
+                }
+            }
+        }
+        if !r.files.iter().any(|f| f.name == r.program) {
+            return refuse(RefusalKind::BadFile, format!("program {} is not among the cluster's files", r.program));
+        }
+        let cpus = r.cpus.unwrap_or(self.cfg.cpus).clamp(1, self.cfg.cpus.max(1));
+        let mut missing: Vec<FileHash> = Vec::new();
+        for f in &r.files {
+            if !self.store.has(&f.hash, f.size) && !missing.contains(&f.hash) {
+                missing.push(f.hash);
+            }
+        }
+        if let Some(existing) = self.clusters.get(&r.cluster) {
+            if existing.client != peer {
+                return refuse(RefusalKind::UnknownCluster, format!("cluster {} belongs to another client", r.cluster));
+            }
+        }
+        info!(cluster = %r.cluster, client = %peer, cpus, files = r.files.len(), missing = missing.len(), "cluster reserved");
+        let dir = self.jobs_root.join(r.cluster.to_string());
+        self.clusters.insert(
+            r.cluster,
+            Cluster {
+                client: peer,
+                program: r.program,
+                files: r.files,
+                cpus,
+                dir,
+                queue: VecDeque::new(),
+                running: HashMap::new(),
+                uploads: HashMap::new(),
+                results: VecDeque::new(),
+                sending: 0,
+                released: false,
+            },
+        );
+        Response::Reserved(Reserved { cpus, missing })
+    }
+
+    fn chunk(
+        &mut self,
+        peer: PeerId,
+        c: Chunk,
+        channel: ResponseChannel<Response>,
+    ) -> Option<(ResponseChannel<Response>, Response)> {
+        let refuse = |kind, msg: String| Response::Refused(Refusal::new(kind, msg));
+        let store = self.store.clone();
+        let cluster = match self.owned(peer, c.cluster) {
+            Ok(cluster) => cluster,
+            Err(refusal) => return Some((channel, refusal)),
+        };
+        let Some(entry) = cluster.files.iter().find(|f| f.hash == c.hash) else {
+            return Some((channel, refuse(RefusalKind::BadFile, format!("file {} was not declared", c.hash))));
+        };
+        if c.data.len() > dispy_protocol::CHUNK_SIZE {
+            return Some((channel, refuse(RefusalKind::BadFile, "chunk larger than the protocol's chunk size".into())));
+        }
+        let size = entry.size;
+        let upload = match cluster.uploads.remove(&c.hash) {
+            Some(Some(upload)) => upload,
+            Some(None) => {
+                cluster.uploads.insert(c.hash, None);
+                return Some((channel, refuse(RefusalKind::BadFile, "chunks of one file must be sent one at a time".into())));
+            }
+            None if c.offset == 0 => match store.begin(c.hash, size) {
+                Ok(u) => Box::new(u),
+                Err(e) => return Some((channel, refuse(RefusalKind::Internal, format!("cannot store the file: {e}")))),
+            },
+            None => return Some((channel, refuse(RefusalKind::BadFile, "a file must start at offset 0".into()))),
+        };
+        cluster.uploads.insert(c.hash, None);
+        let tx = self.internal_tx.clone();
+        let (cluster_id, hash) = (c.cluster, c.hash);
+        tokio::task::spawn_blocking(move || {
+            let mut upload = upload;
+            let outcome = upload.write(c.offset, &c.data);
+            let _ = tx.send(Internal::ChunkDone { cluster: cluster_id, hash, upload, outcome, channel });
+        });
+        None
+    }
+
+    fn on_internal(&mut self, msg: Internal) {
+        match msg {
+            Internal::JobDone { cluster, result, held_slot } => {
+                if held_slot {
+                    self.free += 1;
+                }
+                if let Some(c) = self.clusters.get_mut(&cluster) {
+                    c.running.remove(&result.id);
+                    if !c.released {
+                        c.results.push_back(result);
+                    }
+                }
+                self.flush(cluster);
+                self.reap(cluster);
+                self.schedule();
+            }
+            Internal::ChunkDone { cluster, hash, upload, outcome, channel } => {
+                let response = match outcome {
+                    Ok(complete) => {
+                        if let Some(c) = self.clusters.get_mut(&cluster) {
+                            if complete {
+                                c.uploads.remove(&hash);
+                                debug!(cluster = %cluster, %hash, "file staged");
+                            } else {
+                                c.uploads.insert(hash, Some(upload));
+                            }
+                        }
+                        Response::ChunkStored(ChunkStored { hash, complete })
+                    }
+                    Err(msg) => {
+                        if let Some(c) = self.clusters.get_mut(&cluster) {
+                            c.uploads.remove(&hash);
+                        }
+                        warn!(cluster = %cluster, %hash, cause = %msg, "refused a file");
+                        Response::Refused(Refusal::new(RefusalKind::BadFile, msg))
+                    }
+                };
+                self.respond(channel, response);
+            }
+            Internal::ResultsSent { cluster, batch, delivered } => {
+                if let Some(c) = self.clusters.get_mut(&cluster) {
+                    c.sending -= 1;
+                    if !delivered && !c.released {
+                        for r in batch.into_iter().rev() {
+                            c.results.push_front(r);
+                        }
+                        let tx = self.internal_tx.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            let _ = tx.send(Internal::Flush { cluster });
+                        });
+                        return;
+                    }
+                }
+                self.flush(cluster);
+                self.reap(cluster);
+            }
+            Internal::Flush { cluster } => self.flush(cluster),
+        }
+    }
+
+    /// Starts queued jobs while slots are free, taking from the cluster with the fewest
+    /// running jobs first so that clients sharing a node share it fairly.
+    fn schedule(&mut self) {
+        while self.free > 0 && !self.stopping {
+            let next = self
+                .clusters
+                .iter()
+                .filter(|(_, c)| !c.released && !c.queue.is_empty() && (c.running.len() as u32) < c.cpus)
+                .min_by_key(|(_, c)| c.running.len())
+                .map(|(id, _)| *id);
+            let Some(id) = next else { return };
+            let Some(cluster) = self.clusters.get_mut(&id) else { return };
+            let Some(job) = cluster.queue.pop_front() else { return };
+            let (kill_tx, kill_rx) = oneshot::channel();
+            cluster.running.insert(job.id, kill_tx);
+            self.free -= 1;
+            let dir = cluster.dir.join(job.id.to_string());
+            let spec = executor::RunSpec {
+                program: dir.join(&cluster.program),
+                args: job.args,
+                dir,
+                timeout: job.timeout_secs.filter(|t| t.is_finite() && *t > 0.0).map(Duration::from_secs_f64),
+                max_output: self.cfg.max_output,
+            };
+            let files = cluster.files.clone();
+            let store = self.store.clone();
+            let tx = self.internal_tx.clone();
+            let job_id = job.id;
+            let span = info_span!("job", cluster = %id, job = %job_id);
+            tokio::spawn(
+                async move {
+                    let result = run_job(&store, &files, spec, kill_rx, job_id).await;
+                    debug!(outcome = %result.outcome, "job ended");
+                    let _ = tx.send(Internal::JobDone { cluster: id, result, held_slot: true });
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    /// Sends waiting results to the client, a batch at a time.
+    fn flush(&mut self, id: ClusterId) {
+        let Some(c) = self.clusters.get_mut(&id) else { return };
+        while c.sending < RESULT_BATCHES_IN_FLIGHT && !c.results.is_empty() && !c.released {
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while let Some(r) = c.results.front() {
+                if !batch.is_empty() && bytes + r.payload_len() > MAX_RESULT_BATCH_BYTES {
+                    break;
+                }
+                bytes += r.payload_len();
+                batch.extend(c.results.pop_front());
+            }
+            c.sending += 1;
+            let net = self.net.clone();
+            let tx = self.internal_tx.clone();
+            let client = c.client;
+            tokio::spawn(async move {
+                let request = Request::Results(Results { cluster: id, results: batch.clone() });
+                let delivered = match net.request(client, request).await {
+                    Ok(Response::Ok) => true,
+                    Ok(other) => {
+                        warn!(cluster = %id, answer = ?other, "client did not acknowledge results");
+                        false
+                    }
+                    Err(e) => {
+                        debug!(cluster = %id, cause = %e, "result delivery failed; will retry");
+                        false
+                    }
+                };
+                let _ = tx.send(Internal::ResultsSent { cluster: id, batch, delivered });
+            });
+        }
+    }
+
+    /// Kills a cluster's jobs and forgets it once they are gone.
+    fn release(&mut self, id: ClusterId) {
+        let Some(c) = self.clusters.get_mut(&id) else { return };
+        c.released = true;
+        c.queue.clear();
+        c.results.clear();
+        c.uploads.clear();
+        for (_, kill) in c.running.drain() {
+            let _ = kill.send(());
+        }
+        self.reap(id);
+    }
+
+    /// Drops a released cluster whose jobs have all ended, with its directory.
+    fn reap(&mut self, id: ClusterId) {
+        let done = self.clusters.get(&id).is_some_and(|c| c.released && c.running.is_empty() && c.sending == 0);
+        if let Some(c) = done.then(|| self.clusters.remove(&id)).flatten() {
+            let dir = c.dir;
+            tokio::task::spawn_blocking(move || {
+                let _ = std::fs::remove_dir_all(&dir);
+            });
+            debug!(cluster = %id, "cluster released");
+        }
+    }
+}
+
+/// Prepares the job directory, runs the job and removes the directory.
+async fn run_job(
+    store: &Store,
+    files: &[FileEntry],
+    spec: executor::RunSpec,
+    kill: oneshot::Receiver<()>,
+    id: JobId,
+) -> JobResult {
+    let dir = spec.dir.clone();
+    let prepared = std::fs::create_dir_all(&dir)
+        .map_err(|e| format!("cannot create the job directory {}: {e}", dir.display()))
+        .and_then(|()| store.link_into(&dir, files));
+    let run = match prepared {
+        Ok(()) => executor::run(spec, kill).await,
+        Err(why) => {
+            let now = executor::now_us();
+            executor::RunOutcome {
+                outcome: JobOutcome::FailedToStart(why),
+                stdout: Default::default(),
+                stderr: Default::default(),
+                start_us: now,
+                end_us: now,
+            }
+        }
+    };
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
+    JobResult { id, outcome: run.outcome, stdout: run.stdout, stderr: run.stderr, start_us: run.start_us, end_us: run.end_us }
+}

@@ -1,0 +1,261 @@
+//! The node's files: a content-addressed store (`<dest>/store/<sha256>`) shared by every
+//! cluster, and the job directories that present a cluster's files under their names.
+//!
+//! A file is written to `store/.partial/` chunk by chunk while its hash is computed, and
+//! renamed into place only when size and hash match what the client declared, so a
+//! half-sent or corrupt file is never used. Stored files are read-only and hard-linked
+//! into job directories, which costs no copy however large they are.
+
+use dispy_protocol::{FileEntry, FileHash};
+use sha2::{Digest, Sha256};
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+/// A staged file's name is unusable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PathError {
+    /// Empty name.
+    #[error("empty file name")]
+    Empty,
+    /// `/etc/passwd` and friends.
+    #[error("file name {0:?} is absolute; names must be relative to the job directory")]
+    Absolute(String),
+    /// `..`, `.`, or a Windows prefix.
+    #[error("file name {0:?} escapes the job directory (only plain path components are allowed)")]
+    Escapes(String),
+    /// An existing component of the destination is a symbolic link.
+    #[error("file name {0:?} passes through a symbolic link; refusing to write through it")]
+    Symlink(String),
+}
+
+/// Checks a file name received from a client: relative, plain components only.
+///
+/// # Errors
+/// A [`PathError`] saying what is wrong.
+///
+/// # Examples
+/// ```
+/// use dispy_node::serve::store::check_name;
+/// assert!(check_name("data/input.csv").is_ok());
+/// assert!(check_name("../../etc/passwd").is_err());
+/// assert!(check_name("/etc/passwd").is_err());
+/// ```
+pub fn check_name(name: &str) -> Result<PathBuf, PathError> {
+    if name.is_empty() {
+        return Err(PathError::Empty);
+    }
+    let path = Path::new(name);
+    if path.is_absolute() {
+        return Err(PathError::Absolute(name.to_string()));
+    }
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            _ => return Err(PathError::Escapes(name.to_string())),
+        }
+    }
+    if out.as_os_str().is_empty() || name.contains('\0') {
+        return Err(PathError::Escapes(name.to_string()));
+    }
+    Ok(out)
+}
+
+/// The content-addressed store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating) `<dest>/store` and clears half-written files of an earlier run.
+    ///
+    /// # Errors
+    /// The I/O error, if the folders cannot be made.
+    pub fn open(dest: &Path) -> std::io::Result<Store> {
+        let root = dest.join("store");
+        let partial = root.join(".partial");
+        let _ = fs::remove_dir_all(&partial);
+        fs::create_dir_all(&partial)?;
+        Ok(Store { root })
+    }
+
+    /// Where a file with this hash lives once complete.
+    pub fn path(&self, hash: &FileHash) -> PathBuf {
+        self.root.join(hash.to_hex())
+    }
+
+    /// Whether the store holds this file complete.
+    pub fn has(&self, hash: &FileHash, size: u64) -> bool {
+        // The size check also catches a stored file that a job running as root truncated
+        // through its hard link (read-only bits do not stop root).
+        fs::metadata(self.path(hash)).is_ok_and(|m| m.is_file() && m.len() == size)
+    }
+
+    /// Starts receiving a file.
+    ///
+    /// # Errors
+    /// The I/O error, if the partial file cannot be created.
+    pub fn begin(&self, hash: FileHash, size: u64) -> std::io::Result<Upload> {
+        let tmp = self.root.join(".partial").join(format!("{}.{:x}", hash.to_hex(), rand::random::<u64>()));
+        let file = File::create(&tmp)?;
+        Ok(Upload { file, tmp, dest: self.path(&hash), hash, size, received: 0, hasher: Sha256::new(), stored: false })
+    }
+
+    /// Hard-links a cluster's files into a fresh job directory under their names.
+    ///
+    /// # Errors
+    /// A message naming the file and the cause.
+    pub fn link_into(&self, job_dir: &Path, files: &[FileEntry]) -> Result<(), String> {
+        for f in files {
+            let rel = check_name(&f.name).map_err(|e| e.to_string())?;
+            let target = job_dir.join(&rel);
+            if let Some(parent) = target.parent() {
+                ensure_dir_inside(job_dir, parent, &f.name)?;
+            }
+            fs::hard_link(self.path(&f.hash), &target)
+                .map_err(|e| format!("cannot place {} in the job directory: {e}", f.name))?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates `dir` (inside `root`) refusing to pass through any symbolic link.
+fn ensure_dir_inside(root: &Path, dir: &Path, name: &str) -> Result<(), String> {
+    let rel = dir.strip_prefix(root).map_err(|_| PathError::Escapes(name.to_string()).to_string())?;
+    let mut cur = root.to_path_buf();
+    for part in rel.components() {
+        cur.push(part);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => return Err(PathError::Symlink(name.to_string()).to_string()),
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(format!("cannot place {name}: {} is a file", cur.display())),
+            Err(_) => fs::create_dir(&cur).map_err(|e| format!("cannot create {}: {e}", cur.display()))?,
+        }
+    }
+    Ok(())
+}
+
+/// A file being received; chunks must come in order.
+#[derive(Debug)]
+pub struct Upload {
+    file: File,
+    tmp: PathBuf,
+    dest: PathBuf,
+    hash: FileHash,
+    size: u64,
+    received: u64,
+    hasher: Sha256,
+    stored: bool,
+}
+
+impl Upload {
+    /// Appends a chunk. Returns `true` once the file is complete, verified and in place.
+    ///
+    /// # Errors
+    /// A message for the client: out-of-order chunk, too many bytes, hash mismatch, disk.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<bool, String> {
+        if offset != self.received {
+            return Err(format!("chunk at offset {offset} but {} bytes received so far", self.received));
+        }
+        if self.received + data.len() as u64 > self.size {
+            return Err(format!("more bytes than the declared size of {}", self.size));
+        }
+        self.file.write_all(data).map_err(|e| format!("cannot write {}: {e}", self.tmp.display()))?;
+        self.hasher.update(data);
+        self.received += data.len() as u64;
+        if self.received < self.size {
+            return Ok(false);
+        }
+        let got: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+        if got != self.hash.0 {
+            return Err(format!("content does not match its declared hash {}", self.hash));
+        }
+        self.file.flush().map_err(|e| e.to_string())?;
+        fs::set_permissions(&self.tmp, fs::Permissions::from_mode(0o555)).map_err(|e| e.to_string())?;
+        fs::rename(&self.tmp, &self.dest).map_err(|e| format!("cannot store {}: {e}", self.dest.display()))?;
+        self.stored = true;
+        Ok(true)
+    }
+
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if !self.stored {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_escape_are_refused() {
+        assert_eq!(check_name("a/b.txt").unwrap(), PathBuf::from("a/b.txt"));
+        assert_eq!(check_name("./a").unwrap_err(), PathError::Escapes("./a".into()));
+        assert!(matches!(check_name("/etc/passwd"), Err(PathError::Absolute(_))));
+        for bad in ["..", "../x", "a/../../x", "a/..", ""] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn sha(data: &[u8]) -> FileHash {
+        FileHash(Sha256::digest(data).into())
+    }
+
+    #[test]
+    fn upload_verifies_and_links() {
+        let dest = tempfile::tempdir().unwrap();
+        let store = Store::open(dest.path()).unwrap();
+        let data = b"hello world".to_vec();
+        let hash = sha(&data);
+        let mut up = store.begin(hash, data.len() as u64).unwrap();
+        assert!(up.write(3, b"lo").is_err(), "out of order");
+        assert!(!up.write(0, &data[..5]).unwrap());
+        assert!(up.write(5, &data[5..]).unwrap());
+        assert!(store.has(&hash, data.len() as u64));
+
+        let job = dest.path().join("job");
+        fs::create_dir(&job).unwrap();
+        let entry = FileEntry { name: "sub/dir/f.txt".into(), hash, size: 11, executable: false };
+        store.link_into(&job, &[entry]).unwrap();
+        assert_eq!(fs::read(job.join("sub/dir/f.txt")).unwrap(), data);
+    }
+
+    #[test]
+    fn corrupt_upload_is_refused_and_leaves_nothing() {
+        let dest = tempfile::tempdir().unwrap();
+        let store = Store::open(dest.path()).unwrap();
+        let hash = sha(b"right");
+        let mut up = store.begin(hash, 5).unwrap();
+        assert!(up.write(0, b"wrong").unwrap_err().contains("does not match"));
+        assert!(up.write(5, b"x").is_err(), "past the declared size");
+        drop(up);
+        assert!(!store.has(&hash, 5));
+        assert_eq!(fs::read_dir(dest.path().join("store/.partial")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn links_never_pass_through_a_symlink_out_of_the_job_dir() {
+        let dest = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let store = Store::open(dest.path()).unwrap();
+        let hash = sha(b"x");
+        store.begin(hash, 1).unwrap().write(0, b"x").unwrap();
+        let job = dest.path().join("job");
+        fs::create_dir(&job).unwrap();
+        std::os::unix::fs::symlink(outside.path(), job.join("evil")).unwrap();
+        let entry = FileEntry { name: "evil/f".into(), hash, size: 1, executable: false };
+        let err = store.link_into(&job, &[entry.clone()]).unwrap_err();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0, "nothing written outside");
+        let escape = FileEntry { name: "../f".into(), ..entry };
+        assert!(store.link_into(&job, &[escape]).is_err());
+        assert!(!dest.path().join("f").exists());
+    }
+}

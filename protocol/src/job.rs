@@ -1,0 +1,87 @@
+//! Jobs: what a client asks a node to run, and what comes back.
+
+use crate::ids::JobId;
+use serde::{Deserialize, Serialize};
+
+/// One job: the cluster's program run once with these arguments.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The client's number for the job.
+    pub id: JobId,
+    /// Arguments passed to the program (already split; no shell is involved).
+    pub args: Vec<String>,
+    /// Seconds after which the node kills the job; `None` = no limit.
+    pub timeout_secs: Option<f64>,
+}
+
+/// How a job ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobOutcome {
+    /// The program exited with this code.
+    Exited(i32),
+    /// The program was killed by this signal (not by the node).
+    Signaled(i32),
+    /// The program could not be started; the text says why.
+    FailedToStart(String),
+    /// The client cancelled the job; its process group was killed.
+    Cancelled,
+    /// The job ran past its timeout; its process group was killed.
+    TimedOut,
+    /// Set by the client, never sent by a node: the job's node was lost while it ran and
+    /// the cluster is not reentrant; the text names the node and the reason.
+    Abandoned(String),
+}
+
+impl JobOutcome {
+    /// True for a program that exited 0.
+    pub fn is_success(&self) -> bool {
+        matches!(self, JobOutcome::Exited(0))
+    }
+}
+
+impl std::fmt::Display for JobOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobOutcome::Exited(c) => write!(f, "exit {c}"),
+            JobOutcome::Signaled(s) => write!(f, "killed by signal {s}"),
+            JobOutcome::FailedToStart(why) => write!(f, "could not start: {why}"),
+            JobOutcome::Cancelled => f.write_str("cancelled"),
+            JobOutcome::TimedOut => f.write_str("timed out"),
+            JobOutcome::Abandoned(why) => write!(f, "abandoned: {why}"),
+        }
+    }
+}
+
+/// Captured output of one stream, bounded by the node's limit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Output {
+    /// The first bytes the job wrote.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+    /// How many bytes were dropped past the node's limit (0 = complete).
+    pub truncated: u64,
+}
+
+/// The result of one job, sent by the node when the job ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// Which job.
+    pub id: JobId,
+    /// How it ended.
+    pub outcome: JobOutcome,
+    /// Its standard output.
+    pub stdout: Output,
+    /// Its standard error.
+    pub stderr: Output,
+    /// Start time, microseconds since the Unix epoch (node's clock).
+    pub start_us: u64,
+    /// End time, microseconds since the Unix epoch (node's clock).
+    pub end_us: u64,
+}
+
+impl JobResult {
+    /// Bytes of output carried, to bound result batches.
+    pub fn payload_len(&self) -> usize {
+        self.stdout.bytes.len() + self.stderr.bytes.len()
+    }
+}

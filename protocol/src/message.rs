@@ -1,0 +1,316 @@
+//! The messages: [`Request`] (what the asking side sends) and [`Response`] (its answer).
+//!
+//! Any peer may ask: a client asks nodes to reserve, stage and run; a node asks its client
+//! to take results. Every request is answered at once — long work (running jobs) is
+//! acknowledged with [`Response::Accepted`] and reported later by a request in the other
+//! direction ([`Request::Results`]).
+
+use crate::ids::{ClusterId, FileHash, JobId};
+use crate::job::{JobResult, JobSpec};
+use serde::{Deserialize, Serialize};
+
+/// What a peer asks another.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Introduce yourself; answered with [`Response::Hello`].
+    Hello(Hello),
+    /// Claim CPUs for a cluster and declare its files; answered with [`Response::Reserved`].
+    Reserve(Reserve),
+    /// Bytes of a file the node lacks; answered with [`Response::ChunkStored`].
+    Chunk(Chunk),
+    /// Jobs to run; answered with [`Response::Accepted`].
+    Submit(Submit),
+    /// Stop jobs; answered with [`Response::Ok`].
+    Cancel(Cancel),
+    /// The cluster is done; answered with [`Response::Ok`].
+    Release(Release),
+    /// Finished jobs, from a node to the cluster's client; answered with [`Response::Ok`],
+    /// which acknowledges every result in the batch.
+    Results(Results),
+}
+
+/// An answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// The answering peer's introduction.
+    Hello(Hello),
+    /// CPUs granted and files missing.
+    Reserved(Reserved),
+    /// A chunk was written.
+    ChunkStored(ChunkStored),
+    /// Jobs were queued.
+    Accepted(Accepted),
+    /// Done.
+    Ok,
+    /// The request was refused; the message says why in words a person can act on.
+    Refused(Refusal),
+}
+
+/// Which part a peer plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Runs jobs (`dispy-peer serve`).
+    Node,
+    /// Schedules jobs and gathers results (`submit`, the library); runs none.
+    Client,
+}
+
+/// A peer's introduction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`crate::WIRE_VERSION`] of the sender.
+    pub wire_version: u32,
+    /// The sender's software version (for people).
+    pub software: String,
+    /// Node or client.
+    pub role: Role,
+    /// A name for people (`--name`, default the host name).
+    pub name: String,
+    /// `std::env::consts::OS` of the sender.
+    pub os: String,
+    /// `std::env::consts::ARCH` of the sender.
+    pub arch: String,
+    /// CPU slots served (0 for clients).
+    pub cpus: u32,
+    /// CPU slots not running a job right now.
+    pub free_cpus: u32,
+    /// Largest file the node accepts, if it has a limit.
+    pub max_file_size: Option<u64>,
+}
+
+/// A file of a computation, named by its path relative to the job directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Relative path inside the job directory: no `..`, not absolute.
+    pub name: String,
+    /// SHA-256 of the content.
+    pub hash: FileHash,
+    /// Size in bytes.
+    pub size: u64,
+    /// Whether the file is made executable in the job directory.
+    pub executable: bool,
+}
+
+/// Claims CPUs on a node for a cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reserve {
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// At most this many CPU slots (`None` = all the node serves).
+    pub cpus: Option<u32>,
+    /// The program each job runs; it is also in `files`.
+    pub program: String,
+    /// Every file each job directory holds (the program included).
+    pub files: Vec<FileEntry>,
+}
+
+/// The node's grant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reserved {
+    /// CPU slots the cluster may count on.
+    pub cpus: u32,
+    /// Files whose bytes the node lacks and wants sent, as [`Chunk`]s.
+    pub missing: Vec<FileHash>,
+}
+
+/// A piece of a file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// The cluster the file belongs to.
+    pub cluster: ClusterId,
+    /// Which file.
+    pub hash: FileHash,
+    /// Where the bytes go in the file.
+    pub offset: u64,
+    /// The bytes, at most [`crate::CHUNK_SIZE`].
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// A chunk was written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkStored {
+    /// Which file.
+    pub hash: FileHash,
+    /// True once the whole file is present and its hash verified.
+    pub complete: bool,
+}
+
+/// Jobs for the cluster's program.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Submit {
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// The jobs, run in this order as CPU slots free.
+    pub jobs: Vec<JobSpec>,
+}
+
+/// Jobs were queued on the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// How many.
+    pub count: u32,
+}
+
+/// Stops jobs, queued or running (their process groups are killed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// The jobs.
+    pub jobs: Vec<JobId>,
+}
+
+/// Ends a cluster on a node: its jobs are killed and its job directories deleted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// The cluster.
+    pub cluster: ClusterId,
+}
+
+/// Finished jobs of a cluster, sent by the node to the client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Results {
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// Results in the order the jobs ended.
+    pub results: Vec<JobResult>,
+}
+
+/// Why a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalKind {
+    /// The peers speak different [`crate::WIRE_VERSION`]s.
+    Version,
+    /// The peer is not a node (or not the cluster's client).
+    WrongRole,
+    /// The cluster is not reserved on this node.
+    UnknownCluster,
+    /// A file name is absolute or escapes the job directory.
+    BadPath,
+    /// A file is larger than the node's `--max-file-size`.
+    TooLarge,
+    /// A chunk or file does not match what was declared.
+    BadFile,
+    /// The node is shutting down.
+    ShuttingDown,
+    /// The node failed (disk full, ...); the message says how.
+    Internal,
+}
+
+/// A refusal, with a message for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The class, for programs.
+    pub kind: RefusalKind,
+    /// The explanation, for people.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal of `kind` saying `message`.
+    pub fn new(kind: RefusalKind, message: impl Into<String>) -> Self {
+        Refusal { kind, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{JobOutcome, Output};
+    use crate::{decode, encode};
+
+    fn hello() -> Hello {
+        Hello {
+            wire_version: crate::WIRE_VERSION,
+            software: "0.1.0".into(),
+            role: Role::Node,
+            name: "n1".into(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            cpus: 2,
+            free_cpus: 1,
+            max_file_size: Some(10),
+        }
+    }
+
+    fn result() -> JobResult {
+        JobResult {
+            id: JobId(3),
+            outcome: JobOutcome::Signaled(9),
+            stdout: Output { bytes: b"out".to_vec(), truncated: 0 },
+            stderr: Output { bytes: vec![0, 255], truncated: 12 },
+            start_us: 1,
+            end_us: 2,
+        }
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        let h = FileHash([7; 32]);
+        let c = ClusterId(42);
+        let all = vec![
+            Request::Hello(hello()),
+            Request::Reserve(Reserve {
+                cluster: c,
+                cpus: Some(1),
+                program: "p.sh".into(),
+                files: vec![FileEntry { name: "p.sh".into(), hash: h, size: 5, executable: true }],
+            }),
+            Request::Chunk(Chunk { cluster: c, hash: h, offset: 9, data: vec![1, 2, 3] }),
+            Request::Submit(Submit {
+                cluster: c,
+                jobs: vec![JobSpec { id: JobId(1), args: vec!["a b".into()], timeout_secs: Some(1.5) }],
+            }),
+            Request::Cancel(Cancel { cluster: c, jobs: vec![JobId(1)] }),
+            Request::Release(Release { cluster: c }),
+            Request::Results(Results { cluster: c, results: vec![result()] }),
+        ];
+        for msg in all {
+            let bytes = encode(&msg).unwrap();
+            assert_eq!(decode::<Request>(&bytes).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn every_response_round_trips() {
+        let h = FileHash([1; 32]);
+        let all = vec![
+            Response::Hello(hello()),
+            Response::Reserved(Reserved { cpus: 2, missing: vec![h] }),
+            Response::ChunkStored(ChunkStored { hash: h, complete: true }),
+            Response::Accepted(Accepted { count: 3 }),
+            Response::Ok,
+            Response::Refused(Refusal::new(RefusalKind::BadPath, "no")),
+        ];
+        for msg in all {
+            let bytes = encode(&msg).unwrap();
+            assert_eq!(decode::<Response>(&bytes).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn bytes_are_compact() {
+        // serde_bytes keeps a chunk's overhead to a few bytes, not one per byte.
+        let chunk = Request::Chunk(Chunk {
+            cluster: ClusterId(1),
+            hash: FileHash([0; 32]),
+            offset: 0,
+            data: vec![200; 1000],
+        });
+        assert!(encode(&chunk).unwrap().len() < 1100);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bytes in [&[][..], &[0xff; 16][..], &[0x9f, 0x9f, 0x9f][..], b"hello"] {
+            assert!(decode::<Request>(bytes).is_err());
+        }
+    }
+}

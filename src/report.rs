@@ -1,0 +1,108 @@
+//! What a cluster reports: each job's result, and dispy's `stats()` table.
+
+use dispy_protocol::{JobId, JobOutcome};
+use libp2p::PeerId;
+use serde::Serialize;
+use std::fmt;
+use std::time::Duration;
+
+/// Which node ran a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeRef {
+    /// The node's name (`serve --name`).
+    pub name: String,
+    /// Its peer id.
+    pub peer_id: String,
+    /// The IP the client reached it at.
+    pub ip: Option<String>,
+}
+
+/// One job's result.
+#[derive(Clone, Debug)]
+pub struct JobReport {
+    /// The job's number (submission order, from 0).
+    pub id: JobId,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Where it ran (`None` if it never reached a node).
+    pub node: Option<NodeRef>,
+    /// How it ended.
+    pub outcome: JobOutcome,
+    /// Its standard output.
+    pub stdout: Vec<u8>,
+    /// Bytes of stdout dropped past the node's limit.
+    pub stdout_truncated: u64,
+    /// Its standard error.
+    pub stderr: Vec<u8>,
+    /// Bytes of stderr dropped past the node's limit.
+    pub stderr_truncated: u64,
+    /// Start, microseconds since the Unix epoch (node's clock).
+    pub start_us: u64,
+    /// End, microseconds since the Unix epoch (node's clock).
+    pub end_us: u64,
+}
+
+impl JobReport {
+    /// How long the job ran on its node.
+    pub fn run_time(&self) -> Duration {
+        Duration::from_micros(self.end_us.saturating_sub(self.start_us))
+    }
+
+    /// True when the program exited 0.
+    pub fn succeeded(&self) -> bool {
+        self.outcome.is_success()
+    }
+}
+
+/// One node's share of the work.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeStats {
+    /// The node.
+    pub node: NodeRef,
+    /// CPU slots it gave the cluster.
+    pub cpus: u32,
+    /// Jobs it finished (any outcome).
+    pub jobs: u64,
+    /// Sum of its jobs' run times, in seconds.
+    pub job_secs: f64,
+}
+
+/// The cluster's figures, as dispy's `stats()`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Stats {
+    /// Per node, in the order nodes joined.
+    pub nodes: Vec<NodeStats>,
+    /// From the cluster's start to now, in seconds.
+    pub wall_secs: f64,
+}
+
+impl Stats {
+    /// Jobs finished on all nodes.
+    pub fn jobs(&self) -> u64 {
+        self.nodes.iter().map(|n| n.jobs).sum()
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{:<24} {:>5} {:>6} {:>12} {:>12}", "node", "cpus", "jobs", "sec/job", "node time s")?;
+        writeln!(f, "{}", "-".repeat(63))?;
+        let mut total = 0.0;
+        for n in &self.nodes {
+            let label = match &n.node.ip {
+                Some(ip) => format!("{} ({ip})", n.node.name),
+                None => n.node.name.clone(),
+            };
+            let mean = if n.jobs > 0 { n.job_secs / n.jobs as f64 } else { 0.0 };
+            total += n.job_secs;
+            writeln!(f, "{label:<24} {:>5} {:>6} {mean:>12.4} {:>12.3}", n.cpus, n.jobs, n.job_secs)?;
+        }
+        writeln!(f)?;
+        let speedup = if self.wall_secs > 0.0 { total / self.wall_secs } else { 0.0 };
+        write!(f, "{} jobs, total job time {total:.3} s, wall time {:.3} s, speedup {speedup:.2}", self.jobs(), self.wall_secs)
+    }
+}
+
+pub(crate) fn node_ref(name: &str, peer: &PeerId, ip: Option<std::net::IpAddr>) -> NodeRef {
+    NodeRef { name: name.to_string(), peer_id: peer.to_string(), ip: ip.map(|i| i.to_string()) }
+}

@@ -1,0 +1,671 @@
+//! The scheduler: one task per cluster that finds nodes, reserves and stages them, keeps
+//! their CPU slots busy and gathers results. The [`crate::Cluster`] handle talks to it over
+//! channels; it talks to the network through a [`NetHandle`].
+//!
+//! A node goes Greeting → Reserving → Staging → Ready; any refusal makes it Unusable with
+//! the reason kept for error messages; losing its connection makes it Lost (its jobs are
+//! re-queued when the cluster is reentrant, abandoned otherwise).
+
+use crate::local::LocalNode;
+use crate::policy::{self, Load};
+use crate::report::{JobReport, NodeRef, NodeStats, Stats, node_ref};
+use crate::select::NodePattern;
+use crate::stage::{self, LocalFile};
+use dispy_node::net::{NetEvent, NetHandle, remote_ip};
+use dispy_protocol::{
+    Cancel, ClusterId, Hello, JobId, JobOutcome, JobResult, JobSpec, Refusal, RefusalKind, Release, Request, Reserve,
+    Response, Role, Submit, WIRE_VERSION,
+};
+use libp2p::pnet::PreSharedKey;
+use libp2p::{Multiaddr, PeerId};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+/// When to run an in-process node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LocalMode {
+    /// Never: only remote nodes.
+    Never,
+    /// When no node is found within the discovery timeout (and no node was named).
+    #[default]
+    Fallback,
+    /// Always, beside any remote nodes.
+    Always,
+}
+
+/// Commands from the cluster handle.
+pub(crate) enum Cmd {
+    Submit { jobs: Vec<(JobId, Vec<String>)> },
+    Cancel { ids: Vec<JobId> },
+    Stats { reply: oneshot::Sender<Stats> },
+    Close { reply: oneshot::Sender<Stats> },
+}
+
+/// What the scheduler tells the cluster handle.
+pub(crate) enum Update {
+    Job(Box<JobReport>),
+    Fatal(String),
+}
+
+/// Everything fixed for the cluster's life.
+pub(crate) struct Settings {
+    pub(crate) cluster: ClusterId,
+    pub(crate) program: String,
+    pub(crate) files: Vec<LocalFile>,
+    pub(crate) patterns: Vec<NodePattern>,
+    pub(crate) cpus_per_node: Option<u32>,
+    pub(crate) timeout_secs: Option<f64>,
+    pub(crate) reentrant: bool,
+    pub(crate) discover_timeout: Duration,
+    pub(crate) local: LocalMode,
+    /// Nodes were named (`--peer`, `--nodes`): never fall back to a local node.
+    pub(crate) named: bool,
+    /// What is being searched, for error messages.
+    pub(crate) searched: String,
+    pub(crate) psk: Option<PreSharedKey>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Phase {
+    Greeting,
+    Reserving,
+    Staging,
+    Ready,
+    Unusable(String),
+    Lost,
+}
+
+struct Node {
+    ip: Option<IpAddr>,
+    name: String,
+    phase: Phase,
+    cpus: u32,
+    in_flight: HashSet<JobId>,
+    jobs_done: u64,
+    job_secs: f64,
+}
+
+enum JobState {
+    Queued,
+    OnNode(PeerId),
+    Done,
+}
+
+struct Job {
+    args: Vec<String>,
+    state: JobState,
+}
+
+enum Internal {
+    Hello(PeerId, dispy_node::Result<Response>),
+    Reserved(PeerId, dispy_node::Result<Response>),
+    Staged(PeerId, Result<(), String>),
+    Submitted(PeerId, Vec<JobId>, dispy_node::Result<Response>),
+    LocalUp(crate::Result<LocalNode>),
+}
+
+pub(crate) struct Scheduler {
+    s: Settings,
+    net: NetHandle,
+    nodes: HashMap<PeerId, Node>,
+    /// Peers in the order they joined, for stable stats.
+    order: Vec<PeerId>,
+    /// Connected peers that turned out to be clients.
+    clients_seen: HashSet<PeerId>,
+    dial_failures: HashMap<Multiaddr, String>,
+    jobs: Vec<Job>,
+    queue: VecDeque<JobId>,
+    updates: mpsc::UnboundedSender<Update>,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    internal_rx: mpsc::UnboundedReceiver<Internal>,
+    started: Instant,
+    /// Since when no node has been usable or on its way to it.
+    nodeless_since: Option<Instant>,
+    local: Option<LocalNode>,
+    local_starting: bool,
+    failed: bool,
+}
+
+impl Scheduler {
+    pub(crate) fn new(s: Settings, net: NetHandle, updates: mpsc::UnboundedSender<Update>, local: Option<LocalNode>) -> Self {
+        let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        Scheduler {
+            s,
+            net,
+            nodes: HashMap::new(),
+            order: Vec::new(),
+            clients_seen: HashSet::new(),
+            dial_failures: HashMap::new(),
+            jobs: Vec::new(),
+            queue: VecDeque::new(),
+            updates,
+            internal_tx,
+            internal_rx,
+            started: now,
+            nodeless_since: Some(now),
+            local,
+            local_starting: false,
+            failed: false,
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut events: mpsc::UnboundedReceiver<NetEvent>, mut cmds: mpsc::Receiver<Cmd>) {
+        if let Some(local) = &self.local {
+            let _ = self.net.dial(local.addr.clone()).await;
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let close_reply = loop {
+            tokio::select! {
+                Some(ev) = events.recv() => self.on_net_event(ev),
+                Some(msg) = self.internal_rx.recv() => self.on_internal(msg).await,
+                cmd = cmds.recv() => match cmd {
+                    Some(Cmd::Close { reply }) => break Some(reply),
+                    None => break None,
+                    Some(cmd) => self.on_cmd(cmd),
+                },
+                _ = tick.tick() => self.on_tick(),
+            }
+        };
+        self.close(close_reply).await;
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Submit { jobs } => {
+                for (id, args) in jobs {
+                    debug_assert_eq!(id.0 as usize, self.jobs.len());
+                    self.jobs.push(Job { args, state: JobState::Queued });
+                    self.queue.push_back(id);
+                }
+                self.dispatch();
+            }
+            Cmd::Cancel { ids } => self.cancel(ids),
+            Cmd::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
+            Cmd::Close { .. } => {}
+        }
+    }
+
+    fn on_net_event(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Connected { peer, remote } => {
+                if self.clients_seen.contains(&peer) {
+                    return;
+                }
+                let fresh = match self.nodes.get(&peer) {
+                    None => true,
+                    Some(n) => n.phase == Phase::Lost,
+                };
+                if !fresh {
+                    return;
+                }
+                if !self.nodes.contains_key(&peer) {
+                    self.order.push(peer);
+                }
+                let ip = remote_ip(&remote);
+                let node = self.nodes.entry(peer).or_insert_with(|| Node {
+                    ip,
+                    name: peer.to_string(),
+                    phase: Phase::Greeting,
+                    cpus: 0,
+                    in_flight: HashSet::new(),
+                    jobs_done: 0,
+                    job_secs: 0.0,
+                });
+                node.phase = Phase::Greeting;
+                node.ip = ip;
+                let hello = Request::Hello(self.hello());
+                self.spawn_request(peer, hello, Internal::Hello);
+            }
+            NetEvent::Disconnected { peer } => self.lose(peer, "its connection closed"),
+            NetEvent::Request { peer, request, channel } => {
+                let response = match request {
+                    Request::Results(r) if r.cluster == self.s.cluster => {
+                        self.on_results(peer, r.results);
+                        Response::Ok
+                    }
+                    Request::Hello(_) => Response::Hello(self.hello()),
+                    _ => Response::Refused(Refusal::new(RefusalKind::WrongRole, "this peer is a client; it runs no jobs")),
+                };
+                let net = self.net.clone();
+                tokio::spawn(async move {
+                    let _ = net.respond(channel, response).await;
+                });
+                self.dispatch();
+            }
+            NetEvent::DialFailed { addr, reason, .. } => {
+                self.dial_failures.insert(addr, reason);
+            }
+            NetEvent::Listening { .. } => {}
+        }
+    }
+
+    fn hello(&self) -> Hello {
+        Hello {
+            wire_version: WIRE_VERSION,
+            software: env!("CARGO_PKG_VERSION").to_string(),
+            role: Role::Client,
+            name: crate::host_name(),
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+            cpus: 0,
+            free_cpus: 0,
+            max_file_size: None,
+        }
+    }
+
+    fn spawn_request(&self, peer: PeerId, request: Request, wrap: fn(PeerId, dispy_node::Result<Response>) -> Internal) {
+        let net = self.net.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let answer = net.request(peer, request).await;
+            let _ = tx.send(wrap(peer, answer));
+        });
+    }
+
+    fn unusable(&mut self, peer: PeerId, why: String) {
+        if let Some(node) = self.nodes.get_mut(&peer) {
+            warn!(node = %node.name, %peer, reason = %why, "node not used");
+            node.phase = Phase::Unusable(why);
+        }
+        self.requeue_from(peer);
+    }
+
+    async fn on_internal(&mut self, msg: Internal) {
+        match msg {
+            Internal::Hello(peer, answer) => match answer {
+                Ok(Response::Hello(h)) => self.on_hello(peer, h),
+                Ok(other) => self.unusable(peer, format!("unexpected answer to hello: {other:?}")),
+                // A peer that does not speak dispy (or left at once) is not a node.
+                Err(e) => {
+                    debug!(%peer, cause = %e, "hello failed");
+                    self.nodes.remove(&peer);
+                    self.order.retain(|p| *p != peer);
+                }
+            },
+            Internal::Reserved(peer, answer) => match answer {
+                Ok(Response::Reserved(r)) => {
+                    let Some(node) = self.nodes.get_mut(&peer) else { return };
+                    if node.phase != Phase::Reserving {
+                        return;
+                    }
+                    node.cpus = r.cpus.min(self.s.cpus_per_node.unwrap_or(u32::MAX)).max(1);
+                    if r.missing.is_empty() {
+                        node.phase = Phase::Ready;
+                        info!(node = %node.name, cpus = node.cpus, "node ready");
+                        self.dispatch();
+                    } else {
+                        node.phase = Phase::Staging;
+                        let files: Vec<LocalFile> =
+                            self.s.files.iter().filter(|f| r.missing.contains(&f.entry.hash)).cloned().collect();
+                        let (net, tx, cluster) = (self.net.clone(), self.internal_tx.clone(), self.s.cluster);
+                        tokio::spawn(async move {
+                            let mut outcome = Ok(());
+                            for f in &files {
+                                outcome = stage::send_file(&net, peer, cluster, f).await;
+                                if outcome.is_err() {
+                                    break;
+                                }
+                            }
+                            let _ = tx.send(Internal::Staged(peer, outcome));
+                        });
+                    }
+                }
+                Ok(Response::Refused(r)) => self.unusable(peer, r.message),
+                Ok(other) => self.unusable(peer, format!("unexpected answer to reserve: {other:?}")),
+                Err(e) => self.unusable(peer, e.to_string()),
+            },
+            Internal::Staged(peer, outcome) => match outcome {
+                Ok(()) => {
+                    if let Some(node) = self.nodes.get_mut(&peer) {
+                        if node.phase == Phase::Staging {
+                            node.phase = Phase::Ready;
+                            info!(node = %node.name, cpus = node.cpus, "node staged and ready");
+                        }
+                    }
+                    self.dispatch();
+                }
+                Err(why) => self.unusable(peer, format!("staging failed: {why}")),
+            },
+            Internal::Submitted(peer, ids, answer) => match answer {
+                Ok(Response::Accepted(_)) => {}
+                other => {
+                    let why = match other {
+                        Ok(Response::Refused(r)) => r.message,
+                        Ok(r) => format!("unexpected answer to submit: {r:?}"),
+                        Err(e) => e.to_string(),
+                    };
+                    warn!(%peer, reason = %why, jobs = ids.len(), "node did not take jobs; re-queueing them");
+                    self.unusable(peer, why);
+                }
+            },
+            Internal::LocalUp(local) => {
+                self.local_starting = false;
+                match local {
+                    Ok(local) => {
+                        let _ = self.net.dial(local.addr.clone()).await;
+                        self.local = Some(local);
+                        self.nodeless_since = Some(Instant::now());
+                    }
+                    Err(e) => self.fail(format!("could not start a local node: {e}")),
+                }
+            }
+        }
+    }
+
+    fn on_hello(&mut self, peer: PeerId, h: Hello) {
+        if h.role != Role::Node {
+            self.clients_seen.insert(peer);
+            self.nodes.remove(&peer);
+            self.order.retain(|p| *p != peer);
+            return;
+        }
+        let Some(node) = self.nodes.get_mut(&peer) else { return };
+        node.name = h.name.clone();
+        if h.wire_version != WIRE_VERSION {
+            let why = format!(
+                "speaks dispy protocol version {} (dispy-peer {}), this client speaks version {WIRE_VERSION} (dispy-peer {})",
+                h.wire_version,
+                h.software,
+                env!("CARGO_PKG_VERSION")
+            );
+            return self.unusable(peer, why);
+        }
+        let ip = node.ip.map(|i| i.to_string());
+        if !self.s.patterns.is_empty()
+            && !self.s.patterns.iter().any(|p| p.matches(ip.as_deref(), &peer.to_string(), &h.name))
+        {
+            return self.unusable(peer, "not selected by --nodes".into());
+        }
+        if h.cpus == 0 {
+            return self.unusable(peer, "serves no CPUs".into());
+        }
+        node.phase = Phase::Reserving;
+        let reserve = Request::Reserve(Reserve {
+            cluster: self.s.cluster,
+            cpus: self.s.cpus_per_node,
+            program: self.s.program.clone(),
+            files: self.s.files.iter().map(|f| f.entry.clone()).collect(),
+        });
+        self.spawn_request(peer, reserve, Internal::Reserved);
+    }
+
+    fn on_results(&mut self, peer: PeerId, results: Vec<JobResult>) {
+        for r in results {
+            let Some(job) = self.jobs.get_mut(r.id.0 as usize) else { continue };
+            // Only the node the job is on may finish it: a late or repeated result is
+            // dropped, so each job is reported once.
+            if !matches!(job.state, JobState::OnNode(p) if p == peer) {
+                continue;
+            }
+            job.state = JobState::Done;
+            let Some(node) = self.nodes.get_mut(&peer) else { continue };
+            node.in_flight.remove(&r.id);
+            node.jobs_done += 1;
+            node.job_secs += r.end_us.saturating_sub(r.start_us) as f64 / 1e6;
+            let report = JobReport {
+                id: r.id,
+                args: job.args.clone(),
+                node: Some(node_ref(&node.name, &peer, node.ip)),
+                outcome: r.outcome,
+                stdout: r.stdout.bytes,
+                stdout_truncated: r.stdout.truncated,
+                stderr: r.stderr.bytes,
+                stderr_truncated: r.stderr.truncated,
+                start_us: r.start_us,
+                end_us: r.end_us,
+            };
+            let _ = self.updates.send(Update::Job(Box::new(report)));
+        }
+    }
+
+    /// Hands queued jobs to ready nodes with free capacity.
+    fn dispatch(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let ready: Vec<PeerId> =
+            self.order.iter().filter(|p| self.nodes.get(p).is_some_and(|n| n.phase == Phase::Ready)).copied().collect();
+        let loads: Vec<Load> = ready
+            .iter()
+            .filter_map(|p| self.nodes.get(p))
+            .map(|n| Load { cpus: n.cpus, in_flight: n.in_flight.len() })
+            .collect();
+        let plan = policy::plan(&loads, self.queue.len());
+        for (peer, count) in ready.into_iter().zip(plan) {
+            if count == 0 {
+                continue;
+            }
+            let mut specs = Vec::with_capacity(count);
+            for _ in 0..count {
+                let Some(id) = self.queue.pop_front() else { break };
+                let Some(job) = self.jobs.get_mut(id.0 as usize) else { continue };
+                job.state = JobState::OnNode(peer);
+                specs.push(JobSpec { id, args: job.args.clone(), timeout_secs: self.s.timeout_secs });
+            }
+            let ids: Vec<JobId> = specs.iter().map(|j| j.id).collect();
+            if let Some(node) = self.nodes.get_mut(&peer) {
+                node.in_flight.extend(ids.iter().copied());
+            }
+            let (net, tx) = (self.net.clone(), self.internal_tx.clone());
+            let request = Request::Submit(Submit { cluster: self.s.cluster, jobs: specs });
+            tokio::spawn(async move {
+                let answer = net.request(peer, request).await;
+                let _ = tx.send(Internal::Submitted(peer, ids, answer));
+            });
+        }
+    }
+
+    /// Puts a node's unfinished jobs back in the queue (front, in order).
+    fn requeue_from(&mut self, peer: PeerId) {
+        let Some(node) = self.nodes.get_mut(&peer) else { return };
+        let mut ids: Vec<JobId> = node.in_flight.drain().collect();
+        ids.sort();
+        for id in ids.into_iter().rev() {
+            if let Some(job) = self.jobs.get_mut(id.0 as usize) {
+                if matches!(job.state, JobState::OnNode(p) if p == peer) {
+                    job.state = JobState::Queued;
+                    self.queue.push_front(id);
+                }
+            }
+        }
+        self.dispatch();
+    }
+
+    fn lose(&mut self, peer: PeerId, why: &str) {
+        let Some(node) = self.nodes.get_mut(&peer) else { return };
+        if matches!(node.phase, Phase::Unusable(_) | Phase::Lost) {
+            node.phase = Phase::Lost;
+            return;
+        }
+        node.phase = Phase::Lost;
+        let name = node.name.clone();
+        let ip = node.ip;
+        if node.in_flight.is_empty() {
+            info!(node = %name, %peer, reason = why, "node lost");
+            return;
+        }
+        warn!(node = %name, %peer, reason = why, jobs = node.in_flight.len(), reentrant = self.s.reentrant, "node lost with jobs on it");
+        if self.s.reentrant {
+            self.requeue_from(peer);
+            return;
+        }
+        let ids: Vec<JobId> = node.in_flight.drain().collect();
+        for id in ids {
+            let Some(job) = self.jobs.get_mut(id.0 as usize) else { continue };
+            job.state = JobState::Done;
+            let report = JobReport {
+                id,
+                args: job.args.clone(),
+                node: Some(node_ref(&name, &peer, ip)),
+                outcome: JobOutcome::Abandoned(format!("node {name} was lost: {why}")),
+                stdout: Vec::new(),
+                stdout_truncated: 0,
+                stderr: Vec::new(),
+                stderr_truncated: 0,
+                start_us: 0,
+                end_us: 0,
+            };
+            let _ = self.updates.send(Update::Job(Box::new(report)));
+        }
+    }
+
+    fn cancel(&mut self, ids: Vec<JobId>) {
+        let mut per_node: HashMap<PeerId, Vec<JobId>> = HashMap::new();
+        for id in ids {
+            let Some(job) = self.jobs.get_mut(id.0 as usize) else { continue };
+            match job.state {
+                JobState::Queued => {
+                    job.state = JobState::Done;
+                    self.queue.retain(|q| *q != id);
+                    let report = JobReport {
+                        id,
+                        args: job.args.clone(),
+                        node: None,
+                        outcome: JobOutcome::Cancelled,
+                        stdout: Vec::new(),
+                        stdout_truncated: 0,
+                        stderr: Vec::new(),
+                        stderr_truncated: 0,
+                        start_us: 0,
+                        end_us: 0,
+                    };
+                    let _ = self.updates.send(Update::Job(Box::new(report)));
+                }
+                JobState::OnNode(peer) => per_node.entry(peer).or_default().push(id),
+                JobState::Done => {}
+            }
+        }
+        for (peer, jobs) in per_node {
+            let request = Request::Cancel(Cancel { cluster: self.s.cluster, jobs });
+            let net = self.net.clone();
+            tokio::spawn(async move {
+                let _ = net.request(peer, request).await;
+            });
+        }
+    }
+
+    /// Whether some node is usable or on its way to it.
+    fn has_node(&self) -> bool {
+        self.nodes.values().any(|n| matches!(n.phase, Phase::Greeting | Phase::Reserving | Phase::Staging | Phase::Ready))
+    }
+
+    fn on_tick(&mut self) {
+        if self.failed {
+            return;
+        }
+        let now = Instant::now();
+        if self.has_node() {
+            self.nodeless_since = None;
+            return;
+        }
+        let since = *self.nodeless_since.get_or_insert(now);
+        if now.duration_since(since) < self.s.discover_timeout || self.local_starting {
+            return;
+        }
+        let never_found = self.nodes.is_empty() && self.local.is_none();
+        if never_found && !self.s.named && self.s.local == LocalMode::Fallback {
+            // Shown on stderr by the CLI's default log level: the user asked for nodes
+            // implicitly and must learn that the jobs run here instead.
+            warn!(
+                "no dispy node found within {:.1} s; running the jobs on a local node on this machine",
+                self.s.discover_timeout.as_secs_f64()
+            );
+            self.local_starting = true;
+            let (tx, psk) = (self.internal_tx.clone(), self.s.psk);
+            tokio::spawn(async move {
+                let _ = tx.send(Internal::LocalUp(LocalNode::start(psk).await));
+            });
+            return;
+        }
+        if self.queue.is_empty() && self.jobs.iter().all(|j| matches!(j.state, JobState::Done)) && !self.jobs.is_empty() {
+            return;
+        }
+        let msg = self.no_node_message();
+        self.fail(msg);
+    }
+
+    fn fail(&mut self, msg: String) {
+        self.failed = true;
+        let _ = self.updates.send(Update::Fatal(msg));
+    }
+
+    fn no_node_message(&self) -> String {
+        let mut msg = format!(
+            "no usable dispy node found within {:.1} s (--discover-timeout).\n  searched: {}",
+            self.s.discover_timeout.as_secs_f64(),
+            self.s.searched
+        );
+        let mut found = Vec::new();
+        for (addr, why) in &self.dial_failures {
+            found.push(format!("{addr}: {why}"));
+        }
+        for peer in &self.order {
+            let Some(n) = self.nodes.get(peer) else { continue };
+            let ip = n.ip.map(|i| format!(" at {i}")).unwrap_or_default();
+            let state = match &n.phase {
+                Phase::Unusable(why) => why.clone(),
+                Phase::Lost => "lost".to_string(),
+                _ => "usable".to_string(),
+            };
+            found.push(format!("node {}{ip}: {state}", n.name));
+        }
+        if !self.clients_seen.is_empty() {
+            found.push(format!("{} other client(s), which run no jobs", self.clients_seen.len()));
+        }
+        if found.is_empty() {
+            msg.push_str("\n  found: nothing. Is `dispy-peer serve` running, with the same secret, reachable from here?");
+        } else {
+            msg.push_str("\n  found:");
+            for f in found {
+                msg.push_str("\n    - ");
+                msg.push_str(&f);
+            }
+        }
+        msg
+    }
+
+    fn stats(&self) -> Stats {
+        let nodes = self
+            .order
+            .iter()
+            .filter_map(|p| self.nodes.get(p).map(|n| (p, n)))
+            .filter(|(_, n)| n.jobs_done > 0 || n.phase == Phase::Ready)
+            .map(|(p, n)| NodeStats {
+                node: NodeRef { name: n.name.clone(), peer_id: p.to_string(), ip: n.ip.map(|i| i.to_string()) },
+                cpus: n.cpus,
+                jobs: n.jobs_done,
+                job_secs: n.job_secs,
+            })
+            .collect();
+        Stats { nodes, wall_secs: self.started.elapsed().as_secs_f64() }
+    }
+
+    /// Releases every node (they kill leftover jobs and delete the cluster's directories),
+    /// then stops the local node and the network.
+    async fn close(mut self, reply: Option<oneshot::Sender<Stats>>) {
+        let stats = self.stats();
+        let mut releases = Vec::new();
+        for (peer, node) in &self.nodes {
+            if matches!(node.phase, Phase::Lost) {
+                continue;
+            }
+            let (net, peer) = (self.net.clone(), *peer);
+            let request = Request::Release(Release { cluster: self.s.cluster });
+            releases.push(async move { net.request(peer, request).await });
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(releases)).await;
+        if let Some(local) = self.local.take() {
+            local.stop().await;
+        }
+        self.net.shutdown().await;
+        if let Some(reply) = reply {
+            let _ = reply.send(stats);
+        }
+    }
+}
