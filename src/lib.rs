@@ -23,6 +23,7 @@
 //!   `policy`: its pure dispatch arithmetic.
 //! - `stage`: content hashes and chunked file transfer.
 //! - `local`: the embedded node for machines with none.
+//! - [`discover()`]: list the nodes that answer.
 //! - [`report`]: job reports and the stats table.
 //! - [`select`]: `--nodes` patterns.
 //!
@@ -31,6 +32,7 @@
 #![deny(missing_docs)]
 
 mod cluster;
+mod discover;
 mod error;
 mod local;
 mod policy;
@@ -40,6 +42,7 @@ pub mod select;
 mod stage;
 
 pub use cluster::{Cluster, ClusterBuilder, Secret};
+pub use discover::{DiscoverOptions, FoundNode, discover};
 pub use dispy_protocol::{JobId, JobOutcome};
 pub use error::{Error, Result};
 pub use report::{JobReport, NodeStats, Stats};

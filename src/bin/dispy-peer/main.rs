@@ -1,1 +1,209 @@
-fn main(){}
+//! `dispy-peer`: parse options, set up logging, call the libraries, map errors to exit
+//! codes (0 all jobs succeeded, 1 a job failed, 2 usage or runtime error).
+
+mod opts;
+mod print;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use dispy::{Cluster, LocalMode, NodePattern, Secret};
+use dispy_node::net::{self, NetConfig};
+use dispy_node::serve::{ServeConfig, Server};
+use opts::{Cmd, NodesOpt, Opt, SecretOpt, ServeOpt, SubmitOpt};
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+fn main() -> ExitCode {
+    let opt = Opt::parse();
+    init_tracing(&opt);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dispy-peer: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match opt.cmd {
+            Cmd::Serve(o) => serve(o).await.map(|()| true),
+            Cmd::Submit(o) => submit(o).await,
+            Cmd::Nodes(o) => nodes(o).await.map(|()| true),
+            Cmd::Keygen { file } => keygen(&file).map(|()| true),
+        }
+    });
+    // Don't wait for lingering blocking tasks (a stuck disk read) at exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("dispy-peer: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing(opt: &Opt) {
+    let base = match (&opt.cmd, opt.verbose) {
+        // Kademlia warns about bootstrapping with no known peers, which is normal for the
+        // first node of a mesh.
+        (_, 0) if matches!(opt.cmd, Cmd::Serve(_)) => "warn,libp2p_kad=error,dispy=info,dispy_node=info",
+        (_, 0) => "warn,libp2p_kad=error",
+        (_, 1) => "warn,libp2p_kad=error,dispy=debug,dispy_node=debug",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(base));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn secret(o: &SecretOpt) -> Secret {
+    match (&o.secret, &o.secret_file) {
+        (_, Some(f)) => Secret::File(f.clone()),
+        (Some(s), None) => Secret::Passphrase(s.clone()),
+        (None, None) => Secret::None,
+    }
+}
+
+fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).with_context(|| format!("{what} must be a non-negative number of seconds, not {s}"))
+}
+
+async fn serve(o: ServeOpt) -> anyhow::Result<()> {
+    let all = dispy::available_cpus() as i64;
+    let cpus = match o.cpus {
+        None | Some(0) => all,
+        Some(n) if n < 0 => all + n,
+        Some(n) if n > all => bail!("--cpus {n}: this machine has {all} CPUs"),
+        Some(n) => n,
+    };
+    if cpus < 1 {
+        bail!("--cpus {}: that leaves no CPU to serve (this machine has {all})", o.cpus.unwrap_or(0));
+    }
+    let psk = secret(&o.secret).to_psk().context("cannot load the cluster secret")?;
+    match psk {
+        Some(psk) => tracing::info!(fingerprint = %psk.fingerprint(), "private network key loaded"),
+        None => tracing::warn!(
+            "NO SECRET SET: anyone who can reach this node can run programs on it as this user. \
+             Give every node and client the same --secret, DISPY_SECRET or --secret-file"
+        ),
+    }
+    let dest = o.dest_path.unwrap_or_else(|| std::env::temp_dir().join("dispy-peer").join("node"));
+    let cfg = NetConfig {
+        listen: o.listen.clone(),
+        psk,
+        mdns: !o.no_mdns,
+        bootstrap: o.bootstrap.clone(),
+        kad_server: true,
+        ..NetConfig::default()
+    };
+    let (handle, events, event_loop) = net::new(cfg).context("cannot start the node's network")?;
+    let serve_cfg = ServeConfig {
+        name: o.name.unwrap_or_else(dispy::host_name),
+        cpus: cpus as u32,
+        dest: dest.clone(),
+        max_file_size: o.max_file_size,
+        max_output: o.max_output as usize,
+    };
+    tracing::info!(name = %serve_cfg.name, cpus, dest = %dest.display(), "node starting");
+    let server = Server::new(serve_cfg, handle).with_context(|| format!("cannot use dest path {}", dest.display()))?;
+    let net_task = tokio::spawn(event_loop.run());
+    let shutdown = async {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        tracing::info!("signal received; stopping");
+    };
+    server
+        .run(events, shutdown, |addr| {
+            // The readiness line tests and scripts wait for.
+            println!("listening {addr}");
+            let _ = std::io::stdout().flush();
+        })
+        .await?;
+    let _ = net_task.await;
+    Ok(())
+}
+
+async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
+    // Usage errors first, before any node is contacted.
+    let mut jobs = Vec::new();
+    for a in &o.args {
+        jobs.push(shell_words::split(a).with_context(|| format!("cannot split -a {a:?} into words"))?);
+    }
+    if jobs.is_empty() {
+        jobs.push(Vec::new());
+    }
+    let mut b = Cluster::program(&o.program)
+        .secret(secret(&o.secret))
+        .mdns(!o.find.no_mdns)
+        .discover_timeout(secs(o.find.discover_timeout, "--discover-timeout")?)
+        .reentrant(o.reentrant)
+        .local(if o.local { LocalMode::Always } else { LocalMode::Fallback });
+    for f in &o.files {
+        b = b.file(f);
+    }
+    for p in &o.find.peers {
+        b = b.peer(p.clone());
+    }
+    for p in &o.find.bootstrap {
+        b = b.bootstrap(p.clone());
+    }
+    for n in &o.nodes {
+        b = b.nodes(NodePattern::new(n));
+    }
+    if let Some(c) = o.cpus_per_node {
+        b = b.cpus_per_node(c);
+    }
+    if let Some(t) = o.timeout {
+        b = b.timeout(secs(t, "--timeout")?);
+    }
+    let mut cluster = b.start().await?;
+    let total = jobs.len();
+    cluster.submit_all(jobs).await?;
+    let mut printer = print::Printer::new(o.json);
+    let mut failed = 0usize;
+    while let Some(job) = cluster.next_result().await? {
+        if !job.succeeded() {
+            failed += 1;
+        }
+        printer.job(&job)?;
+    }
+    let stats = cluster.close().await?;
+    printer.summary(&stats, total, failed)?;
+    Ok(failed == 0)
+}
+
+async fn nodes(o: NodesOpt) -> anyhow::Result<()> {
+    let opts = dispy::DiscoverOptions {
+        mdns: !o.find.no_mdns,
+        peers: o.find.peers,
+        bootstrap: o.find.bootstrap,
+        secret: secret(&o.secret),
+    };
+    let found = dispy::discover(opts, secs(o.find.discover_timeout, "--discover-timeout")?).await?;
+    print::nodes(&found, o.json)?;
+    if found.is_empty() {
+        bail!("no node answered within {} s", o.find.discover_timeout);
+    }
+    Ok(())
+}
+
+fn keygen(file: &std::path::Path) -> anyhow::Result<()> {
+    let psk = dispy_node::psk::write_key_file(file)?;
+    println!("wrote {} (fingerprint {}); copy it to every node and client", file.display(), psk.fingerprint());
+    Ok(())
+}

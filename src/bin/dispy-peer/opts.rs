@@ -1,0 +1,176 @@
+//! Command-line options (clap derive). Durations are seconds, decimals allowed.
+
+use clap::{Args, Parser, Subcommand};
+use libp2p::Multiaddr;
+use std::path::PathBuf;
+
+/// dispy's job as a peer-to-peer mesh: run `serve` on every machine, then `submit` from
+/// any to run a program across all of them.
+#[derive(Parser, Debug)]
+#[command(name = "dispy-peer", version, about)]
+pub(crate) struct Opt {
+    /// More logging (-v: debug for dispy, -vv: also libp2p). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+    #[command(subcommand)]
+    pub(crate) cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Cmd {
+    /// Run a node: offer this machine's CPUs to the mesh.
+    Serve(ServeOpt),
+    /// Ship a program and its files to the nodes and run it once per -a.
+    Submit(SubmitOpt),
+    /// List the nodes that answer within the discovery timeout.
+    Nodes(NodesOpt),
+    /// Write a fresh random network key for --secret-file (mode 0600).
+    Keygen {
+        /// Where to write it (refuses to overwrite).
+        file: PathBuf,
+    },
+}
+
+/// The cluster secret, shared by every node and client of a mesh.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct SecretOpt {
+    /// The cluster's secret passphrase.
+    #[arg(long, env = "DISPY_SECRET", hide_env_values = true, conflicts_with = "secret_file")]
+    pub(crate) secret: Option<String>,
+    /// A key file written by `dispy-peer keygen`.
+    #[arg(long)]
+    pub(crate) secret_file: Option<PathBuf>,
+}
+
+/// How to find nodes.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct FindOpt {
+    /// A node's address (`/ip4/10.0.0.5/tcp/9700`, optionally `/p2p/<id>`); repeatable.
+    #[arg(long = "peer", value_name = "MULTIADDR")]
+    pub(crate) peers: Vec<Multiaddr>,
+    /// A Kademlia bootstrap node, to find nodes beyond the LAN; repeatable.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub(crate) bootstrap: Vec<Multiaddr>,
+    /// Do not look on the LAN by multicast DNS.
+    #[arg(long)]
+    pub(crate) no_mdns: bool,
+    /// Seconds to look for a node before giving up (or falling back to a local node).
+    #[arg(long, default_value_t = 3.0, value_name = "SECS")]
+    pub(crate) discover_timeout: f64,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ServeOpt {
+    /// CPU slots to serve: all by default; a negative N serves all but N.
+    #[arg(long, short = 'c', allow_negative_numbers = true)]
+    pub(crate) cpus: Option<i64>,
+    /// Address to listen on; repeatable. mDNS advertises only addresses bound to a LAN
+    /// interface, so keep 0.0.0.0 for zero-config discovery.
+    #[arg(long, value_name = "MULTIADDR", default_value = "/ip4/0.0.0.0/tcp/9700")]
+    pub(crate) listen: Vec<Multiaddr>,
+    #[command(flatten)]
+    pub(crate) secret: SecretOpt,
+    /// A Kademlia bootstrap node (another `serve`); repeatable.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub(crate) bootstrap: Vec<Multiaddr>,
+    /// Do not announce or look on the LAN by multicast DNS.
+    #[arg(long)]
+    pub(crate) no_mdns: bool,
+    /// Where staged files and job directories live [default: <temp dir>/dispy-peer/node].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dest_path: Option<PathBuf>,
+    /// Refuse files larger than this (bytes, or with k/M/G/T suffix: 10M, 1G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) max_file_size: Option<u64>,
+    /// Keep at most this much of each job's stdout and of its stderr.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1M")]
+    pub(crate) max_output: u64,
+    /// Name shown to clients [default: the host name].
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct SubmitOpt {
+    /// The program to run (any executable or script).
+    pub(crate) program: PathBuf,
+    /// A dependency file, placed in each job's directory; repeatable.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub(crate) files: Vec<PathBuf>,
+    /// Arguments of one job, split like a shell splits words; repeatable (one job each).
+    #[arg(short = 'a', long = "args", value_name = "ARGS", allow_hyphen_values = true)]
+    pub(crate) args: Vec<String>,
+    /// Use only nodes matching: IP glob (10.77.0.*), peer id or name; repeatable.
+    #[arg(long = "nodes", value_name = "PATTERN")]
+    pub(crate) nodes: Vec<String>,
+    #[command(flatten)]
+    pub(crate) find: FindOpt,
+    #[command(flatten)]
+    pub(crate) secret: SecretOpt,
+    /// Run an in-process node on this machine too.
+    #[arg(long)]
+    pub(crate) local: bool,
+    /// Use at most this many CPUs per node.
+    #[arg(long, value_name = "N")]
+    pub(crate) cpus_per_node: Option<u32>,
+    /// Kill a job (its whole process group) after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub(crate) timeout: Option<f64>,
+    /// Re-run a lost node's jobs elsewhere instead of abandoning them.
+    #[arg(long)]
+    pub(crate) reentrant: bool,
+    /// Print one JSON object per job per line (and one for the summary).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct NodesOpt {
+    #[command(flatten)]
+    pub(crate) find: FindOpt,
+    #[command(flatten)]
+    pub(crate) secret: SecretOpt,
+    /// Print JSON lines.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Parses `10M`, `1G`, `512k`, `4096`.
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mult: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                'B' => 1,
+                _ => return Err(format!("unknown size suffix in {s:?} (use k, M, G or T)")),
+            };
+            (&s[..i], mult)
+        }
+        _ => (s, 1),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("not a size: {s:?} (e.g. 4096, 10M, 1G)"))?;
+    if !(n >= 0.0) {
+        return Err(format!("not a size: {s:?}"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10M").unwrap(), 10 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("512k").unwrap(), 512 << 10);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("1.5K").unwrap(), 1536);
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5X").is_err());
+    }
+}

@@ -1,0 +1,117 @@
+//! How `submit` and `nodes` print: for people by default, JSON lines with `--json`.
+
+use dispy::{FoundNode, JobOutcome, JobReport, Stats};
+use std::io::{self, Write};
+
+pub(crate) struct Printer {
+    json: bool,
+    out: io::BufWriter<io::Stdout>,
+}
+
+impl Printer {
+    pub(crate) fn new(json: bool) -> Self {
+        Printer { json, out: io::BufWriter::new(io::stdout()) }
+    }
+
+    pub(crate) fn job(&mut self, job: &JobReport) -> io::Result<()> {
+        if self.json {
+            let (exit_code, signal, error) = match &job.outcome {
+                JobOutcome::Exited(c) => (Some(*c), None, None),
+                JobOutcome::Signaled(s) => (None, Some(*s), None),
+                other => (None, None, Some(other.to_string())),
+            };
+            let v = serde_json::json!({
+                "job": job.id.0,
+                "args": job.args,
+                "status": status_word(&job.outcome),
+                "exit_code": exit_code,
+                "signal": signal,
+                "error": error,
+                "node": job.node.as_ref().map(|n| n.name.clone()),
+                "node_peer_id": job.node.as_ref().map(|n| n.peer_id.clone()),
+                "node_ip": job.node.as_ref().and_then(|n| n.ip.clone()),
+                "start_us": job.start_us,
+                "end_us": job.end_us,
+                "run_secs": job.run_time().as_secs_f64(),
+                "stdout": String::from_utf8_lossy(&job.stdout),
+                "stdout_truncated": job.stdout_truncated,
+                "stderr": String::from_utf8_lossy(&job.stderr),
+                "stderr_truncated": job.stderr_truncated,
+            });
+            writeln!(self.out, "{v}")?;
+        } else {
+            let node = job.node.as_ref().map_or("-".to_string(), |n| match &n.ip {
+                Some(ip) => format!("{} ({ip})", n.name),
+                None => n.name.clone(),
+            });
+            writeln!(
+                self.out,
+                "== job {} [{}] on {node}: {} in {:.3} s",
+                job.id,
+                shell_words::join(&job.args),
+                job.outcome,
+                job.run_time().as_secs_f64()
+            )?;
+            self.out.write_all(&job.stdout)?;
+            ensure_newline(&mut self.out, &job.stdout)?;
+            if job.stdout_truncated > 0 {
+                writeln!(self.out, "[... {} more bytes of stdout dropped by the node's --max-output]", job.stdout_truncated)?;
+            }
+            if !job.stderr.is_empty() || job.stderr_truncated > 0 {
+                writeln!(self.out, "-- stderr --")?;
+                self.out.write_all(&job.stderr)?;
+                ensure_newline(&mut self.out, &job.stderr)?;
+                if job.stderr_truncated > 0 {
+                    writeln!(self.out, "[... {} more bytes of stderr dropped by the node's --max-output]", job.stderr_truncated)?;
+                }
+            }
+        }
+        self.out.flush()
+    }
+
+    pub(crate) fn summary(&mut self, stats: &Stats, total: usize, failed: usize) -> io::Result<()> {
+        if self.json {
+            let v = serde_json::json!({ "summary": stats, "jobs": total, "failed": failed });
+            writeln!(self.out, "{v}")?;
+        } else {
+            writeln!(self.out)?;
+            writeln!(self.out, "{stats}")?;
+            if failed > 0 {
+                writeln!(self.out, "{failed} of {total} jobs failed")?;
+            }
+        }
+        self.out.flush()
+    }
+}
+
+fn status_word(o: &JobOutcome) -> &'static str {
+    match o {
+        JobOutcome::Exited(0) => "finished",
+        JobOutcome::Exited(_) | JobOutcome::Signaled(_) | JobOutcome::FailedToStart(_) | JobOutcome::TimedOut => "failed",
+        JobOutcome::Cancelled => "cancelled",
+        JobOutcome::Abandoned(_) => "abandoned",
+    }
+}
+
+fn ensure_newline(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+    if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn nodes(found: &[FoundNode], json: bool) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    for n in found {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(n).map_err(io::Error::other)?)?;
+        } else {
+            writeln!(
+                out,
+                "{}  {}  {}  cpus {}/{} free  {}/{}  v{}",
+                n.name, n.peer_id, n.addr, n.free_cpus, n.cpus, n.os, n.arch, n.version
+            )?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! Looking around the mesh without running anything: what `dispy-peer nodes` shows.
+
+use crate::cluster::Secret;
+use crate::error::Result;
+use dispy_node::net::{self, NetConfig, NetEvent};
+use dispy_protocol::{Hello, Request, Response, Role, WIRE_VERSION};
+use libp2p::{Multiaddr, PeerId};
+use serde::Serialize;
+use std::time::Duration;
+
+/// A node found on the mesh.
+#[derive(Clone, Debug, Serialize)]
+pub struct FoundNode {
+    /// Its name.
+    pub name: String,
+    /// Its peer id.
+    pub peer_id: String,
+    /// The address it was reached at.
+    pub addr: String,
+    /// CPU slots it serves.
+    pub cpus: u32,
+    /// CPU slots free right now.
+    pub free_cpus: u32,
+    /// Its OS.
+    pub os: String,
+    /// Its architecture.
+    pub arch: String,
+    /// Its dispy-peer version.
+    pub version: String,
+}
+
+/// Where to look.
+#[derive(Clone, Debug, Default)]
+pub struct DiscoverOptions {
+    /// Multicast DNS on the LAN.
+    pub mdns: bool,
+    /// Addresses to dial.
+    pub peers: Vec<Multiaddr>,
+    /// Kademlia bootstrap peers.
+    pub bootstrap: Vec<Multiaddr>,
+    /// The cluster secret.
+    pub secret: Secret,
+}
+
+/// Lists the nodes that answer within `wait`, sorted by name.
+///
+/// # Errors
+/// A bad secret or network setup.
+pub async fn discover(opts: DiscoverOptions, wait: Duration) -> Result<Vec<FoundNode>> {
+    let cfg = NetConfig {
+        psk: opts.secret.to_psk()?,
+        mdns: opts.mdns,
+        peers: opts.peers,
+        bootstrap: opts.bootstrap,
+        ..NetConfig::default()
+    };
+    let (handle, mut events, event_loop) = net::new(cfg)?;
+    tokio::spawn(event_loop.run());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(PeerId, Multiaddr, Hello)>();
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    let mut found: Vec<FoundNode> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            Some(ev) = events.recv() => {
+                if let NetEvent::Connected { peer, remote } = ev {
+                    let (h, tx) = (handle.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let hello = Request::Hello(Hello {
+                            wire_version: WIRE_VERSION,
+                            software: env!("CARGO_PKG_VERSION").into(),
+                            role: Role::Client,
+                            name: crate::host_name(),
+                            os: std::env::consts::OS.into(),
+                            arch: std::env::consts::ARCH.into(),
+                            cpus: 0,
+                            free_cpus: 0,
+                            max_file_size: None,
+                        });
+                        if let Ok(Response::Hello(info)) = h.request(peer, hello).await {
+                            let _ = tx.send((peer, remote, info));
+                        }
+                    });
+                }
+            }
+            Some((peer, remote, h)) = rx.recv() => {
+                if h.role == Role::Node && !found.iter().any(|f| f.peer_id == peer.to_string()) {
+                    found.push(FoundNode {
+                        name: h.name,
+                        peer_id: peer.to_string(),
+                        addr: remote.to_string(),
+                        cpus: h.cpus,
+                        free_cpus: h.free_cpus,
+                        os: h.os,
+                        arch: h.arch,
+                        version: h.software,
+                    });
+                }
+            }
+        }
+    }
+    handle.shutdown().await;
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(found)
+}
