@@ -65,6 +65,8 @@ pub struct NodeStats {
     pub jobs: u64,
     /// Sum of its jobs' run times, in seconds.
     pub job_secs: f64,
+    /// Bytes of files sent to it (0 when it already held them all).
+    pub staged_bytes: u64,
 }
 
 /// The cluster's figures, as dispy's `stats()`.
@@ -85,8 +87,8 @@ impl Stats {
 
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:<24} {:>5} {:>6} {:>12} {:>12}", "node", "cpus", "jobs", "sec/job", "node time s")?;
-        writeln!(f, "{}", "-".repeat(63))?;
+        writeln!(f, "{:<24} {:>5} {:>6} {:>12} {:>12} {:>10}", "node", "cpus", "jobs", "sec/job", "node time s", "staged")?;
+        writeln!(f, "{}", "-".repeat(74))?;
         let mut total = 0.0;
         for n in &self.nodes {
             let label = match &n.node.ip {
@@ -95,7 +97,14 @@ impl fmt::Display for Stats {
             };
             let mean = if n.jobs > 0 { n.job_secs / n.jobs as f64 } else { 0.0 };
             total += n.job_secs;
-            writeln!(f, "{label:<24} {:>5} {:>6} {mean:>12.4} {:>12.3}", n.cpus, n.jobs, n.job_secs)?;
+            writeln!(
+                f,
+                "{label:<24} {:>5} {:>6} {mean:>12.4} {:>12.3} {:>10}",
+                n.cpus,
+                n.jobs,
+                n.job_secs,
+                human_bytes(n.staged_bytes)
+            )?;
         }
         writeln!(f)?;
         let speedup = if self.wall_secs > 0.0 { total / self.wall_secs } else { 0.0 };
@@ -105,4 +114,19 @@ impl fmt::Display for Stats {
 
 pub(crate) fn node_ref(name: &str, peer: &PeerId, ip: Option<std::net::IpAddr>) -> NodeRef {
     NodeRef { name: name.to_string(), peer_id: peer.to_string(), ip: ip.map(|i| i.to_string()) }
+}
+
+/// `5.0 MiB`, `812 B`.
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }

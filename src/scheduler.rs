@@ -86,6 +86,7 @@ struct Node {
     in_flight: HashSet<JobId>,
     jobs_done: u64,
     job_secs: f64,
+    staged_bytes: u64,
 }
 
 enum JobState {
@@ -102,7 +103,8 @@ struct Job {
 enum Internal {
     Hello(PeerId, dispy_node::Result<Response>),
     Reserved(PeerId, dispy_node::Result<Response>),
-    Staged(PeerId, Result<(), String>),
+    /// Bytes sent, or why staging failed.
+    Staged(PeerId, Result<u64, String>),
     Submitted(PeerId, Vec<JobId>, dispy_node::Result<Response>),
     LocalUp(crate::Result<LocalNode>),
 }
@@ -216,6 +218,7 @@ impl Scheduler {
                     in_flight: HashSet::new(),
                     jobs_done: 0,
                     job_secs: 0.0,
+                    staged_bytes: 0,
                 });
                 node.phase = Phase::Greeting;
                 node.ip = ip;
@@ -305,11 +308,14 @@ impl Scheduler {
                             self.s.files.iter().filter(|f| r.missing.contains(&f.entry.hash)).cloned().collect();
                         let (net, tx, cluster) = (self.net.clone(), self.internal_tx.clone(), self.s.cluster);
                         tokio::spawn(async move {
-                            let mut outcome = Ok(());
+                            let mut outcome = Ok(0);
                             for f in &files {
-                                outcome = stage::send_file(&net, peer, cluster, f).await;
-                                if outcome.is_err() {
-                                    break;
+                                match stage::send_file(&net, peer, cluster, f).await {
+                                    Ok(()) => outcome = outcome.map(|sent| sent + f.entry.size),
+                                    Err(e) => {
+                                        outcome = Err(e);
+                                        break;
+                                    }
                                 }
                             }
                             let _ = tx.send(Internal::Staged(peer, outcome));
@@ -321,8 +327,9 @@ impl Scheduler {
                 Err(e) => self.unusable(peer, e.to_string()),
             },
             Internal::Staged(peer, outcome) => match outcome {
-                Ok(()) => {
+                Ok(sent) => {
                     if let Some(node) = self.nodes.get_mut(&peer) {
+                        node.staged_bytes += sent;
                         if node.phase == Phase::Staging {
                             node.phase = Phase::Ready;
                             info!(node = %node.name, cpus = node.cpus, "node staged and ready");
@@ -641,6 +648,7 @@ impl Scheduler {
                 cpus: n.cpus,
                 jobs: n.jobs_done,
                 job_secs: n.job_secs,
+                staged_bytes: n.staged_bytes,
             })
             .collect();
         Stats { nodes, wall_secs: self.started.elapsed().as_secs_f64() }

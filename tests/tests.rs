@@ -1,1 +1,10 @@
+//! End-to-end tests: real `dispy-peer` processes over real libp2p connections on
+//! 127.0.0.1, and LAN tests in network namespaces the tests create.
 
+mod util;
+
+mod cli;
+mod cluster;
+mod lan;
+mod local;
+mod psk;

@@ -1,0 +1,114 @@
+//! Jobs across several real nodes on 127.0.0.1.
+
+use crate::util::*;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+const JOB: &str = r#"echo "job $1 $2"; sha256sum data.bin | cut -c1-16; test -x ./job.sh && echo exec-ok"#;
+
+#[test]
+fn three_nodes_run_200_jobs_and_a_second_submit_sends_no_bytes() {
+    let dir = tempdir();
+    let data: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    std::fs::write(dir.path().join("data.bin"), &data).unwrap();
+    let expect_hash = {
+        let out = std::process::Command::new("sha256sum").arg(dir.path().join("data.bin")).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)[..16].to_string()
+    };
+    let prog = script(dir.path(), "job.sh", JOB);
+    let nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| Node::start(dir.path(), NodeOpts::new(n))).collect();
+
+    let run_once = |jobs: u32| {
+        let mut cmd = submit(&prog);
+        cmd.arg("-f").arg(dir.path().join("data.bin")).arg("--json");
+        for n in &nodes {
+            cmd.args(["--peer", &n.addr]);
+        }
+        for i in 0..jobs {
+            cmd.args(["-a", &format!("{i} 'two words'")]);
+        }
+        run("submit", cmd, Duration::from_secs(120))
+    };
+
+    let out = run_once(200);
+    out.expect_code(0);
+    let lines = out.json_lines();
+    let (jobs, summary): (Vec<_>, Vec<_>) = lines.iter().partition(|v| v.get("job").is_some());
+    assert_eq!(jobs.len(), 200, "{}", out.stdout);
+    let mut seen = HashSet::new();
+    let mut per_node: HashMap<String, u64> = HashMap::new();
+    for j in &jobs {
+        let id = j["job"].as_u64().unwrap();
+        assert!(seen.insert(id), "job {id} reported twice");
+        assert_eq!(j["exit_code"], 0, "{j}");
+        assert_eq!(j["stdout"].as_str().unwrap(), format!("job {id} two words\n{expect_hash}\nexec-ok\n"), "{j}");
+        *per_node.entry(j["node"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    assert_eq!(per_node.len(), 3, "every node ran jobs: {per_node:?}");
+    let summary = &summary[0]["summary"];
+    let mut total = 0;
+    for n in summary["nodes"].as_array().unwrap() {
+        let name = n["node"]["name"].as_str().unwrap();
+        assert_eq!(n["jobs"].as_u64().unwrap(), per_node[name], "summary disagrees for {name}");
+        assert_eq!(n["staged_bytes"].as_u64().unwrap(), 5 * 1024 * 1024 + JOB.len() as u64 + 11, "first run stages both files");
+        total += n["jobs"].as_u64().unwrap();
+    }
+    assert_eq!(total, 200);
+
+    let out = run_once(6);
+    out.expect_code(0);
+    let lines = out.json_lines();
+    let summary = &lines.last().unwrap()["summary"];
+    for n in summary["nodes"].as_array().unwrap() {
+        assert_eq!(n["staged_bytes"], 0, "files already on the node are not sent again: {n}");
+    }
+    for n in &nodes {
+        assert!(n.job_dirs().is_empty(), "job directories left on {}: {:?}", n.proc.name, n.job_dirs());
+    }
+    let pids: Vec<u32> = nodes.iter().map(|n| n.proc.pid()).collect();
+    drop(nodes);
+    assert!(pids.iter().all(|p| !alive(*p)), "a node outlived its test");
+}
+
+#[test]
+fn failed_jobs_are_reported_and_submit_exits_1() {
+    let dir = tempdir();
+    let prog = script(dir.path(), "fail.sh", r#"case "$1" in exit) exit 3;; kill) kill -9 $$;; *) echo fine;; esac"#);
+    let node = Node::start(dir.path(), NodeOpts::new("a"));
+    let mut cmd = submit(&prog);
+    cmd.args(["--peer", &node.addr, "-a", "exit", "-a", "kill", "-a", "ok"]);
+    let out = run("submit", cmd, Duration::from_secs(60));
+    out.expect_code(1);
+    assert!(out.stdout.contains("[exit] on a (127.0.0.1): exit 3"), "{}", out.stdout);
+    assert!(out.stdout.contains("[kill] on a (127.0.0.1): killed by signal 9"), "{}", out.stdout);
+    assert!(out.stdout.contains("[ok] on a (127.0.0.1): exit 0"), "{}", out.stdout);
+    assert!(out.stdout.contains("2 of 3 jobs failed"), "{}", out.stdout);
+}
+
+#[test]
+fn a_node_started_after_submit_began_gets_jobs() {
+    let dir = tempdir();
+    let prog = script(dir.path(), "slow.sh", "sleep 0.1; echo done $1");
+    let first = Node::start(dir.path(), NodeOpts::new("early"));
+    // The late node's port is reserved now so that submit can name it before it exists.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let late_addr = format!("/ip4/127.0.0.1/tcp/{port}");
+    let mut cmd = submit(&prog);
+    cmd.args(["--json", "--peer", &first.addr, "--peer", &late_addr, "--cpus-per-node", "1"]);
+    for i in 0..80 {
+        cmd.args(["-a", &i.to_string()]);
+    }
+    let client = Proc::spawn("submit", cmd);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut o = NodeOpts::new("late");
+    o.listen = late_addr.clone();
+    let late = Node::start(dir.path(), o);
+    let out = client.wait(Duration::from_secs(60));
+    out.expect_code(0);
+    let on_late = out.json_lines().iter().filter(|j| j["node"] == "late").count();
+    assert!(on_late > 5, "the late node ran only {on_late} jobs\n{}", out.stdout);
+    drop(late);
+}

@@ -1,0 +1,57 @@
+//! The embedded node: `submit` works on a machine with no node at all. These run inside a
+//! fresh network namespace with only loopback (`unshare -n`), so the default mDNS stays
+//! off the machine's own network.
+
+use crate::util::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn isolated(args: &[&str]) -> Command {
+    require_netns();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-n", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh", bin()]);
+    cmd.args(args);
+    cmd.env("RUST_LOG", "warn,libp2p_kad=error").env_remove("DISPY_SECRET");
+    cmd
+}
+
+#[test]
+fn submit_local_runs_jobs_with_no_node_anywhere() {
+    let dir = tempdir();
+    let prog = script(dir.path(), "sq.sh", "echo $(($1 * $1))");
+    let p = prog.to_str().unwrap();
+    let out = run("submit --local", isolated(&["submit", p, "--local", "-a", "7", "-a", "12"]), Duration::from_secs(60));
+    out.expect_code(0);
+    assert!(out.stdout.contains("\n49\n") && out.stdout.contains("\n144\n"), "{}", out.stdout);
+    assert!(out.stdout.contains("(local)"), "{}", out.stdout);
+}
+
+#[test]
+fn submit_falls_back_to_a_local_node_and_says_so() {
+    let dir = tempdir();
+    let prog = script(dir.path(), "hi.sh", "echo hi $1");
+    let p = prog.to_str().unwrap();
+    let out = run(
+        "submit (fallback)",
+        isolated(&["submit", p, "--discover-timeout", "1", "-a", "there"]),
+        Duration::from_secs(60),
+    );
+    out.expect_code(0);
+    assert!(out.stdout.contains("hi there"), "{}", out.stdout);
+    assert!(out.stderr.contains("running the jobs on a local node"), "{}", out.stderr);
+}
+
+#[test]
+fn with_nodes_named_there_is_no_fallback_but_a_clear_error() {
+    let dir = tempdir();
+    let prog = script(dir.path(), "hi.sh", "echo hi");
+    let p = prog.to_str().unwrap();
+    let out = run(
+        "submit (named)",
+        isolated(&["submit", p, "--discover-timeout", "1", "--peer", "/ip4/127.0.0.1/tcp/9"]),
+        Duration::from_secs(60),
+    );
+    out.expect_code(2);
+    assert!(out.stderr.contains("no usable dispy node found within 1.0 s"), "{}", out.stderr);
+    assert!(out.stderr.contains("/ip4/127.0.0.1/tcp/9"), "says what was searched: {}", out.stderr);
+}

@@ -1,0 +1,381 @@
+//! Test harness: real `dispy-peer` processes, killed by PID on drop, and network
+//! namespaces deleted on drop. Nothing here sends traffic outside 127.0.0.0/8 or the
+//! namespaces a test made.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dispy-peer")
+}
+
+/// A running process, killed (TERM, then KILL) by PID when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout and stderr captured in the background.
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = std::sync::mpsc::channel();
+        let out = child.stdout.take().expect("piped");
+        let buf = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                buf.lock().unwrap().push_str(&format!("{line}\n"));
+                let _ = tx.send(line);
+            }
+        });
+        let mut err = child.stderr.take().expect("piped");
+        let buf = stderr.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = err.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        });
+        Proc { child, name: name.to_string(), stdout, stderr, lines }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for a stdout line starting with `prefix`.
+    pub fn wait_line(&self, prefix: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "{} printed no line starting with {prefix:?} within {within:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    self.name,
+                    self.stdout(),
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// Waits until stderr contains `needle`.
+    pub fn wait_stderr(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Waits for the process to exit, killing it past `within`.
+    pub fn wait(mut self, within: Duration) -> Finished {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "{} did not finish within {within:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    self.name,
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Give the reader threads a moment to drain the pipes.
+        std::thread::sleep(Duration::from_millis(100));
+        Finished { code: status.code(), stdout: self.stdout(), stderr: self.stderr(), name: self.name.clone() }
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(self, within: Duration) -> Finished {
+        signal(self.pid(), libc_sigterm());
+        self.wait(within)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            signal(self.child.id(), libc_sigterm());
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn libc_sigterm() -> &'static str {
+    "TERM"
+}
+
+/// Sends a signal to one PID (never by name).
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+/// A finished process.
+#[derive(Debug)]
+pub struct Finished {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub name: String,
+}
+
+impl Finished {
+    /// Asserts the exit code, dumping the output if it differs.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "{} exited {:?}, expected {code}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.name,
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// The JSON lines of stdout (`submit --json`).
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.stdout.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).expect("json line")).collect()
+    }
+}
+
+/// A scratch directory removed on drop.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("dispy-test-").tempdir().expect("tempdir")
+}
+
+/// Options of a test node.
+pub struct NodeOpts {
+    pub name: String,
+    pub cpus: u32,
+    pub secret: Option<String>,
+    pub listen: String,
+    pub extra: Vec<String>,
+    /// Run inside this network namespace (mDNS allowed there).
+    pub netns: Option<String>,
+}
+
+impl NodeOpts {
+    pub fn new(name: &str) -> Self {
+        NodeOpts {
+            name: name.into(),
+            cpus: 2,
+            secret: Some("test-secret".into()),
+            listen: "/ip4/127.0.0.1/tcp/0".into(),
+            extra: Vec::new(),
+            netns: None,
+        }
+    }
+}
+
+/// A `dispy-peer serve` process.
+pub struct Node {
+    pub proc: Proc,
+    pub addr: String,
+    pub dest: PathBuf,
+}
+
+impl Node {
+    pub fn start(dir: &Path, o: NodeOpts) -> Node {
+        let dest = dir.join(format!("node-{}", o.name));
+        let mut cmd = match &o.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin()]);
+                c
+            }
+            None => Command::new(bin()),
+        };
+        cmd.args(["serve", "--name", &o.name, "--cpus", &o.cpus.to_string(), "--listen", &o.listen]);
+        cmd.arg("--dest-path").arg(&dest);
+        if o.netns.is_none() {
+            // mDNS never runs in the machine's own network namespace.
+            cmd.arg("--no-mdns");
+        }
+        if let Some(s) = &o.secret {
+            cmd.args(["--secret", s]);
+        }
+        cmd.args(&o.extra);
+        cmd.env("RUST_LOG", "warn,libp2p_kad=error,dispy=debug,dispy_node=debug").env_remove("DISPY_SECRET");
+        let proc = Proc::spawn(&format!("node {}", o.name), cmd);
+        let line = proc.wait_line("listening ", Duration::from_secs(20));
+        let addr = line.trim_start_matches("listening ").to_string();
+        Node { proc, addr, dest }
+    }
+
+    /// Job directories still present under the node's dest path.
+    pub fn job_dirs(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        if let Ok(clusters) = std::fs::read_dir(self.dest.join("jobs")) {
+            for c in clusters.flatten() {
+                out.push(c.path());
+            }
+        }
+        out
+    }
+}
+
+/// A `submit` command line with the test defaults (no mDNS, the test secret).
+pub fn submit(program: &Path) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.arg("submit").arg(program).args(["--no-mdns", "--secret", "test-secret"]);
+    cmd.env("RUST_LOG", "warn,libp2p_kad=error,dispy=debug,dispy_node=debug").env_remove("DISPY_SECRET");
+    cmd
+}
+
+/// Runs a command to its end (bounded), capturing its output.
+pub fn run(name: &str, cmd: Command, within: Duration) -> Finished {
+    Proc::spawn(name, cmd).wait(within)
+}
+
+/// Writes an executable script.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// Whether a PID is still a live process (a zombie counts as dead).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.contains(") Z "),
+        Err(_) => false,
+    }
+}
+
+static NS_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Network namespaces made by a test, deleted (with everything in them) on drop.
+pub struct Netns {
+    pub names: Vec<String>,
+    pub prefix: String,
+}
+
+/// Fails (never skips) with what is missing when namespaces cannot be made.
+pub fn require_netns() {
+    let ok = Command::new("ip").arg("-V").output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(ok, "this test needs iproute2's `ip` (apt-get install -y iproute2); .ci/run installs it");
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.to_string()))
+        .unwrap_or_default();
+    assert!(
+        uid.split_whitespace().nth(1) == Some("0"),
+        "this test creates network namespaces and must run as root (CI does); got {uid}"
+    );
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        require_netns();
+        let prefix = format!("dpt{}x{}", std::process::id() % 100000, NS_SEQ.fetch_add(1, Ordering::SeqCst));
+        Netns { names: Vec::new(), prefix }
+    }
+
+    /// Runs `ip ARGS`, panicking with its stderr on failure.
+    pub fn ip(&self, args: &[&str]) {
+        let out = Command::new("ip").args(args).output().expect("run ip");
+        assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Adds a namespace `<prefix>-<name>` with loopback up; returns its full name.
+    pub fn add(&mut self, name: &str) -> String {
+        let full = format!("{}-{name}", self.prefix);
+        self.ip(&["netns", "add", &full]);
+        self.names.push(full.clone());
+        self.ip(&["-n", &full, "link", "set", "lo", "up"]);
+        full
+    }
+
+    /// Adds a bridge namespace (a LAN switch) and returns its name.
+    pub fn add_lan(&mut self, name: &str) -> String {
+        let ns = self.add(name);
+        self.ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"]);
+        self.ip(&["-n", &ns, "link", "set", "br0", "up"]);
+        ns
+    }
+
+    /// Adds a host namespace plugged into `lan` as `ifname` with `cidr`.
+    pub fn add_host(&mut self, name: &str, lan: &str, ifname: &str, cidr: &str) -> String {
+        let ns = self.add(name);
+        self.plug(&ns, lan, ifname, cidr);
+        ns
+    }
+
+    /// Plugs an existing namespace into `lan` with another interface.
+    pub fn plug(&self, ns: &str, lan: &str, ifname: &str, cidr: &str) {
+        let port = format!("p{}", NS_SEQ.fetch_add(1, Ordering::SeqCst));
+        self.ip(&["-n", lan, "link", "add", &port, "type", "veth", "peer", "name", ifname, "netns", ns]);
+        self.ip(&["-n", lan, "link", "set", &port, "master", "br0"]);
+        self.ip(&["-n", lan, "link", "set", &port, "up"]);
+        self.ip(&["-n", ns, "addr", "add", cidr, "dev", ifname]);
+        self.ip(&["-n", ns, "link", "set", ifname, "up"]);
+    }
+
+    /// A command run inside namespace `ns`.
+    pub fn exec(&self, ns: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in self.names.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// Namespaces whose names start with `prefix` (to check cleanup).
+pub fn netns_left(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().map(|o| String::from_utf8_lossy(&o.stdout).to_string());
+    out.unwrap_or_default().lines().filter(|l| l.starts_with(prefix)).map(|l| l.to_string()).collect()
+}
