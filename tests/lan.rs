@@ -1,1 +1,117 @@
+//! Discovery across network namespaces that the tests create: mDNS on a bridged LAN with
+//! no address typed, and Kademlia across a router that multicast cannot cross. mDNS runs
+//! only inside these namespaces, never in the machine's own.
 
+use crate::util::*;
+use std::collections::HashSet;
+use std::time::Duration;
+
+fn serve_in(ns: &Netns, host: &str, name: &str, dir: &std::path::Path, extra: &[&str]) -> Node {
+    let mut o = NodeOpts::new(name);
+    o.netns = Some(host.to_string());
+    o.cpus = 1;
+    o.listen = "/ip4/0.0.0.0/tcp/9700".into();
+    o.extra = extra.iter().map(|s| s.to_string()).collect();
+    let _ = ns;
+    Node::start(dir, o)
+}
+
+fn submit_in(ns: &Netns, host: &str, prog: &std::path::Path, extra: &[&str], jobs: usize) -> Finished {
+    let mut cmd = ns.exec(host, bin());
+    cmd.arg("submit").arg(prog).args(["--json", "--secret", "test-secret", "--discover-timeout", "10"]);
+    cmd.args(extra);
+    for i in 0..jobs {
+        cmd.args(["-a", &i.to_string()]);
+    }
+    cmd.env("RUST_LOG", "warn,libp2p_kad=error,dispy=debug,dispy_node=debug").env_remove("DISPY_SECRET");
+    run("submit", cmd, Duration::from_secs(90))
+}
+
+fn nodes_used(out: &Finished) -> HashSet<String> {
+    out.json_lines().iter().filter_map(|j| j.get("node").and_then(|n| n.as_str()).map(String::from)).collect()
+}
+
+#[test]
+fn zero_config_lan_finds_both_nodes_by_mdns() {
+    let dir = tempdir();
+    let mut ns = Netns::new();
+    let prefix = ns.prefix.clone();
+    let lan = ns.add_lan("hub");
+    let h1 = ns.add_host("n1", &lan, "eth0", "10.77.0.1/24");
+    let h2 = ns.add_host("n2", &lan, "eth0", "10.77.0.2/24");
+    let h3 = ns.add_host("n3", &lan, "eth0", "10.77.0.3/24");
+    let prog = script(dir.path(), "job.sh", "sleep 0.05; echo $1 from $(hostname)");
+    {
+        let n1 = serve_in(&ns, &h1, "lan-one", dir.path(), &[]);
+        let n2 = serve_in(&ns, &h2, "lan-two", dir.path(), &[]);
+        // No address typed: mDNS on the bridge is the only way to the nodes.
+        let out = submit_in(&ns, &h3, &prog, &[], 40);
+        out.expect_code(0);
+        let used = nodes_used(&out);
+        assert_eq!(used, HashSet::from(["lan-one".to_string(), "lan-two".to_string()]), "{}", out.stdout);
+        let ips: HashSet<String> =
+            out.json_lines().iter().filter_map(|j| j["node_ip"].as_str().map(String::from)).collect();
+        assert_eq!(ips, HashSet::from(["10.77.0.1".to_string(), "10.77.0.2".to_string()]));
+
+        // The same LAN with --nodes: only the matching node is used.
+        let out = submit_in(&ns, &h3, &prog, &["--nodes", "10.77.0.2"], 6);
+        out.expect_code(0);
+        assert_eq!(nodes_used(&out), HashSet::from(["lan-two".to_string()]), "{}", out.stdout);
+
+        // `nodes` lists both, zero-config too.
+        let mut cmd = ns.exec(&h3, bin());
+        cmd.args(["nodes", "--json", "--secret", "test-secret", "--discover-timeout", "3"]);
+        let out = run("nodes", cmd, Duration::from_secs(30));
+        out.expect_code(0);
+        assert_eq!(out.json_lines().len(), 2, "{}", out.stdout);
+        for n in [&n1, &n2] {
+            assert!(n.job_dirs().is_empty());
+        }
+    }
+    drop(ns);
+    assert!(netns_left(&prefix).is_empty(), "namespaces left: {:?}", netns_left(&prefix));
+}
+
+#[test]
+fn kademlia_finds_a_node_beyond_the_lan() {
+    let dir = tempdir();
+    let mut ns = Netns::new();
+    let prefix = ns.prefix.clone();
+    let lan_a = ns.add_lan("hubA");
+    let lan_b = ns.add_lan("hubB");
+    let router = ns.add_host("router", &lan_a, "ethA", "10.78.1.1/24");
+    ns.plug(&router, &lan_b, "ethB", "10.78.2.1/24");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &router, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        .output()
+        .expect("sysctl");
+    assert!(out.status.success(), "cannot enable forwarding: {}", String::from_utf8_lossy(&out.stderr));
+    let client = ns.add_host("client", &lan_a, "eth0", "10.78.1.10/24");
+    let boot = ns.add_host("boot", &lan_b, "eth0", "10.78.2.20/24");
+    let far = ns.add_host("far", &lan_b, "eth0", "10.78.2.30/24");
+    ns.ip(&["-n", &client, "route", "add", "default", "via", "10.78.1.1"]);
+    ns.ip(&["-n", &boot, "route", "add", "default", "via", "10.78.2.1"]);
+    ns.ip(&["-n", &far, "route", "add", "default", "via", "10.78.2.1"]);
+    let prog = script(dir.path(), "job.sh", "sleep 0.1; echo $1");
+    {
+        let b = serve_in(&ns, &boot, "bootstrap", dir.path(), &["--no-mdns"]);
+        let boot_addr = "/ip4/10.78.2.20/tcp/9700".to_string();
+        let peer_id = b.addr.rsplit('/').next().unwrap().to_string();
+        let _x = serve_in(&ns, &far, "far-node", dir.path(), &["--no-mdns", "--bootstrap", &boot_addr]);
+        // Only the bootstrap node's address: the far node must come from its routing table.
+        let boot_full = format!("{boot_addr}/p2p/{peer_id}");
+        let out = submit_in(&ns, &client, &prog, &["--bootstrap", &boot_full], 30);
+        out.expect_code(0);
+        let used = nodes_used(&out);
+        assert!(used.contains("far-node"), "the far node ran no job: {used:?}\n{}\n{}", out.stdout, out.stderr);
+        let far_ips: HashSet<String> = out
+            .json_lines()
+            .iter()
+            .filter(|j| j["node"] == "far-node")
+            .filter_map(|j| j["node_ip"].as_str().map(String::from))
+            .collect();
+        assert_eq!(far_ips, HashSet::from(["10.78.2.30".to_string()]));
+    }
+    drop(ns);
+    assert!(netns_left(&prefix).is_empty(), "namespaces left: {:?}", netns_left(&prefix));
+}
