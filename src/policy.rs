@@ -8,7 +8,7 @@
 /// that long jobs do not pile up on one node while another idles.
 pub(crate) fn capacity(cpus: u32) -> usize {
     let cpus = cpus.max(1) as usize;
-    cpus * 2 + 2
+    cpus * 4 + 4
 }
 
 /// A node's load as the policy sees it.
@@ -18,8 +18,17 @@ pub(crate) struct Load {
     pub(crate) in_flight: usize,
 }
 
-/// Splits up to `queued` jobs among nodes: each gets at most its free capacity, nodes with
-/// the most free CPUs first. Returns how many jobs each node (by index) gets.
+/// Whether a node should be sent jobs now. A node is refilled once it has drained to half
+/// its capacity (still holding more than its CPUs' worth), so jobs travel in batches of
+/// several instead of one message per finished job; a node with an idle CPU is always
+/// eligible.
+fn wants_jobs(n: &Load) -> bool {
+    n.in_flight < n.cpus.max(1) as usize || n.in_flight <= capacity(n.cpus) / 2
+}
+
+/// Splits up to `queued` jobs among nodes: each eligible node gets at most its free
+/// capacity, nodes with the most free capacity first. Returns how many jobs each node (by
+/// index) gets.
 pub(crate) fn plan(nodes: &[Load], queued: usize) -> Vec<usize> {
     let mut out = vec![0; nodes.len()];
     let mut left = queued;
@@ -33,7 +42,7 @@ pub(crate) fn plan(nodes: &[Load], queued: usize) -> Vec<usize> {
             if left == 0 {
                 break;
             }
-            if nodes[i].in_flight + out[i] < capacity(nodes[i].cpus) {
+            if wants_jobs(&nodes[i]) && nodes[i].in_flight + out[i] < capacity(nodes[i].cpus) {
                 out[i] += 1;
                 left -= 1;
                 gave = true;
@@ -54,7 +63,10 @@ mod tests {
     fn fills_free_capacity_and_spreads() {
         let nodes = [Load { cpus: 2, in_flight: 0 }, Load { cpus: 2, in_flight: 6 }, Load { cpus: 4, in_flight: 0 }];
         let p = plan(&nodes, 1000);
-        assert_eq!(p, vec![6, 0, 10]);
+        assert_eq!(p, vec![12, 6, 20]);
+        // A node above half its capacity waits to gather a batch.
+        assert_eq!(plan(&[Load { cpus: 2, in_flight: 7 }], 1000), vec![0]);
+        assert_eq!(plan(&[Load { cpus: 2, in_flight: 1 }], 1000), vec![11]);
         let p = plan(&nodes, 3);
         assert_eq!(p.iter().sum::<usize>(), 3);
         assert!(p[0] >= 1 && p[2] >= 1, "{p:?}");

@@ -43,6 +43,23 @@ pub struct JobReport {
 }
 
 impl JobReport {
+    /// A report for a job that ended without running to completion on a node (cancelled
+    /// while queued, abandoned with its node).
+    pub(crate) fn unrun(id: JobId, args: Vec<String>, node: Option<NodeRef>, outcome: JobOutcome) -> Self {
+        JobReport {
+            id,
+            args,
+            node,
+            outcome,
+            stdout: Vec::new(),
+            stdout_truncated: 0,
+            stderr: Vec::new(),
+            stderr_truncated: 0,
+            start_us: 0,
+            end_us: 0,
+        }
+    }
+
     /// How long the job ran on its node.
     pub fn run_time(&self) -> Duration {
         Duration::from_micros(self.end_us.saturating_sub(self.start_us))

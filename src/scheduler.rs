@@ -506,18 +506,8 @@ impl Scheduler {
         for id in ids {
             let Some(job) = self.jobs.get_mut(id.0 as usize) else { continue };
             job.state = JobState::Done;
-            let report = JobReport {
-                id,
-                args: job.args.clone(),
-                node: Some(node_ref(&name, &peer, ip)),
-                outcome: JobOutcome::Abandoned(format!("node {name} was lost: {why}")),
-                stdout: Vec::new(),
-                stdout_truncated: 0,
-                stderr: Vec::new(),
-                stderr_truncated: 0,
-                start_us: 0,
-                end_us: 0,
-            };
+            let outcome = JobOutcome::Abandoned(format!("node {name} was lost: {why}"));
+            let report = JobReport::unrun(id, job.args.clone(), Some(node_ref(&name, &peer, ip)), outcome);
             let _ = self.updates.send(Update::Job(Box::new(report)));
         }
     }
@@ -530,18 +520,7 @@ impl Scheduler {
                 JobState::Queued => {
                     job.state = JobState::Done;
                     self.queue.retain(|q| *q != id);
-                    let report = JobReport {
-                        id,
-                        args: job.args.clone(),
-                        node: None,
-                        outcome: JobOutcome::Cancelled,
-                        stdout: Vec::new(),
-                        stdout_truncated: 0,
-                        stderr: Vec::new(),
-                        stderr_truncated: 0,
-                        start_us: 0,
-                        end_us: 0,
-                    };
+                    let report = JobReport::unrun(id, job.args.clone(), None, JobOutcome::Cancelled);
                     let _ = self.updates.send(Update::Job(Box::new(report)));
                 }
                 JobState::OnNode(peer) => per_node.entry(peer).or_default().push(id),

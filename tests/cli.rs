@@ -121,10 +121,9 @@ fn serve_stops_on_sigterm_killing_jobs_and_removing_job_dirs() {
     let job_pid: u32 = std::fs::read_to_string(&pidfile).expect("job started").trim().parse().unwrap();
     assert!(alive(job_pid));
     assert!(!node.job_dirs().is_empty());
-    let dest = node.dest.clone();
-    let Node { proc, .. } = node;
-    proc.terminate(Duration::from_secs(10)).expect_code(0);
+    let mut node = node;
+    assert_eq!(node.stop(), Some(0), "{}", node.proc.stderr());
     assert!(!alive(job_pid), "the job outlived its node");
-    assert!(!dest.join("jobs").exists(), "job directories left behind");
+    assert!(!node.dest.join("jobs").exists(), "job directories left behind");
     drop(client);
 }

@@ -5,6 +5,8 @@ mod util;
 
 mod cli;
 mod cluster;
+mod faults;
 mod lan;
 mod local;
+mod malformed;
 mod psk;

@@ -212,11 +212,46 @@ impl NodeOpts {
     }
 }
 
-/// A `dispy-peer serve` process.
+/// A `dispy-peer serve` process. Dropping it stops the node with SIGTERM and checks
+/// that it exited 0 and left no job directory behind.
 pub struct Node {
     pub proc: Proc,
     pub addr: String,
     pub dest: PathBuf,
+}
+
+impl Node {
+    /// SIGTERM, then wait (KILL past 10 s). Returns the exit code (`None`: killed by a
+    /// signal, e.g. by the test itself).
+    pub fn stop(&mut self) -> Option<i32> {
+        if let Ok(Some(status)) = self.proc.child.try_wait() {
+            return status.code();
+        }
+        signal(self.proc.pid(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.proc.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+        panic!("{} ignored SIGTERM for 10 s\n{}", self.proc.name, self.proc.stderr());
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let code = self.stop();
+        if std::thread::panicking() {
+            return;
+        }
+        if code.is_some() {
+            assert_eq!(code, Some(0), "{} exited {code:?} on SIGTERM\n{}", self.proc.name, self.proc.stderr());
+            assert!(!self.dest.join("jobs").exists(), "{} left job directories behind", self.proc.name);
+        }
+    }
 }
 
 impl Node {

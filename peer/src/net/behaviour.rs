@@ -5,12 +5,13 @@
 
 use super::NetConfig;
 use crate::error::{Error, Result};
-use dispy_protocol::{KAD_PROTOCOL_NAME, MAX_MESSAGE_SIZE, PROTOCOL_NAME, Request, Response};
+use dispy_protocol::{KAD_PROTOCOL_NAME, PROTOCOL_NAME};
 use futures::future::Either;
 use libp2p::core::upgrade::Version;
 use libp2p::core::{Transport, muxing::StreamMuxerBox, transport::Boxed};
 use libp2p::pnet::PnetConfig;
-use libp2p::request_response::{self, ProtocolSupport, cbor};
+use super::codec::DispyCodec;
+use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, behaviour::toggle::Toggle};
 use libp2p::{PeerId, StreamProtocol, Swarm, identify, identity, kad, mdns, noise, ping, tcp, yamux};
 use std::time::Duration;
@@ -30,11 +31,42 @@ const MAX_CONCURRENT_STREAMS: usize = 1024;
 /// The peer's behaviours; the derive generates `BehaviourEvent`.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
-    pub(crate) rr: cbor::Behaviour<Request, Response>,
+    pub(crate) rr: request_response::Behaviour<DispyCodec>,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// The transport every dispy peer uses: TCP → pnet (when a key is given) → noise → yamux.
+/// Public so that tools and tests can build a raw peer that speaks to real nodes.
+///
+/// # Errors
+/// Noise key setup failures.
+pub fn transport(
+    key: &identity::Keypair,
+    psk: Option<libp2p::pnet::PreSharedKey>,
+) -> std::result::Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
+    let noise = noise::Config::new(key)?;
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default());
+    // Boxed so that both cases share the upgrade chain below.
+    let base = match psk {
+        Some(psk) => tcp
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .map(|socket, _| Either::Left(socket))
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .boxed(),
+        None => tcp
+            .map(|socket, _| Either::Right(socket))
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .boxed(),
+    };
+    Ok(base
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed())
 }
 
 /// Builds the swarm; nothing runs until the event loop polls it.
@@ -44,36 +76,14 @@ pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result
     let mdns_on = cfg.mdns;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_other_transport(|key| -> std::result::Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
-            let noise = noise::Config::new(key)?;
-            let tcp = tcp::tokio::Transport::new(tcp::Config::default());
-            // Boxed so that both cases share the upgrade chain below.
-            let base = match psk {
-                Some(psk) => tcp
-                    .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
-                    .map(|socket, _| Either::Left(socket))
-                    .map_err(|e| std::io::Error::other(e.to_string()))
-                    .boxed(),
-                None => tcp
-                    .map(|socket, _| Either::Right(socket))
-                    .map_err(|e| std::io::Error::other(e.to_string()))
-                    .boxed(),
-            };
-            Ok(base
-                .upgrade(Version::V1Lazy)
-                .authenticate(noise)
-                .multiplex(yamux::Config::default())
-                .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-                .boxed())
+        .with_other_transport(|key| {
+            transport(key, psk).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })
         .map_err(|e| Error::Setup(e.to_string()))?
         .with_behaviour(|key| -> std::result::Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
             let local = key.public().to_peer_id();
-            let codec = cbor::codec::Codec::<Request, Response>::default()
-                .set_request_size_maximum(MAX_MESSAGE_SIZE)
-                .set_response_size_maximum(MAX_MESSAGE_SIZE);
             let rr = request_response::Behaviour::with_codec(
-                codec,
+                DispyCodec,
                 [(StreamProtocol::new(PROTOCOL_NAME), ProtocolSupport::Full)],
                 request_response::Config::default()
                     .with_request_timeout(REQUEST_TIMEOUT)

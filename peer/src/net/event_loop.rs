@@ -217,23 +217,28 @@ impl EventLoop {
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                 let ip = ip_of(&send_back_addr).map(|ip| ip.to_string()).unwrap_or_default();
-                let cause = error_chain(&error);
-                if self.handshake_logged.insert(format!("in:{ip}")) {
-                    warn!(
-                        remote = %send_back_addr,
-                        fingerprint = %self.fingerprint,
-                        %cause,
-                        "a peer failed the network-key handshake: it probably uses a different secret \
-                         (local network key fingerprint {})",
-                        self.fingerprint
-                    );
-                } else {
-                    debug!(remote = %send_back_addr, %cause, "incoming connection failed");
-                }
+                self.log_handshake_failure(format!("in:{ip}"), &send_back_addr.to_string(), &error_chain(&error));
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             SwarmEvent::ListenerError { error, .. } => warn!(cause = %error_chain(&error), "listener error"),
             other => trace!(?other, "swarm event"),
+        }
+    }
+
+    /// One warning per remote (address or IP) naming the likely cause; later ones at debug,
+    /// so a peer with another secret never floods the log.
+    fn log_handshake_failure(&mut self, key: String, remote: &str, cause: &str) {
+        if self.handshake_logged.insert(key) {
+            warn!(
+                %remote,
+                fingerprint = %self.fingerprint,
+                %cause,
+                "a peer failed the network-key handshake: it probably uses a different secret \
+                 (local network key fingerprint {})",
+                self.fingerprint
+            );
+        } else {
+            debug!(%remote, %cause, "handshake failed again");
         }
     }
 
@@ -259,22 +264,9 @@ impl EventLoop {
                 configured = Some(t.addr.clone());
             }
         }
-        let key = configured.as_ref().map(|a| a.to_string()).or(peer.map(|p| p.to_string()));
+        let key = configured.as_ref().map(|a| a.to_string()).or(peer.map(|p| p.to_string())).unwrap_or_default();
         if handshake {
-            let first = key.as_ref().is_none_or(|k| self.handshake_logged.insert(format!("out:{k}")));
-            if first {
-                warn!(
-                    peer = ?peer,
-                    addr = ?configured,
-                    fingerprint = %self.fingerprint,
-                    %cause,
-                    "a peer failed the network-key handshake: it probably uses a different secret \
-                     (local network key fingerprint {})",
-                    self.fingerprint
-                );
-            } else {
-                debug!(peer = ?peer, %cause, "dial failed again");
-            }
+            self.log_handshake_failure(format!("out:{key}"), &key, &cause);
         } else {
             debug!(peer = ?peer, addr = ?configured, %cause, "dial failed");
         }

@@ -5,10 +5,13 @@
 //! Kademlia queries, clients only ask).
 
 mod behaviour;
+mod codec;
 pub(crate) mod discovery;
 mod event_loop;
 mod handle;
 
+pub use behaviour::transport;
+pub use codec::DispyCodec;
 pub use event_loop::EventLoop;
 pub use handle::NetHandle;
 

@@ -109,7 +109,9 @@ pub(crate) async fn run(spec: RunSpec, cancel: oneshot::Receiver<()>) -> RunOutc
 async fn read_capped<R: AsyncRead + Unpin>(pipe: Option<R>, max: usize, mut exited: watch::Receiver<bool>) -> Output {
     let mut out = Output::default();
     let Some(mut pipe) = pipe else { return out };
-    let mut buf = vec![0u8; 64 * 1024];
+    // Small on purpose: most jobs print little, and a big buffer per pipe per job costs
+    // an mmap/munmap pair each time.
+    let mut buf = vec![0u8; 8 * 1024];
     let give_up = async move {
         let _ = exited.wait_for(|e| *e).await;
         tokio::time::sleep(DRAIN_GRACE).await;

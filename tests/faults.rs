@@ -1,0 +1,79 @@
+//! Losing a node or a client mid-run: nothing waits forever, nothing is left behind.
+
+use crate::util::*;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+fn lose_a_node(reentrant: bool) -> (Finished, usize) {
+    let dir = tempdir();
+    let prog = script(dir.path(), "job.sh", "sleep 0.3; echo done $1");
+    let mut a = NodeOpts::new("stays");
+    a.cpus = 1;
+    let mut b = NodeOpts::new("dies");
+    b.cpus = 1;
+    let stays = Node::start(dir.path(), a);
+    let dies = Node::start(dir.path(), b);
+    let mut cmd = submit(&prog);
+    cmd.args(["--json", "--peer", &stays.addr, "--peer", &dies.addr]);
+    if reentrant {
+        cmd.arg("--reentrant");
+    }
+    for i in 0..20 {
+        cmd.args(["-a", &i.to_string()]);
+    }
+    let client = Proc::spawn("submit", cmd);
+    // Both nodes hold running and queued jobs by now.
+    std::thread::sleep(Duration::from_millis(1200));
+    signal(dies.proc.pid(), "KILL");
+    let out = client.wait(Duration::from_secs(60));
+    let ids: Vec<u64> = out.json_lines().iter().filter_map(|j| j.get("job").and_then(|v| v.as_u64())).collect();
+    let unique: HashSet<u64> = ids.iter().copied().collect();
+    assert_eq!((ids.len(), unique.len()), (20, 20), "each job reported exactly once:\n{}", out.stdout);
+    let abandoned = out.json_lines().iter().filter(|j| j["status"] == "abandoned").count();
+    drop(stays);
+    (out, abandoned)
+}
+
+#[test]
+fn a_lost_nodes_jobs_are_abandoned_with_the_reason() {
+    let (out, abandoned) = lose_a_node(false);
+    out.expect_code(1);
+    assert!(abandoned > 0, "{}", out.stdout);
+    assert!(out.stdout.contains("abandoned: node dies was lost"), "{}", out.stdout);
+}
+
+#[test]
+fn a_reentrant_cluster_reruns_a_lost_nodes_jobs_elsewhere() {
+    let (out, abandoned) = lose_a_node(true);
+    out.expect_code(0);
+    assert_eq!(abandoned, 0);
+    assert!(out.json_lines().iter().filter(|j| j.get("job").is_some()).all(|j| j["exit_code"] == 0), "{}", out.stdout);
+}
+
+#[test]
+fn a_lost_client_has_its_jobs_killed_and_files_removed() {
+    let dir = tempdir();
+    let prog = script(dir.path(), "hold.sh", "echo $$ > \"$1\"; sleep 60");
+    let node = Node::start(dir.path(), NodeOpts::new("n"));
+    let pidfiles: Vec<_> = (0..2).map(|i| dir.path().join(format!("job{i}.pid"))).collect();
+    let mut cmd = submit(&prog);
+    cmd.args(["--peer", &node.addr]);
+    for p in &pidfiles {
+        cmd.arg("-a").arg(p);
+    }
+    let client = Proc::spawn("submit", cmd);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pidfiles.iter().all(|p| p.exists()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pids: Vec<u32> = pidfiles.iter().map(|p| std::fs::read_to_string(p).expect("job started").trim().parse().unwrap()).collect();
+    signal(client.pid(), "KILL");
+    let _ = client.wait(Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (pids.iter().any(|p| alive(*p)) || !node.job_dirs().is_empty()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(pids.iter().all(|p| !alive(*p)), "a job outlived its client");
+    assert!(node.job_dirs().is_empty(), "job directories left: {:?}", node.job_dirs());
+    assert!(node.proc.stderr().contains("client has gone"), "{}", node.proc.stderr());
+}
