@@ -474,12 +474,11 @@ impl Scheduler {
         let mut ids: Vec<JobId> = node.in_flight.drain().collect();
         ids.sort();
         for id in ids.into_iter().rev() {
-            if let Some(job) = self.jobs.get_mut(id.0 as usize) {
-                if matches!(job.state, JobState::OnNode(p) if p == peer) {
+            if let Some(job) = self.jobs.get_mut(id.0 as usize)
+                && matches!(job.state, JobState::OnNode(p) if p == peer) {
                     job.state = JobState::Queued;
                     self.queue.push_front(id);
                 }
-            }
         }
         self.dispatch();
     }

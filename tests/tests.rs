@@ -1,6 +1,9 @@
 //! End-to-end tests: real `dispy-peer` processes over real libp2p connections on
 //! 127.0.0.1, and LAN tests in network namespaces the tests create.
 
+// Tests may unwrap: a panic is how they fail.
+#![allow(clippy::unwrap_used)]
+
 mod util;
 
 mod cli;

@@ -143,11 +143,10 @@ impl EventLoop {
             if t.connected || t.dialing.is_some() || !t.backoff.due(now) {
                 continue;
             }
-            if let Some(peer) = t.peer {
-                if self.swarm.is_connected(&peer) {
+            if let Some(peer) = t.peer
+                && self.swarm.is_connected(&peer) {
                     continue;
                 }
-            }
             let opts = DialOpts::unknown_peer_id().address(t.addr.clone()).build();
             let id = opts.connection_id();
             let addr = t.addr.clone();
@@ -190,11 +189,10 @@ impl EventLoop {
                         }
                     }
                 }
-                if bootstrap {
-                    if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
+                if bootstrap
+                    && let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
                         debug!(cause = %e, "kademlia bootstrap not started");
                     }
-                }
                 debug!(peer = %peer_id, %remote, "connection established");
                 if num_established.get() == 1 {
                     self.emit(NetEvent::Connected { peer: peer_id, remote });
@@ -251,11 +249,10 @@ impl EventLoop {
             && !["Connection refused", "No route to host", "Network is unreachable", "Cannot assign"]
                 .iter()
                 .any(|s| cause.contains(s));
-        if let Some(peer) = peer {
-            if let Some(b) = self.mdns_backoff.get_mut(&peer) {
+        if let Some(peer) = peer
+            && let Some(b) = self.mdns_backoff.get_mut(&peer) {
                 b.failed(now);
             }
-        }
         let mut configured = None;
         for t in &mut self.targets {
             if t.dialing == Some(connection_id) {

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 
 /// How a peer joins the mesh.
 #[derive(Clone, Debug)]
+#[derive(Default)]
 pub struct NetConfig {
     /// The peer's identity; a fresh one when `None`.
     pub keypair: Option<Keypair>,
@@ -42,19 +43,6 @@ pub struct NetConfig {
     pub kad_server: bool,
 }
 
-impl Default for NetConfig {
-    fn default() -> Self {
-        NetConfig {
-            keypair: None,
-            listen: Vec::new(),
-            psk: None,
-            mdns: false,
-            bootstrap: Vec::new(),
-            peers: Vec::new(),
-            kad_server: false,
-        }
-    }
-}
 
 /// Something the network saw.
 #[derive(Debug)]

@@ -48,6 +48,8 @@ pub(crate) async fn run(spec: RunSpec, cancel: oneshot::Receiver<()>) -> RunOutc
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
+        // The cluster secret is the node's, not the job's to read.
+        .env_remove("DISPY_SECRET")
         .kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(child) => child,

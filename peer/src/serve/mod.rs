@@ -225,7 +225,7 @@ impl Server {
             Request::Reserve(r) => self.reserve(peer, r),
             Request::Chunk(c) => return self.chunk(peer, c, channel),
             Request::Submit(s) => match (self.store.clone(), self.owned(peer, s.cluster)) {
-                (_, Err(refusal)) => refusal,
+                (_, Err(refusal)) => *refusal,
                 (store, Ok(cluster)) => {
                     let missing: Vec<&str> = cluster
                         .files
@@ -244,7 +244,7 @@ impl Server {
                 }
             },
             Request::Cancel(c) => match self.owned(peer, c.cluster) {
-                Err(refusal) => refusal,
+                Err(refusal) => *refusal,
                 Ok(cluster) => {
                     let mut cancelled = Vec::new();
                     for id in c.jobs {
@@ -271,7 +271,7 @@ impl Server {
                 }
             },
             Request::Release(r) => match self.owned(peer, r.cluster) {
-                Err(refusal) => refusal,
+                Err(refusal) => *refusal,
                 Ok(_) => {
                     self.release(r.cluster);
                     Response::Ok
@@ -283,13 +283,13 @@ impl Server {
     }
 
     /// The cluster, if `peer` is its client.
-    fn owned(&mut self, peer: PeerId, id: ClusterId) -> std::result::Result<&mut Cluster, Response> {
+    fn owned(&mut self, peer: PeerId, id: ClusterId) -> std::result::Result<&mut Cluster, Box<Response>> {
         match self.clusters.get_mut(&id) {
             Some(c) if c.client == peer && !c.released => Ok(c),
-            _ => Err(Response::Refused(Refusal::new(
+            _ => Err(Box::new(Response::Refused(Refusal::new(
                 RefusalKind::UnknownCluster,
                 format!("cluster {id} is not reserved on this node by you"),
-            ))),
+            )))),
         }
     }
 
@@ -300,8 +300,8 @@ impl Server {
                 warn!(client = %peer, cause = %e, "refused a file name");
                 return refuse(RefusalKind::BadPath, e.to_string());
             }
-            if let Some(max) = self.cfg.max_file_size {
-                if f.size > max {
+            if let Some(max) = self.cfg.max_file_size
+                && f.size > max {
                     return refuse(
                         RefusalKind::TooLarge,
                         format!(
@@ -310,7 +310,6 @@ impl Server {
                         ),
                     );
                 }
-            }
         }
         if !r.files.iter().any(|f| f.name == r.program) {
             return refuse(RefusalKind::BadFile, format!("program {} is not among the cluster's files", r.program));
@@ -322,11 +321,10 @@ impl Server {
                 missing.push(f.hash);
             }
         }
-        if let Some(existing) = self.clusters.get(&r.cluster) {
-            if existing.client != peer {
+        if let Some(existing) = self.clusters.get(&r.cluster)
+            && existing.client != peer {
                 return refuse(RefusalKind::UnknownCluster, format!("cluster {} belongs to another client", r.cluster));
             }
-        }
         info!(cluster = %r.cluster, client = %peer, cpus, files = r.files.len(), missing = missing.len(), "cluster reserved");
         let dir = self.jobs_root.join(r.cluster.to_string());
         self.clusters.insert(
@@ -358,7 +356,7 @@ impl Server {
         let store = self.store.clone();
         let cluster = match self.owned(peer, c.cluster) {
             Ok(cluster) => cluster,
-            Err(refusal) => return Some((channel, refusal)),
+            Err(refusal) => return Some((channel, *refusal)),
         };
         let Some(entry) = cluster.files.iter().find(|f| f.hash == c.hash) else {
             return Some((channel, refuse(RefusalKind::BadFile, format!("file {} was not declared", c.hash))));

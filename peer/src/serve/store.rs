@@ -251,7 +251,7 @@ mod tests {
         fs::create_dir(&job).unwrap();
         std::os::unix::fs::symlink(outside.path(), job.join("evil")).unwrap();
         let entry = FileEntry { name: "evil/f".into(), hash, size: 1, executable: false };
-        let err = store.link_into(&job, &[entry.clone()]).unwrap_err();
+        let err = store.link_into(&job, std::slice::from_ref(&entry)).unwrap_err();
         assert!(err.contains("symbolic link"), "{err}");
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0, "nothing written outside");
         let escape = FileEntry { name: "../f".into(), ..entry };

@@ -153,7 +153,7 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
         _ => (s, 1),
     };
     let n: f64 = num.parse().map_err(|_| format!("not a size: {s:?} (e.g. 4096, 10M, 1G)"))?;
-    if !(n >= 0.0) {
+    if n.is_nan() || n < 0.0 {
         return Err(format!("not a size: {s:?}"));
     }
     Ok((n * mult as f64) as u64)
