@@ -1,10 +1,18 @@
-//! [`Cluster`]: dispy's `JobCluster` for programs. Build it with [`Cluster::program`],
-//! submit jobs, take their results as they finish, close it for the stats.
+//! [`Cluster`]: dispy's `JobCluster`. Build it for a program ([`Cluster::program`]) or a
+//! Rust function ([`Cluster::function`]), submit jobs, await their results, close it for
+//! the stats.
 
 use crate::error::{Error, Result};
+use crate::events::{ClusterCallback, ClusterEvent, JobCallback, JobEvent};
+use crate::job::{Decoder, Job, JobError, JobView};
+use crate::report::NodeInfo;
+use crate::scheduler::NewJob;
 use crate::local::LocalNode;
 use crate::report::{JobReport, Stats};
 use crate::scheduler::{Cmd, LocalMode, Scheduler, Settings, Update};
+use serde::{Serialize, de::DeserializeOwned};
+use std::marker::PhantomData;
+use std::sync::Arc;
 use crate::select::NodePattern;
 use crate::stage;
 use dispy_node::net::{self, NetConfig};
@@ -13,7 +21,7 @@ use libp2p::Multiaddr;
 use libp2p::pnet::PreSharedKey;
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// The cluster's secret.
 #[derive(Clone, Debug, Default)]
@@ -41,10 +49,17 @@ impl Secret {
     }
 }
 
-/// Options of a cluster; see [`Cluster::program`].
-#[derive(Clone, Debug)]
-pub struct ClusterBuilder {
+/// Turns a job's argument into what travels: program arguments, or CBOR input.
+type Encoder<A> = fn(&A) -> Result<(Vec<String>, Vec<u8>)>;
+
+/// Options of a cluster; see [`Cluster::program`] and [`Cluster::function`].
+pub struct ClusterBuilder<A, R> {
     program: PathBuf,
+    function: Option<String>,
+    encode: Encoder<A>,
+    decode: Decoder<R>,
+    on_job: Option<JobCallback>,
+    on_cluster: Option<ClusterCallback>,
     files: Vec<PathBuf>,
     peers: Vec<Multiaddr>,
     bootstrap: Vec<Multiaddr>,
@@ -58,7 +73,7 @@ pub struct ClusterBuilder {
     reentrant: bool,
 }
 
-impl ClusterBuilder {
+impl<A, R> ClusterBuilder<A, R> {
     /// Adds a dependency file, present in every job's directory under its base name.
     pub fn file(mut self, path: impl Into<PathBuf>) -> Self {
         self.files.push(path.into());
@@ -125,12 +140,24 @@ impl ClusterBuilder {
         self
     }
 
+    /// Calls `f` at every job status change (created, running, and how it ended).
+    pub fn on_job_status(mut self, f: impl Fn(&JobEvent) + Send + Sync + 'static) -> Self {
+        self.on_job = Some(Arc::new(f));
+        self
+    }
+
+    /// Calls `f` when a node is found, ready, unusable (with the reason) or lost.
+    pub fn on_cluster_status(mut self, f: impl Fn(&ClusterEvent) + Send + Sync + 'static) -> Self {
+        self.on_cluster = Some(Arc::new(f));
+        self
+    }
+
     /// Hashes the files, joins the mesh and starts looking for nodes.
     ///
     /// # Errors
     /// [`Error::File`] for a missing or unreadable program or file (no node is contacted),
     /// [`Error::Config`] / [`Error::Node`] for a bad secret or network setup.
-    pub async fn start(self) -> Result<Cluster> {
+    pub async fn start(self) -> Result<Cluster<A, R>> {
         let files = self.files.clone();
         let program = self.program.clone();
         let (program_name, files) = tokio::task::spawn_blocking(move || stage::describe(&program, &files))
@@ -182,12 +209,23 @@ impl ClusterBuilder {
             local: self.local,
             searched,
             psk,
+            function: self.function,
+            on_job: self.on_job,
+            on_cluster: self.on_cluster,
         };
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (up_tx, up_rx) = mpsc::unbounded_channel();
         let scheduler = Scheduler::new(settings, handle, up_tx, local);
         tokio::spawn(scheduler.run(events, cmd_rx));
-        Ok(Cluster { cmds: cmd_tx, updates: up_rx, next_id: 0, outstanding: 0 })
+        Ok(Cluster {
+            cmds: cmd_tx,
+            updates: up_rx,
+            next_id: 0,
+            outstanding: 0,
+            encode: self.encode,
+            decode: self.decode,
+            _t: PhantomData,
+        })
     }
 }
 
@@ -217,18 +255,79 @@ fn rand_id() -> u64 {
 /// println!("{}", cluster.close().await?);
 /// # Ok(()) }
 /// ```
-pub struct Cluster {
+pub struct Cluster<A = Vec<String>, R = ()> {
     cmds: mpsc::Sender<Cmd>,
     updates: mpsc::UnboundedReceiver<Update>,
     next_id: u64,
     outstanding: usize,
+    encode: Encoder<A>,
+    decode: Decoder<R>,
+    _t: PhantomData<fn(A) -> R>,
 }
 
-impl Cluster {
-    /// Starts building a cluster that runs `path` (any executable or script) once per job.
-    pub fn program(path: impl Into<PathBuf>) -> ClusterBuilder {
+fn program_args(args: &Vec<String>) -> Result<(Vec<String>, Vec<u8>)> {
+    Ok((args.clone(), Vec::new()))
+}
+
+fn program_result(_: &crate::JobReport) -> Result<(), JobError> {
+    Ok(())
+}
+
+fn function_input<A: Serialize>(arg: &A) -> Result<(Vec<String>, Vec<u8>)> {
+    let input = dispy_protocol::encode(arg).map_err(|e| Error::Config(format!("cannot encode the job's argument: {e}")))?;
+    Ok((Vec::new(), input))
+}
+
+fn function_result<R: DeserializeOwned>(report: &crate::JobReport) -> Result<R, JobError> {
+    dispy_protocol::decode(&report.value).map_err(|e| JobError::Decode(e.to_string()))
+}
+
+impl Cluster<Vec<String>, ()> {
+    /// Starts building a cluster that runs `path` (any executable or script) once per job,
+    /// with each job's arguments.
+    pub fn program(path: impl Into<PathBuf>) -> ClusterBuilder<Vec<String>, ()> {
+        ClusterBuilder::new(path.into(), None, program_args, program_result)
+    }
+}
+
+impl<A: Serialize, R: DeserializeOwned> Cluster<A, R> {
+    /// Starts building a cluster that calls the Rust function `f` once per job, on the nodes.
+    /// The function travels as this program's own executable, started there in worker mode:
+    /// register it with [`crate::worker!`] at the top of `main`.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// #[tokio::main]
+    /// async fn main() -> dispy::Result<()> {
+    ///     dispy::worker!(square);
+    ///     let mut cluster = dispy::Cluster::function(square).start().await?;
+    ///     let job = cluster.submit(7).await?;
+    ///     assert_eq!(job.wait().await.unwrap(), 49);
+    ///     cluster.close().await?;
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn function<F>(f: F) -> ClusterBuilder<A, R>
+    where
+        F: Fn(A) -> R + Send + Sync + 'static,
+    {
+        let _ = f;
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+        ClusterBuilder::new(exe, Some(crate::worker::name_of::<F>().to_string()), function_input::<A>, function_result::<R>)
+    }
+}
+
+impl<A, R> ClusterBuilder<A, R> {
+    fn new(program: PathBuf, function: Option<String>, encode: Encoder<A>, decode: Decoder<R>) -> Self {
         ClusterBuilder {
-            program: path.into(),
+            program,
+            function,
+            encode,
+            decode,
+            on_job: None,
+            on_cluster: None,
             files: Vec::new(),
             peers: Vec::new(),
             bootstrap: Vec::new(),
@@ -242,29 +341,85 @@ impl Cluster {
             reentrant: false,
         }
     }
+}
 
-    /// Queues a job with these arguments; returns its id at once.
-    ///
-    /// # Errors
-    /// [`Error::Closed`] if the cluster's scheduler has stopped.
-    pub async fn submit(&mut self, args: Vec<String>) -> Result<JobId> {
-        Ok(self.submit_all(vec![args]).await?[0])
+impl<A, R> Cluster<A, R> {
+    fn new_job(&mut self, arg: &A, with_handle: bool, node: Option<libp2p::PeerId>) -> Result<(NewJob, Option<watch::Receiver<JobView>>)> {
+        let (args, input) = (self.encode)(arg)?;
+        let id = JobId(self.next_id);
+        self.next_id += 1;
+        let (view, rx) = if with_handle {
+            let (tx, rx) = watch::channel(JobView::created());
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        Ok((NewJob { id, args, input, view, node }, rx))
     }
 
-    /// Queues many jobs at once (cheaper than one by one).
+    /// Queues a job; returns its handle at once. Await the handle for the result.
+    ///
+    /// Cancel safety: if the future is dropped before it completes, the job may or may not
+    /// have been queued.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the cluster's scheduler has stopped; [`Error::Config`] if the
+    /// argument cannot be encoded.
+    pub async fn submit(&mut self, arg: A) -> Result<Job<R>> {
+        self.submit_job(arg, None).await
+    }
+
+    /// Queues a job that only the node `peer_id` (a [`NodeInfo`]'s `node.peer_id`) may run.
+    ///
+    /// # Errors
+    /// As [`Cluster::submit`], and [`Error::Config`] for a malformed peer id.
+    pub async fn submit_to(&mut self, peer_id: &str, arg: A) -> Result<Job<R>> {
+        let peer: libp2p::PeerId = peer_id.parse().map_err(|e| Error::Config(format!("not a peer id: {peer_id}: {e}")))?;
+        self.submit_job(arg, Some(peer)).await
+    }
+
+    async fn submit_job(&mut self, arg: A, node: Option<libp2p::PeerId>) -> Result<Job<R>> {
+        let (job, rx) = self.new_job(&arg, true, node)?;
+        let id = job.id;
+        self.cmds.send(Cmd::Submit { jobs: vec![job] }).await.map_err(|_| Error::Closed)?;
+        let rx = rx.ok_or(Error::Closed)?;
+        Ok(Job::new(id, rx, self.decode))
+    }
+
+    /// Queues many jobs at once without handles: their reports come from
+    /// [`Cluster::next_result`] in completion order (what `dispy-peer submit` prints).
     ///
     /// # Errors
     /// [`Error::Closed`] if the cluster's scheduler has stopped.
-    pub async fn submit_all(&mut self, jobs: Vec<Vec<String>>) -> Result<Vec<JobId>> {
-        let mut batch = Vec::with_capacity(jobs.len());
-        for args in jobs {
-            batch.push((JobId(self.next_id), args));
-            self.next_id += 1;
+    pub async fn submit_all(&mut self, args: Vec<A>) -> Result<Vec<JobId>> {
+        let mut batch = Vec::with_capacity(args.len());
+        for a in &args {
+            batch.push(self.new_job(a, false, None)?.0);
         }
-        let ids: Vec<JobId> = batch.iter().map(|(id, _)| *id).collect();
+        let ids: Vec<JobId> = batch.iter().map(|j| j.id).collect();
         self.outstanding += ids.len();
         self.cmds.send(Cmd::Submit { jobs: batch }).await.map_err(|_| Error::Closed)?;
         Ok(ids)
+    }
+
+    /// The nodes found so far, with their state.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the scheduler stopped.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds.send(Cmd::Nodes { reply }).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)
+    }
+
+    /// Waits until every job submitted so far has ended.
+    ///
+    /// # Errors
+    /// [`Error::NoNodes`] if the cluster failed; [`Error::Closed`] if the scheduler stopped.
+    pub async fn wait(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds.send(Cmd::Wait { reply }).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?.map_err(Error::NoNodes)
     }
 
     /// The next job to finish, in completion order; `None` once every submitted job has
@@ -294,8 +449,17 @@ impl Cluster {
     ///
     /// # Errors
     /// [`Error::Closed`] if the scheduler stopped.
-    pub async fn cancel(&self, ids: Vec<JobId>) -> Result<()> {
+    pub async fn cancel_ids(&self, ids: Vec<JobId>) -> Result<()> {
         self.cmds.send(Cmd::Cancel { ids }).await.map_err(|_| Error::Closed)
+    }
+
+    /// Cancels one job (see [`Cluster::cancel_ids`]): a running one is killed with its whole
+    /// process group (for functions: its worker, which a fresh one replaces).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the scheduler stopped.
+    pub async fn cancel(&self, job: &Job<R>) -> Result<()> {
+        self.cancel_ids(vec![job.id()]).await
     }
 
     /// The figures so far.

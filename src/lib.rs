@@ -26,6 +26,7 @@
 //! - [`discover()`]: list the nodes that answer.
 //! - [`report`]: job reports and the stats table.
 //! - [`select`]: `--nodes` patterns.
+//! - [`worker`]: worker mode, which carries Rust functions to the nodes ([`worker!`]).
 //!
 //! The node side and the peer runtime live in `dispy-node`; the wire in `dispy-protocol`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -34,18 +35,23 @@
 mod cluster;
 mod discover;
 mod error;
+pub mod events;
+mod job;
 mod local;
 mod policy;
 pub mod report;
 mod scheduler;
 pub mod select;
 mod stage;
+pub mod worker;
 
 pub use cluster::{Cluster, ClusterBuilder, Secret};
 pub use discover::{DiscoverOptions, FoundNode, discover};
 pub use dispy_protocol::{JobId, JobOutcome};
 pub use error::{Error, Result};
-pub use report::{JobReport, NodeStats, Stats};
+pub use events::{ClusterEvent, JobEvent};
+pub use job::{Job, JobError, JobStatus};
+pub use report::{JobReport, NodeInfo, NodeRef, NodeStats, Stats};
 pub use scheduler::LocalMode;
 pub use select::NodePattern;
 

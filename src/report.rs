@@ -40,6 +40,8 @@ pub struct JobReport {
     pub start_us: u64,
     /// End, microseconds since the Unix epoch (node's clock).
     pub end_us: u64,
+    /// For a function job that returned: its value, CBOR-encoded.
+    pub value: Vec<u8>,
 }
 
 impl JobReport {
@@ -57,6 +59,7 @@ impl JobReport {
             stderr_truncated: 0,
             start_us: 0,
             end_us: 0,
+            value: Vec::new(),
         }
     }
 
@@ -69,6 +72,21 @@ impl JobReport {
     pub fn succeeded(&self) -> bool {
         self.outcome.is_success()
     }
+}
+
+/// A node as the cluster sees it (`Cluster::nodes`).
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeInfo {
+    /// The node.
+    pub node: NodeRef,
+    /// `os/arch`.
+    pub platform: String,
+    /// CPU slots it gives the cluster.
+    pub cpus: u32,
+    /// `starting`, `ready`, `unusable: <why>` or `lost`.
+    pub status: String,
+    /// Jobs it finished.
+    pub jobs_done: u64,
 }
 
 /// One node's share of the work.

@@ -8,7 +8,9 @@
 
 use crate::local::LocalNode;
 use crate::policy::{self, Load};
-use crate::report::{JobReport, NodeRef, NodeStats, Stats, node_ref};
+use crate::events::{ClusterCallback, ClusterEvent, JobCallback, JobEvent};
+use crate::job::{JobStatus, JobView};
+use crate::report::{JobReport, NodeInfo, NodeRef, NodeStats, Stats, node_ref};
 use crate::select::NodePattern;
 use crate::stage::{self, LocalFile};
 use dispy_node::net::{NetEvent, NetHandle, remote_ip};
@@ -21,7 +23,8 @@ use libp2p::{Multiaddr, PeerId};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 /// When to run an in-process node.
@@ -37,8 +40,22 @@ pub enum LocalMode {
 }
 
 /// Commands from the cluster handle.
+/// A job as the cluster handle submits it.
+pub(crate) struct NewJob {
+    pub(crate) id: JobId,
+    pub(crate) args: Vec<String>,
+    pub(crate) input: Vec<u8>,
+    /// Present for jobs submitted with a handle; their reports go there, not to the stream.
+    pub(crate) view: Option<watch::Sender<JobView>>,
+    /// Only this node may run the job (`submit_to`).
+    pub(crate) node: Option<PeerId>,
+}
+
 pub(crate) enum Cmd {
-    Submit { jobs: Vec<(JobId, Vec<String>)> },
+    Submit { jobs: Vec<NewJob> },
+    Nodes { reply: oneshot::Sender<Vec<NodeInfo>> },
+    /// Answered once no job is pending (or with the error if the cluster failed).
+    Wait { reply: oneshot::Sender<Result<(), String>> },
     Cancel { ids: Vec<JobId> },
     Stats { reply: oneshot::Sender<Stats> },
     Close { reply: oneshot::Sender<Stats> },
@@ -66,6 +83,10 @@ pub(crate) struct Settings {
     /// What is being searched, for error messages.
     pub(crate) searched: String,
     pub(crate) psk: Option<PreSharedKey>,
+    /// For a function cluster: the function's registered name.
+    pub(crate) function: Option<String>,
+    pub(crate) on_job: Option<JobCallback>,
+    pub(crate) on_cluster: Option<ClusterCallback>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +102,8 @@ enum Phase {
 struct Node {
     ip: Option<IpAddr>,
     name: String,
+    /// `os/arch`, once greeted.
+    platform: String,
     phase: Phase,
     cpus: u32,
     in_flight: HashSet<JobId>,
@@ -97,7 +120,10 @@ enum JobState {
 
 struct Job {
     args: Vec<String>,
+    input: Vec<u8>,
     state: JobState,
+    view: Option<watch::Sender<JobView>>,
+    pinned: Option<PeerId>,
 }
 
 enum Internal {
@@ -129,6 +155,11 @@ pub(crate) struct Scheduler {
     local: Option<LocalNode>,
     local_starting: bool,
     failed: bool,
+    /// `Cluster::wait` callers.
+    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    /// Jobs not ended yet.
+    pending: usize,
+    failure: Option<String>,
 }
 
 impl Scheduler {
@@ -152,6 +183,9 @@ impl Scheduler {
             local,
             local_starting: false,
             failed: false,
+            waiters: Vec::new(),
+            pending: 0,
+            failure: None,
         }
     }
 
@@ -178,12 +212,21 @@ impl Scheduler {
     fn on_cmd(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Submit { jobs } => {
-                for (id, args) in jobs {
-                    debug_assert_eq!(id.0 as usize, self.jobs.len());
-                    self.jobs.push(Job { args, state: JobState::Queued });
-                    self.queue.push_back(id);
+                for j in jobs {
+                    debug_assert_eq!(j.id.0 as usize, self.jobs.len());
+                    self.jobs.push(Job { args: j.args, input: j.input, state: JobState::Queued, view: j.view, pinned: j.node });
+                    self.queue.push_back(j.id);
+                    self.pending += 1;
+                    self.job_event(j.id, JobStatus::Created, None);
                 }
                 self.dispatch();
+            }
+            Cmd::Nodes { reply } => {
+                let _ = reply.send(self.node_infos());
+            }
+            Cmd::Wait { reply } => {
+                self.waiters.push(reply);
+                self.answer_waiters();
             }
             Cmd::Cancel { ids } => self.cancel(ids),
             Cmd::Stats { reply } => {
@@ -213,6 +256,7 @@ impl Scheduler {
                 let node = self.nodes.entry(peer).or_insert_with(|| Node {
                     ip,
                     name: peer.to_string(),
+                    platform: String::new(),
                     phase: Phase::Greeting,
                     cpus: 0,
                     in_flight: HashSet::new(),
@@ -274,9 +318,85 @@ impl Scheduler {
     fn unusable(&mut self, peer: PeerId, why: String) {
         if let Some(node) = self.nodes.get_mut(&peer) {
             warn!(node = %node.name, %peer, reason = %why, "node not used");
-            node.phase = Phase::Unusable(why);
+            node.phase = Phase::Unusable(why.clone());
+            let node = node_ref(&node.name, &peer, node.ip);
+            self.cluster_event(ClusterEvent::NodeUnusable { node, reason: why });
         }
         self.requeue_from(peer);
+    }
+
+    fn cluster_event(&self, ev: ClusterEvent) {
+        if let Some(cb) = &self.s.on_cluster {
+            cb(&ev);
+        }
+    }
+
+    fn job_event(&self, id: JobId, status: JobStatus, node: Option<NodeRef>) {
+        if let Some(cb) = &self.s.on_job {
+            cb(&JobEvent { id, status, node });
+        }
+    }
+
+    fn node_ref(&self, peer: &PeerId) -> Option<NodeRef> {
+        self.nodes.get(peer).map(|n| node_ref(&n.name, peer, n.ip))
+    }
+
+    /// A job ended: its report goes to its handle (or the result stream) and callbacks.
+    fn finish(&mut self, report: JobReport) {
+        let id = report.id;
+        let status = JobStatus::of(&report.outcome);
+        let node = report.node.clone();
+        let Some(job) = self.jobs.get_mut(id.0 as usize) else { return };
+        if matches!(job.state, JobState::Done) {
+            return;
+        }
+        job.state = JobState::Done;
+        self.pending -= 1;
+        // The input is no longer needed: free it (long runs hold many jobs).
+        job.input = Vec::new();
+        match &job.view {
+            Some(view) => {
+                let report = Arc::new(report);
+                view.send_modify(|v| {
+                    v.status = status;
+                    v.node = report.node.clone();
+                    v.report = Some(report);
+                });
+            }
+            None => {
+                let _ = self.updates.send(Update::Job(Box::new(report)));
+            }
+        }
+        self.job_event(id, status, node);
+        self.answer_waiters();
+    }
+
+    fn answer_waiters(&mut self) {
+        if self.pending == 0 || self.failure.is_some() {
+            let answer = self.failure.clone().map_or(Ok(()), Err);
+            for w in self.waiters.drain(..) {
+                let _ = w.send(answer.clone());
+            }
+        }
+    }
+
+    fn node_infos(&self) -> Vec<NodeInfo> {
+        self.order
+            .iter()
+            .filter_map(|p| self.nodes.get(p).map(|n| (p, n)))
+            .map(|(p, n)| NodeInfo {
+                node: node_ref(&n.name, p, n.ip),
+                platform: n.platform.clone(),
+                cpus: n.cpus,
+                status: match &n.phase {
+                    Phase::Greeting | Phase::Reserving | Phase::Staging => "starting".to_string(),
+                    Phase::Ready => "ready".to_string(),
+                    Phase::Unusable(why) => format!("unusable: {why}"),
+                    Phase::Lost => "lost".to_string(),
+                },
+                jobs_done: n.jobs_done,
+            })
+            .collect()
     }
 
     async fn on_internal(&mut self, msg: Internal) {
@@ -301,6 +421,8 @@ impl Scheduler {
                     if r.missing.is_empty() {
                         node.phase = Phase::Ready;
                         info!(node = %node.name, cpus = node.cpus, "node ready");
+                        let ev = ClusterEvent::NodeReady { node: node_ref(&node.name, &peer, node.ip), cpus: node.cpus };
+                        self.cluster_event(ev);
                         self.dispatch();
                     } else {
                         node.phase = Phase::Staging;
@@ -333,6 +455,8 @@ impl Scheduler {
                         if node.phase == Phase::Staging {
                             node.phase = Phase::Ready;
                             info!(node = %node.name, cpus = node.cpus, "node staged and ready");
+                            let ev = ClusterEvent::NodeReady { node: node_ref(&node.name, &peer, node.ip), cpus: node.cpus };
+                            self.cluster_event(ev);
                         }
                     }
                     self.dispatch();
@@ -340,7 +464,22 @@ impl Scheduler {
                 Err(why) => self.unusable(peer, format!("staging failed: {why}")),
             },
             Internal::Submitted(peer, ids, answer) => match answer {
-                Ok(Response::Accepted(_)) => {}
+                Ok(Response::Accepted(_)) => {
+                    let node = self.node_ref(&peer);
+                    for id in ids {
+                        let Some(job) = self.jobs.get(id.0 as usize) else { continue };
+                        if !matches!(job.state, JobState::OnNode(p) if p == peer) {
+                            continue;
+                        }
+                        if let Some(view) = &job.view {
+                            view.send_modify(|v| {
+                                v.status = JobStatus::Running;
+                                v.node = node.clone();
+                            });
+                        }
+                        self.job_event(id, JobStatus::Running, node.clone());
+                    }
+                }
                 other => {
                     let why = match other {
                         Ok(Response::Refused(r)) => r.message,
@@ -374,6 +513,10 @@ impl Scheduler {
         }
         let Some(node) = self.nodes.get_mut(&peer) else { return };
         node.name = h.name.clone();
+        node.platform = format!("{}/{}", h.os, h.arch);
+        let found = node_ref(&node.name, &peer, node.ip);
+        self.cluster_event(ClusterEvent::NodeFound(found));
+        let Some(node) = self.nodes.get_mut(&peer) else { return };
         if h.wire_version != WIRE_VERSION {
             let why = format!(
                 "speaks dispy protocol version {} (dispy-peer {}), this client speaks version {WIRE_VERSION} (dispy-peer {})",
@@ -392,11 +535,19 @@ impl Scheduler {
         if h.cpus == 0 {
             return self.unusable(peer, "serves no CPUs".into());
         }
+        let here = format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH);
+        if self.s.function.is_some() && node.platform != here {
+            // A function travels as this program's compiled code: it runs only where this
+            // binary does.
+            let why = format!("runs {}, but this program's functions are built for {here}", node.platform);
+            return self.unusable(peer, why);
+        }
         node.phase = Phase::Reserving;
         let reserve = Request::Reserve(Reserve {
             cluster: self.s.cluster,
             cpus: self.s.cpus_per_node,
             program: self.s.program.clone(),
+            function: self.s.function.clone(),
             files: self.s.files.iter().map(|f| f.entry.clone()).collect(),
         });
         self.spawn_request(peer, reserve, Internal::Reserved);
@@ -410,14 +561,14 @@ impl Scheduler {
             if !matches!(job.state, JobState::OnNode(p) if p == peer) {
                 continue;
             }
-            job.state = JobState::Done;
+            let args = job.args.clone();
             let Some(node) = self.nodes.get_mut(&peer) else { continue };
             node.in_flight.remove(&r.id);
             node.jobs_done += 1;
             node.job_secs += r.end_us.saturating_sub(r.start_us) as f64 / 1e6;
             let report = JobReport {
                 id: r.id,
-                args: job.args.clone(),
+                args,
                 node: Some(node_ref(&node.name, &peer, node.ip)),
                 outcome: r.outcome,
                 stdout: r.stdout.bytes,
@@ -426,8 +577,9 @@ impl Scheduler {
                 stderr_truncated: r.stderr.truncated,
                 start_us: r.start_us,
                 end_us: r.end_us,
+                value: r.value,
             };
-            let _ = self.updates.send(Update::Job(Box::new(report)));
+            self.finish(report);
         }
     }
 
@@ -449,11 +601,22 @@ impl Scheduler {
                 continue;
             }
             let mut specs = Vec::with_capacity(count);
-            for _ in 0..count {
+            let mut skipped = Vec::new();
+            while specs.len() < count {
                 let Some(id) = self.queue.pop_front() else { break };
                 let Some(job) = self.jobs.get_mut(id.0 as usize) else { continue };
+                if job.pinned.is_some_and(|p| p != peer) {
+                    skipped.push(id);
+                    continue;
+                }
                 job.state = JobState::OnNode(peer);
-                specs.push(JobSpec { id, args: job.args.clone(), timeout_secs: self.s.timeout_secs });
+                specs.push(JobSpec { id, args: job.args.clone(), timeout_secs: self.s.timeout_secs, input: job.input.clone() });
+            }
+            for id in skipped.into_iter().rev() {
+                self.queue.push_front(id);
+            }
+            if specs.is_empty() {
+                continue;
             }
             let ids: Vec<JobId> = specs.iter().map(|j| j.id).collect();
             if let Some(node) = self.nodes.get_mut(&peer) {
@@ -492,6 +655,8 @@ impl Scheduler {
         node.phase = Phase::Lost;
         let name = node.name.clone();
         let ip = node.ip;
+        self.cluster_event(ClusterEvent::NodeLost { node: node_ref(&name, &peer, ip), reason: why.to_string() });
+        let Some(node) = self.nodes.get_mut(&peer) else { return };
         if node.in_flight.is_empty() {
             info!(node = %name, %peer, reason = why, "node lost");
             return;
@@ -501,26 +666,25 @@ impl Scheduler {
             self.requeue_from(peer);
             return;
         }
-        let ids: Vec<JobId> = node.in_flight.drain().collect();
+        let mut ids: Vec<JobId> = node.in_flight.drain().collect();
+        ids.sort();
         for id in ids {
-            let Some(job) = self.jobs.get_mut(id.0 as usize) else { continue };
-            job.state = JobState::Done;
+            let Some(job) = self.jobs.get(id.0 as usize) else { continue };
             let outcome = JobOutcome::Abandoned(format!("node {name} was lost: {why}"));
             let report = JobReport::unrun(id, job.args.clone(), Some(node_ref(&name, &peer, ip)), outcome);
-            let _ = self.updates.send(Update::Job(Box::new(report)));
+            self.finish(report);
         }
     }
 
     fn cancel(&mut self, ids: Vec<JobId>) {
         let mut per_node: HashMap<PeerId, Vec<JobId>> = HashMap::new();
         for id in ids {
-            let Some(job) = self.jobs.get_mut(id.0 as usize) else { continue };
+            let Some(job) = self.jobs.get(id.0 as usize) else { continue };
             match job.state {
                 JobState::Queued => {
-                    job.state = JobState::Done;
                     self.queue.retain(|q| *q != id);
                     let report = JobReport::unrun(id, job.args.clone(), None, JobOutcome::Cancelled);
-                    let _ = self.updates.send(Update::Job(Box::new(report)));
+                    self.finish(report);
                 }
                 JobState::OnNode(peer) => per_node.entry(peer).or_default().push(id),
                 JobState::Done => {}
@@ -577,7 +741,14 @@ impl Scheduler {
 
     fn fail(&mut self, msg: String) {
         self.failed = true;
-        let _ = self.updates.send(Update::Fatal(msg));
+        for job in &self.jobs {
+            if let (Some(view), false) = (&job.view, matches!(job.state, JobState::Done)) {
+                view.send_modify(|v| v.cluster_error = Some(msg.clone()));
+            }
+        }
+        let _ = self.updates.send(Update::Fatal(msg.clone()));
+        self.failure = Some(msg);
+        self.answer_waiters();
     }
 
     fn no_node_message(&self) -> String {

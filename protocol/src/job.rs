@@ -12,6 +12,9 @@ pub struct JobSpec {
     pub args: Vec<String>,
     /// Seconds after which the node kills the job; `None` = no limit.
     pub timeout_secs: Option<f64>,
+    /// For a function cluster: the argument, CBOR-encoded (empty for programs).
+    #[serde(default, with = "serde_bytes")]
+    pub input: Vec<u8>,
 }
 
 /// How a job ended.
@@ -30,12 +33,24 @@ pub enum JobOutcome {
     /// Set by the client, never sent by a node: the job's node was lost while it ran and
     /// the cluster is not reentrant; the text names the node and the reason.
     Abandoned(String),
+    /// A function job returned; its value is in [`JobResult::value`].
+    Returned,
+    /// A function job panicked.
+    Panicked {
+        /// The panic message.
+        message: String,
+        /// The backtrace where it panicked.
+        trace: String,
+    },
+    /// The worker process running a function job died (the text says how); a fresh worker
+    /// takes the slot.
+    Crashed(String),
 }
 
 impl JobOutcome {
     /// True for a program that exited 0.
     pub fn is_success(&self) -> bool {
-        matches!(self, JobOutcome::Exited(0))
+        matches!(self, JobOutcome::Exited(0) | JobOutcome::Returned)
     }
 }
 
@@ -48,6 +63,9 @@ impl std::fmt::Display for JobOutcome {
             JobOutcome::Cancelled => f.write_str("cancelled"),
             JobOutcome::TimedOut => f.write_str("timed out"),
             JobOutcome::Abandoned(why) => write!(f, "abandoned: {why}"),
+            JobOutcome::Returned => f.write_str("returned"),
+            JobOutcome::Panicked { message, .. } => write!(f, "panicked: {message}"),
+            JobOutcome::Crashed(why) => write!(f, "worker crashed: {why}"),
         }
     }
 }
@@ -77,11 +95,14 @@ pub struct JobResult {
     pub start_us: u64,
     /// End time, microseconds since the Unix epoch (node's clock).
     pub end_us: u64,
+    /// For a function job that returned: the value, CBOR-encoded.
+    #[serde(default, with = "serde_bytes")]
+    pub value: Vec<u8>,
 }
 
 impl JobResult {
     /// Bytes of output carried, to bound result batches.
     pub fn payload_len(&self) -> usize {
-        self.stdout.bytes.len() + self.stderr.bytes.len()
+        self.stdout.bytes.len() + self.stderr.bytes.len() + self.value.len()
     }
 }

@@ -11,6 +11,7 @@
 //!   struct per message.
 //! - [`job`]: job specifications and results.
 //! - [`codec`]: CBOR encode/decode with size limits.
+//! - [`worker`]: frames between a node and its function worker processes.
 //!
 //! # Flow
 //! 1. `Hello` — versions, roles, node facts (name, OS/arch, CPUs).
@@ -28,6 +29,7 @@ pub mod codec;
 pub mod ids;
 pub mod job;
 pub mod message;
+pub mod worker;
 
 pub use codec::{CodecError, decode, encode};
 pub use ids::{ClusterId, FileHash, JobId};

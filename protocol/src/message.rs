@@ -98,8 +98,13 @@ pub struct Reserve {
     pub cluster: ClusterId,
     /// At most this many CPU slots (`None` = all the node serves).
     pub cpus: Option<u32>,
-    /// The program each job runs; it is also in `files`.
+    /// The program each job runs (for a function cluster: the client's own executable,
+    /// started as a persistent worker); it is also in `files`.
     pub program: String,
+    /// For a function cluster: the function's name in the program's registry. The node keeps
+    /// one worker process per CPU slot and sends each job's input to one of them.
+    #[serde(default)]
+    pub function: Option<String>,
     /// Every file each job directory holds (the program included).
     pub files: Vec<FileEntry>,
 }
@@ -248,6 +253,7 @@ mod tests {
             stderr: Output { bytes: vec![0, 255], truncated: 12 },
             start_us: 1,
             end_us: 2,
+            value: vec![9],
         }
     }
 
@@ -261,12 +267,13 @@ mod tests {
                 cluster: c,
                 cpus: Some(1),
                 program: "p.sh".into(),
+                function: Some("demo::square".into()),
                 files: vec![FileEntry { name: "p.sh".into(), hash: h, size: 5, executable: true }],
             }),
             Request::Chunk(Chunk { cluster: c, hash: h, offset: 9, data: vec![1, 2, 3] }),
             Request::Submit(Submit {
                 cluster: c,
-                jobs: vec![JobSpec { id: JobId(1), args: vec!["a b".into()], timeout_secs: Some(1.5) }],
+                jobs: vec![JobSpec { id: JobId(1), args: vec!["a b".into()], timeout_secs: Some(1.5), input: vec![1, 2] }],
             }),
             Request::Cancel(Cancel { cluster: c, jobs: vec![JobId(1)] }),
             Request::Release(Release { cluster: c }),

@@ -8,6 +8,7 @@
 pub(crate) mod executor;
 pub mod store;
 mod sys;
+mod workers;
 
 use crate::error::{Error, Result};
 use crate::net::{NetEvent, NetHandle};
@@ -46,8 +47,9 @@ const RESULT_BATCHES_IN_FLIGHT: usize = 1;
 
 /// What spawned work reports back to the server task.
 enum Internal {
-    /// `held_slot` is false for a job cancelled before it started.
-    JobDone { cluster: ClusterId, result: JobResult, held_slot: bool },
+    /// `held_slot` is false for a job cancelled before it started; `worker` is a function
+    /// worker that can take the next job.
+    JobDone { cluster: ClusterId, result: JobResult, held_slot: bool, worker: Option<Box<workers::Worker>> },
     ChunkDone { cluster: ClusterId, hash: FileHash, upload: Box<Upload>, outcome: std::result::Result<bool, String>, channel: ResponseChannel<Response> },
     ResultsSent { cluster: ClusterId, batch: Vec<JobResult>, delivered: bool },
     Flush { cluster: ClusterId },
@@ -59,6 +61,12 @@ type UploadSlot = Option<Box<Upload>>;
 struct Cluster {
     client: PeerId,
     program: String,
+    /// For a function cluster, the function its workers serve.
+    function: Option<String>,
+    /// Function workers waiting for a job.
+    idle_workers: Vec<Box<workers::Worker>>,
+    /// Numbers worker directories.
+    workers_started: u64,
     files: Vec<FileEntry>,
     cpus: u32,
     dir: PathBuf,
@@ -264,8 +272,9 @@ impl Server {
                             stderr: Default::default(),
                             start_us: now,
                             end_us: now,
+                            value: Vec::new(),
                         };
-                        let _ = self.internal_tx.send(Internal::JobDone { cluster: c.cluster, result, held_slot: false });
+                        let _ = self.internal_tx.send(Internal::JobDone { cluster: c.cluster, result, held_slot: false, worker: None });
                     }
                     Response::Ok
                 }
@@ -332,6 +341,9 @@ impl Server {
             Cluster {
                 client: peer,
                 program: r.program,
+                function: r.function,
+                idle_workers: Vec::new(),
+                workers_started: 0,
                 files: r.files,
                 cpus,
                 dir,
@@ -390,7 +402,7 @@ impl Server {
 
     fn on_internal(&mut self, msg: Internal) {
         match msg {
-            Internal::JobDone { cluster, result, held_slot } => {
+            Internal::JobDone { cluster, result, held_slot, worker } => {
                 if held_slot {
                     self.free += 1;
                 }
@@ -398,6 +410,8 @@ impl Server {
                     c.running.remove(&result.id);
                     if !c.released {
                         c.results.push_back(result);
+                        // A worker of a released cluster is dropped here, which kills it.
+                        c.idle_workers.extend(worker);
                     }
                 }
                 self.flush(cluster);
@@ -465,24 +479,48 @@ impl Server {
             let (kill_tx, kill_rx) = oneshot::channel();
             cluster.running.insert(job.id, kill_tx);
             self.free -= 1;
+            let tx = self.internal_tx.clone();
+            let job_id = job.id;
+            let span = info_span!("job", cluster = %id, job = %job_id);
+            let max_output = self.cfg.max_output;
+            if let Some(function) = cluster.function.clone() {
+                let worker = match cluster.idle_workers.pop() {
+                    Some(w) => Ok(w),
+                    None => {
+                        cluster.workers_started += 1;
+                        let dir = cluster.dir.join(format!("worker-{}", cluster.workers_started));
+                        start_worker(&self.store, &cluster.files, &dir, &cluster.program, &function)
+                    }
+                };
+                tokio::spawn(
+                    async move {
+                        let (result, worker) = match worker {
+                            Ok(w) => w.call(&job, max_output, kill_rx).await,
+                            Err(why) => (failed_to_start(job_id, why), None),
+                        };
+                        debug!(outcome = %result.outcome, "job ended");
+                        let worker = worker.map(Box::new);
+                        let _ = tx.send(Internal::JobDone { cluster: id, result, held_slot: true, worker });
+                    }
+                    .instrument(span),
+                );
+                continue;
+            }
             let dir = cluster.dir.join(job.id.to_string());
             let spec = executor::RunSpec {
                 program: dir.join(&cluster.program),
                 args: job.args,
                 dir,
                 timeout: job.timeout_secs.filter(|t| t.is_finite() && *t > 0.0).map(Duration::from_secs_f64),
-                max_output: self.cfg.max_output,
+                max_output,
             };
             let files = cluster.files.clone();
             let store = self.store.clone();
-            let tx = self.internal_tx.clone();
-            let job_id = job.id;
-            let span = info_span!("job", cluster = %id, job = %job_id);
             tokio::spawn(
                 async move {
                     let result = run_job(&store, &files, spec, kill_rx, job_id).await;
                     debug!(outcome = %result.outcome, "job ended");
-                    let _ = tx.send(Internal::JobDone { cluster: id, result, held_slot: true });
+                    let _ = tx.send(Internal::JobDone { cluster: id, result, held_slot: true, worker: None });
                 }
                 .instrument(span),
             );
@@ -531,6 +569,7 @@ impl Server {
         c.queue.clear();
         c.results.clear();
         c.uploads.clear();
+        c.idle_workers.clear();
         for (_, kill) in c.running.drain() {
             let _ = kill.send(());
         }
@@ -565,17 +604,48 @@ async fn run_job(
     let run = match prepared {
         Ok(()) => executor::run(spec, kill).await,
         Err(why) => {
-            let now = executor::now_us();
-            executor::RunOutcome {
-                outcome: JobOutcome::FailedToStart(why),
-                stdout: Default::default(),
-                stderr: Default::default(),
-                start_us: now,
-                end_us: now,
-            }
+            let _ = std::fs::remove_dir_all(&dir);
+            return failed_to_start(id, why);
         }
     };
     // A few unlink calls: cheaper inline than a hop to the blocking pool.
     let _ = std::fs::remove_dir_all(&dir);
-    JobResult { id, outcome: run.outcome, stdout: run.stdout, stderr: run.stderr, start_us: run.start_us, end_us: run.end_us }
+    JobResult {
+        id,
+        outcome: run.outcome,
+        stdout: run.stdout,
+        stderr: run.stderr,
+        start_us: run.start_us,
+        end_us: run.end_us,
+        value: Vec::new(),
+    }
+}
+
+/// The result of a job that could not start.
+fn failed_to_start(id: JobId, why: String) -> JobResult {
+    let now = executor::now_us();
+    JobResult {
+        id,
+        outcome: JobOutcome::FailedToStart(why),
+        stdout: Default::default(),
+        stderr: Default::default(),
+        start_us: now,
+        end_us: now,
+        value: Vec::new(),
+    }
+}
+
+/// Starts a function worker in its own directory holding the cluster's files.
+fn start_worker(
+    store: &Store,
+    files: &[FileEntry],
+    dir: &std::path::Path,
+    program: &str,
+    function: &str,
+) -> std::result::Result<Box<workers::Worker>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the worker directory {}: {e}", dir.display()))?;
+    store.link_into(dir, files)?;
+    workers::Worker::spawn(&dir.join(program), dir, function)
+        .map(Box::new)
+        .map_err(|e| format!("cannot start a worker for {function}: {e}"))
 }

@@ -1,6 +1,6 @@
 //! How `submit` and `nodes` print: for people by default, JSON lines with `--json`.
 
-use dispy::{FoundNode, JobOutcome, JobReport, Stats};
+use dispy::{FoundNode, JobOutcome, JobReport, JobStatus, Stats};
 use std::io::{self, Write};
 
 pub(crate) struct Printer {
@@ -23,7 +23,7 @@ impl Printer {
             let v = serde_json::json!({
                 "job": job.id.0,
                 "args": job.args,
-                "status": status_word(&job.outcome),
+                "status": JobStatus::of(&job.outcome).as_str(),
                 "exit_code": exit_code,
                 "signal": signal,
                 "error": error,
@@ -81,15 +81,6 @@ impl Printer {
             }
         }
         self.out.flush()
-    }
-}
-
-fn status_word(o: &JobOutcome) -> &'static str {
-    match o {
-        JobOutcome::Exited(0) => "finished",
-        JobOutcome::Exited(_) | JobOutcome::Signaled(_) | JobOutcome::FailedToStart(_) | JobOutcome::TimedOut => "failed",
-        JobOutcome::Cancelled => "cancelled",
-        JobOutcome::Abandoned(_) => "abandoned",
     }
 }
 

@@ -1,0 +1,131 @@
+//! Function workers: persistent processes of a function cluster's executable, one per CPU
+//! slot in use, each running job after job. A job costs two pipe messages, not a process.
+//!
+//! A worker that is cancelled, times out or dies is killed with its whole process group and
+//! dropped; the next job of the cluster starts a fresh one.
+
+use super::executor::now_us;
+use super::sys::kill_group;
+use dispy_protocol::worker::{CallOutcome, WORKER_ENV, WorkerCall, WorkerReply, decode_frame, encode_frame, frame_len};
+use dispy_protocol::{JobOutcome, JobResult, JobSpec, Output};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::sync::oneshot;
+
+/// A running worker process.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    pgid: u32,
+    dir: PathBuf,
+}
+
+impl Worker {
+    /// Starts `program` in worker mode for `function`, with its cwd in `dir`.
+    pub(crate) fn spawn(program: &Path, dir: &Path, function: &str) -> std::io::Result<Worker> {
+        let mut child = tokio::process::Command::new(program)
+            .current_dir(dir)
+            .env(WORKER_ENV, function)
+            .env_remove("DISPY_SECRET")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            // Outside a job the worker's own stderr (a crash message) goes to the node's log.
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(std::io::Error::other("worker pipes missing"));
+        };
+        let pgid = child.id().unwrap_or(0);
+        Ok(Worker { child, stdin, stdout, pgid, dir: dir.to_path_buf() })
+    }
+
+    /// Runs one job. Returns the result and the worker if it can take another job.
+    pub(crate) async fn call(
+        mut self,
+        job: &JobSpec,
+        max_output: usize,
+        kill: oneshot::Receiver<()>,
+    ) -> (JobResult, Option<Worker>) {
+        let start_us = now_us();
+        let timeout = job.timeout_secs.filter(|t| t.is_finite() && *t > 0.0).map(Duration::from_secs_f64);
+        let sleep = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let call = WorkerCall { job: job.id, input: job.input.clone(), max_output: max_output as u64 };
+        let exchange = async {
+            let frame = encode_frame(&call).map_err(|e| e.to_string())?;
+            self.stdin.write_all(&frame).await.map_err(|e| e.to_string())?;
+            self.stdin.flush().await.map_err(|e| e.to_string())?;
+            let mut header = [0u8; 4];
+            self.stdout.read_exact(&mut header).await.map_err(|e| e.to_string())?;
+            let len = frame_len(header).map_err(|e| e.to_string())?;
+            let mut body = vec![0u8; len];
+            self.stdout.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+            decode_frame::<WorkerReply>(&body).map_err(|e| e.to_string())
+        };
+        let ended = tokio::select! {
+            reply = exchange => Ok(reply),
+            _ = kill => Err(JobOutcome::Cancelled),
+            _ = sleep => Err(JobOutcome::TimedOut),
+        };
+        let mut result = JobResult {
+            id: job.id,
+            outcome: JobOutcome::Returned,
+            stdout: Output::default(),
+            stderr: Output::default(),
+            start_us,
+            end_us: 0,
+            value: Vec::new(),
+        };
+        let keep = match ended {
+            Ok(Ok(reply)) => {
+                result.stdout = reply.stdout;
+                result.stderr = reply.stderr;
+                result.outcome = match reply.outcome {
+                    CallOutcome::Returned(value) => {
+                        result.value = value;
+                        JobOutcome::Returned
+                    }
+                    CallOutcome::Panicked { message, trace } => JobOutcome::Panicked { message, trace },
+                    CallOutcome::Refused(why) => JobOutcome::FailedToStart(why),
+                };
+                true
+            }
+            Ok(Err(io)) => {
+                // The worker is gone or talks nonsense: say how it ended if it did.
+                kill_group(self.pgid);
+                let status = tokio::time::timeout(Duration::from_secs(1), self.child.wait()).await;
+                let how = match status {
+                    Ok(Ok(s)) => s.to_string(),
+                    _ => io,
+                };
+                result.outcome = JobOutcome::Crashed(how);
+                false
+            }
+            Err(outcome) => {
+                result.outcome = outcome;
+                false
+            }
+        };
+        result.end_us = now_us();
+        (result, keep.then_some(self))
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Whatever the worker started dies with it; its directory goes too.
+        kill_group(self.pgid);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,53 @@
+//! Status callbacks: what a cluster tells its owner as it goes (dispy's `job_status` and
+//! `cluster_status` callbacks).
+
+use crate::job::JobStatus;
+use crate::report::NodeRef;
+use dispy_protocol::JobId;
+use std::sync::Arc;
+
+/// A job changed status.
+#[derive(Clone, Debug)]
+pub struct JobEvent {
+    /// Which job.
+    pub id: JobId,
+    /// Its new status.
+    pub status: JobStatus,
+    /// The node involved, if any.
+    pub node: Option<NodeRef>,
+}
+
+/// Something happened to a node of the cluster.
+#[derive(Clone, Debug)]
+pub enum ClusterEvent {
+    /// A node answered (connected, greeted).
+    NodeFound(NodeRef),
+    /// A node is reserved and staged: it takes jobs now.
+    NodeReady {
+        /// The node.
+        node: NodeRef,
+        /// CPU slots it gives the cluster.
+        cpus: u32,
+    },
+    /// A node will not be used; the text says why (another OS/arch, excluded by a
+    /// pattern, refused a file, ...).
+    NodeUnusable {
+        /// The node.
+        node: NodeRef,
+        /// Why.
+        reason: String,
+    },
+    /// A node's connection was lost.
+    NodeLost {
+        /// The node.
+        node: NodeRef,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A job-status callback. Called on the scheduler's task: keep it quick.
+pub type JobCallback = Arc<dyn Fn(&JobEvent) + Send + Sync>;
+
+/// A cluster-status callback. Called on the scheduler's task: keep it quick.
+pub type ClusterCallback = Arc<dyn Fn(&ClusterEvent) + Send + Sync>;
