@@ -9,6 +9,7 @@ mod util;
 mod cli;
 mod cluster;
 mod faults;
+mod functions;
 mod lan;
 mod local;
 mod malformed;

@@ -1,0 +1,160 @@
+//! Test support, and a tour of the library's function jobs: the integration tests run this
+//! program against real nodes and read what it prints (JSON lines).
+//!
+//! ```sh
+//! DISPY_PEERS=/ip4/127.0.0.1/tcp/9700 DISPY_SECRET=s cargo run --example fn_testbed -- many 100
+//! ```
+//! Scenarios: `many N` (N jobs printing and returning squares), `panic`, `cancel`,
+//! `timeout`, `crash`, `callbacks`. mDNS stays off: nodes come from `DISPY_PEERS`.
+
+use dispy::{Cluster, ClusterBuilder, JobError, JobStatus, Secret};
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Prints to stdout and stderr (captured per job) and returns the square.
+fn square(x: u64) -> u64 {
+    println!("job {x} says hello");
+    eprintln!("job {x} on stderr");
+    x * x
+}
+
+/// Panics on odd numbers.
+fn picky(x: u64) -> u64 {
+    if x % 2 == 1 {
+        panic!("odd number {x}");
+    }
+    x
+}
+
+/// Sleeps for `ms` milliseconds.
+fn sleeper(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Exits the worker process on 13.
+fn fragile(x: u64) -> u64 {
+    if x == 13 {
+        std::process::exit(9);
+    }
+    x
+}
+
+fn main() {
+    dispy::worker!(square, picky, sleeper, fragile);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    if let Err(e) = rt.block_on(run(&args)) {
+        eprintln!("fn_testbed: {e}");
+        std::process::exit(2);
+    }
+}
+
+fn configure<A, R>(mut b: ClusterBuilder<A, R>) -> ClusterBuilder<A, R> {
+    b = b.mdns(false).discover_timeout(Duration::from_secs(10)).local(dispy::LocalMode::Never);
+    if let Ok(s) = std::env::var("DISPY_SECRET") {
+        b = b.secret(Secret::Passphrase(s));
+    }
+    for p in std::env::var("DISPY_PEERS").unwrap_or_default().split_whitespace() {
+        b = b.peer(p.parse().expect("DISPY_PEERS holds multiaddrs"));
+    }
+    if std::env::var("DISPY_REENTRANT").is_ok() {
+        b = b.reentrant(true);
+    }
+    b
+}
+
+fn emit(v: serde_json::Value) {
+    println!("{v}");
+}
+
+async fn run(args: &[String]) -> dispy::Result<()> {
+    match args.first().map(String::as_str) {
+        Some("many") => {
+            let n: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100);
+            let mut cluster = configure(Cluster::function(square)).start().await?;
+            let mut jobs = Vec::new();
+            for i in 0..n {
+                jobs.push((i, cluster.submit(i).await?));
+            }
+            for (i, job) in jobs {
+                let value = job.wait().await;
+                emit(json!({
+                    "job": job.id().0, "input": i,
+                    "value": value.as_ref().ok(), "error": value.as_ref().err().map(|e| e.to_string()),
+                    "stdout": String::from_utf8_lossy(&job.stdout()),
+                    "stderr": String::from_utf8_lossy(&job.stderr()),
+                    "node": job.node().map(|n| n.name),
+                }));
+            }
+            let stats = cluster.close().await?;
+            emit(json!({ "stats": stats }));
+        }
+        Some("panic") => {
+            let mut cluster = configure(Cluster::function(picky)).start().await?;
+            let odd = cluster.submit(3).await?;
+            let even = cluster.submit(4).await?;
+            match odd.wait().await {
+                Err(JobError::Panicked { message, trace }) => emit(json!({"panicked": message, "trace_lines": trace.lines().count()})),
+                other => emit(json!({"unexpected": format!("{other:?}")})),
+            }
+            emit(json!({"even": even.wait().await.ok()}));
+            cluster.close().await?;
+        }
+        Some("crash") => {
+            let mut cluster = configure(Cluster::function(fragile)).start().await?;
+            let bad = cluster.submit(13).await?;
+            let r = bad.wait().await;
+            emit(json!({"crash": r.err().map(|e| e.to_string())}));
+            let good = cluster.submit(5).await?;
+            emit(json!({"after": good.wait().await.ok()}));
+            cluster.close().await?;
+        }
+        Some("cancel") => {
+            let mut cluster = configure(Cluster::function(sleeper)).start().await?;
+            let long = cluster.submit(30_000).await?;
+            while long.status() != JobStatus::Running {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let t = Instant::now();
+            cluster.cancel(&long).await?;
+            let r = long.wait().await;
+            emit(json!({"cancelled": matches!(r, Err(JobError::Cancelled)), "cancel_ms": t.elapsed().as_millis()}));
+            let next = cluster.submit(10).await?;
+            emit(json!({"next": next.wait().await.ok()}));
+            cluster.close().await?;
+        }
+        Some("timeout") => {
+            let b = configure(Cluster::function(sleeper)).timeout(Duration::from_millis(500));
+            let mut cluster = b.start().await?;
+            let t = Instant::now();
+            let long = cluster.submit(30_000).await?;
+            let r = long.wait().await;
+            emit(json!({"timed_out": matches!(r, Err(JobError::TimedOut)), "ms": t.elapsed().as_millis()}));
+            cluster.close().await?;
+        }
+        Some("callbacks") => {
+            let seen: Arc<Mutex<Vec<(u64, &'static str)>>> = Arc::default();
+            let nodes: Arc<Mutex<Vec<String>>> = Arc::default();
+            let (s2, n2) = (seen.clone(), nodes.clone());
+            let b = configure(Cluster::function(square))
+                .on_job_status(move |e| s2.lock().expect("lock").push((e.id.0, e.status.as_str())))
+                .on_cluster_status(move |e| n2.lock().expect("lock").push(format!("{e:?}")));
+            let mut cluster = b.start().await?;
+            for i in 0..20 {
+                cluster.submit(i).await?;
+            }
+            cluster.wait().await?;
+            let stats = cluster.close().await?;
+            let seen = seen.lock().expect("lock").clone();
+            emit(json!({"transitions": seen, "cluster_events": nodes.lock().expect("lock").clone(), "jobs": stats.jobs()}));
+        }
+        other => {
+            eprintln!("unknown scenario {other:?}; see the module docs");
+            std::process::exit(2);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! Rust functions as computations: the client's executable (`examples/fn_testbed.rs`) is
+//! staged to real node processes and run there as persistent workers.
+
+use crate::util::*;
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::time::Duration;
+
+/// The testbed example; `cargo test` builds examples beside the test binary.
+fn testbed() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let path = exe.parent().and_then(|d| d.parent()).expect("target dir").join("examples/fn_testbed");
+    assert!(
+        path.exists(),
+        "{} is missing: run the suite with `cargo test --workspace`, which builds examples/",
+        path.display()
+    );
+    path
+}
+
+fn scenario(nodes: &[&Node], args: &[&str], extra_env: &[(&str, &str)]) -> Finished {
+    let mut cmd = Command::new(testbed());
+    cmd.args(args)
+        .env("DISPY_SECRET", "test-secret")
+        .env("DISPY_PEERS", nodes.iter().map(|n| n.addr.clone()).collect::<Vec<_>>().join(" "))
+        .env("RUST_LOG", "warn");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    run(args[0], cmd, Duration::from_secs(120))
+}
+
+#[test]
+fn a_thousand_function_jobs_on_three_nodes_each_with_its_own_output() {
+    let dir = tempdir();
+    let nodes: Vec<Node> = ["fa", "fb", "fc"].iter().map(|n| Node::start(dir.path(), NodeOpts::new(n))).collect();
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let out = scenario(&refs, &["many", "1000"], &[]);
+    out.expect_code(0);
+    let lines = out.json_lines();
+    let mut per_node: HashMap<String, u64> = HashMap::new();
+    let mut ids = HashSet::new();
+    for j in lines.iter().filter(|l| l.get("job").is_some()) {
+        let i = j["input"].as_u64().unwrap();
+        assert!(ids.insert(j["job"].as_u64().unwrap()));
+        assert_eq!(j["value"].as_u64(), Some(i * i), "{j}");
+        assert_eq!(j["stdout"], format!("job {i} says hello\n"), "stdout is the job's own: {j}");
+        assert_eq!(j["stderr"], format!("job {i} on stderr\n"), "{j}");
+        *per_node.entry(j["node"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    assert_eq!(ids.len(), 1000);
+    assert_eq!(per_node.len(), 3, "all nodes used: {per_node:?}");
+    let stats = &lines.last().unwrap()["stats"];
+    for n in stats["nodes"].as_array().unwrap() {
+        let name = n["node"]["name"].as_str().unwrap();
+        assert_eq!(n["jobs"].as_u64().unwrap(), per_node[name], "stats agree with the jobs for {name}");
+    }
+}
+
+#[test]
+fn a_panic_fails_its_job_with_message_and_trace_and_others_go_on() {
+    let dir = tempdir();
+    let node = Node::start(dir.path(), NodeOpts::new("p"));
+    let out = scenario(&[&node], &["panic"], &[]);
+    out.expect_code(0);
+    let lines = out.json_lines();
+    assert!(lines[0]["panicked"].as_str().unwrap().contains("odd number 3"), "{}", out.stdout);
+    assert!(lines[0]["trace_lines"].as_u64().unwrap() > 3, "a backtrace came back: {}", out.stdout);
+    assert_eq!(lines[1]["even"], 4);
+}
+
+#[test]
+fn a_dead_worker_fails_its_job_and_is_replaced() {
+    let dir = tempdir();
+    let node = Node::start(dir.path(), NodeOpts::new("c"));
+    let out = scenario(&[&node], &["crash"], &[]);
+    out.expect_code(0);
+    let lines = out.json_lines();
+    assert!(lines[0]["crash"].as_str().unwrap().contains("worker crashed"), "{}", out.stdout);
+    assert_eq!(lines[1]["after"], 5);
+}
+
+#[test]
+fn cancel_kills_a_running_job_within_a_second_and_the_slot_is_reused() {
+    let dir = tempdir();
+    let mut o = NodeOpts::new("k");
+    o.cpus = 1;
+    let node = Node::start(dir.path(), o);
+    let out = scenario(&[&node], &["cancel"], &[]);
+    out.expect_code(0);
+    let lines = out.json_lines();
+    assert_eq!(lines[0]["cancelled"], true, "{}", out.stdout);
+    assert!(lines[0]["cancel_ms"].as_u64().unwrap() < 1000, "{}", out.stdout);
+    assert_eq!(lines[1]["next"], 10, "the single slot took the next job");
+}
+
+#[test]
+fn a_job_past_its_timeout_is_killed() {
+    let dir = tempdir();
+    let node = Node::start(dir.path(), NodeOpts::new("t"));
+    let out = scenario(&[&node], &["timeout"], &[]);
+    out.expect_code(0);
+    let line = &out.json_lines()[0];
+    assert_eq!(line["timed_out"], true, "{}", out.stdout);
+    assert!(line["ms"].as_u64().unwrap() < 5000, "{}", out.stdout);
+}
+
+#[test]
+fn the_status_callback_sees_every_transition_in_order() {
+    let dir = tempdir();
+    let node = Node::start(dir.path(), NodeOpts::new("cb"));
+    let out = scenario(&[&node], &["callbacks"], &[]);
+    out.expect_code(0);
+    let line = &out.json_lines()[0];
+    assert_eq!(line["jobs"], 20);
+    let mut per_job: HashMap<u64, Vec<String>> = HashMap::new();
+    for t in line["transitions"].as_array().unwrap() {
+        per_job.entry(t[0].as_u64().unwrap()).or_default().push(t[1].as_str().unwrap().to_string());
+    }
+    assert_eq!(per_job.len(), 20);
+    for (id, seen) in per_job {
+        assert_eq!(seen, ["created", "running", "finished"], "job {id}");
+    }
+    let events = line["cluster_events"].as_array().unwrap();
+    assert!(events.iter().any(|e| e.as_str().unwrap().starts_with("NodeReady")), "{events:?}");
+}
