@@ -12,7 +12,7 @@ use dispy::{Cluster, Secret};
 
 /// The divisors of `n` between 2 and √n.
 fn divisors(n: u64) -> Vec<u64> {
-    (2..).take_while(|i| i * i <= n).filter(|i| n % i == 0).collect()
+    (2..).take_while(|i| i * i <= n).filter(|i| n.is_multiple_of(*i)).collect()
 }
 
 fn main() -> dispy::Result<()> {

@@ -265,6 +265,8 @@ pub struct Cluster<A = Vec<String>, R = ()> {
     _t: PhantomData<fn(A) -> R>,
 }
 
+// The signature is `Encoder<Vec<String>>`'s, hence `&Vec`.
+#[allow(clippy::ptr_arg)]
 fn program_args(args: &Vec<String>) -> Result<(Vec<String>, Vec<u8>)> {
     Ok((args.clone(), Vec::new()))
 }

@@ -64,7 +64,7 @@ struct Cluster {
     /// For a function cluster, the function its workers serve.
     function: Option<String>,
     /// Function workers waiting for a job.
-    idle_workers: Vec<Box<workers::Worker>>,
+    idle_workers: Vec<workers::Worker>,
     /// Numbers worker directories.
     workers_started: u64,
     files: Vec<FileEntry>,
@@ -411,7 +411,7 @@ impl Server {
                     if !c.released {
                         c.results.push_back(result);
                         // A worker of a released cluster is dropped here, which kills it.
-                        c.idle_workers.extend(worker);
+                        c.idle_workers.extend(worker.map(|w| *w));
                     }
                 }
                 self.flush(cluster);
@@ -485,7 +485,7 @@ impl Server {
             let max_output = self.cfg.max_output;
             if let Some(function) = cluster.function.clone() {
                 let worker = match cluster.idle_workers.pop() {
-                    Some(w) => Ok(w),
+                    Some(w) => Ok(Box::new(w)),
                     None => {
                         cluster.workers_started += 1;
                         let dir = cluster.dir.join(format!("worker-{}", cluster.workers_started));
