@@ -4,8 +4,8 @@
 //! ```sh
 //! DISPY_PEERS=/ip4/127.0.0.1/tcp/9700 DISPY_SECRET=s cargo run --example fn_testbed -- many 100
 //! ```
-//! Scenarios: `many N` (N jobs printing and returning squares), `panic`, `cancel`,
-//! `timeout`, `crash`, `callbacks`. mDNS stays off: nodes come from `DISPY_PEERS`.
+//! Scenarios: `many N` (N jobs printing and returning squares), `sleepy N MS`, `filter
+//! NAME` (a node filter), `panic`, `cancel`, `timeout`, `crash`, `callbacks`. mDNS stays off: nodes come from `DISPY_PEERS`.
 
 use dispy::{Cluster, ClusterBuilder, JobError, JobStatus, Secret};
 use serde_json::json;
@@ -90,6 +90,37 @@ async fn run(args: &[String]) -> dispy::Result<()> {
             }
             let stats = cluster.close().await?;
             emit(json!({ "stats": stats }));
+        }
+        Some("sleepy") => {
+            let n: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
+            let ms: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
+            let mut cluster = configure(Cluster::function(sleeper)).start().await?;
+            let mut jobs = Vec::new();
+            for _ in 0..n {
+                jobs.push(cluster.submit(ms).await?);
+            }
+            for job in jobs {
+                let r = job.wait().await;
+                emit(json!({"job": job.id().0, "value": r.as_ref().ok(), "error": r.err().map(|e| e.to_string()),
+                            "node": job.node().map(|n| n.name)}));
+            }
+            cluster.close().await?;
+        }
+        Some("filter") => {
+            let want = args.get(1).cloned().unwrap_or_default();
+            let b = configure(Cluster::function(square)).node_filter(move |n| n.name == want && n.memory_bytes.is_some());
+            let mut cluster = b.start().await?;
+            let mut jobs = Vec::new();
+            for i in 0..10 {
+                jobs.push(cluster.submit(i).await?);
+            }
+            for job in jobs {
+                let r = job.wait().await;
+                emit(json!({"job": job.id().0, "value": r.ok(), "node": job.node().map(|n| n.name)}));
+            }
+            let nodes = cluster.nodes().await?;
+            emit(json!({"nodes": nodes}));
+            cluster.close().await?;
         }
         Some("panic") => {
             let mut cluster = configure(Cluster::function(picky)).start().await?;

@@ -3,7 +3,7 @@
 //! the stats.
 
 use crate::error::{Error, Result};
-use crate::events::{ClusterCallback, ClusterEvent, JobCallback, JobEvent};
+use crate::events::{ClusterCallback, ClusterEvent, JobCallback, JobEvent, NodeFacts, NodeFilter};
 use crate::job::{Decoder, Job, JobError, JobView};
 use crate::report::NodeInfo;
 use crate::scheduler::NewJob;
@@ -60,6 +60,7 @@ pub struct ClusterBuilder<A, R> {
     decode: Decoder<R>,
     on_job: Option<JobCallback>,
     on_cluster: Option<ClusterCallback>,
+    node_filter: Option<NodeFilter>,
     files: Vec<PathBuf>,
     peers: Vec<Multiaddr>,
     bootstrap: Vec<Multiaddr>,
@@ -146,6 +147,18 @@ impl<A, R> ClusterBuilder<A, R> {
         self
     }
 
+    /// Uses only nodes for which `f` returns true (name, IP, OS/arch, CPUs, memory).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// let b = dispy::Cluster::program("./job.sh")
+    ///     .node_filter(|n| n.cpus >= 4 && n.memory_bytes.unwrap_or(0) >= 8 << 30);
+    /// ```
+    pub fn node_filter(mut self, f: impl Fn(&NodeFacts) -> bool + Send + Sync + 'static) -> Self {
+        self.node_filter = Some(Arc::new(f));
+        self
+    }
+
     /// Calls `f` when a node is found, ready, unusable (with the reason) or lost.
     pub fn on_cluster_status(mut self, f: impl Fn(&ClusterEvent) + Send + Sync + 'static) -> Self {
         self.on_cluster = Some(Arc::new(f));
@@ -212,6 +225,7 @@ impl<A, R> ClusterBuilder<A, R> {
             function: self.function,
             on_job: self.on_job,
             on_cluster: self.on_cluster,
+            node_filter: self.node_filter,
         };
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (up_tx, up_rx) = mpsc::unbounded_channel();
@@ -330,6 +344,7 @@ impl<A, R> ClusterBuilder<A, R> {
             decode,
             on_job: None,
             on_cluster: None,
+            node_filter: None,
             files: Vec::new(),
             peers: Vec::new(),
             bootstrap: Vec::new(),

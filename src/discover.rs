@@ -77,6 +77,7 @@ pub async fn discover(opts: DiscoverOptions, wait: Duration) -> Result<Vec<Found
                             cpus: 0,
                             free_cpus: 0,
                             max_file_size: None,
+                            memory_bytes: None,
                         });
                         if let Ok(Response::Hello(info)) = h.request(peer, hello).await {
                             let _ = tx.send((peer, remote, info));

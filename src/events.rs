@@ -46,6 +46,28 @@ pub enum ClusterEvent {
     },
 }
 
+/// What a node filter sees of a node (`ClusterBuilder::node_filter`).
+#[derive(Clone, Debug)]
+pub struct NodeFacts {
+    /// Its name.
+    pub name: String,
+    /// Its peer id.
+    pub peer_id: String,
+    /// The IP the client reached it at.
+    pub ip: Option<String>,
+    /// `std::env::consts::OS` there.
+    pub os: String,
+    /// `std::env::consts::ARCH` there.
+    pub arch: String,
+    /// CPU slots it serves.
+    pub cpus: u32,
+    /// Its memory, if it reports it.
+    pub memory_bytes: Option<u64>,
+}
+
+/// Decides whether the cluster uses a node.
+pub type NodeFilter = Arc<dyn Fn(&NodeFacts) -> bool + Send + Sync>;
+
 /// A job-status callback. Called on the scheduler's task: keep it quick.
 pub type JobCallback = Arc<dyn Fn(&JobEvent) + Send + Sync>;
 

@@ -49,7 +49,7 @@ pub use cluster::{Cluster, ClusterBuilder, Secret};
 pub use discover::{DiscoverOptions, FoundNode, discover};
 pub use dispy_protocol::{JobId, JobOutcome};
 pub use error::{Error, Result};
-pub use events::{ClusterEvent, JobEvent};
+pub use events::{ClusterEvent, JobEvent, NodeFacts};
 pub use job::{Job, JobError, JobStatus};
 pub use report::{JobReport, NodeInfo, NodeRef, NodeStats, Stats};
 pub use scheduler::LocalMode;

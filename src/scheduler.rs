@@ -8,7 +8,7 @@
 
 use crate::local::LocalNode;
 use crate::policy::{self, Load};
-use crate::events::{ClusterCallback, ClusterEvent, JobCallback, JobEvent};
+use crate::events::{ClusterCallback, ClusterEvent, JobCallback, JobEvent, NodeFacts, NodeFilter};
 use crate::job::{JobStatus, JobView};
 use crate::report::{JobReport, NodeInfo, NodeRef, NodeStats, Stats, node_ref};
 use crate::select::NodePattern;
@@ -87,6 +87,7 @@ pub(crate) struct Settings {
     pub(crate) function: Option<String>,
     pub(crate) on_job: Option<JobCallback>,
     pub(crate) on_cluster: Option<ClusterCallback>,
+    pub(crate) node_filter: Option<NodeFilter>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -303,6 +304,7 @@ impl Scheduler {
             cpus: 0,
             free_cpus: 0,
             max_file_size: None,
+            memory_bytes: None,
         }
     }
 
@@ -534,6 +536,20 @@ impl Scheduler {
         }
         if h.cpus == 0 {
             return self.unusable(peer, "serves no CPUs".into());
+        }
+        if let Some(filter) = &self.s.node_filter {
+            let facts = NodeFacts {
+                name: h.name.clone(),
+                peer_id: peer.to_string(),
+                ip: node.ip.map(|i| i.to_string()),
+                os: h.os.clone(),
+                arch: h.arch.clone(),
+                cpus: h.cpus,
+                memory_bytes: h.memory_bytes,
+            };
+            if !filter(&facts) {
+                return self.unusable(peer, "rejected by the cluster's node filter".into());
+            }
         }
         let here = format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH);
         if self.s.function.is_some() && node.platform != here {

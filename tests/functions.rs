@@ -124,3 +124,45 @@ fn the_status_callback_sees_every_transition_in_order() {
     let events = line["cluster_events"].as_array().unwrap();
     assert!(events.iter().any(|e| e.as_str().unwrap().starts_with("NodeReady")), "{events:?}");
 }
+
+#[test]
+fn a_node_filter_picks_nodes_by_their_facts() {
+    let dir = tempdir();
+    let a = Node::start(dir.path(), NodeOpts::new("small"));
+    let b = Node::start(dir.path(), NodeOpts::new("chosen"));
+    let out = scenario(&[&a, &b], &["filter", "chosen"], &[]);
+    out.expect_code(0);
+    let lines = out.json_lines();
+    let jobs: Vec<_> = lines.iter().filter(|l| l.get("job").is_some()).collect();
+    assert_eq!(jobs.len(), 10);
+    assert!(jobs.iter().all(|j| j["node"] == "chosen"), "{}", out.stdout);
+    let nodes = lines.last().unwrap()["nodes"].as_array().unwrap().clone();
+    let small = nodes.iter().find(|n| n["node"]["name"] == "small").expect("the other node is listed");
+    assert!(small["status"].as_str().unwrap().contains("node filter"), "{small}");
+}
+
+#[test]
+fn a_node_lost_mid_run_loses_no_job_of_a_reentrant_function_cluster() {
+    let dir = tempdir();
+    let stays = Node::start(dir.path(), NodeOpts::new("stays"));
+    let dies = Node::start(dir.path(), NodeOpts::new("dies"));
+    let mut cmd = Command::new(testbed());
+    cmd.args(["sleepy", "40", "300"])
+        .env("DISPY_SECRET", "test-secret")
+        .env("DISPY_PEERS", format!("{} {}", stays.addr, dies.addr))
+        .env("DISPY_REENTRANT", "1")
+        .env("RUST_LOG", "warn");
+    let client = Proc::spawn("fn_testbed sleepy", cmd);
+    // Both nodes run and hold jobs once the executable is staged and workers are up.
+    assert!(dies.proc.wait_stderr("cluster reserved", Duration::from_secs(30)));
+    std::thread::sleep(Duration::from_millis(1200));
+    signal(dies.proc.pid(), "KILL");
+    let out = client.wait(Duration::from_secs(120));
+    out.expect_code(0);
+    let jobs: Vec<_> = out.json_lines().into_iter().filter(|l| l.get("job").is_some()).collect();
+    assert_eq!(jobs.len(), 40);
+    assert!(jobs.iter().all(|j| j["value"] == 300), "every job returned: {}", out.stdout);
+    let on_dies = jobs.iter().filter(|j| j["node"] == "dies").count();
+    assert!(on_dies > 0 && on_dies < 20, "the node died mid-run (it finished {on_dies} jobs first): {}", out.stdout);
+    drop(stays);
+}

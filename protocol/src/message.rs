@@ -76,6 +76,9 @@ pub struct Hello {
     pub free_cpus: u32,
     /// Largest file the node accepts, if it has a limit.
     pub max_file_size: Option<u64>,
+    /// The node's memory in bytes, if known (for node filters).
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
 }
 
 /// A file of a computation, named by its path relative to the job directory.
@@ -242,6 +245,7 @@ mod tests {
             cpus: 2,
             free_cpus: 1,
             max_file_size: Some(10),
+            memory_bytes: Some(1 << 30),
         }
     }
 

@@ -182,6 +182,7 @@ impl Server {
             cpus: self.cfg.cpus,
             free_cpus: self.free,
             max_file_size: self.cfg.max_file_size,
+            memory_bytes: memory_bytes(),
         }
     }
 
@@ -619,6 +620,13 @@ async fn run_job(
         end_us: run.end_us,
         value: Vec::new(),
     }
+}
+
+/// Total memory from `/proc/meminfo`, if readable.
+fn memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb = info.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()?;
+    Some(kb * 1024)
 }
 
 /// The result of a job that could not start.
