@@ -36,7 +36,9 @@ async fn run() -> dispy::Result<()> {
     for ms in [100, 200, 5_000, 300, 10_000] {
         jobs.push(cluster.submit(ms).await?);
     }
-    // Give the jobs a second, then cancel whatever still runs.
+    // Once the first job is back (a node is up), give the others a second, then cancel
+    // whatever still runs.
+    let _ = jobs[0].wait().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     for job in &jobs {
         if !job.status().is_done() {
