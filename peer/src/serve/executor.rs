@@ -48,9 +48,12 @@ pub(crate) async fn run(spec: RunSpec, cancel: oneshot::Receiver<()>) -> RunOutc
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        // The cluster secret is the node's, not the job's to read.
-        .env_remove("DISPY_SECRET")
         .kill_on_drop(true);
+    // The cluster secret is the node's, not the job's to read. (Only when present: any
+    // change to the environment makes every spawn rebuild it.)
+    if std::env::var_os("DISPY_SECRET").is_some() {
+        cmd.env_remove("DISPY_SECRET");
+    }
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {

@@ -42,6 +42,9 @@ pub struct ServeConfig {
     pub max_output: usize,
 }
 
+/// Finished job directories removed together: one hop to the blocking pool per batch.
+const TRASH_BATCH: usize = 32;
+
 /// Results being delivered to a client at once; more wait and are batched.
 const RESULT_BATCHES_IN_FLIGHT: usize = 1;
 
@@ -89,6 +92,8 @@ pub struct Server {
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: mpsc::UnboundedReceiver<Internal>,
     stopping: bool,
+    /// Finished jobs' directories, removed in batches on the blocking pool.
+    trash: Vec<PathBuf>,
     /// Held for the node's life: a second node on the same dest path fails to start.
     _lock: std::fs::File,
 }
@@ -126,6 +131,7 @@ impl Server {
             internal_tx,
             internal_rx,
             stopping: false,
+            trash: Vec::new(),
             _lock: lock,
         })
     }
@@ -408,6 +414,17 @@ impl Server {
                     self.free += 1;
                 }
                 if let Some(c) = self.clusters.get_mut(&cluster) {
+                    if held_slot && worker.is_none() && c.function.is_none() {
+                        self.trash.push(c.dir.join(result.id.to_string()));
+                        if self.trash.len() >= TRASH_BATCH {
+                            let batch = std::mem::take(&mut self.trash);
+                            tokio::task::spawn_blocking(move || {
+                                for dir in batch {
+                                    let _ = std::fs::remove_dir_all(dir);
+                                }
+                            });
+                        }
+                    }
                     c.running.remove(&result.id);
                     if !c.released {
                         c.results.push_back(result);
@@ -590,7 +607,7 @@ impl Server {
     }
 }
 
-/// Prepares the job directory, runs the job and removes the directory.
+/// Prepares the job directory and runs the job; the server removes the directory later.
 async fn run_job(
     store: &Store,
     files: &[FileEntry],
@@ -609,8 +626,7 @@ async fn run_job(
             return failed_to_start(id, why);
         }
     };
-    // A few unlink calls: cheaper inline than a hop to the blocking pool.
-    let _ = std::fs::remove_dir_all(&dir);
+    // The directory is removed later, in batches, off the path from one job to the next.
     JobResult {
         id,
         outcome: run.outcome,

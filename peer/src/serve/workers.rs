@@ -28,10 +28,12 @@ pub(crate) struct Worker {
 impl Worker {
     /// Starts `program` in worker mode for `function`, with its cwd in `dir`.
     pub(crate) fn spawn(program: &Path, dir: &Path, function: &str) -> std::io::Result<Worker> {
-        let mut child = tokio::process::Command::new(program)
+        let mut cmd = tokio::process::Command::new(program);
+        // The cluster secret is the node's, not the worker's to read.
+        cmd.env_remove("DISPY_SECRET");
+        let mut child = cmd
             .current_dir(dir)
             .env(WORKER_ENV, function)
-            .env_remove("DISPY_SECRET")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             // Outside a job the worker's own stderr (a crash message) goes to the node's log.
