@@ -44,6 +44,22 @@ fn fragile(x: u64) -> u64 {
 fn main() {
     dispy::worker!(square, picky, sleeper, fragile);
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("blocking") {
+        // The synchronous API: no async in sight.
+        let run = || -> dispy::Result<()> {
+            let mut cluster = configure(Cluster::function(square)).start_blocking()?;
+            let jobs: Vec<_> = (0..5).map(|i| cluster.submit(i)).collect::<Result<_, _>>()?;
+            let values: Vec<u64> = jobs.iter().filter_map(|j| j.result().ok()).collect();
+            let stats = cluster.close()?;
+            emit(json!({"values": values, "jobs": stats.jobs()}));
+            Ok(())
+        };
+        if let Err(e) = run() {
+            eprintln!("fn_testbed: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     if let Err(e) = rt.block_on(run(&args)) {
         eprintln!("fn_testbed: {e}");

@@ -25,6 +25,7 @@
 //! - `local`: the embedded node for machines with none.
 //! - [`discover()`]: list the nodes that answer.
 //! - [`report`]: job reports and the stats table.
+//! - [`blocking`]: [`BlockingCluster`], for programs that are not async.
 //! - [`select`]: `--nodes` patterns.
 //! - [`worker`]: worker mode, which carries Rust functions to the nodes ([`worker!`]).
 //!
@@ -32,6 +33,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs)]
 
+pub mod blocking;
 mod cluster;
 mod discover;
 mod error;
@@ -45,6 +47,7 @@ pub mod select;
 mod stage;
 pub mod worker;
 
+pub use blocking::BlockingCluster;
 pub use cluster::{Cluster, ClusterBuilder, Secret};
 pub use discover::{DiscoverOptions, FoundNode, discover};
 pub use dispy_protocol::{JobId, JobOutcome};

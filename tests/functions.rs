@@ -166,3 +166,14 @@ fn a_node_lost_mid_run_loses_no_job_of_a_reentrant_function_cluster() {
     assert!(on_dies > 0 && on_dies < 20, "the node died mid-run (it finished {on_dies} jobs first): {}", out.stdout);
     drop(stays);
 }
+
+#[test]
+fn the_blocking_api_runs_jobs_from_synchronous_code() {
+    let dir = tempdir();
+    let node = Node::start(dir.path(), NodeOpts::new("b"));
+    let out = scenario(&[&node], &["blocking"], &[]);
+    out.expect_code(0);
+    let line = &out.json_lines()[0];
+    assert_eq!(line["values"], serde_json::json!([0, 1, 4, 9, 16]), "{}", out.stdout);
+    assert_eq!(line["jobs"], 5);
+}
