@@ -35,6 +35,9 @@ impl LocalNode {
             dest: dest.clone(),
             max_file_size: None,
             max_output: crate::DEFAULT_MAX_OUTPUT,
+            // The client's executable need not know the reaper mode: the embedded node's
+            // jobs are killed by its own shutdown, and die with it only if it exits cleanly.
+            reaper: None,
         };
         let server = Server::new(serve, handle)?;
         tokio::spawn(event_loop.run());

@@ -77,3 +77,31 @@ fn a_lost_client_has_its_jobs_killed_and_files_removed() {
     assert!(node.job_dirs().is_empty(), "job directories left: {:?}", node.job_dirs());
     assert!(node.proc.stderr().contains("client has gone"), "{}", node.proc.stderr());
 }
+
+#[test]
+fn a_node_killed_with_sigkill_takes_its_jobs_with_it() {
+    let dir = tempdir();
+    let prog = script(dir.path(), "hold.sh", "echo $$ > \"$1\"; sleep 60");
+    let node = Node::start(dir.path(), NodeOpts::new("doomed"));
+    let pidfiles: Vec<_> = (0..2).map(|i| dir.path().join(format!("job{i}.pid"))).collect();
+    let mut cmd = submit(&prog);
+    cmd.args(["--peer", &node.addr]);
+    for p in &pidfiles {
+        cmd.arg("-a").arg(p);
+    }
+    let client = Proc::spawn("submit", cmd);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pidfiles.iter().all(|p| p.exists()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pids: Vec<u32> = pidfiles.iter().map(|p| std::fs::read_to_string(p).expect("job started").trim().parse().unwrap()).collect();
+    signal(node.proc.pid(), "KILL");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(pids.iter().all(|p| !alive(*p)), "a job outlived its SIGKILLed node");
+    let out = client.wait(Duration::from_secs(30));
+    out.expect_code(1);
+    assert!(out.stdout.contains("abandoned: node doomed was lost"), "{}", out.stdout);
+}

@@ -7,6 +7,7 @@
 
 pub(crate) mod executor;
 pub mod store;
+pub mod reaper;
 mod sys;
 mod workers;
 
@@ -40,6 +41,9 @@ pub struct ServeConfig {
     pub max_file_size: Option<u64>,
     /// Bytes of stdout (and of stderr) kept per job; the rest is counted and dropped.
     pub max_output: usize,
+    /// An executable that runs [`reaper::run_if_reaper`] first in `main` (the node's own):
+    /// started as the reaper that kills the jobs if the node dies without cleaning up.
+    pub reaper: Option<PathBuf>,
 }
 
 /// Finished job directories removed together: one hop to the blocking pool per batch.
@@ -94,6 +98,7 @@ pub struct Server {
     stopping: bool,
     /// Finished jobs' directories, removed in batches on the blocking pool.
     trash: Vec<PathBuf>,
+    reaper: reaper::Reaper,
     /// Held for the node's life: a second node on the same dest path fails to start.
     _lock: std::fs::File,
 }
@@ -121,7 +126,12 @@ impl Server {
         let _ = std::fs::remove_dir_all(&jobs_root);
         std::fs::create_dir_all(&jobs_root).map_err(|e| Error::io(format!("cannot create {}", jobs_root.display()), e))?;
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let reaper = match &cfg.reaper {
+            Some(exe) => reaper::Reaper::start(exe).map_err(|e| Error::io(format!("cannot start the reaper {}", exe.display()), e))?,
+            None => reaper::Reaper::default(),
+        };
         Ok(Server {
+            reaper,
             free: cfg.cpus,
             cfg,
             net,
@@ -507,7 +517,7 @@ impl Server {
                     None => {
                         cluster.workers_started += 1;
                         let dir = cluster.dir.join(format!("worker-{}", cluster.workers_started));
-                        start_worker(&self.store, &cluster.files, &dir, &cluster.program, &function)
+                        start_worker(&self.store, &cluster.files, &dir, &cluster.program, &function, &self.reaper)
                     }
                 };
                 tokio::spawn(
@@ -531,6 +541,7 @@ impl Server {
                 dir,
                 timeout: job.timeout_secs.filter(|t| t.is_finite() && *t > 0.0).map(Duration::from_secs_f64),
                 max_output,
+                reaper: self.reaper.clone(),
             };
             let files = cluster.files.clone();
             let store = self.store.clone();
@@ -666,10 +677,11 @@ fn start_worker(
     dir: &std::path::Path,
     program: &str,
     function: &str,
+    reaper: &reaper::Reaper,
 ) -> std::result::Result<Box<workers::Worker>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the worker directory {}: {e}", dir.display()))?;
     store.link_into(dir, files)?;
-    workers::Worker::spawn(&dir.join(program), dir, function)
+    workers::Worker::spawn(&dir.join(program), dir, function, reaper)
         .map(Box::new)
         .map_err(|e| format!("cannot start a worker for {function}: {e}"))
 }

@@ -15,6 +15,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 fn main() -> ExitCode {
+    // When started as a node's reaper, this process does only that.
+    dispy_node::serve::reaper::run_if_reaper();
     let opt = Opt::parse();
     forget_secret_env();
     init_tracing(&opt);
@@ -132,6 +134,7 @@ async fn serve(o: ServeOpt) -> anyhow::Result<()> {
         dest: dest.clone(),
         max_file_size: o.max_file_size,
         max_output: o.max_output as usize,
+        reaper: std::env::current_exe().ok(),
     };
     tracing::info!(name = %serve_cfg.name, cpus, dest = %dest.display(), "node starting");
     let server = Server::new(serve_cfg, handle).with_context(|| format!("cannot use dest path {}", dest.display()))?;
