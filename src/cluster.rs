@@ -72,6 +72,7 @@ pub struct ClusterBuilder<A, R> {
     cpus_per_node: Option<u32>,
     timeout: Option<Duration>,
     reentrant: bool,
+    max_retries: u32,
 }
 
 impl<A, R> ClusterBuilder<A, R> {
@@ -138,6 +139,13 @@ impl<A, R> ClusterBuilder<A, R> {
     /// Re-runs a lost node's jobs elsewhere instead of abandoning them.
     pub fn reentrant(mut self, on: bool) -> Self {
         self.reentrant = on;
+        self
+    }
+
+    /// With [`ClusterBuilder::reentrant`]: a job fails once this many nodes died while it
+    /// ran on them (default 3), so a job that kills its node cannot take the cluster down.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n.max(1);
         self
     }
 
@@ -218,6 +226,7 @@ impl<A, R> ClusterBuilder<A, R> {
             cpus_per_node: self.cpus_per_node,
             timeout_secs: self.timeout.map(|t| t.as_secs_f64()),
             reentrant: self.reentrant,
+            max_retries: self.max_retries,
             discover_timeout: self.discover_timeout,
             local: self.local,
             searched,
@@ -356,6 +365,7 @@ impl<A, R> ClusterBuilder<A, R> {
             cpus_per_node: None,
             timeout: None,
             reentrant: false,
+            max_retries: 3,
         }
     }
 }

@@ -99,7 +99,7 @@ impl JobError {
             JobOutcome::Cancelled => JobError::Cancelled,
             JobOutcome::Abandoned(why) => JobError::Abandoned(why.clone()),
             JobOutcome::FailedToStart(why) => JobError::NotRun(why.clone()),
-            JobOutcome::Crashed(why) => JobError::NotRun(format!("worker crashed: {why}")),
+            JobOutcome::Crashed(why) => JobError::NotRun(format!("crashed: {why}")),
         })
     }
 }

@@ -76,6 +76,8 @@ pub(crate) struct Settings {
     pub(crate) cpus_per_node: Option<u32>,
     pub(crate) timeout_secs: Option<f64>,
     pub(crate) reentrant: bool,
+    /// A reentrant job fails once this many nodes died while it ran there.
+    pub(crate) max_retries: u32,
     pub(crate) discover_timeout: Duration,
     pub(crate) local: LocalMode,
     /// Nodes were named (`--peer`, `--nodes`): never fall back to a local node.
@@ -122,6 +124,15 @@ enum JobState {
 struct Job {
     args: Vec<String>,
     input: Vec<u8>,
+    /// Its node reported it running (left the node's queue).
+    started: bool,
+    /// Nodes that died while it ran there.
+    attempts: u32,
+    /// It was charged a node's death: it runs alone among suspects from now on.
+    suspect: bool,
+    /// When it was last sent to a node (a global counter): a node runs a cluster's jobs in
+    /// the order it receives them.
+    dispatched: u64,
     state: JobState,
     view: Option<watch::Sender<JobView>>,
     pinned: Option<PeerId>,
@@ -156,6 +167,8 @@ pub(crate) struct Scheduler {
     local: Option<LocalNode>,
     local_starting: bool,
     failed: bool,
+    /// Counts dispatches, to order each node's jobs as it received them.
+    dispatch_seq: u64,
     /// `Cluster::wait` callers.
     waiters: Vec<oneshot::Sender<Result<(), String>>>,
     /// Jobs not ended yet.
@@ -184,6 +197,7 @@ impl Scheduler {
             local,
             local_starting: false,
             failed: false,
+            dispatch_seq: 0,
             waiters: Vec::new(),
             pending: 0,
             failure: None,
@@ -215,7 +229,17 @@ impl Scheduler {
             Cmd::Submit { jobs } => {
                 for j in jobs {
                     debug_assert_eq!(j.id.0 as usize, self.jobs.len());
-                    self.jobs.push(Job { args: j.args, input: j.input, state: JobState::Queued, view: j.view, pinned: j.node });
+                    self.jobs.push(Job {
+                        args: j.args,
+                        input: j.input,
+                        started: false,
+                        attempts: 0,
+                        suspect: false,
+                        dispatched: 0,
+                        state: JobState::Queued,
+                        view: j.view,
+                        pinned: j.node,
+                    });
                     self.queue.push_back(j.id);
                     self.pending += 1;
                     self.job_event(j.id, JobStatus::Created, None);
@@ -274,6 +298,7 @@ impl Scheduler {
             NetEvent::Request { peer, request, channel } => {
                 let response = match request {
                     Request::Results(r) if r.cluster == self.s.cluster => {
+                        self.on_started(peer, r.started);
                         self.on_results(peer, r.results);
                         Response::Ok
                     }
@@ -466,22 +491,10 @@ impl Scheduler {
                 Err(why) => self.unusable(peer, format!("staging failed: {why}")),
             },
             Internal::Submitted(peer, ids, answer) => match answer {
-                Ok(Response::Accepted(_)) => {
-                    let node = self.node_ref(&peer);
-                    for id in ids {
-                        let Some(job) = self.jobs.get(id.0 as usize) else { continue };
-                        if !matches!(job.state, JobState::OnNode(p) if p == peer) {
-                            continue;
-                        }
-                        if let Some(view) = &job.view {
-                            view.send_modify(|v| {
-                                v.status = JobStatus::Running;
-                                v.node = node.clone();
-                            });
-                        }
-                        self.job_event(id, JobStatus::Running, node.clone());
-                    }
-                }
+                Ok(Response::Accepted(_)) => {}
+                // The connection broke under the request: the node is lost (and may have
+                // started the jobs), which `lose` handles as any loss.
+                Err(e) => self.lose(peer, &format!("the connection broke while sending jobs: {e}")),
                 other => {
                     let why = match other {
                         Ok(Response::Refused(r)) => r.message,
@@ -569,6 +582,25 @@ impl Scheduler {
         self.spawn_request(peer, reserve, Internal::Reserved);
     }
 
+    /// The node started these jobs: they are running (and count an attempt if it dies).
+    fn on_started(&mut self, peer: PeerId, started: Vec<JobId>) {
+        let node = self.node_ref(&peer);
+        for id in started {
+            let Some(job) = self.jobs.get_mut(id.0 as usize) else { continue };
+            if !matches!(job.state, JobState::OnNode(p) if p == peer) || job.started {
+                continue;
+            }
+            job.started = true;
+            if let Some(view) = &job.view {
+                view.send_modify(|v| {
+                    v.status = JobStatus::Running;
+                    v.node = node.clone();
+                });
+            }
+            self.job_event(id, JobStatus::Running, node.clone());
+        }
+    }
+
     fn on_results(&mut self, peer: PeerId, results: Vec<JobResult>) {
         for r in results {
             let Some(job) = self.jobs.get_mut(r.id.0 as usize) else { continue };
@@ -618,14 +650,29 @@ impl Scheduler {
             }
             let mut specs = Vec::with_capacity(count);
             let mut skipped = Vec::new();
+            // A suspect (a job whose node died while it ran) goes only to a node with a free
+            // slot and no other suspect: it starts at once and alone among suspects, so the
+            // next death is charged to the right job.
+            let (cpus, mut load, mut has_suspect) = match self.nodes.get(&peer) {
+                Some(n) => (
+                    n.cpus.max(1) as usize,
+                    n.in_flight.len(),
+                    n.in_flight.iter().any(|id| self.jobs.get(id.0 as usize).is_some_and(|j| j.suspect)),
+                ),
+                None => continue,
+            };
             while specs.len() < count {
                 let Some(id) = self.queue.pop_front() else { break };
                 let Some(job) = self.jobs.get_mut(id.0 as usize) else { continue };
-                if job.pinned.is_some_and(|p| p != peer) {
+                if job.pinned.is_some_and(|p| p != peer) || (job.suspect && (has_suspect || load >= cpus)) {
                     skipped.push(id);
                     continue;
                 }
+                has_suspect |= job.suspect;
+                load += 1;
                 job.state = JobState::OnNode(peer);
+                self.dispatch_seq += 1;
+                job.dispatched = self.dispatch_seq;
                 specs.push(JobSpec { id, args: job.args.clone(), timeout_secs: self.s.timeout_secs, input: job.input.clone() });
             }
             for id in skipped.into_iter().rev() {
@@ -679,6 +726,41 @@ impl Scheduler {
         }
         warn!(node = %name, %peer, reason = why, jobs = node.in_flight.len(), reentrant = self.s.reentrant, "node lost with jobs on it");
         if self.s.reentrant {
+            // Jobs that were running count an attempt; one that has now been running on
+            // max_retries nodes that all died is suspected of killing them and fails, so a
+            // poison job cannot take the whole cluster down.
+            // Running: those the node reported started, and — as it may have died before
+            // saying so — the first `cpus` it received (it runs them in that order).
+            let mut in_flight: Vec<(u64, JobId)> = node
+                .in_flight
+                .iter()
+                .filter_map(|id| self.jobs.get(id.0 as usize).map(|j| (j.dispatched, *id)))
+                .collect();
+            in_flight.sort();
+            let cpus = node.cpus.max(1) as usize;
+            let mut poison = Vec::new();
+            for (i, (_, id)) in in_flight.into_iter().enumerate() {
+                let Some(job) = self.jobs.get_mut(id.0 as usize) else { continue };
+                if job.started || i < cpus {
+                    job.attempts += 1;
+                    job.suspect = true;
+                    if job.attempts >= self.s.max_retries {
+                        poison.push((id, job.attempts, job.args.clone()));
+                    }
+                }
+                job.started = false;
+            }
+            for (id, attempts, args) in poison {
+                if let Some(node) = self.nodes.get_mut(&peer) {
+                    node.in_flight.remove(&id);
+                }
+                let outcome = JobOutcome::Crashed(format!(
+                    "it was running on {attempts} nodes that all died (the last: {name}); giving up after max_retries {}",
+                    self.s.max_retries
+                ));
+                warn!(job = %id, attempts, "giving up on a job whose nodes keep dying");
+                self.finish(JobReport::unrun(id, args, Some(node_ref(&name, &peer, ip)), outcome));
+            }
             self.requeue_from(peer);
             return;
         }

@@ -105,3 +105,36 @@ fn a_node_killed_with_sigkill_takes_its_jobs_with_it() {
     out.expect_code(1);
     assert!(out.stdout.contains("abandoned: node doomed was lost"), "{}", out.stdout);
 }
+
+#[test]
+fn a_poison_job_stops_after_max_retries_and_the_rest_completes() {
+    let dir = tempdir();
+    // The poison job kills the node running it (its parent process), every time.
+    let prog = script(dir.path(), "job.sh", r#"if [ "$1" = poison ]; then kill -9 $PPID; sleep 5; fi; sleep 0.2; echo ok $1"#);
+    let nodes: Vec<Node> = (1..=5)
+        .map(|i| {
+            let mut o = NodeOpts::new(&format!("n{i}"));
+            o.cpus = 1;
+            Node::start(dir.path(), o)
+        })
+        .collect();
+    let mut cmd = submit(&prog);
+    cmd.args(["--json", "--reentrant", "--max-retries", "3", "-a", "poison"]);
+    for n in &nodes {
+        cmd.args(["--peer", &n.addr]);
+    }
+    for i in 1..12 {
+        cmd.args(["-a", &i.to_string()]);
+    }
+    let out = run("submit", cmd, Duration::from_secs(120));
+    out.expect_code(1);
+    let jobs: Vec<_> = out.json_lines().into_iter().filter(|j| j.get("job").is_some()).collect();
+    assert_eq!(jobs.len(), 12, "{}", out.stdout);
+    let poison = jobs.iter().find(|j| j["job"] == 0).unwrap();
+    assert_eq!(poison["status"], "failed", "{poison}");
+    assert!(poison["error"].as_str().unwrap().contains("running on 3 nodes that all died"), "{poison}");
+    assert!(jobs.iter().filter(|j| j["job"] != 0).all(|j| j["exit_code"] == 0), "{}", out.stdout);
+    let mut nodes = nodes;
+    let dead = nodes.iter_mut().filter_map(|n| n.proc.child.try_wait().ok().flatten()).count();
+    assert_eq!(dead, 3, "exactly max_retries nodes were killed");
+}

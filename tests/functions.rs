@@ -76,7 +76,7 @@ fn a_dead_worker_fails_its_job_and_is_replaced() {
     let out = scenario(&[&node], &["crash"], &[]);
     out.expect_code(0);
     let lines = out.json_lines();
-    assert!(lines[0]["crash"].as_str().unwrap().contains("worker crashed"), "{}", out.stdout);
+    assert!(lines[0]["crash"].as_str().unwrap().contains("worker process died"), "{}", out.stdout);
     assert_eq!(lines[1]["after"], 5);
 }
 

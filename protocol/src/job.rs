@@ -42,8 +42,8 @@ pub enum JobOutcome {
         /// The backtrace where it panicked.
         trace: String,
     },
-    /// The worker process running a function job died (the text says how); a fresh worker
-    /// takes the slot.
+    /// The process running the job died (a function's worker, or the job's nodes one after
+    /// another); the text says how. For a worker, a fresh one takes the slot.
     Crashed(String),
 }
 
@@ -65,7 +65,7 @@ impl std::fmt::Display for JobOutcome {
             JobOutcome::Abandoned(why) => write!(f, "abandoned: {why}"),
             JobOutcome::Returned => f.write_str("returned"),
             JobOutcome::Panicked { message, .. } => write!(f, "panicked: {message}"),
-            JobOutcome::Crashed(why) => write!(f, "worker crashed: {why}"),
+            JobOutcome::Crashed(why) => write!(f, "crashed: {why}"),
         }
     }
 }

@@ -176,11 +176,16 @@ pub struct Release {
     pub cluster: ClusterId,
 }
 
-/// Finished jobs of a cluster, sent by the node to the client.
+/// Jobs of a cluster that started and ended, sent by the node to the client.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Results {
     /// The cluster.
     pub cluster: ClusterId,
+    /// Jobs that started running (left the node's queue for a CPU slot) since the last
+    /// message. The client counts a job's attempts by them: only a job that was running
+    /// when its node died is suspected of killing it.
+    #[serde(default)]
+    pub started: Vec<JobId>,
     /// Results in the order the jobs ended.
     pub results: Vec<JobResult>,
 }
@@ -281,7 +286,7 @@ mod tests {
             }),
             Request::Cancel(Cancel { cluster: c, jobs: vec![JobId(1)] }),
             Request::Release(Release { cluster: c }),
-            Request::Results(Results { cluster: c, results: vec![result()] }),
+            Request::Results(Results { cluster: c, started: vec![JobId(8)], results: vec![result()] }),
         ];
         for msg in all {
             let bytes = encode(&msg).unwrap();

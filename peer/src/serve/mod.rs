@@ -81,6 +81,8 @@ struct Cluster {
     running: HashMap<JobId, oneshot::Sender<()>>,
     uploads: HashMap<FileHash, UploadSlot>,
     results: VecDeque<JobResult>,
+    /// Jobs started since the last message to the client.
+    started: Vec<JobId>,
     sending: usize,
     released: bool,
 }
@@ -368,6 +370,7 @@ impl Server {
                 running: HashMap::new(),
                 uploads: HashMap::new(),
                 results: VecDeque::new(),
+                started: Vec::new(),
                 sending: 0,
                 released: false,
             },
@@ -494,6 +497,15 @@ impl Server {
     /// Starts queued jobs while slots are free, taking from the cluster with the fewest
     /// running jobs first so that clients sharing a node share it fairly.
     fn schedule(&mut self) {
+        let mut started_in = Vec::new();
+        self.start_jobs(&mut started_in);
+        started_in.dedup();
+        for id in started_in {
+            self.flush(id);
+        }
+    }
+
+    fn start_jobs(&mut self, started_in: &mut Vec<ClusterId>) {
         while self.free > 0 && !self.stopping {
             let next = self
                 .clusters
@@ -506,7 +518,9 @@ impl Server {
             let Some(job) = cluster.queue.pop_front() else { return };
             let (kill_tx, kill_rx) = oneshot::channel();
             cluster.running.insert(job.id, kill_tx);
+            cluster.started.push(job.id);
             self.free -= 1;
+            started_in.push(id);
             let tx = self.internal_tx.clone();
             let job_id = job.id;
             let span = info_span!("job", cluster = %id, job = %job_id);
@@ -559,7 +573,7 @@ impl Server {
     /// Sends waiting results to the client, a batch at a time.
     fn flush(&mut self, id: ClusterId) {
         let Some(c) = self.clusters.get_mut(&id) else { return };
-        while c.sending < RESULT_BATCHES_IN_FLIGHT && !c.results.is_empty() && !c.released {
+        while c.sending < RESULT_BATCHES_IN_FLIGHT && !(c.results.is_empty() && c.started.is_empty()) && !c.released {
             let mut batch = Vec::new();
             let mut bytes = 0;
             while let Some(r) = c.results.front() {
@@ -570,11 +584,12 @@ impl Server {
                 batch.extend(c.results.pop_front());
             }
             c.sending += 1;
+            let started = std::mem::take(&mut c.started);
             let net = self.net.clone();
             let tx = self.internal_tx.clone();
             let client = c.client;
             tokio::spawn(async move {
-                let request = Request::Results(Results { cluster: id, results: batch.clone() });
+                let request = Request::Results(Results { cluster: id, started, results: batch.clone() });
                 let delivered = match net.request(client, request).await {
                     Ok(Response::Ok) => true,
                     Ok(other) => {

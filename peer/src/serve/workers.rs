@@ -114,7 +114,7 @@ impl Worker {
                     Ok(Ok(s)) => s.to_string(),
                     _ => io,
                 };
-                result.outcome = JobOutcome::Crashed(how);
+                result.outcome = JobOutcome::Crashed(format!("its worker process died ({how})"));
                 false
             }
             Err(outcome) => {

@@ -179,6 +179,7 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
         .mdns(!o.find.no_mdns)
         .discover_timeout(secs(o.find.discover_timeout, "--discover-timeout")?)
         .reentrant(o.reentrant)
+        .max_retries(o.max_retries)
         .local(if o.local { LocalMode::Always } else { LocalMode::Fallback });
     for f in &o.files {
         b = b.file(f);

@@ -119,6 +119,9 @@ pub(crate) struct SubmitOpt {
     /// Re-run a lost node's jobs elsewhere instead of abandoning them.
     #[arg(long)]
     pub(crate) reentrant: bool,
+    /// With --reentrant: fail a job once this many nodes died while it ran on them.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub(crate) max_retries: u32,
     /// Print one JSON object per job per line (and one for the summary).
     #[arg(long)]
     pub(crate) json: bool,
