@@ -46,6 +46,9 @@ pub struct ServeConfig {
     pub reaper: Option<PathBuf>,
 }
 
+/// How long a job start waits to ride along with a result before it is sent on its own.
+const START_LINGER: Duration = Duration::from_millis(2);
+
 /// Finished job directories removed together: one hop to the blocking pool per batch.
 const TRASH_BATCH: usize = 32;
 
@@ -58,7 +61,8 @@ enum Internal {
     /// worker that can take the next job.
     JobDone { cluster: ClusterId, result: JobResult, held_slot: bool, worker: Option<Box<workers::Worker>> },
     ChunkDone { cluster: ClusterId, hash: FileHash, upload: Box<Upload>, outcome: std::result::Result<bool, String>, channel: ResponseChannel<Response> },
-    ResultsSent { cluster: ClusterId, batch: Vec<JobResult>, delivered: bool },
+    /// `batch` empty: a message that carried only job starts.
+    ResultsSent { cluster: ClusterId, batch: Vec<JobResult>, started: Vec<JobId>, delivered: bool },
     Flush { cluster: ClusterId },
 }
 
@@ -83,7 +87,13 @@ struct Cluster {
     results: VecDeque<JobResult>,
     /// Jobs started since the last message to the client.
     started: Vec<JobId>,
+    /// Result messages in flight.
     sending: usize,
+    /// Start-only messages in flight (at most one): they never hold results back.
+    sending_starts: usize,
+    /// When the oldest unsent start happened, and whether a timer will flush it.
+    starts_since: Option<std::time::Instant>,
+    starts_timer: bool,
     released: bool,
 }
 
@@ -372,6 +382,9 @@ impl Server {
                 results: VecDeque::new(),
                 started: Vec::new(),
                 sending: 0,
+                sending_starts: 0,
+                starts_since: None,
+                starts_timer: false,
                 released: false,
             },
         );
@@ -472,13 +485,18 @@ impl Server {
                 };
                 self.respond(channel, response);
             }
-            Internal::ResultsSent { cluster, batch, delivered } => {
+            Internal::ResultsSent { cluster, batch, started, delivered } => {
                 if let Some(c) = self.clusters.get_mut(&cluster) {
-                    c.sending -= 1;
+                    if batch.is_empty() {
+                        c.sending_starts -= 1;
+                    } else {
+                        c.sending -= 1;
+                    }
                     if !delivered && !c.released {
                         for r in batch.into_iter().rev() {
                             c.results.push_front(r);
                         }
+                        c.started.splice(0..0, started);
                         let tx = self.internal_tx.clone();
                         tokio::spawn(async move {
                             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -490,7 +508,12 @@ impl Server {
                 self.flush(cluster);
                 self.reap(cluster);
             }
-            Internal::Flush { cluster } => self.flush(cluster),
+            Internal::Flush { cluster } => {
+                if let Some(c) = self.clusters.get_mut(&cluster) {
+                    c.starts_timer = false;
+                }
+                self.flush(cluster)
+            }
         }
     }
 
@@ -519,6 +542,7 @@ impl Server {
             let (kill_tx, kill_rx) = oneshot::channel();
             cluster.running.insert(job.id, kill_tx);
             cluster.started.push(job.id);
+            cluster.starts_since.get_or_insert_with(std::time::Instant::now);
             self.free -= 1;
             started_in.push(id);
             let tx = self.internal_tx.clone();
@@ -573,23 +597,48 @@ impl Server {
     /// Sends waiting results to the client, a batch at a time.
     fn flush(&mut self, id: ClusterId) {
         let Some(c) = self.clusters.get_mut(&id) else { return };
-        while c.sending < RESULT_BATCHES_IN_FLIGHT && !(c.results.is_empty() && c.started.is_empty()) && !c.released {
+        while !c.released {
+            let with_results = !c.results.is_empty() && c.sending < RESULT_BATCHES_IN_FLIGHT;
+            // A start travels with the job's result when the job is quick; only a job still
+            // running after START_LINGER gets a message of its own.
+            let waited = c.starts_since.map(|t| t.elapsed());
+            let mut starts_only = !with_results && !c.started.is_empty() && c.sending_starts == 0;
+            if starts_only && waited.is_some_and(|w| w < START_LINGER) {
+                starts_only = false;
+                if !c.starts_timer {
+                    c.starts_timer = true;
+                    let tx = self.internal_tx.clone();
+                    let left = START_LINGER - waited.unwrap_or_default();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(left).await;
+                        let _ = tx.send(Internal::Flush { cluster: id });
+                    });
+                }
+            }
+            if !with_results && !starts_only {
+                break;
+            }
             let mut batch = Vec::new();
             let mut bytes = 0;
-            while let Some(r) = c.results.front() {
+            while let Some(r) = c.results.front().filter(|_| with_results) {
                 if !batch.is_empty() && bytes + r.payload_len() > MAX_RESULT_BATCH_BYTES {
                     break;
                 }
                 bytes += r.payload_len();
                 batch.extend(c.results.pop_front());
             }
-            c.sending += 1;
+            if with_results {
+                c.sending += 1;
+            } else {
+                c.sending_starts += 1;
+            }
             let started = std::mem::take(&mut c.started);
+            c.starts_since = None;
             let net = self.net.clone();
             let tx = self.internal_tx.clone();
             let client = c.client;
             tokio::spawn(async move {
-                let request = Request::Results(Results { cluster: id, started, results: batch.clone() });
+                let request = Request::Results(Results { cluster: id, started: started.clone(), results: batch.clone() });
                 let delivered = match net.request(client, request).await {
                     Ok(Response::Ok) => true,
                     Ok(other) => {
@@ -601,7 +650,7 @@ impl Server {
                         false
                     }
                 };
-                let _ = tx.send(Internal::ResultsSent { cluster: id, batch, delivered });
+                let _ = tx.send(Internal::ResultsSent { cluster: id, batch, started, delivered });
             });
         }
     }
@@ -622,7 +671,7 @@ impl Server {
 
     /// Drops a released cluster whose jobs have all ended, with its directory.
     fn reap(&mut self, id: ClusterId) {
-        let done = self.clusters.get(&id).is_some_and(|c| c.released && c.running.is_empty() && c.sending == 0);
+        let done = self.clusters.get(&id).is_some_and(|c| c.released && c.running.is_empty() && c.sending == 0 && c.sending_starts == 0);
         if let Some(c) = done.then(|| self.clusters.remove(&id)).flatten() {
             let dir = c.dir;
             tokio::task::spawn_blocking(move || {
