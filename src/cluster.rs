@@ -73,6 +73,7 @@ pub struct ClusterBuilder<A, R> {
     timeout: Option<Duration>,
     reentrant: bool,
     max_retries: u32,
+    heartbeat: Duration,
 }
 
 impl<A, R> ClusterBuilder<A, R> {
@@ -127,6 +128,13 @@ impl<A, R> ClusterBuilder<A, R> {
     /// Uses at most this many CPUs of each node.
     pub fn cpus_per_node(mut self, cpus: u32) -> Self {
         self.cpus_per_node = Some(cpus);
+        self
+    }
+
+    /// How often connections are pinged (default 4 s): a node silent for about twice this
+    /// is lost, and its jobs re-queued or abandoned.
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
         self
     }
 
@@ -213,6 +221,7 @@ impl<A, R> ClusterBuilder<A, R> {
             bootstrap: self.bootstrap.clone(),
             peers: self.peers.clone(),
             kad_server: false,
+            heartbeat: self.heartbeat,
             ..NetConfig::default()
         };
         let (handle, events, event_loop) = net::new(cfg)?;
@@ -366,6 +375,7 @@ impl<A, R> ClusterBuilder<A, R> {
             timeout: None,
             reentrant: false,
             max_retries: 3,
+            heartbeat: dispy_node::net::DEFAULT_HEARTBEAT,
         }
     }
 }

@@ -115,3 +115,37 @@ fn kademlia_finds_a_node_beyond_the_lan() {
     drop(ns);
     assert!(netns_left(&prefix).is_empty(), "namespaces left: {:?}", netns_left(&prefix));
 }
+
+#[test]
+fn a_node_cut_off_without_a_word_is_noticed_by_heartbeats() {
+    let dir = tempdir();
+    let mut ns = Netns::new();
+    let prefix = ns.prefix.clone();
+    let lan = ns.add_lan("hub");
+    let node_host = ns.add_host("node", &lan, "eth0", "10.79.0.1/24");
+    let client_host = ns.add_host("client", &lan, "eth0", "10.79.0.2/24");
+    let prog = script(dir.path(), "job.sh", "echo started; sleep 30");
+    {
+        let node = serve_in(&ns, &node_host, "cut", dir.path(), &["--no-mdns", "--heartbeat", "1"]);
+        let mut cmd = ns.exec(&client_host, bin());
+        cmd.arg("submit").arg(&prog).args(["--json", "--no-mdns", "--secret", "test-secret", "--heartbeat", "1"]);
+        cmd.args(["--peer", "/ip4/10.79.0.1/tcp/9700", "-a", "1"]);
+        cmd.env("RUST_LOG", "warn,libp2p_kad=error").env_remove("DISPY_SECRET");
+        let client = Proc::spawn("submit", cmd);
+        assert!(node.proc.wait_stderr("cluster reserved", Duration::from_secs(20)), "{}", node.proc.stderr());
+        std::thread::sleep(Duration::from_millis(500));
+        // Pull the cable: no FIN, no RST; only the missing heartbeats tell.
+        let cut = std::time::Instant::now();
+        ns.ip(&["-n", &node_host, "link", "set", "eth0", "down"]);
+        let out = client.wait(Duration::from_secs(30));
+        let noticed = cut.elapsed();
+        out.expect_code(1);
+        assert!(noticed < Duration::from_secs(8), "the client took {noticed:?} to notice\n{}", out.stderr);
+        assert!(out.stdout.contains("abandoned: node cut was lost"), "{}", out.stdout);
+        assert!(out.stderr.contains("stopped answering heartbeats"), "{}", out.stderr);
+        // The node, on its side, gives the silent client up and kills its job.
+        assert!(node.proc.wait_stderr("client has gone", Duration::from_secs(10)), "{}", node.proc.stderr());
+    }
+    drop(ns);
+    assert!(netns_left(&prefix).is_empty(), "namespaces left: {:?}", netns_left(&prefix));
+}

@@ -74,6 +74,7 @@ pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result
     let psk = cfg.psk;
     let kad_server = cfg.kad_server;
     let mdns_on = cfg.mdns;
+    let heartbeat = cfg.heartbeat.max(Duration::from_millis(100));
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_other_transport(|key| {
@@ -113,7 +114,8 @@ pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result
             } else {
                 None
             };
-            Ok(Behaviour { rr, kad, identify, ping: ping::Behaviour::default(), mdns: mdns.into() })
+            let ping = ping::Behaviour::new(ping::Config::new().with_interval(heartbeat).with_timeout(heartbeat));
+            Ok(Behaviour { rr, kad, identify, ping, mdns: mdns.into() })
         })
         .map_err(|e| Error::Setup(e.to_string()))?
         // Client-node connections carry long quiet stretches (a job running for hours);

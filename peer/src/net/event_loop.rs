@@ -12,7 +12,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, kad, mdns};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, kad, mdns, ping};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -38,6 +38,13 @@ pub struct EventLoop {
     targets: Vec<Target>,
     /// Remote address of each live connection, to judge the addresses peers report.
     connections: HashMap<ConnectionId, Multiaddr>,
+    /// Each peer's connections that count as alive: a connection that failed its heartbeat
+    /// leaves this set at once, though closing it may take a while on a dead link.
+    live: HashMap<PeerId, HashSet<ConnectionId>>,
+    /// When each live connection last answered a ping (or was established).
+    last_alive: HashMap<ConnectionId, (PeerId, Instant)>,
+    /// No answered ping for this long: the connection is dead.
+    silence_limit: Duration,
     /// Peers found by mDNS whose dials failed: they wait before the next try.
     mdns_backoff: HashMap<PeerId, Backoff>,
     /// Handshake failures already logged at warn level (by address or remote IP).
@@ -77,6 +84,11 @@ impl EventLoop {
             pending_requests: HashMap::new(),
             targets,
             connections: HashMap::new(),
+            live: HashMap::new(),
+            last_alive: HashMap::new(),
+            // Two missed pings (libp2p's own failure report can take 10 s more, as opening a
+            // new ping stream on a dead link waits for its negotiation timeout).
+            silence_limit: cfg.heartbeat.max(Duration::from_millis(100)) * 2 + Duration::from_millis(500),
             mdns_backoff: HashMap::new(),
             handshake_logged: HashSet::new(),
             fingerprint,
@@ -94,7 +106,10 @@ impl EventLoop {
                     Some(Command::Shutdown) | None => break,
                     Some(cmd) => self.on_command(cmd),
                 },
-                _ = redial.tick() => self.redial(),
+                _ = redial.tick() => {
+                    self.redial();
+                    self.check_heartbeats();
+                }
             }
         }
         // Outstanding callers learn that the runtime is gone instead of waiting forever.
@@ -193,22 +208,18 @@ impl EventLoop {
                     && let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
                         debug!(cause = %e, "kademlia bootstrap not started");
                     }
-                debug!(peer = %peer_id, %remote, "connection established");
-                if num_established.get() == 1 {
+                debug!(peer = %peer_id, %remote, established = num_established.get(), "connection established");
+                self.last_alive.insert(connection_id, (peer_id, Instant::now()));
+                let conns = self.live.entry(peer_id).or_default();
+                conns.insert(connection_id);
+                if conns.len() == 1 {
                     self.emit(NetEvent::Connected { peer: peer_id, remote });
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
                 self.connections.remove(&connection_id);
-                debug!(peer = %peer_id, cause = ?cause, "connection closed");
-                if num_established == 0 {
-                    for t in &mut self.targets {
-                        if t.peer == Some(peer_id) {
-                            t.connected = false;
-                        }
-                    }
-                    self.emit(NetEvent::Disconnected { peer: peer_id });
-                }
+                debug!(peer = %peer_id, cause = ?cause, remaining = num_established, "connection closed");
+                self.connection_gone(peer_id, connection_id);
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 self.on_dial_error(connection_id, peer_id, &error);
@@ -221,6 +232,38 @@ impl EventLoop {
             SwarmEvent::ListenerError { error, .. } => warn!(cause = %error_chain(&error), "listener error"),
             other => trace!(?other, "swarm event"),
         }
+    }
+
+    /// Closes connections whose peer has not answered a ping for too long.
+    fn check_heartbeats(&mut self) {
+        let now = Instant::now();
+        let silent: Vec<(ConnectionId, PeerId)> = self
+            .last_alive
+            .iter()
+            .filter(|(_, (_, t))| now.duration_since(*t) > self.silence_limit)
+            .map(|(c, (p, _))| (*c, *p))
+            .collect();
+        for (connection, peer) in silent {
+            warn!(%peer, silent_for = ?self.silence_limit, "peer stopped answering heartbeats; closing its connection");
+            self.connection_gone(peer, connection);
+            self.swarm.close_connection(connection);
+        }
+    }
+
+    /// A connection stopped counting; the peer is gone when none is left.
+    fn connection_gone(&mut self, peer: PeerId, connection: ConnectionId) {
+        self.last_alive.remove(&connection);
+        let Some(conns) = self.live.get_mut(&peer) else { return };
+        if !conns.remove(&connection) || !conns.is_empty() {
+            return;
+        }
+        self.live.remove(&peer);
+        for t in &mut self.targets {
+            if t.peer == Some(peer) {
+                t.connected = false;
+            }
+        }
+        self.emit(NetEvent::Disconnected { peer });
     }
 
     /// One warning per remote (address or IP) naming the likely cause; later ones at debug,
@@ -327,7 +370,24 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Kad(event) => trace!(?event, "kademlia"),
-            BehaviourEvent::Ping(_) => {}
+            BehaviourEvent::Ping(ping::Event { connection, result: Err(ping::Failure::Unsupported), .. }) => {
+                // Not a dispy peer's behaviour, but not a sign of death either: such a peer
+                // is judged by its connection alone.
+                self.last_alive.remove(&connection);
+            }
+            BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(e) }) => {
+                // libp2p reports a failed ping but keeps the connection: a peer that stopped
+                // answering is gone for our purposes. Closing may hang on a dead link, so the
+                // loss is announced now.
+                warn!(%peer, cause = %e, "peer stopped answering heartbeats; closing its connection");
+                self.connection_gone(peer, connection);
+                self.swarm.close_connection(connection);
+            }
+            BehaviourEvent::Ping(ping::Event { connection, result: Ok(_), .. }) => {
+                if let Some((_, t)) = self.last_alive.get_mut(&connection) {
+                    *t = Instant::now();
+                }
+            }
         }
     }
 

@@ -25,7 +25,6 @@ use tokio::sync::mpsc;
 
 /// How a peer joins the mesh.
 #[derive(Clone, Debug)]
-#[derive(Default)]
 pub struct NetConfig {
     /// The peer's identity; a fresh one when `None`.
     pub keypair: Option<Keypair>,
@@ -41,7 +40,29 @@ pub struct NetConfig {
     pub peers: Vec<Multiaddr>,
     /// Answer Kademlia queries (nodes); clients only ask.
     pub kad_server: bool,
+    /// Every connection is pinged this often; one with no answered ping for twice this is
+    /// closed, so a peer that vanished without a word (power cut, partition) is noticed
+    /// within about twice this.
+    pub heartbeat: std::time::Duration,
 }
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            keypair: None,
+            listen: Vec::new(),
+            psk: None,
+            mdns: false,
+            bootstrap: Vec::new(),
+            peers: Vec::new(),
+            kad_server: false,
+            heartbeat: DEFAULT_HEARTBEAT,
+        }
+    }
+}
+
+/// The default heartbeat: a silent peer is noticed within about 9 s.
+pub const DEFAULT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(4);
 
 
 /// Something the network saw.

@@ -125,6 +125,7 @@ async fn serve(o: ServeOpt) -> anyhow::Result<()> {
         mdns: !o.no_mdns,
         bootstrap: o.bootstrap.clone(),
         kad_server: true,
+        heartbeat: secs(o.heartbeat, "--heartbeat")?,
         ..NetConfig::default()
     };
     let (handle, events, event_loop) = net::new(cfg).context("cannot start the node's network")?;
@@ -178,6 +179,7 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
         .secret(secret(&o.secret))
         .mdns(!o.find.no_mdns)
         .discover_timeout(secs(o.find.discover_timeout, "--discover-timeout")?)
+        .heartbeat(secs(o.find.heartbeat, "--heartbeat")?)
         .reentrant(o.reentrant)
         .max_retries(o.max_retries)
         .local(if o.local { LocalMode::Always } else { LocalMode::Fallback });

@@ -57,6 +57,9 @@ pub(crate) struct FindOpt {
     /// Seconds to look for a node before giving up (or falling back to a local node).
     #[arg(long, default_value_t = 3.0, value_name = "SECS")]
     pub(crate) discover_timeout: f64,
+    /// Seconds between heartbeats; a node silent for about twice this is lost.
+    #[arg(long, default_value_t = 4.0, value_name = "SECS")]
+    pub(crate) heartbeat: f64,
 }
 
 #[derive(Args, Debug)]
@@ -76,6 +79,9 @@ pub(crate) struct ServeOpt {
     /// Do not announce or look on the LAN by multicast DNS.
     #[arg(long)]
     pub(crate) no_mdns: bool,
+    /// Seconds between heartbeats; a client silent for about twice this is gone.
+    #[arg(long, default_value_t = 4.0, value_name = "SECS")]
+    pub(crate) heartbeat: f64,
     /// Where staged files and job directories live [default: <temp dir>/dispy-peer/node].
     #[arg(long, value_name = "DIR")]
     pub(crate) dest_path: Option<PathBuf>,
