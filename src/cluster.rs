@@ -490,6 +490,14 @@ impl<A, R> Cluster<A, R> {
         self.cmds.send(Cmd::Cancel { ids }).await.map_err(|_| Error::Closed)
     }
 
+    /// Cancels every job not ended yet (dispy's `cancel` of each pending job).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the scheduler stopped.
+    pub async fn cancel_all(&self) -> Result<()> {
+        self.cmds.send(Cmd::CancelAll).await.map_err(|_| Error::Closed)
+    }
+
     /// Cancels one job (see [`Cluster::cancel_ids`]): a running one is killed with its whole
     /// process group (for functions: its worker, which a fresh one replaces).
     ///

@@ -57,6 +57,7 @@ pub(crate) enum Cmd {
     /// Answered once no job is pending (or with the error if the cluster failed).
     Wait { reply: oneshot::Sender<Result<(), String>> },
     Cancel { ids: Vec<JobId> },
+    CancelAll,
     Stats { reply: oneshot::Sender<Stats> },
     Close { reply: oneshot::Sender<Stats> },
 }
@@ -254,6 +255,16 @@ impl Scheduler {
                 self.answer_waiters();
             }
             Cmd::Cancel { ids } => self.cancel(ids),
+            Cmd::CancelAll => {
+                let ids: Vec<JobId> = self
+                    .jobs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, j)| !matches!(j.state, JobState::Done))
+                    .map(|(i, _)| JobId(i as u64))
+                    .collect();
+                self.cancel(ids);
+            }
             Cmd::Stats { reply } => {
                 let _ = reply.send(self.stats());
             }

@@ -138,3 +138,50 @@ fn a_poison_job_stops_after_max_retries_and_the_rest_completes() {
     let dead = nodes.iter_mut().filter_map(|n| n.proc.child.try_wait().ok().flatten()).count();
     assert_eq!(dead, 3, "exactly max_retries nodes were killed");
 }
+
+#[test]
+fn ctrl_c_cancels_the_remote_jobs_prints_what_ended_and_exits_1() {
+    let dir = tempdir();
+    let prog = script(dir.path(), "job.sh", r#"if [ "$1" = quick ]; then echo quick; exit 0; fi; echo $$ > "$1"; sleep 60"#);
+    let node = Node::start(dir.path(), NodeOpts::new("n"));
+    let pidfiles: Vec<_> = (0..2).map(|i| dir.path().join(format!("job{i}.pid"))).collect();
+    let mut cmd = submit(&prog);
+    cmd.args(["--peer", &node.addr, "-a", "quick"]);
+    for p in &pidfiles {
+        cmd.arg("-a").arg(p);
+    }
+    for i in 0..5 {
+        cmd.args(["-a", &format!("queued-{i}")]);
+    }
+    let client = Proc::spawn("submit", cmd);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pidfiles.iter().all(|p| p.exists()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pids: Vec<u32> = pidfiles.iter().map(|p| std::fs::read_to_string(p).expect("job started").trim().parse().unwrap()).collect();
+    let t = Instant::now();
+    signal(client.pid(), "INT");
+    let out = client.wait(Duration::from_secs(20));
+    out.expect_code(1);
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    assert!(out.stderr.contains("interrupted; cancelling"), "{}", out.stderr);
+    assert!(out.stdout.contains("[quick] on n (127.0.0.1): exit 0"), "what finished is printed: {}", out.stdout);
+    assert_eq!(out.stdout.matches(": cancelled in").count(), 7, "{}", out.stdout);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(pids.iter().all(|p| !alive(*p)), "a cancelled job still runs");
+}
+
+#[test]
+fn a_timed_out_job_leaves_nothing_of_its_process_tree() {
+    let dir = tempdir();
+    let prog = script(dir.path(), "job.sh", r#"sleep 300 & echo $! > "$1"; sleep 300"#);
+    let node = Node::start(dir.path(), NodeOpts::new("t"));
+    let pidfile = dir.path().join("bg.pid");
+    let mut cmd = submit(&prog);
+    cmd.args(["--peer", &node.addr, "--timeout", "1", "-a"]).arg(&pidfile);
+    let out = run("submit", cmd, Duration::from_secs(30));
+    out.expect_code(1);
+    assert!(out.stdout.contains("timed out"), "{}", out.stdout);
+    let bg: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    assert!(!alive(bg), "the job's background child survived its timeout");
+}

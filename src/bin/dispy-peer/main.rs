@@ -206,7 +206,24 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
     cluster.submit_all(jobs).await?;
     let mut printer = print::Printer::new(o.json);
     let mut failed = 0usize;
-    while let Some(job) = cluster.next_result().await? {
+    // Ctrl-C once: cancel the remote jobs, print what ends, release the nodes, exit 1.
+    // Twice: leave at once (the nodes notice the client is gone and kill its jobs).
+    let mut interrupted = false;
+    loop {
+        let next = tokio::select! {
+            next = cluster.next_result() => next?,
+            _ = tokio::signal::ctrl_c() => {
+                if interrupted {
+                    eprintln!("dispy-peer: interrupted again; leaving without waiting");
+                    std::process::exit(1);
+                }
+                interrupted = true;
+                eprintln!("dispy-peer: interrupted; cancelling the remaining jobs (Ctrl-C again to leave at once)");
+                cluster.cancel_all().await?;
+                continue;
+            }
+        };
+        let Some(job) = next else { break };
         if !job.succeeded() {
             failed += 1;
         }
@@ -214,7 +231,7 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
     }
     let stats = cluster.close().await?;
     printer.summary(&stats, total, failed)?;
-    Ok(failed == 0)
+    Ok(failed == 0 && !interrupted)
 }
 
 async fn nodes(o: NodesOpt) -> anyhow::Result<()> {
