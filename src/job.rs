@@ -100,6 +100,7 @@ impl JobError {
             JobOutcome::Abandoned(why) => JobError::Abandoned(why.clone()),
             JobOutcome::FailedToStart(why) => JobError::NotRun(why.clone()),
             JobOutcome::Crashed(why) => JobError::NotRun(format!("crashed: {why}")),
+            JobOutcome::Declined(why) => JobError::NotRun(format!("declined: {why}")),
         })
     }
 }

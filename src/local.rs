@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use dispy_node::net::{self, NetConfig};
-use dispy_node::serve::{ServeConfig, Server};
+use dispy_node::serve::{ServeConfig, Server, Stop};
 use libp2p::Multiaddr;
 use libp2p::pnet::PreSharedKey;
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 /// A running embedded node.
 pub(crate) struct LocalNode {
     pub(crate) addr: Multiaddr,
-    stop: oneshot::Sender<()>,
+    stop: tokio::sync::mpsc::UnboundedSender<Stop>,
     task: JoinHandle<()>,
     dest: PathBuf,
 }
@@ -38,18 +38,17 @@ impl LocalNode {
             // The client's executable need not know the reaper mode: the embedded node's
             // jobs are killed by its own shutdown, and die with it only if it exits cleanly.
             reaper: None,
+            drain_timeout: std::time::Duration::ZERO,
+            serve_clusters: None,
         };
         let server = Server::new(serve, handle)?;
         tokio::spawn(event_loop.run());
         let (addr_tx, addr_rx) = oneshot::channel();
-        let (stop, stop_rx) = oneshot::channel::<()>();
+        let (stop, stop_rx) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             let mut addr_tx = Some(addr_tx);
-            let shutdown = async {
-                let _ = stop_rx.await;
-            };
             let _ = server
-                .run(events, shutdown, |addr| {
+                .run(events, stop_rx, |addr| {
                     if let Some(tx) = addr_tx.take() {
                         let _ = tx.send(addr.clone());
                     }
@@ -62,7 +61,7 @@ impl LocalNode {
 
     /// Stops the node: its jobs are killed and its files deleted.
     pub(crate) async fn stop(self) {
-        let _ = self.stop.send(());
+        let _ = self.stop.send(Stop::Now);
         let _ = self.task.await;
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(self.dest)).await;
     }

@@ -620,6 +620,20 @@ impl Scheduler {
             if !matches!(job.state, JobState::OnNode(p) if p == peer) {
                 continue;
             }
+            if let JobOutcome::Declined(why) = &r.outcome {
+                // The node gave it back unrun (draining): it goes elsewhere, no attempt spent.
+                debug!(job = %r.id, reason = %why, "job given back");
+                job.state = JobState::Queued;
+                job.started = false;
+                self.queue.push_front(r.id);
+                if let Some(node) = self.nodes.get_mut(&peer) {
+                    node.in_flight.remove(&r.id);
+                    if node.phase == Phase::Ready {
+                        node.phase = Phase::Unusable(why.clone());
+                    }
+                }
+                continue;
+            }
             let args = job.args.clone();
             let Some(node) = self.nodes.get_mut(&peer) else { continue };
             node.in_flight.remove(&r.id);

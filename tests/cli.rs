@@ -121,6 +121,12 @@ fn serve_stops_on_sigterm_killing_jobs_and_removing_job_dirs() {
     let job_pid: u32 = std::fs::read_to_string(&pidfile).expect("job started").trim().parse().unwrap();
     assert!(alive(job_pid));
     assert!(!node.job_dirs().is_empty());
+    // The first SIGTERM drains: the running job goes on...
+    signal(node.proc.pid(), "TERM");
+    assert!(node.proc.wait_stderr("draining", Duration::from_secs(5)), "{}", node.proc.stderr());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(alive(job_pid), "a drain lets running jobs finish");
+    // ...the second kills it.
     let mut node = node;
     assert_eq!(node.stop(), Some(0), "{}", node.proc.stderr());
     assert!(!alive(job_pid), "the job outlived its node");

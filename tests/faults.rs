@@ -185,3 +185,57 @@ fn a_timed_out_job_leaves_nothing_of_its_process_tree() {
     let bg: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
     assert!(!alive(bg), "the job's background child survived its timeout");
 }
+
+#[test]
+fn a_draining_node_finishes_its_running_jobs_and_gives_back_the_queued_ones() {
+    let dir = tempdir();
+    let prog = script(dir.path(), "job.sh", "sleep 1; echo done $1");
+    let mut a = NodeOpts::new("drains");
+    a.cpus = 1;
+    a.extra = vec!["--drain-timeout".into(), "30".into()];
+    let drains = Node::start(dir.path(), a);
+    let mut b = NodeOpts::new("stays");
+    b.cpus = 1;
+    let stays = Node::start(dir.path(), b);
+    let mut cmd = submit(&prog);
+    cmd.args(["--json", "--peer", &drains.addr, "--peer", &stays.addr]);
+    for i in 0..8 {
+        cmd.args(["-a", &i.to_string()]);
+    }
+    let client = Proc::spawn("submit", cmd);
+    assert!(drains.proc.wait_stderr("cluster reserved", Duration::from_secs(20)));
+    std::thread::sleep(Duration::from_millis(300));
+    signal(drains.proc.pid(), "TERM");
+    let out = client.wait(Duration::from_secs(60));
+    out.expect_code(0);
+    let jobs: Vec<_> = out.json_lines().into_iter().filter(|j| j.get("job").is_some()).collect();
+    assert_eq!(jobs.len(), 8);
+    let on_drains = jobs.iter().filter(|j| j["node"] == "drains").count();
+    assert_eq!(on_drains, 1, "only the job running at the signal finished there: {}", out.stdout);
+    let mut drains = drains;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while drains.proc.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = drains.proc.child.try_wait().unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "the drained node exits 0 by itself");
+    drop(stays);
+}
+
+#[test]
+fn serve_n_exits_after_n_clusters() {
+    let dir = tempdir();
+    let prog = script(dir.path(), "job.sh", "echo hi");
+    let mut o = NodeOpts::new("once");
+    o.extra = vec!["--serve".into(), "1".into()];
+    let node = Node::start(dir.path(), o);
+    let mut cmd = submit(&prog);
+    cmd.args(["--peer", &node.addr]);
+    run("submit", cmd, Duration::from_secs(30)).expect_code(0);
+    let mut node = node;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.proc.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(node.proc.child.try_wait().unwrap().and_then(|s| s.code()), Some(0), "{}", node.proc.stderr());
+}

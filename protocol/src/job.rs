@@ -45,6 +45,9 @@ pub enum JobOutcome {
     /// The process running the job died (a function's worker, or the job's nodes one after
     /// another); the text says how. For a worker, a fresh one takes the slot.
     Crashed(String),
+    /// The node gave the job back without running it (it is draining); the client runs it
+    /// elsewhere. Never reported to users.
+    Declined(String),
 }
 
 impl JobOutcome {
@@ -66,6 +69,7 @@ impl std::fmt::Display for JobOutcome {
             JobOutcome::Returned => f.write_str("returned"),
             JobOutcome::Panicked { message, .. } => write!(f, "panicked: {message}"),
             JobOutcome::Crashed(why) => write!(f, "crashed: {why}"),
+            JobOutcome::Declined(why) => write!(f, "declined: {why}"),
         }
     }
 }

@@ -266,6 +266,10 @@ impl Node {
             None => Command::new(bin()),
         };
         cmd.args(["serve", "--name", &o.name, "--cpus", &o.cpus.to_string(), "--listen", &o.listen]);
+        // A test's SIGTERM should not wait the default minute for running jobs.
+        if !o.extra.iter().any(|a| a == "--drain-timeout") {
+            cmd.args(["--drain-timeout", "1"]);
+        }
         cmd.arg("--dest-path").arg(&dest);
         if o.netns.is_none() {
             // mDNS never runs in the machine's own network namespace.

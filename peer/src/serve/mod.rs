@@ -21,12 +21,20 @@ use dispy_protocol::{
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 use store::{Store, Upload, check_name};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, info_span, warn, Instrument};
+
+/// How to stop a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Take nothing new, let running jobs finish (the first SIGTERM).
+    Drain,
+    /// Kill running jobs and stop (the second SIGTERM).
+    Now,
+}
 
 /// How a node serves.
 #[derive(Clone, Debug)]
@@ -44,6 +52,10 @@ pub struct ServeConfig {
     /// An executable that runs [`reaper::run_if_reaper`] first in `main` (the node's own):
     /// started as the reaper that kills the jobs if the node dies without cleaning up.
     pub reaper: Option<PathBuf>,
+    /// How long a drain waits for running jobs before killing them.
+    pub drain_timeout: Duration,
+    /// Stop (draining) after serving this many clusters.
+    pub serve_clusters: Option<u64>,
 }
 
 /// How long a job start waits to ride along with a result before it is sent on its own.
@@ -111,6 +123,9 @@ pub struct Server {
     /// Finished jobs' directories, removed in batches on the blocking pool.
     trash: Vec<PathBuf>,
     reaper: reaper::Reaper,
+    /// Clusters released so far.
+    served: u64,
+    draining: bool,
     /// Held for the node's life: a second node on the same dest path fails to start.
     _lock: std::fs::File,
 }
@@ -144,6 +159,8 @@ impl Server {
         };
         Ok(Server {
             reaper,
+            served: 0,
+            draining: false,
             free: cfg.cpus,
             cfg,
             net,
@@ -161,15 +178,18 @@ impl Server {
     /// Serves until `shutdown` resolves, then kills running jobs, removes job directories
     /// and returns. `on_listening` sees each listen address as it comes up.
     ///
-    /// Shutdown order: stop taking clusters and jobs, kill running process groups, wait for
-    /// their tasks (bounded), delete the job directories, stop the network.
+    /// [`Stop::Drain`] first stops taking clusters and jobs, gives queued jobs back to their
+    /// clients and lets running ones finish (at most `cfg.drain_timeout`); [`Stop::Now`] (or
+    /// the drain's end) kills running process groups, waits for their tasks (bounded),
+    /// deletes the job directories and stops the network.
     pub async fn run(
         mut self,
         mut events: mpsc::UnboundedReceiver<NetEvent>,
-        shutdown: impl Future<Output = ()>,
+        mut stop: mpsc::UnboundedReceiver<Stop>,
         mut on_listening: impl FnMut(&Multiaddr),
     ) -> Result<()> {
-        tokio::pin!(shutdown);
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -178,7 +198,31 @@ impl Server {
                     None => break,
                 },
                 Some(msg) = self.internal_rx.recv() => self.on_internal(msg),
-                _ = &mut shutdown => break,
+                s = stop.recv() => match s {
+                    Some(Stop::Drain) if drain_deadline.is_none() => {
+                        info!(timeout = ?self.cfg.drain_timeout, "draining: running jobs finish, no new ones are taken");
+                        drain_deadline = Some(tokio::time::Instant::now() + self.cfg.drain_timeout);
+                        self.drain();
+                    }
+                    _ => break,
+                },
+                _ = tick.tick() => {
+                    if self.served_enough() && drain_deadline.is_none() {
+                        info!(clusters = self.served, "served the clusters asked for; draining");
+                        drain_deadline = Some(tokio::time::Instant::now() + self.cfg.drain_timeout);
+                        self.drain();
+                    }
+                    if let Some(deadline) = drain_deadline {
+                        if self.drained() {
+                            info!("drained");
+                            break;
+                        }
+                        if tokio::time::Instant::now() >= deadline {
+                            warn!("drain timeout: killing the jobs still running");
+                            break;
+                        }
+                    }
+                }
             }
         }
         self.stopping = true;
@@ -257,6 +301,9 @@ impl Server {
                     warn!(%peer, theirs = h.wire_version, ours = WIRE_VERSION, "peer speaks another protocol version");
                 }
                 Response::Hello(self.hello())
+            }
+            Request::Reserve(_) | Request::Submit(_) | Request::Chunk(_) if self.stopping || self.draining => {
+                refuse(RefusalKind::ShuttingDown, format!("node {} is shutting down", self.cfg.name))
             }
             _ if self.stopping => refuse(RefusalKind::ShuttingDown, format!("node {} is shutting down", self.cfg.name)),
             Request::Reserve(r) => self.reserve(peer, r),
@@ -655,6 +702,40 @@ impl Server {
         }
     }
 
+    /// Stops taking work and gives every queued job back to its client.
+    fn drain(&mut self) {
+        self.draining = true;
+        let now = executor::now_us();
+        let mut declined = Vec::new();
+        for (id, c) in &mut self.clusters {
+            for job in c.queue.drain(..) {
+                declined.push((*id, job.id));
+            }
+        }
+        for (cluster, id) in declined {
+            let result = JobResult {
+                id,
+                outcome: JobOutcome::Declined(format!("node {} is draining", self.cfg.name)),
+                stdout: Default::default(),
+                stderr: Default::default(),
+                start_us: now,
+                end_us: now,
+                value: Vec::new(),
+            };
+            let _ = self.internal_tx.send(Internal::JobDone { cluster, result, held_slot: false, worker: None });
+        }
+    }
+
+    /// Whether a drain is complete: no job runs and every result was delivered.
+    fn drained(&self) -> bool {
+        self.free == self.cfg.cpus
+            && self.clusters.values().all(|c| c.results.is_empty() && c.sending == 0 && c.queue.is_empty())
+    }
+
+    fn served_enough(&self) -> bool {
+        self.cfg.serve_clusters.is_some_and(|n| self.served >= n && self.clusters.is_empty())
+    }
+
     /// Kills a cluster's jobs and forgets it once they are gone.
     fn release(&mut self, id: ClusterId) {
         let Some(c) = self.clusters.get_mut(&id) else { return };
@@ -673,6 +754,7 @@ impl Server {
     fn reap(&mut self, id: ClusterId) {
         let done = self.clusters.get(&id).is_some_and(|c| c.released && c.running.is_empty() && c.sending == 0 && c.sending_starts == 0);
         if let Some(c) = done.then(|| self.clusters.remove(&id)).flatten() {
+            self.served += 1;
             let dir = c.dir;
             tokio::task::spawn_blocking(move || {
                 let _ = std::fs::remove_dir_all(&dir);

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use dispy::{Cluster, LocalMode, NodePattern, Secret};
 use dispy_node::net::{self, NetConfig};
-use dispy_node::serve::{ServeConfig, Server};
+use dispy_node::serve::{ServeConfig, Server, Stop};
 use opts::{Cmd, NodesOpt, Opt, SecretOpt, ServeOpt, SubmitOpt};
 use std::io::Write;
 use std::process::ExitCode;
@@ -136,27 +136,30 @@ async fn serve(o: ServeOpt) -> anyhow::Result<()> {
         max_file_size: o.max_file_size,
         max_output: o.max_output as usize,
         reaper: std::env::current_exe().ok(),
+        drain_timeout: secs(o.drain_timeout, "--drain-timeout")?,
+        serve_clusters: o.serve_clusters,
     };
     tracing::info!(name = %serve_cfg.name, cpus, dest = %dest.display(), "node starting");
     let server = Server::new(serve_cfg, handle).with_context(|| format!("cannot use dest path {}", dest.display()))?;
     let net_task = tokio::spawn(event_loop.run());
-    let shutdown = async {
-        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
-        match term {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+    // First SIGTERM/SIGINT: drain. Second: stop now.
+    let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch for SIGTERM")?;
+    tokio::spawn(async move {
+        for stop in [Stop::Drain, Stop::Now] {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            tracing::info!(?stop, "signal received");
+            if stop_tx.send(stop).is_err() {
+                return;
             }
         }
-        tracing::info!("signal received; stopping");
-    };
+    });
     server
-        .run(events, shutdown, |addr| {
+        .run(events, stop_rx, |addr| {
             // The readiness line tests and scripts wait for.
             println!("listening {addr}");
             let _ = std::io::stdout().flush();

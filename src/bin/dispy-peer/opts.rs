@@ -94,6 +94,13 @@ pub(crate) struct ServeOpt {
     /// Name shown to clients [default: the host name].
     #[arg(long)]
     pub(crate) name: Option<String>,
+    /// On the first SIGTERM/SIGINT, wait this long for running jobs before killing them (a
+    /// second signal kills them at once).
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub(crate) drain_timeout: f64,
+    /// Exit (draining) after serving N clusters.
+    #[arg(long = "serve", value_name = "N")]
+    pub(crate) serve_clusters: Option<u64>,
 }
 
 #[derive(Args, Debug)]
