@@ -666,7 +666,11 @@ impl Scheduler {
         let loads: Vec<Load> = ready
             .iter()
             .filter_map(|p| self.nodes.get(p))
-            .map(|n| Load { cpus: n.cpus, in_flight: n.in_flight.len() })
+            .map(|n| Load {
+                cpus: n.cpus,
+                in_flight: n.in_flight.len(),
+                mean_job_secs: (n.jobs_done > 0).then(|| n.job_secs / n.jobs_done as f64),
+            })
             .collect();
         let plan = policy::plan(&loads, self.queue.len());
         for (peer, count) in ready.into_iter().zip(plan) {

@@ -189,7 +189,9 @@ fn a_timed_out_job_leaves_nothing_of_its_process_tree() {
 #[test]
 fn a_draining_node_finishes_its_running_jobs_and_gives_back_the_queued_ones() {
     let dir = tempdir();
-    let prog = script(dir.path(), "job.sh", "sleep 1; echo done $1");
+    let marks = dir.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let prog = script(dir.path(), "job.sh", &format!("echo $PPID > {}/$1; sleep 1; echo done $1", marks.display()));
     let mut a = NodeOpts::new("drains");
     a.cpus = 1;
     a.extra = vec!["--drain-timeout".into(), "30".into()];
@@ -203,8 +205,15 @@ fn a_draining_node_finishes_its_running_jobs_and_gives_back_the_queued_ones() {
         cmd.args(["-a", &i.to_string()]);
     }
     let client = Proc::spawn("submit", cmd);
-    assert!(drains.proc.wait_stderr("cluster reserved", Duration::from_secs(20)));
-    std::thread::sleep(Duration::from_millis(300));
+    // Signal once a job runs on the draining node (the job records its node's pid).
+    let pid = drains.proc.pid().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let running_there = || {
+        std::fs::read_dir(&marks).unwrap().flatten().any(|e| std::fs::read_to_string(e.path()).unwrap_or_default().trim() == pid)
+    };
+    while !running_there() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     signal(drains.proc.pid(), "TERM");
     let out = client.wait(Duration::from_secs(60));
     out.expect_code(0);
