@@ -149,3 +149,39 @@ fn a_node_cut_off_without_a_word_is_noticed_by_heartbeats() {
     drop(ns);
     assert!(netns_left(&prefix).is_empty(), "namespaces left: {:?}", netns_left(&prefix));
 }
+
+#[test]
+fn results_finished_during_a_partition_arrive_once_it_heals() {
+    let dir = tempdir();
+    let mut ns = Netns::new();
+    let prefix = ns.prefix.clone();
+    let lan = ns.add_lan("hub");
+    let node_host = ns.add_host("node", &lan, "eth0", "10.80.0.1/24");
+    let client_host = ns.add_host("client", &lan, "eth0", "10.80.0.2/24");
+    let prog = script(dir.path(), "job.sh", "sleep 0.5; echo done $1");
+    {
+        let node = serve_in(&ns, &node_host, "far", dir.path(), &["--no-mdns"]);
+        let mut cmd = ns.exec(&client_host, bin());
+        cmd.arg("submit").arg(&prog).args(["--json", "--no-mdns", "--secret", "test-secret"]);
+        cmd.args(["--peer", "/ip4/10.80.0.1/tcp/9700"]);
+        for i in 0..12 {
+            cmd.args(["-a", &i.to_string()]);
+        }
+        cmd.env("RUST_LOG", "warn,libp2p_kad=error").env_remove("DISPY_SECRET");
+        let client = Proc::spawn("submit", cmd);
+        assert!(node.proc.wait_stderr("cluster reserved", Duration::from_secs(20)), "{}", node.proc.stderr());
+        std::thread::sleep(Duration::from_millis(300));
+        // Jobs keep finishing on the node while it is cut off for 5 s.
+        ns.ip(&["-n", &node_host, "link", "set", "eth0", "down"]);
+        std::thread::sleep(Duration::from_secs(5));
+        ns.ip(&["-n", &node_host, "link", "set", "eth0", "up"]);
+        let out = client.wait(Duration::from_secs(60));
+        out.expect_code(0);
+        let ids: Vec<u64> = out.json_lines().iter().filter_map(|j| j.get("job").and_then(|v| v.as_u64())).collect();
+        let unique: HashSet<u64> = ids.iter().copied().collect();
+        assert_eq!((ids.len(), unique.len()), (12, 12), "every result exactly once:\n{}", out.stdout);
+        assert!(out.json_lines().iter().filter(|j| j.get("job").is_some()).all(|j| j["exit_code"] == 0), "{}", out.stdout);
+    }
+    drop(ns);
+    assert!(netns_left(&prefix).is_empty(), "namespaces left: {:?}", netns_left(&prefix));
+}
