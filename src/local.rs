@@ -40,6 +40,7 @@ impl LocalNode {
             reaper: None,
             drain_timeout: std::time::Duration::ZERO,
             serve_clusters: None,
+            zombie_interval: std::time::Duration::from_secs(60),
         };
         let server = Server::new(serve, handle)?;
         tokio::spawn(event_loop.run());

@@ -54,7 +54,9 @@ fn a_reentrant_cluster_reruns_a_lost_nodes_jobs_elsewhere() {
 fn a_lost_client_has_its_jobs_killed_and_files_removed() {
     let dir = tempdir();
     let prog = script(dir.path(), "hold.sh", "echo $$ > \"$1\"; sleep 60");
-    let node = Node::start(dir.path(), NodeOpts::new("n"));
+    let mut o = NodeOpts::new("n");
+    o.extra = vec!["--zombie-interval".into(), "1".into()];
+    let node = Node::start(dir.path(), o);
     let pidfiles: Vec<_> = (0..2).map(|i| dir.path().join(format!("job{i}.pid"))).collect();
     let mut cmd = submit(&prog);
     cmd.args(["--peer", &node.addr]);

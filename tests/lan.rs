@@ -126,7 +126,7 @@ fn a_node_cut_off_without_a_word_is_noticed_by_heartbeats() {
     let client_host = ns.add_host("client", &lan, "eth0", "10.79.0.2/24");
     let prog = script(dir.path(), "job.sh", "echo started; sleep 30");
     {
-        let node = serve_in(&ns, &node_host, "cut", dir.path(), &["--no-mdns", "--heartbeat", "1"]);
+        let node = serve_in(&ns, &node_host, "cut", dir.path(), &["--no-mdns", "--heartbeat", "1", "--zombie-interval", "2"]);
         let mut cmd = ns.exec(&client_host, bin());
         cmd.arg("submit").arg(&prog).args(["--json", "--no-mdns", "--secret", "test-secret", "--heartbeat", "1"]);
         cmd.args(["--peer", "/ip4/10.79.0.1/tcp/9700", "-a", "1"]);

@@ -56,6 +56,8 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     /// Stop (draining) after serving this many clusters.
     pub serve_clusters: Option<u64>,
+    /// A client disconnected this long is gone: its jobs are killed, its files deleted.
+    pub zombie_interval: Duration,
 }
 
 /// How long a job start waits to ride along with a result before it is sent on its own.
@@ -90,6 +92,8 @@ struct Cluster {
     idle_workers: Vec<workers::Worker>,
     /// Numbers worker directories.
     workers_started: u64,
+    /// Since when its client has been disconnected.
+    gone_since: Option<std::time::Instant>,
     files: Vec<FileEntry>,
     cpus: u32,
     dir: PathBuf,
@@ -207,6 +211,7 @@ impl Server {
                     _ => break,
                 },
                 _ = tick.tick() => {
+                    self.reap_zombies();
                     if self.served_enough() && drain_deadline.is_none() {
                         info!(clusters = self.served, "served the clusters asked for; draining");
                         drain_deadline = Some(tokio::time::Instant::now() + self.cfg.drain_timeout);
@@ -274,14 +279,30 @@ impl Server {
                 }
             }
             NetEvent::Disconnected { peer } => {
-                let gone: Vec<ClusterId> =
-                    self.clusters.iter().filter(|(_, c)| c.client == peer && !c.released).map(|(id, _)| *id).collect();
-                for id in gone {
-                    info!(cluster = %id, client = %peer, "client has gone; killing its jobs and deleting its files");
-                    self.release(id);
+                // Not gone yet: a partition heals, a client reconnects. Its jobs go on and
+                // their results wait for it, for the zombie interval.
+                let now = std::time::Instant::now();
+                for (id, c) in self.clusters.iter_mut().filter(|(_, c)| c.client == peer && !c.released) {
+                    info!(cluster = %id, client = %peer, zombie_interval = ?self.cfg.zombie_interval, "client disconnected; keeping its jobs");
+                    c.gone_since.get_or_insert(now);
                 }
             }
-            NetEvent::Connected { peer, remote } => debug!(%peer, %remote, "peer connected"),
+            NetEvent::Connected { peer, remote } => {
+                debug!(%peer, %remote, "peer connected");
+                let back: Vec<ClusterId> = self
+                    .clusters
+                    .iter_mut()
+                    .filter(|(_, c)| c.client == peer && c.gone_since.is_some())
+                    .map(|(id, c)| {
+                        c.gone_since = None;
+                        *id
+                    })
+                    .collect();
+                for id in back {
+                    info!(cluster = %id, client = %peer, "client is back; delivering its results");
+                    self.flush(id);
+                }
+            }
             NetEvent::DialFailed { addr, reason, .. } => debug!(%addr, %reason, "dial failed"),
             NetEvent::Listening { .. } => {}
         }
@@ -406,10 +427,17 @@ impl Server {
                 missing.push(f.hash);
             }
         }
-        if let Some(existing) = self.clusters.get(&r.cluster)
-            && existing.client != peer {
+        if let Some(existing) = self.clusters.get_mut(&r.cluster) {
+            if existing.client != peer {
                 return refuse(RefusalKind::UnknownCluster, format!("cluster {} belongs to another client", r.cluster));
             }
+            if !existing.released {
+                // The client reconnected and reserves again: the cluster goes on as it was.
+                existing.gone_since = None;
+                info!(cluster = %r.cluster, client = %peer, "cluster resumed");
+                return Response::Reserved(Reserved { cpus: existing.cpus, missing });
+            }
+        }
         info!(cluster = %r.cluster, client = %peer, cpus, files = r.files.len(), missing = missing.len(), "cluster reserved");
         let dir = self.jobs_root.join(r.cluster.to_string());
         self.clusters.insert(
@@ -420,6 +448,7 @@ impl Server {
                 function: r.function,
                 idle_workers: Vec::new(),
                 workers_started: 0,
+                gone_since: None,
                 files: r.files,
                 cpus,
                 dir,
@@ -730,6 +759,21 @@ impl Server {
     fn drained(&self) -> bool {
         self.free == self.cfg.cpus
             && self.clusters.values().all(|c| c.results.is_empty() && c.sending == 0 && c.queue.is_empty())
+    }
+
+    /// Releases the clusters whose client has been away longer than the zombie interval.
+    fn reap_zombies(&mut self) {
+        let limit = self.cfg.zombie_interval;
+        let gone: Vec<(ClusterId, PeerId)> = self
+            .clusters
+            .iter()
+            .filter(|(_, c)| !c.released && c.gone_since.is_some_and(|t| t.elapsed() >= limit))
+            .map(|(id, c)| (*id, c.client))
+            .collect();
+        for (id, client) in gone {
+            info!(cluster = %id, %client, "client has gone; killing its jobs and deleting its files");
+            self.release(id);
+        }
     }
 
     fn served_enough(&self) -> bool {

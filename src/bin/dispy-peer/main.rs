@@ -138,6 +138,7 @@ async fn serve(o: ServeOpt) -> anyhow::Result<()> {
         reaper: std::env::current_exe().ok(),
         drain_timeout: secs(o.drain_timeout, "--drain-timeout")?,
         serve_clusters: o.serve_clusters,
+        zombie_interval: secs(o.zombie_interval, "--zombie-interval")?,
     };
     tracing::info!(name = %serve_cfg.name, cpus, dest = %dest.display(), "node starting");
     let server = Server::new(serve_cfg, handle).with_context(|| format!("cannot use dest path {}", dest.display()))?;

@@ -98,6 +98,10 @@ pub(crate) struct ServeOpt {
     /// second signal kills them at once).
     #[arg(long, default_value_t = 60.0, value_name = "SECS")]
     pub(crate) drain_timeout: f64,
+    /// Seconds a disconnected client's jobs keep running (and results wait) before the
+    /// node decides it is gone: kills its jobs, frees its CPUs, deletes its files.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub(crate) zombie_interval: f64,
     /// Exit (draining) after serving N clusters.
     #[arg(long = "serve", value_name = "N")]
     pub(crate) serve_clusters: Option<u64>,
