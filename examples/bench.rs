@@ -12,48 +12,15 @@
 //! `unshare -n sh -c 'ip link set lo up; exec target/release/examples/bench'`.
 
 use dispy::{Cluster, LocalMode, Secret};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+
+#[path = "support/node.rs"]
+mod node;
+use node::Node;
+use std::process::Command;
 use std::time::Instant;
 
 fn noop(x: u64) -> u64 {
     x
-}
-
-/// A `dispy-peer serve` child, killed on drop.
-struct Node {
-    child: Child,
-    addr: String,
-    /// Removed after the node is killed.
-    _dest: tempfile::TempDir,
-}
-
-impl Node {
-    fn start() -> Node {
-        let exe = std::env::current_exe().expect("current exe");
-        let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("dispy-peer");
-        assert!(bin.exists(), "{} missing: cargo build --release --bin dispy-peer", bin.display());
-        let dest = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new(&bin)
-            .args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--cpus", "2", "--secret", "bench"])
-            .arg("--dest-path")
-            .arg(dest.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start dispy-peer serve");
-        let stdout = child.stdout.take().expect("piped");
-        let line = BufReader::new(stdout).lines().map_while(Result::ok).find(|l| l.starts_with("listening "));
-        let addr = line.expect("node did not print its address").trim_start_matches("listening ").to_string();
-        Node { child, addr, _dest: dest }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn env_num(name: &str, default: u64) -> u64 {

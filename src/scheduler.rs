@@ -119,7 +119,6 @@ struct Node {
 enum JobState {
     Queued,
     OnNode(PeerId),
-    Done,
 }
 
 struct Job {
@@ -157,7 +156,10 @@ pub(crate) struct Scheduler {
     /// Connected peers that turned out to be clients.
     clients_seen: HashSet<PeerId>,
     dial_failures: HashMap<Multiaddr, String>,
-    jobs: Vec<Job>,
+    /// Jobs not ended yet.
+    jobs: HashMap<JobId, Job>,
+    /// Jobs ever submitted.
+    submitted: u64,
     queue: VecDeque<JobId>,
     updates: mpsc::UnboundedSender<Update>,
     internal_tx: mpsc::UnboundedSender<Internal>,
@@ -188,7 +190,8 @@ impl Scheduler {
             order: Vec::new(),
             clients_seen: HashSet::new(),
             dial_failures: HashMap::new(),
-            jobs: Vec::new(),
+            jobs: HashMap::new(),
+            submitted: 0,
             queue: VecDeque::new(),
             updates,
             internal_tx,
@@ -229,8 +232,8 @@ impl Scheduler {
         match cmd {
             Cmd::Submit { jobs } => {
                 for j in jobs {
-                    debug_assert_eq!(j.id.0 as usize, self.jobs.len());
-                    self.jobs.push(Job {
+                    self.submitted += 1;
+                    self.jobs.insert(j.id, Job {
                         args: j.args,
                         input: j.input,
                         started: false,
@@ -256,13 +259,7 @@ impl Scheduler {
             }
             Cmd::Cancel { ids } => self.cancel(ids),
             Cmd::CancelAll => {
-                let ids: Vec<JobId> = self
-                    .jobs
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, j)| !matches!(j.state, JobState::Done))
-                    .map(|(i, _)| JobId(i as u64))
-                    .collect();
+                let ids: Vec<JobId> = self.jobs.keys().copied().collect();
                 self.cancel(ids);
             }
             Cmd::Stats { reply } => {
@@ -384,14 +381,10 @@ impl Scheduler {
         let id = report.id;
         let status = JobStatus::of(&report.outcome);
         let node = report.node.clone();
-        let Some(job) = self.jobs.get_mut(id.0 as usize) else { return };
-        if matches!(job.state, JobState::Done) {
-            return;
-        }
-        job.state = JobState::Done;
+        // An ended job is forgotten: the client's memory stays flat however many jobs run,
+        // and a late or repeated result finds nothing to finish.
+        let Some(job) = self.jobs.remove(&id) else { return };
         self.pending -= 1;
-        // The input is no longer needed: free it (long runs hold many jobs).
-        job.input = Vec::new();
         match &job.view {
             Some(view) => {
                 let report = Arc::new(report);
@@ -597,7 +590,7 @@ impl Scheduler {
     fn on_started(&mut self, peer: PeerId, started: Vec<JobId>) {
         let node = self.node_ref(&peer);
         for id in started {
-            let Some(job) = self.jobs.get_mut(id.0 as usize) else { continue };
+            let Some(job) = self.jobs.get_mut(&id) else { continue };
             if !matches!(job.state, JobState::OnNode(p) if p == peer) || job.started {
                 continue;
             }
@@ -614,7 +607,7 @@ impl Scheduler {
 
     fn on_results(&mut self, peer: PeerId, results: Vec<JobResult>) {
         for r in results {
-            let Some(job) = self.jobs.get_mut(r.id.0 as usize) else { continue };
+            let Some(job) = self.jobs.get_mut(&r.id) else { continue };
             // Only the node the job is on may finish it: a late or repeated result is
             // dropped, so each job is reported once.
             if !matches!(job.state, JobState::OnNode(p) if p == peer) {
@@ -686,13 +679,13 @@ impl Scheduler {
                 Some(n) => (
                     n.cpus.max(1) as usize,
                     n.in_flight.len(),
-                    n.in_flight.iter().any(|id| self.jobs.get(id.0 as usize).is_some_and(|j| j.suspect)),
+                    n.in_flight.iter().any(|id| self.jobs.get(&id).is_some_and(|j| j.suspect)),
                 ),
                 None => continue,
             };
             while specs.len() < count {
                 let Some(id) = self.queue.pop_front() else { break };
-                let Some(job) = self.jobs.get_mut(id.0 as usize) else { continue };
+                let Some(job) = self.jobs.get_mut(&id) else { continue };
                 if job.pinned.is_some_and(|p| p != peer) || (job.suspect && (has_suspect || load >= cpus)) {
                     skipped.push(id);
                     continue;
@@ -729,7 +722,7 @@ impl Scheduler {
         let mut ids: Vec<JobId> = node.in_flight.drain().collect();
         ids.sort();
         for id in ids.into_iter().rev() {
-            if let Some(job) = self.jobs.get_mut(id.0 as usize)
+            if let Some(job) = self.jobs.get_mut(&id)
                 && matches!(job.state, JobState::OnNode(p) if p == peer) {
                     job.state = JobState::Queued;
                     self.queue.push_front(id);
@@ -763,13 +756,13 @@ impl Scheduler {
             let mut in_flight: Vec<(u64, JobId)> = node
                 .in_flight
                 .iter()
-                .filter_map(|id| self.jobs.get(id.0 as usize).map(|j| (j.dispatched, *id)))
+                .filter_map(|id| self.jobs.get(&id).map(|j| (j.dispatched, *id)))
                 .collect();
             in_flight.sort();
             let cpus = node.cpus.max(1) as usize;
             let mut poison = Vec::new();
             for (i, (_, id)) in in_flight.into_iter().enumerate() {
-                let Some(job) = self.jobs.get_mut(id.0 as usize) else { continue };
+                let Some(job) = self.jobs.get_mut(&id) else { continue };
                 if job.started || i < cpus {
                     job.attempts += 1;
                     job.suspect = true;
@@ -796,7 +789,7 @@ impl Scheduler {
         let mut ids: Vec<JobId> = node.in_flight.drain().collect();
         ids.sort();
         for id in ids {
-            let Some(job) = self.jobs.get(id.0 as usize) else { continue };
+            let Some(job) = self.jobs.get(&id) else { continue };
             let outcome = JobOutcome::Abandoned(format!("node {name} was lost: {why}"));
             let report = JobReport::unrun(id, job.args.clone(), Some(node_ref(&name, &peer, ip)), outcome);
             self.finish(report);
@@ -805,17 +798,23 @@ impl Scheduler {
 
     fn cancel(&mut self, ids: Vec<JobId>) {
         let mut per_node: HashMap<PeerId, Vec<JobId>> = HashMap::new();
+        let mut queued = HashSet::new();
         for id in ids {
-            let Some(job) = self.jobs.get(id.0 as usize) else { continue };
+            let Some(job) = self.jobs.get(&id) else { continue };
             match job.state {
                 JobState::Queued => {
-                    self.queue.retain(|q| *q != id);
-                    let report = JobReport::unrun(id, job.args.clone(), None, JobOutcome::Cancelled);
-                    self.finish(report);
+                    queued.insert(id);
                 }
                 JobState::OnNode(peer) => per_node.entry(peer).or_default().push(id),
-                JobState::Done => {}
             }
+        }
+        // One pass over the queue, however many jobs are cancelled.
+        self.queue.retain(|q| !queued.contains(q));
+        let mut queued: Vec<JobId> = queued.into_iter().collect();
+        queued.sort();
+        for id in queued {
+            let args = self.jobs.get(&id).map(|j| j.args.clone()).unwrap_or_default();
+            self.finish(JobReport::unrun(id, args, None, JobOutcome::Cancelled));
         }
         for (peer, jobs) in per_node {
             let request = Request::Cancel(Cancel { cluster: self.s.cluster, jobs });
@@ -859,7 +858,7 @@ impl Scheduler {
             });
             return;
         }
-        if self.queue.is_empty() && self.jobs.iter().all(|j| matches!(j.state, JobState::Done)) && !self.jobs.is_empty() {
+        if self.queue.is_empty() && self.jobs.is_empty() && self.submitted > 0 {
             return;
         }
         let msg = self.no_node_message();
@@ -868,8 +867,8 @@ impl Scheduler {
 
     fn fail(&mut self, msg: String) {
         self.failed = true;
-        for job in &self.jobs {
-            if let (Some(view), false) = (&job.view, matches!(job.state, JobState::Done)) {
+        for job in self.jobs.values() {
+            if let Some(view) = &job.view {
                 view.send_modify(|v| v.cluster_error = Some(msg.clone()));
             }
         }
