@@ -679,7 +679,7 @@ impl Scheduler {
                 Some(n) => (
                     n.cpus.max(1) as usize,
                     n.in_flight.len(),
-                    n.in_flight.iter().any(|id| self.jobs.get(&id).is_some_and(|j| j.suspect)),
+                    n.in_flight.iter().any(|id| self.jobs.get(id).is_some_and(|j| j.suspect)),
                 ),
                 None => continue,
             };
@@ -756,7 +756,7 @@ impl Scheduler {
             let mut in_flight: Vec<(u64, JobId)> = node
                 .in_flight
                 .iter()
-                .filter_map(|id| self.jobs.get(&id).map(|j| (j.dispatched, *id)))
+                .filter_map(|id| self.jobs.get(id).map(|j| (j.dispatched, *id)))
                 .collect();
             in_flight.sort();
             let cpus = node.cpus.max(1) as usize;
