@@ -250,3 +250,52 @@ fn serve_n_exits_after_n_clusters() {
     }
     assert_eq!(node.proc.child.try_wait().unwrap().and_then(|s| s.code()), Some(0), "{}", node.proc.stderr());
 }
+
+#[test]
+fn four_nodes_400_reentrant_jobs_and_one_node_killed_lose_nothing() {
+    let dir = tempdir();
+    let marks = dir.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    // Each job records its process id and its node's, to check what survived the node.
+    let prog = script(dir.path(), "job.sh", &format!("echo \"$$ $PPID\" > {}/$1.$$; sleep 0.05; echo done $1", marks.display()));
+    let nodes: Vec<Node> = (1..=4).map(|i| Node::start(dir.path(), NodeOpts::new(&format!("q{i}")))).collect();
+    let victim = nodes[1].proc.pid();
+    let mut cmd = submit(&prog);
+    cmd.args(["--json", "--reentrant"]);
+    for n in &nodes {
+        cmd.args(["--peer", &n.addr]);
+    }
+    for i in 0..400 {
+        cmd.args(["-a", &i.to_string()]);
+    }
+    let client = Proc::spawn("submit", cmd);
+    // Kill the victim once it has run a few jobs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ran_on_victim = || {
+        std::fs::read_dir(&marks)
+            .unwrap()
+            .flatten()
+            .filter(|e| std::fs::read_to_string(e.path()).unwrap_or_default().split_whitespace().nth(1) == Some(&victim.to_string()))
+            .count()
+    };
+    while ran_on_victim() < 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signal(victim, "KILL");
+    let out = client.wait(Duration::from_secs(120));
+    out.expect_code(0);
+    let jobs: Vec<_> = out.json_lines().into_iter().filter(|j| j.get("job").is_some()).collect();
+    let ids: HashSet<u64> = jobs.iter().map(|j| j["job"].as_u64().unwrap()).collect();
+    assert_eq!((jobs.len(), ids.len()), (400, 400), "every result exactly once");
+    assert!(jobs.iter().all(|j| j["exit_code"] == 0));
+    assert!(jobs.iter().all(|j| j["node"] != "q2" || j["exit_code"] == 0));
+    // Nothing the dead node started is still running.
+    for e in std::fs::read_dir(&marks).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let mut it = text.split_whitespace();
+        let (pid, ppid) = (it.next().unwrap_or("0"), it.next().unwrap_or("0"));
+        if ppid == victim.to_string() {
+            assert!(!alive(pid.parse().unwrap()), "job process {pid} outlived its node");
+        }
+    }
+}
