@@ -74,6 +74,7 @@ pub struct ClusterBuilder<A, R> {
     reentrant: bool,
     max_retries: u32,
     heartbeat: Duration,
+    journal: Option<PathBuf>,
 }
 
 impl<A, R> ClusterBuilder<A, R> {
@@ -135,6 +136,13 @@ impl<A, R> ClusterBuilder<A, R> {
     /// is lost, and its jobs re-queued or abandoned.
     pub fn heartbeat(mut self, every: Duration) -> Self {
         self.heartbeat = every;
+        self
+    }
+
+    /// Records the cluster and its jobs in `path` as they go, so that after a crash
+    /// [`crate::recover`] can collect the results the nodes still hold.
+    pub fn journal(mut self, path: impl Into<PathBuf>) -> Self {
+        self.journal = Some(path.into());
         self
     }
 
@@ -226,8 +234,14 @@ impl<A, R> ClusterBuilder<A, R> {
         };
         let (handle, events, event_loop) = net::new(cfg)?;
         tokio::spawn(event_loop.run());
+        let cluster = ClusterId(rand_id());
+        let journal = match &self.journal {
+            Some(path) => Some(crate::journal::Journal::create(path, cluster, &program_name)?),
+            None => None,
+        };
         let settings = Settings {
-            cluster: ClusterId(rand_id()),
+            cluster,
+            journal,
             program: program_name,
             files,
             named: !self.peers.is_empty() || !self.patterns.is_empty() || !self.bootstrap.is_empty(),
@@ -376,6 +390,7 @@ impl<A, R> ClusterBuilder<A, R> {
             reentrant: false,
             max_retries: 3,
             heartbeat: dispy_node::net::DEFAULT_HEARTBEAT,
+            journal: None,
         }
     }
 }

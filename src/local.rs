@@ -41,6 +41,7 @@ impl LocalNode {
             drain_timeout: std::time::Duration::ZERO,
             serve_clusters: None,
             zombie_interval: std::time::Duration::from_secs(60),
+            result_ttl: std::time::Duration::from_secs(3600),
         };
         let server = Server::new(serve, handle)?;
         tokio::spawn(event_loop.run());

@@ -6,6 +6,7 @@
 //! the reason kept for error messages; losing its connection makes it Lost (its jobs are
 //! re-queued when the cluster is reentrant, abandoned otherwise).
 
+use crate::journal::Journal;
 use crate::local::LocalNode;
 use crate::policy::{self, Load};
 use crate::events::{ClusterCallback, ClusterEvent, JobCallback, JobEvent, NodeFacts, NodeFilter};
@@ -91,6 +92,7 @@ pub(crate) struct Settings {
     pub(crate) on_job: Option<JobCallback>,
     pub(crate) on_cluster: Option<ClusterCallback>,
     pub(crate) node_filter: Option<NodeFilter>,
+    pub(crate) journal: Option<Journal>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +107,8 @@ enum Phase {
 
 struct Node {
     ip: Option<IpAddr>,
+    /// The address it was reached at, with its peer id (for the journal).
+    addr: Option<Multiaddr>,
     name: String,
     /// `os/arch`, once greeted.
     platform: String,
@@ -244,9 +248,15 @@ impl Scheduler {
                         view: j.view,
                         pinned: j.node,
                     });
+                    if let Some(journal) = &mut self.s.journal {
+                        journal.job(j.id, &self.jobs[&j.id].args);
+                    }
                     self.queue.push_back(j.id);
                     self.pending += 1;
                     self.job_event(j.id, JobStatus::Created, None);
+                }
+                if let Some(journal) = &mut self.s.journal {
+                    journal.flush();
                 }
                 self.dispatch();
             }
@@ -286,8 +296,13 @@ impl Scheduler {
                     self.order.push(peer);
                 }
                 let ip = remote_ip(&remote);
+                let addr = match remote.iter().last() {
+                    Some(libp2p::multiaddr::Protocol::P2p(_)) => remote.clone(),
+                    _ => remote.clone().with(libp2p::multiaddr::Protocol::P2p(peer)),
+                };
                 let node = self.nodes.entry(peer).or_insert_with(|| Node {
                     ip,
+                    addr: Some(addr.clone()),
                     name: peer.to_string(),
                     platform: String::new(),
                     phase: Phase::Greeting,
@@ -299,6 +314,7 @@ impl Scheduler {
                 });
                 node.phase = Phase::Greeting;
                 node.ip = ip;
+                node.addr = Some(addr);
                 let hello = Request::Hello(self.hello());
                 self.spawn_request(peer, hello, Internal::Hello);
             }
@@ -308,6 +324,9 @@ impl Scheduler {
                     Request::Results(r) if r.cluster == self.s.cluster => {
                         self.on_started(peer, r.started);
                         self.on_results(peer, r.results);
+                        if let Some(journal) = &mut self.s.journal {
+                            journal.flush();
+                        }
                         Response::Ok
                     }
                     Request::Hello(_) => Response::Hello(self.hello()),
@@ -385,6 +404,9 @@ impl Scheduler {
         // and a late or repeated result finds nothing to finish.
         let Some(job) = self.jobs.remove(&id) else { return };
         self.pending -= 1;
+        if let Some(journal) = &mut self.s.journal {
+            journal.done(id);
+        }
         match &job.view {
             Some(view) => {
                 let report = Arc::new(report);
@@ -706,6 +728,10 @@ impl Scheduler {
             let ids: Vec<JobId> = specs.iter().map(|j| j.id).collect();
             if let Some(node) = self.nodes.get_mut(&peer) {
                 node.in_flight.extend(ids.iter().copied());
+                if let Some(journal) = &mut self.s.journal {
+                    journal.sent(&ids, &peer, node.addr.as_ref());
+                    journal.flush();
+                }
             }
             let (net, tx) = (self.net.clone(), self.internal_tx.clone());
             let request = Request::Submit(Submit { cluster: self.s.cluster, jobs: specs });

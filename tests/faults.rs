@@ -299,3 +299,38 @@ fn four_nodes_400_reentrant_jobs_and_one_node_killed_lose_nothing() {
         }
     }
 }
+
+#[test]
+fn after_a_client_crash_recover_collects_what_finished_and_lists_what_is_lost() {
+    let dir = tempdir();
+    let prog = script(
+        dir.path(),
+        "job.sh",
+        r#"case "$1" in quick) echo quick;; slow*) sleep 1.5; echo "$1 finished";; forever) sleep 60;; esac"#,
+    );
+    let mut o = NodeOpts::new("keeper");
+    o.extra = vec!["--zombie-interval".into(), "2".into()];
+    let node = Node::start(dir.path(), o);
+    let journal = dir.path().join("run.journal");
+    let mut cmd = submit(&prog);
+    cmd.args(["--peer", &node.addr, "--journal"]).arg(&journal);
+    cmd.args(["-a", "quick", "-a", "slow-1", "-a", "slow-2", "-a", "forever"]);
+    let client = Proc::spawn("submit", cmd);
+    assert!(client.wait_stdout("quick", Duration::from_secs(20)), "{}", client.stdout());
+    signal(client.pid(), "KILL");
+    let _ = client.wait(Duration::from_secs(10));
+    // The slow jobs finish after the crash; the zombie interval ends and keeps their results.
+    assert!(node.proc.wait_stderr("keeping undelivered results", Duration::from_secs(15)), "{}", node.proc.stderr());
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("recover").arg(&journal).args(["--secret", "test-secret"]);
+    let out = run("recover", cmd, Duration::from_secs(30));
+    out.expect_code(1);
+    assert!(out.stdout.contains("slow-1 finished") && out.stdout.contains("slow-2 finished"), "{}", out.stdout);
+    assert!(!out.stdout.contains("\nquick\n"), "a job reported before the crash is not reported again: {}", out.stdout);
+    assert!(out.stdout.contains("job 3 [forever]: lost"), "{}", out.stdout);
+    // Collected results are gone from the node.
+    let mut again = std::process::Command::new(bin());
+    again.arg("recover").arg(&journal).args(["--secret", "test-secret"]);
+    let out = run("recover", again, Duration::from_secs(30));
+    assert!(!out.stdout.contains("slow-1 finished"), "{}", out.stdout);
+}

@@ -27,6 +27,12 @@ pub enum Request {
     /// Finished jobs, from a node to the cluster's client; answered with [`Response::Ok`],
     /// which acknowledges every result in the batch.
     Results(Results),
+    /// A client recovering from a crash asks for the results a node still holds for a
+    /// cluster (the cluster id is the proof of ownership: it is random and only the
+    /// client's journal knows it); answered with [`Response::Recovered`].
+    Recover(Recover),
+    /// The recovered results are safe with the client: the node deletes them.
+    Forget(Forget),
 }
 
 /// An answer.
@@ -40,6 +46,8 @@ pub enum Response {
     ChunkStored(ChunkStored),
     /// Jobs were queued.
     Accepted(Accepted),
+    /// The results a node holds for a cluster.
+    Recovered(Results),
     /// Done.
     Ok,
     /// The request was refused; the message says why in words a person can act on.
@@ -190,6 +198,22 @@ pub struct Results {
     pub results: Vec<JobResult>,
 }
 
+/// Asks for a cluster's results after a client crash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recover {
+    /// The cluster.
+    pub cluster: ClusterId,
+}
+
+/// Deletes recovered results.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forget {
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// The jobs whose results the client now holds.
+    pub jobs: Vec<JobId>,
+}
+
 /// Why a request was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RefusalKind {
@@ -287,6 +311,8 @@ mod tests {
             Request::Cancel(Cancel { cluster: c, jobs: vec![JobId(1)] }),
             Request::Release(Release { cluster: c }),
             Request::Results(Results { cluster: c, started: vec![JobId(8)], results: vec![result()] }),
+            Request::Recover(Recover { cluster: c }),
+            Request::Forget(Forget { cluster: c, jobs: vec![JobId(2)] }),
         ];
         for msg in all {
             let bytes = encode(&msg).unwrap();
@@ -302,6 +328,7 @@ mod tests {
             Response::Reserved(Reserved { cpus: 2, missing: vec![h] }),
             Response::ChunkStored(ChunkStored { hash: h, complete: true }),
             Response::Accepted(Accepted { count: 3 }),
+            Response::Recovered(Results { cluster: ClusterId(5), started: vec![], results: vec![result()] }),
             Response::Ok,
             Response::Refused(Refusal::new(RefusalKind::BadPath, "no")),
         ];

@@ -85,6 +85,18 @@ impl Proc {
         }
     }
 
+    /// Waits until stdout contains `needle`.
+    pub fn wait_stdout(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.stdout().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// Waits until stderr contains `needle`.
     pub fn wait_stderr(&self, needle: &str, within: Duration) -> bool {
         let deadline = Instant::now() + within;

@@ -8,6 +8,7 @@
 pub(crate) mod executor;
 pub mod store;
 pub mod reaper;
+mod kept;
 mod sys;
 mod workers;
 
@@ -58,6 +59,8 @@ pub struct ServeConfig {
     pub serve_clusters: Option<u64>,
     /// A client disconnected this long is gone: its jobs are killed, its files deleted.
     pub zombie_interval: Duration,
+    /// Results a gone client never collected are kept this long for `recover`.
+    pub result_ttl: Duration,
 }
 
 /// How long a job start waits to ride along with a result before it is sent on its own.
@@ -129,6 +132,8 @@ pub struct Server {
     reaper: reaper::Reaper,
     /// Clusters released so far.
     served: u64,
+    kept: kept::KeptResults,
+    last_sweep: std::time::Instant,
     draining: bool,
     /// Held for the node's life: a second node on the same dest path fails to start.
     _lock: std::fs::File,
@@ -161,8 +166,11 @@ impl Server {
             Some(exe) => reaper::Reaper::start(exe).map_err(|e| Error::io(format!("cannot start the reaper {}", exe.display()), e))?,
             None => reaper::Reaper::default(),
         };
+        let kept = kept::KeptResults::open(&cfg.dest).map_err(|e| Error::io("cannot open the results folder", e))?;
         Ok(Server {
             reaper,
+            kept,
+            last_sweep: std::time::Instant::now(),
             served: 0,
             draining: false,
             free: cfg.cpus,
@@ -384,6 +392,28 @@ impl Server {
                 }
             },
             Request::Results(_) => refuse(RefusalKind::WrongRole, "this peer is a node; it takes no results".into()),
+            Request::Recover(r) => {
+                // Held in memory (the client is away but within its zombie interval) and on
+                // disk (after it): both, bounded like a result batch.
+                let mut results: Vec<JobResult> =
+                    self.clusters.get(&r.cluster).map(|c| c.results.iter().cloned().collect()).unwrap_or_default();
+                results.extend(self.kept.load(r.cluster));
+                let mut bytes = 0;
+                results.retain(|x| {
+                    bytes += x.payload_len();
+                    bytes <= MAX_RESULT_BATCH_BYTES
+                });
+                info!(cluster = %r.cluster, %peer, results = results.len(), "results recovered");
+                Response::Recovered(Results { cluster: r.cluster, started: Vec::new(), results })
+            }
+            Request::Forget(f) => {
+                if let Some(c) = self.clusters.get_mut(&f.cluster) {
+                    c.results.retain(|x| !f.jobs.contains(&x.id));
+                }
+                let kept = self.kept.clone();
+                tokio::task::spawn_blocking(move || kept.forget(f.cluster, &f.jobs));
+                Response::Ok
+            }
         };
         Some((channel, response))
     }
@@ -772,7 +802,25 @@ impl Server {
             .collect();
         for (id, client) in gone {
             info!(cluster = %id, %client, "client has gone; killing its jobs and deleting its files");
+            // What it never collected is kept on disk for `recover`.
+            if let Some(c) = self.clusters.get_mut(&id) {
+                let results: Vec<JobResult> = c.results.drain(..).collect();
+                if !results.is_empty() {
+                    info!(cluster = %id, results = results.len(), ttl = ?self.cfg.result_ttl, "keeping undelivered results");
+                    let kept = self.kept.clone();
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = kept.save(id, &results) {
+                            warn!(cluster = %id, cause = %e, "cannot keep undelivered results");
+                        }
+                    });
+                }
+            }
             self.release(id);
+        }
+        if self.last_sweep.elapsed() > Duration::from_secs(60) {
+            self.last_sweep = std::time::Instant::now();
+            let (kept, ttl) = (self.kept.clone(), self.cfg.result_ttl);
+            tokio::task::spawn_blocking(move || kept.sweep(ttl));
         }
     }
 

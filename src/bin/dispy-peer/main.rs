@@ -38,6 +38,7 @@ fn main() -> ExitCode {
             Cmd::Serve(o) => serve(o).await.map(|()| true),
             Cmd::Submit(o) => submit(o).await,
             Cmd::Nodes(o) => nodes(o).await.map(|()| true),
+            Cmd::Recover(o) => recover(o).await,
             Cmd::Keygen { file } => keygen(&file).map(|()| true),
         }
     });
@@ -139,6 +140,7 @@ async fn serve(o: ServeOpt) -> anyhow::Result<()> {
         drain_timeout: secs(o.drain_timeout, "--drain-timeout")?,
         serve_clusters: o.serve_clusters,
         zombie_interval: secs(o.zombie_interval, "--zombie-interval")?,
+        result_ttl: secs(o.result_ttl, "--result-ttl")?,
     };
     tracing::info!(name = %serve_cfg.name, cpus, dest = %dest.display(), "node starting");
     let server = Server::new(serve_cfg, handle).with_context(|| format!("cannot use dest path {}", dest.display()))?;
@@ -205,6 +207,9 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
     if let Some(t) = o.timeout {
         b = b.timeout(secs(t, "--timeout")?);
     }
+    if let Some(j) = &o.journal {
+        b = b.journal(j);
+    }
     let mut cluster = b.start().await?;
     let total = jobs.len();
     cluster.submit_all(jobs).await?;
@@ -251,6 +256,18 @@ async fn nodes(o: NodesOpt) -> anyhow::Result<()> {
         bail!("no node answered within {} s", o.find.discover_timeout);
     }
     Ok(())
+}
+
+async fn recover(o: opts::RecoverOpt) -> anyhow::Result<bool> {
+    let found = dispy::recover(&o.journal, secret(&o.secret), secs(o.wait, "--wait")?).await?;
+    let mut printer = print::Printer::new(o.json);
+    let mut ok = found.lost.is_empty();
+    for job in &found.reports {
+        ok &= job.succeeded();
+        printer.job(job)?;
+    }
+    printer.lost(&found.lost)?;
+    Ok(ok)
 }
 
 fn keygen(file: &std::path::Path) -> anyhow::Result<()> {

@@ -24,6 +24,9 @@ pub(crate) enum Cmd {
     Submit(SubmitOpt),
     /// List the nodes that answer within the discovery timeout.
     Nodes(NodesOpt),
+    /// After a crash of `submit --journal FILE`: collect the results the nodes still hold
+    /// and list the jobs that are lost.
+    Recover(RecoverOpt),
     /// Write a fresh random network key for --secret-file (mode 0600).
     Keygen {
         /// Where to write it (refuses to overwrite).
@@ -102,6 +105,9 @@ pub(crate) struct ServeOpt {
     /// node decides it is gone: kills its jobs, frees its CPUs, deletes its files.
     #[arg(long, default_value_t = 60.0, value_name = "SECS")]
     pub(crate) zombie_interval: f64,
+    /// Seconds the results a gone client never collected are kept for `recover`.
+    #[arg(long, default_value_t = 86400.0, value_name = "SECS")]
+    pub(crate) result_ttl: f64,
     /// Exit (draining) after serving N clusters.
     #[arg(long = "serve", value_name = "N")]
     pub(crate) serve_clusters: Option<u64>,
@@ -140,6 +146,23 @@ pub(crate) struct SubmitOpt {
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub(crate) max_retries: u32,
     /// Print one JSON object per job per line (and one for the summary).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Record the cluster and its jobs here, for `dispy-peer recover` after a crash.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) journal: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct RecoverOpt {
+    /// The journal written by `submit --journal`.
+    pub(crate) journal: PathBuf,
+    #[command(flatten)]
+    pub(crate) secret: SecretOpt,
+    /// Seconds to wait for the journal's nodes.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub(crate) wait: f64,
+    /// Print JSON lines.
     #[arg(long)]
     pub(crate) json: bool,
 }

@@ -69,6 +69,21 @@ impl Printer {
         self.out.flush()
     }
 
+    /// Jobs that `recover` found nowhere.
+    pub(crate) fn lost(&mut self, lost: &[(dispy::JobId, Vec<String>)]) -> io::Result<()> {
+        for (id, args) in lost {
+            if self.json {
+                writeln!(self.out, "{}", serde_json::json!({"lost": id.0, "args": args}))?;
+            } else {
+                writeln!(self.out, "== job {id} [{}]: lost (no node holds its result); resubmit it", shell_words::join(args))?;
+            }
+        }
+        if !self.json {
+            writeln!(self.out, "{} job(s) lost", lost.len())?;
+        }
+        self.out.flush()
+    }
+
     pub(crate) fn summary(&mut self, stats: &Stats, total: usize, failed: usize) -> io::Result<()> {
         if self.json {
             let v = serde_json::json!({ "summary": stats, "jobs": total, "failed": failed });
