@@ -334,3 +334,40 @@ fn after_a_client_crash_recover_collects_what_finished_and_lists_what_is_lost() 
     let out = run("recover", again, Duration::from_secs(30));
     assert!(!out.stdout.contains("slow-1 finished"), "{}", out.stdout);
 }
+
+#[test]
+fn a_restarted_node_rejoins_the_running_cluster_as_a_fresh_node() {
+    let dir = tempdir();
+    let prog = script(dir.path(), "job.sh", "sleep 0.2; echo done $1");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let mut o = NodeOpts::new("phoenix");
+    o.listen = listen.clone();
+    o.cpus = 1;
+    let first = Node::start(dir.path(), o);
+    let mut o = NodeOpts::new("steady");
+    o.cpus = 1;
+    let steady = Node::start(dir.path(), o);
+    let mut cmd = submit(&prog);
+    cmd.args(["--json", "--reentrant", "--peer", &listen, "--peer", &steady.addr]);
+    for i in 0..40 {
+        cmd.args(["-a", &i.to_string()]);
+    }
+    let client = Proc::spawn("submit", cmd);
+    assert!(first.proc.wait_stderr("cluster reserved", Duration::from_secs(20)));
+    std::thread::sleep(Duration::from_millis(500));
+    signal(first.proc.pid(), "KILL");
+    drop(first);
+    let mut o = NodeOpts::new("phoenix");
+    o.listen = listen;
+    o.cpus = 1;
+    let second = Node::start(dir.path(), o);
+    let out = client.wait(Duration::from_secs(60));
+    out.expect_code(0);
+    assert!(second.proc.stderr().contains("cluster reserved"), "the restarted node was not used:\n{}", second.proc.stderr());
+    let jobs: Vec<_> = out.json_lines().into_iter().filter(|j| j.get("job").is_some()).collect();
+    assert_eq!(jobs.len(), 40);
+}
