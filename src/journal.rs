@@ -114,15 +114,17 @@ pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<R
     }
     let cluster = cluster.ok_or_else(|| bad("no cluster line"))?;
     let pending: HashSet<u64> = args.keys().filter(|id| !done.contains(id)).copied().collect();
-    let mut addrs: HashMap<PeerId, Multiaddr> = HashMap::new();
+    // Dialled by address alone: a node restarted since (its results on disk) has a new
+    // identity at the same address.
+    let mut addrs: HashSet<Multiaddr> = HashSet::new();
     for id in &pending {
-        if let Some((peer, Some(addr))) = sent.get(id) {
-            addrs.insert(*peer, addr.clone());
+        if let Some((_, Some(addr))) = sent.get(id) {
+            addrs.insert(addr.iter().filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_))).collect());
         }
     }
     let mut reports = Vec::new();
     if !addrs.is_empty() {
-        let cfg = NetConfig { psk: secret.to_psk()?, peers: addrs.values().cloned().collect(), ..NetConfig::default() };
+        let cfg = NetConfig { psk: secret.to_psk()?, peers: addrs.iter().cloned().collect(), ..NetConfig::default() };
         let (handle, mut events, event_loop) = net::new(cfg)?;
         tokio::spawn(event_loop.run());
         let deadline = tokio::time::Instant::now() + wait;
@@ -132,8 +134,9 @@ pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<R
                 Ok(Some(ev)) => ev,
                 _ => break,
             };
+            // A client listens nowhere: every connection is one it dialled.
             let NetEvent::Connected { peer, remote } = ev else { continue };
-            if !addrs.contains_key(&peer) || !asked.insert(peer) {
+            if !asked.insert(peer) {
                 continue;
             }
             // Ask until the node has nothing more (answers are bounded in size).

@@ -371,3 +371,49 @@ fn a_restarted_node_rejoins_the_running_cluster_as_a_fresh_node() {
     let jobs: Vec<_> = out.json_lines().into_iter().filter(|j| j.get("job").is_some()).collect();
     assert_eq!(jobs.len(), 40);
 }
+
+#[test]
+fn results_in_delivery_survive_a_node_crash_and_are_recovered_after_its_restart() {
+    let dir = tempdir();
+    let prog = script(dir.path(), "job.sh", "sleep 0.3; echo \"result $1\"");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let mut o = NodeOpts::new("crashy");
+    o.listen = listen.clone();
+    let first = Node::start(dir.path(), o);
+    let journal = dir.path().join("j");
+    let mut cmd = submit(&prog);
+    cmd.args(["--peer", &listen, "-a", "a", "-a", "b", "--journal"]).arg(&journal);
+    let client = Proc::spawn("submit", cmd);
+    assert!(first.proc.wait_stderr("cluster reserved", Duration::from_secs(20)));
+    // The client freezes: it cannot acknowledge, so the results stay in delivery...
+    signal(client.pid(), "STOP");
+    let results = first.dest.join("results");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Both results on disk: the one in delivery, and the one waiting behind it.
+    let batch_on_disk = || {
+        std::fs::read_dir(&results).into_iter().flatten().flatten().any(|c| std::fs::read_dir(c.path()).into_iter().flatten().count() >= 2)
+    };
+    while !batch_on_disk() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(batch_on_disk(), "results in delivery are on disk");
+    // ...when the node crashes. The client dies too; the node comes back.
+    signal(first.proc.pid(), "KILL");
+    signal(client.pid(), "KILL");
+    signal(client.pid(), "CONT");
+    drop(client);
+    drop(first);
+    let mut o = NodeOpts::new("crashy");
+    o.listen = listen;
+    let _second = Node::start(dir.path(), o);
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("recover").arg(&journal).args(["--secret", "test-secret"]);
+    let out = run("recover", cmd, Duration::from_secs(30));
+    out.expect_code(0);
+    assert!(out.stdout.contains("result a") && out.stdout.contains("result b"), "{}", out.stdout);
+    assert!(out.stdout.contains("0 job(s) lost"), "{}", out.stdout);
+}

@@ -1,7 +1,11 @@
-//! Results kept for a client that went away: when a client's zombie interval ends, the
-//! results its jobs produced that it never acknowledged are written under
-//! `<dest>/results/<cluster>/`, where a recovering client (`dispy-peer recover`) collects
-//! them; they are deleted when collected or after the result TTL.
+//! Results kept until their client has them, under `<dest>/results/<cluster>/`:
+//! - each batch being delivered is written as `b<seq>.cbor` while it travels and deleted
+//!   once the client acknowledges it, so a node that crashes mid-delivery still has it;
+//! - when a client's zombie interval ends, the results it never received are written as
+//!   `<job>.cbor`.
+//!
+//! A recovering client (`dispy-peer recover`) collects them; they are deleted when
+//! collected or after the result TTL.
 
 use dispy_protocol::{ClusterId, JobId, JobResult, decode, encode};
 use std::path::PathBuf;
@@ -40,24 +44,59 @@ impl KeptResults {
         Ok(())
     }
 
-    /// The results kept for a cluster (unreadable files are skipped).
-    pub(crate) fn load(&self, cluster: ClusterId) -> Vec<JobResult> {
+    /// Writes a batch in delivery (blocking). Returns its file, to delete on acknowledgement.
+    pub(crate) fn save_batch(&self, cluster: ClusterId, seq: u64, batch: &[JobResult]) -> std::io::Result<PathBuf> {
+        let dir = self.dir(cluster);
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("b{seq}.cbor"));
+        std::fs::write(&path, encode(&batch).map_err(std::io::Error::other)?)?;
+        Ok(path)
+    }
+
+    /// Deletes a delivered batch (and the cluster's folder once empty).
+    pub(crate) fn delivered(&self, path: &std::path::Path) {
+        let _ = std::fs::remove_file(path);
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+
+    /// Every file of a cluster with the results it holds (unreadable files are skipped).
+    fn files(&self, cluster: ClusterId) -> Vec<(PathBuf, Vec<JobResult>)> {
         let Ok(entries) = std::fs::read_dir(self.dir(cluster)) else { return Vec::new() };
-        entries
-            .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "cbor"))
-            .filter_map(|e| std::fs::read(e.path()).ok())
-            .filter_map(|b| decode::<JobResult>(&b).ok())
-            .collect()
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let path = e.path();
+            if !path.extension().is_some_and(|x| x == "cbor") {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            let batch = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('b'));
+            let results = if batch { decode::<Vec<JobResult>>(&bytes).ok() } else { decode::<JobResult>(&bytes).ok().map(|r| vec![r]) };
+            if let Some(results) = results {
+                out.push((path, results));
+            }
+        }
+        out
+    }
+
+    /// The results kept for a cluster, each job once.
+    pub(crate) fn load(&self, cluster: ClusterId) -> Vec<JobResult> {
+        let mut seen = std::collections::HashSet::new();
+        self.files(cluster).into_iter().flat_map(|(_, rs)| rs).filter(|r| seen.insert(r.id)).collect()
     }
 
     /// Deletes collected results (and the cluster's folder once empty).
     pub(crate) fn forget(&self, cluster: ClusterId, jobs: &[JobId]) {
-        let dir = self.dir(cluster);
-        for id in jobs {
-            let _ = std::fs::remove_file(dir.join(format!("{id}.cbor")));
+        for (path, results) in self.files(cluster) {
+            let left: Vec<JobResult> = results.into_iter().filter(|r| !jobs.contains(&r.id)).collect();
+            if left.is_empty() {
+                let _ = std::fs::remove_file(&path);
+            } else if let Ok(bytes) = encode(&left) {
+                let _ = std::fs::write(&path, bytes);
+            }
         }
-        let _ = std::fs::remove_dir(&dir);
+        let _ = std::fs::remove_dir(self.dir(cluster));
     }
 
     /// Deletes the results of clusters kept longer than `ttl`.

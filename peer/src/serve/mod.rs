@@ -21,7 +21,7 @@ use dispy_protocol::{
 };
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 use store::{Store, Upload, check_name};
@@ -63,6 +63,9 @@ pub struct ServeConfig {
     pub result_ttl: Duration,
 }
 
+/// A result waiting this long for its client is written to disk.
+const RESULT_SAVE_AFTER: Duration = Duration::from_millis(500);
+
 /// How long a job start waits to ride along with a result before it is sent on its own.
 const START_LINGER: Duration = Duration::from_millis(2);
 
@@ -79,7 +82,8 @@ enum Internal {
     JobDone { cluster: ClusterId, result: JobResult, held_slot: bool, worker: Option<Box<workers::Worker>> },
     ChunkDone { cluster: ClusterId, hash: FileHash, upload: Box<Upload>, outcome: std::result::Result<bool, String>, channel: ResponseChannel<Response> },
     /// `batch` empty: a message that carried only job starts.
-    ResultsSent { cluster: ClusterId, batch: Vec<JobResult>, started: Vec<JobId>, delivered: bool },
+    /// `saved`: the batch's file on disk.
+    ResultsSent { cluster: ClusterId, batch: Vec<JobResult>, started: Vec<JobId>, delivered: bool, saved: Option<PathBuf> },
     Flush { cluster: ClusterId },
 }
 
@@ -97,6 +101,10 @@ struct Cluster {
     workers_started: u64,
     /// Since when its client has been disconnected.
     gone_since: Option<std::time::Instant>,
+    /// Since when the oldest result not on disk has waited in `results`.
+    unsaved_since: Option<std::time::Instant>,
+    /// Results in `results` that are also on disk.
+    saved: HashSet<JobId>,
     files: Vec<FileEntry>,
     cpus: u32,
     dir: PathBuf,
@@ -134,6 +142,8 @@ pub struct Server {
     served: u64,
     kept: kept::KeptResults,
     last_sweep: std::time::Instant,
+    /// Numbers result batches on disk.
+    batch_seq: u64,
     draining: bool,
     /// Held for the node's life: a second node on the same dest path fails to start.
     _lock: std::fs::File,
@@ -171,6 +181,7 @@ impl Server {
             reaper,
             kept,
             last_sweep: std::time::Instant::now(),
+            batch_seq: 0,
             served: 0,
             draining: false,
             free: cfg.cpus,
@@ -220,6 +231,7 @@ impl Server {
                 },
                 _ = tick.tick() => {
                     self.reap_zombies();
+                    self.save_waiting_results();
                     if self.served_enough() && drain_deadline.is_none() {
                         info!(clusters = self.served, "served the clusters asked for; draining");
                         drain_deadline = Some(tokio::time::Instant::now() + self.cfg.drain_timeout);
@@ -479,6 +491,8 @@ impl Server {
                 idle_workers: Vec::new(),
                 workers_started: 0,
                 gone_since: None,
+                unsaved_since: None,
+                saved: HashSet::new(),
                 files: r.files,
                 cpus,
                 dir,
@@ -560,6 +574,7 @@ impl Server {
                     c.running.remove(&result.id);
                     if !c.released {
                         c.results.push_back(result);
+                        c.unsaved_since.get_or_insert_with(std::time::Instant::now);
                         // A worker of a released cluster is dropped here, which kills it.
                         c.idle_workers.extend(worker.map(|w| *w));
                     }
@@ -591,7 +606,24 @@ impl Server {
                 };
                 self.respond(channel, response);
             }
-            Internal::ResultsSent { cluster, batch, started, delivered } => {
+            Internal::ResultsSent { cluster, batch, started, delivered, saved } => {
+                // The file goes once the client has the batch, or once the batch is back in
+                // a live cluster's queue (it is saved again when re-sent). For a cluster
+                // released meanwhile it stays, for `recover`.
+                let live = self.clusters.get(&cluster).is_some_and(|c| !c.released);
+                if delivered {
+                    if let Some(c) = self.clusters.get_mut(&cluster) {
+                        let on_disk: Vec<JobId> = batch.iter().map(|r| r.id).filter(|id| c.saved.remove(id)).collect();
+                        if !on_disk.is_empty() {
+                            let kept = self.kept.clone();
+                            tokio::task::spawn_blocking(move || kept.forget(cluster, &on_disk));
+                        }
+                    }
+                }
+                if let Some(path) = saved.filter(|_| delivered || live) {
+                    let kept = self.kept.clone();
+                    tokio::task::spawn_blocking(move || kept.delivered(&path));
+                }
                 if let Some(c) = self.clusters.get_mut(&cluster) {
                     if batch.is_empty() {
                         c.sending_starts -= 1;
@@ -743,7 +775,15 @@ impl Server {
             let net = self.net.clone();
             let tx = self.internal_tx.clone();
             let client = c.client;
+            self.batch_seq += 1;
+            let (kept, seq) = (self.kept.clone(), self.batch_seq);
             tokio::spawn(async move {
+                // On disk while it travels, so that a node crashing now still holds it for
+                // `recover`; written beside the send, not before it, to add no latency.
+                let saved = (!batch.is_empty()).then(|| {
+                    let (kept, batch) = (kept.clone(), batch.clone());
+                    tokio::task::spawn_blocking(move || kept.save_batch(id, seq, &batch))
+                });
                 let request = Request::Results(Results { cluster: id, started: started.clone(), results: batch.clone() });
                 let delivered = match net.request(client, request).await {
                     Ok(Response::Ok) => true,
@@ -756,7 +796,18 @@ impl Server {
                         false
                     }
                 };
-                let _ = tx.send(Internal::ResultsSent { cluster: id, batch, started, delivered });
+                let saved = match saved {
+                    Some(saved) => match saved.await {
+                        Ok(Ok(path)) => Some(path),
+                        Ok(Err(e)) => {
+                            warn!(cluster = %id, cause = %e, "cannot keep a result batch on disk");
+                            None
+                        }
+                        Err(_) => None,
+                    },
+                    None => None,
+                };
+                let _ = tx.send(Internal::ResultsSent { cluster: id, batch, started, delivered, saved });
             });
         }
     }
@@ -789,6 +840,25 @@ impl Server {
     fn drained(&self) -> bool {
         self.free == self.cfg.cpus
             && self.clusters.values().all(|c| c.results.is_empty() && c.sending == 0 && c.queue.is_empty())
+    }
+
+    /// Writes to disk the results that have waited for their client longer than a healthy
+    /// delivery takes, so that a crash of this node does not lose them.
+    fn save_waiting_results(&mut self) {
+        for (id, c) in &mut self.clusters {
+            if c.unsaved_since.is_none_or(|t| t.elapsed() < RESULT_SAVE_AFTER) {
+                continue;
+            }
+            c.unsaved_since = None;
+            let unsaved: Vec<JobResult> = c.results.iter().filter(|r| !c.saved.contains(&r.id)).cloned().collect();
+            c.saved.extend(unsaved.iter().map(|r| r.id));
+            let (kept, id) = (self.kept.clone(), *id);
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = kept.save(id, &unsaved) {
+                    warn!(cluster = %id, cause = %e, "cannot keep waiting results on disk");
+                }
+            });
+        }
     }
 
     /// Releases the clusters whose client has been away longer than the zombie interval.
