@@ -67,7 +67,7 @@ impl KeptResults {
         let mut out = Vec::new();
         for e in entries.flatten() {
             let path = e.path();
-            if !path.extension().is_some_and(|x| x == "cbor") {
+            if path.extension().is_none_or(|x| x != "cbor") {
                 continue;
             }
             let Ok(bytes) = std::fs::read(&path) else { continue };

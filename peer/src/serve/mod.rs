@@ -611,15 +611,14 @@ impl Server {
                 // a live cluster's queue (it is saved again when re-sent). For a cluster
                 // released meanwhile it stays, for `recover`.
                 let live = self.clusters.get(&cluster).is_some_and(|c| !c.released);
-                if delivered {
-                    if let Some(c) = self.clusters.get_mut(&cluster) {
+                if delivered
+                    && let Some(c) = self.clusters.get_mut(&cluster) {
                         let on_disk: Vec<JobId> = batch.iter().map(|r| r.id).filter(|id| c.saved.remove(id)).collect();
                         if !on_disk.is_empty() {
                             let kept = self.kept.clone();
                             tokio::task::spawn_blocking(move || kept.forget(cluster, &on_disk));
                         }
                     }
-                }
                 if let Some(path) = saved.filter(|_| delivered || live) {
                     let kept = self.kept.clone();
                     tokio::task::spawn_blocking(move || kept.delivered(&path));
