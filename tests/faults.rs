@@ -78,6 +78,16 @@ fn a_lost_client_has_its_jobs_killed_and_files_removed() {
     assert!(pids.iter().all(|p| !alive(*p)), "a job outlived its client");
     assert!(node.job_dirs().is_empty(), "job directories left: {:?}", node.job_dirs());
     assert!(node.proc.stderr().contains("client has gone"), "{}", node.proc.stderr());
+    std::thread::sleep(Duration::from_millis(300));
+    let stored: Vec<_> = std::fs::read_dir(node.dest.join("store")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(stored, vec![std::ffi::OsString::from(".partial")], "the crashed client's staged files are gone");
+    // Its CPUs serve the next client.
+    let next = script(dir.path(), "next.sh", "echo next");
+    let mut cmd = submit(&next);
+    cmd.args(["--peer", &node.addr, "-a", "1", "-a", "2"]);
+    let out = run("submit", cmd, Duration::from_secs(30));
+    out.expect_code(0);
+    assert_eq!(out.stdout.matches("next").count(), 2, "{}", out.stdout);
 }
 
 #[test]

@@ -105,6 +105,8 @@ struct Cluster {
     unsaved_since: Option<std::time::Instant>,
     /// Results in `results` that are also on disk.
     saved: HashSet<JobId>,
+    /// Files this cluster's client sent (they stay cached after a normal release).
+    staged: Vec<FileHash>,
     files: Vec<FileEntry>,
     cpus: u32,
     dir: PathBuf,
@@ -493,6 +495,7 @@ impl Server {
                 gone_since: None,
                 unsaved_since: None,
                 saved: HashSet::new(),
+                staged: Vec::new(),
                 files: r.files,
                 cpus,
                 dir,
@@ -589,6 +592,7 @@ impl Server {
                         if let Some(c) = self.clusters.get_mut(&cluster) {
                             if complete {
                                 c.uploads.remove(&hash);
+                                c.staged.push(hash);
                                 debug!(cluster = %cluster, %hash, "file staged");
                             } else {
                                 c.uploads.insert(hash, Some(upload));
@@ -884,6 +888,22 @@ impl Server {
                     });
                 }
             }
+            // A client that crashed does not come back for its files: those it sent that no
+            // other cluster uses are deleted (a normal release keeps them cached).
+            let staged = self.clusters.get(&id).map(|c| c.staged.clone()).unwrap_or_default();
+            let in_use: HashSet<FileHash> = self
+                .clusters
+                .iter()
+                .filter(|(other, c)| **other != id && !c.released)
+                .flat_map(|(_, c)| c.files.iter().map(|f| f.hash))
+                .collect();
+            let store = self.store.clone();
+            let orphans: Vec<FileHash> = staged.into_iter().filter(|h| !in_use.contains(h)).collect();
+            tokio::task::spawn_blocking(move || {
+                for h in orphans {
+                    let _ = std::fs::remove_file(store.path(&h));
+                }
+            });
             self.release(id);
         }
         if self.last_sweep.elapsed() > Duration::from_secs(60) {
