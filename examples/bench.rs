@@ -53,10 +53,22 @@ fn main() {
             let (jobs_per_s, rtt_ms) = functions(&node, env_num("N_FN", 2000)).await.expect("function jobs");
             emit("fn_jobs_per_s", jobs_per_s, "jobs/s", rep, &date);
             emit("fn_round_trip_ms", rtt_ms, "ms", rep, &date);
-            emit("prog_jobs_per_s", programs(&node, env_num("N_PROG", 1000)).await.expect("program jobs"), "jobs/s", rep, &date);
+            emit(
+                "prog_jobs_per_s",
+                programs(&node, env_num("N_PROG", 1000)).await.expect("program jobs"),
+                "jobs/s",
+                rep,
+                &date,
+            );
             drop(node);
             let fresh = Node::start();
-            emit("stage_mb_per_s", staging(&fresh, env_num("STAGE_MB", 100)).await.expect("staging"), "MB/s", rep, &date);
+            emit(
+                "stage_mb_per_s",
+                staging(&fresh, env_num("STAGE_MB", 100)).await.expect("staging"),
+                "MB/s",
+                rep,
+                &date,
+            );
         });
     }
 }

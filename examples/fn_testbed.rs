@@ -124,7 +124,8 @@ async fn run(args: &[String]) -> dispy::Result<()> {
         }
         Some("filter") => {
             let want = args.get(1).cloned().unwrap_or_default();
-            let b = configure(Cluster::function(square)).node_filter(move |n| n.name == want && n.memory_bytes.is_some());
+            let b =
+                configure(Cluster::function(square)).node_filter(move |n| n.name == want && n.memory_bytes.is_some());
             let mut cluster = b.start().await?;
             let mut jobs = Vec::new();
             for i in 0..10 {
@@ -143,7 +144,9 @@ async fn run(args: &[String]) -> dispy::Result<()> {
             let odd = cluster.submit(3).await?;
             let even = cluster.submit(4).await?;
             match odd.wait().await {
-                Err(JobError::Panicked { message, trace }) => emit(json!({"panicked": message, "trace_lines": trace.lines().count()})),
+                Err(JobError::Panicked { message, trace }) => {
+                    emit(json!({"panicked": message, "trace_lines": trace.lines().count()}))
+                }
                 other => emit(json!({"unexpected": format!("{other:?}")})),
             }
             emit(json!({"even": even.wait().await.ok()}));
@@ -196,7 +199,9 @@ async fn run(args: &[String]) -> dispy::Result<()> {
             cluster.wait().await?;
             let stats = cluster.close().await?;
             let seen = seen.lock().expect("lock").clone();
-            emit(json!({"transitions": seen, "cluster_events": nodes.lock().expect("lock").clone(), "jobs": stats.jobs()}));
+            emit(
+                json!({"transitions": seen, "cluster_events": nodes.lock().expect("lock").clone(), "jobs": stats.jobs()}),
+            );
         }
         other => {
             eprintln!("unknown scenario {other:?}; see the module docs");

@@ -33,7 +33,8 @@ impl<A, R> ClusterBuilder<A, R> {
     /// # Errors
     /// As [`ClusterBuilder::start`], and [`Error::Config`] if no runtime can be made.
     pub fn start_blocking(self) -> Result<BlockingCluster<A, R>> {
-        let runtime = tokio::runtime::Runtime::new().map_err(|e| Error::Config(format!("cannot start a runtime: {e}")))?;
+        let runtime =
+            tokio::runtime::Runtime::new().map_err(|e| Error::Config(format!("cannot start a runtime: {e}")))?;
         let inner = runtime.block_on(self.start())?;
         Ok(BlockingCluster { runtime, inner })
     }

@@ -5,21 +5,21 @@
 use crate::error::{Error, Result};
 use crate::events::{ClusterCallback, ClusterEvent, JobCallback, JobEvent, NodeFacts, NodeFilter};
 use crate::job::{Decoder, Job, JobError, JobView};
-use crate::report::NodeInfo;
-use crate::scheduler::NewJob;
 use crate::local::LocalNode;
+use crate::report::NodeInfo;
 use crate::report::{JobReport, Stats};
+use crate::scheduler::NewJob;
 use crate::scheduler::{Cmd, LocalMode, Scheduler, Settings, Update};
-use serde::{Serialize, de::DeserializeOwned};
-use std::marker::PhantomData;
-use std::sync::Arc;
 use crate::select::NodePattern;
 use crate::stage;
 use dispy_node::net::{self, NetConfig};
 use dispy_protocol::{ClusterId, JobId};
 use libp2p::Multiaddr;
 use libp2p::pnet::PreSharedKey;
+use serde::{Serialize, de::DeserializeOwned};
+use std::marker::PhantomData;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -222,7 +222,8 @@ impl<A, R> ClusterBuilder<A, R> {
             let p: Vec<&str> = self.patterns.iter().map(|p| p.as_str()).collect();
             searched.push(format!("nodes matching {}", p.join(", ")));
         }
-        let searched = if searched.is_empty() { "nothing (mDNS off, no peers given)".to_string() } else { searched.join("; ") };
+        let searched =
+            if searched.is_empty() { "nothing (mDNS off, no peers given)".to_string() } else { searched.join("; ") };
         let cfg = NetConfig {
             psk,
             mdns: self.mdns,
@@ -322,7 +323,8 @@ fn program_result(_: &crate::JobReport) -> Result<(), JobError> {
 }
 
 fn function_input<A: Serialize>(arg: &A) -> Result<(Vec<String>, Vec<u8>)> {
-    let input = dispy_protocol::encode(arg).map_err(|e| Error::Config(format!("cannot encode the job's argument: {e}")))?;
+    let input =
+        dispy_protocol::encode(arg).map_err(|e| Error::Config(format!("cannot encode the job's argument: {e}")))?;
     Ok((Vec::new(), input))
 }
 
@@ -363,7 +365,12 @@ impl<A: Serialize, R: DeserializeOwned> Cluster<A, R> {
     {
         let _ = f;
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-        ClusterBuilder::new(exe, Some(crate::worker::name_of::<F>().to_string()), function_input::<A>, function_result::<R>)
+        ClusterBuilder::new(
+            exe,
+            Some(crate::worker::name_of::<F>().to_string()),
+            function_input::<A>,
+            function_result::<R>,
+        )
     }
 }
 
@@ -396,7 +403,12 @@ impl<A, R> ClusterBuilder<A, R> {
 }
 
 impl<A, R> Cluster<A, R> {
-    fn new_job(&mut self, arg: &A, with_handle: bool, node: Option<libp2p::PeerId>) -> Result<(NewJob, Option<watch::Receiver<JobView>>)> {
+    fn new_job(
+        &mut self,
+        arg: &A,
+        with_handle: bool,
+        node: Option<libp2p::PeerId>,
+    ) -> Result<(NewJob, Option<watch::Receiver<JobView>>)> {
         let (args, input) = (self.encode)(arg)?;
         let id = JobId(self.next_id);
         self.next_id += 1;
@@ -426,7 +438,8 @@ impl<A, R> Cluster<A, R> {
     /// # Errors
     /// As [`Cluster::submit`], and [`Error::Config`] for a malformed peer id.
     pub async fn submit_to(&mut self, peer_id: &str, arg: A) -> Result<Job<R>> {
-        let peer: libp2p::PeerId = peer_id.parse().map_err(|e| Error::Config(format!("not a peer id: {peer_id}: {e}")))?;
+        let peer: libp2p::PeerId =
+            peer_id.parse().map_err(|e| Error::Config(format!("not a peer id: {peer_id}: {e}")))?;
         self.submit_job(arg, Some(peer)).await
     }
 

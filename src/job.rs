@@ -94,7 +94,9 @@ impl JobError {
         Some(match outcome {
             JobOutcome::Exited(0) | JobOutcome::Returned => return None,
             JobOutcome::Exited(_) | JobOutcome::Signaled(_) => JobError::Program(outcome.clone()),
-            JobOutcome::Panicked { message, trace } => JobError::Panicked { message: message.clone(), trace: trace.clone() },
+            JobOutcome::Panicked { message, trace } => {
+                JobError::Panicked { message: message.clone(), trace: trace.clone() }
+            }
             JobOutcome::TimedOut => JobError::TimedOut,
             JobOutcome::Cancelled => JobError::Cancelled,
             JobOutcome::Abandoned(why) => JobError::Abandoned(why.clone()),

@@ -41,10 +41,11 @@ impl Journal {
 
     fn line(&mut self, v: serde_json::Value) {
         if let Some(out) = &mut self.out
-            && let Err(e) = writeln!(out, "{v}") {
-                tracing::warn!(cause = %e, "cannot write the journal; journaling stops");
-                self.out = None;
-            }
+            && let Err(e) = writeln!(out, "{v}")
+        {
+            tracing::warn!(cause = %e, "cannot write the journal; journaling stops");
+            self.out = None;
+        }
     }
 
     pub(crate) fn job(&mut self, id: JobId, args: &[String]) {
@@ -172,8 +173,11 @@ pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<R
     }
     reports.sort_by_key(|r| r.id);
     let found: HashSet<u64> = reports.iter().map(|r| r.id.0).collect();
-    let mut lost: Vec<(JobId, Vec<String>)> =
-        pending.iter().filter(|id| !found.contains(id)).map(|id| (JobId(*id), args.get(id).cloned().unwrap_or_default())).collect();
+    let mut lost: Vec<(JobId, Vec<String>)> = pending
+        .iter()
+        .filter(|id| !found.contains(id))
+        .map(|id| (JobId(*id), args.get(id).cloned().unwrap_or_default()))
+        .collect();
     lost.sort();
     Ok(Recovery { reports, lost })
 }

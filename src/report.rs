@@ -122,7 +122,11 @@ impl Stats {
 
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:<24} {:>5} {:>6} {:>12} {:>12} {:>10}", "node", "cpus", "jobs", "sec/job", "node time s", "staged")?;
+        writeln!(
+            f,
+            "{:<24} {:>5} {:>6} {:>12} {:>12} {:>10}",
+            "node", "cpus", "jobs", "sec/job", "node time s", "staged"
+        )?;
         writeln!(f, "{}", "-".repeat(74))?;
         let mut total = 0.0;
         for n in &self.nodes {
@@ -143,7 +147,12 @@ impl fmt::Display for Stats {
         }
         writeln!(f)?;
         let speedup = if self.wall_secs > 0.0 { total / self.wall_secs } else { 0.0 };
-        write!(f, "{} jobs, total job time {total:.3} s, wall time {:.3} s, speedup {speedup:.2}", self.jobs(), self.wall_secs)
+        write!(
+            f,
+            "{} jobs, total job time {total:.3} s, wall time {:.3} s, speedup {speedup:.2}",
+            self.jobs(),
+            self.wall_secs
+        )
     }
 }
 

@@ -6,11 +6,11 @@
 //! the reason kept for error messages; losing its connection makes it Lost (its jobs are
 //! re-queued when the cluster is reentrant, abandoned otherwise).
 
+use crate::events::{ClusterCallback, ClusterEvent, JobCallback, JobEvent, NodeFacts, NodeFilter};
+use crate::job::{JobStatus, JobView};
 use crate::journal::Journal;
 use crate::local::LocalNode;
 use crate::policy::{self, Load};
-use crate::events::{ClusterCallback, ClusterEvent, JobCallback, JobEvent, NodeFacts, NodeFilter};
-use crate::job::{JobStatus, JobView};
 use crate::report::{JobReport, NodeInfo, NodeRef, NodeStats, Stats, node_ref};
 use crate::select::NodePattern;
 use crate::stage::{self, LocalFile};
@@ -23,8 +23,8 @@ use libp2p::pnet::PreSharedKey;
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -53,14 +53,26 @@ pub(crate) struct NewJob {
 }
 
 pub(crate) enum Cmd {
-    Submit { jobs: Vec<NewJob> },
-    Nodes { reply: oneshot::Sender<Vec<NodeInfo>> },
+    Submit {
+        jobs: Vec<NewJob>,
+    },
+    Nodes {
+        reply: oneshot::Sender<Vec<NodeInfo>>,
+    },
     /// Answered once no job is pending (or with the error if the cluster failed).
-    Wait { reply: oneshot::Sender<Result<(), String>> },
-    Cancel { ids: Vec<JobId> },
+    Wait {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Cancel {
+        ids: Vec<JobId>,
+    },
     CancelAll,
-    Stats { reply: oneshot::Sender<Stats> },
-    Close { reply: oneshot::Sender<Stats> },
+    Stats {
+        reply: oneshot::Sender<Stats>,
+    },
+    Close {
+        reply: oneshot::Sender<Stats>,
+    },
 }
 
 /// What the scheduler tells the cluster handle.
@@ -184,7 +196,12 @@ pub(crate) struct Scheduler {
 }
 
 impl Scheduler {
-    pub(crate) fn new(s: Settings, net: NetHandle, updates: mpsc::UnboundedSender<Update>, local: Option<LocalNode>) -> Self {
+    pub(crate) fn new(
+        s: Settings,
+        net: NetHandle,
+        updates: mpsc::UnboundedSender<Update>,
+        local: Option<LocalNode>,
+    ) -> Self {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let now = Instant::now();
         Scheduler {
@@ -237,17 +254,20 @@ impl Scheduler {
             Cmd::Submit { jobs } => {
                 for j in jobs {
                     self.submitted += 1;
-                    self.jobs.insert(j.id, Job {
-                        args: j.args,
-                        input: j.input,
-                        started: false,
-                        attempts: 0,
-                        suspect: false,
-                        dispatched: 0,
-                        state: JobState::Queued,
-                        view: j.view,
-                        pinned: j.node,
-                    });
+                    self.jobs.insert(
+                        j.id,
+                        Job {
+                            args: j.args,
+                            input: j.input,
+                            started: false,
+                            attempts: 0,
+                            suspect: false,
+                            dispatched: 0,
+                            state: JobState::Queued,
+                            view: j.view,
+                            pinned: j.node,
+                        },
+                    );
                     if let Some(journal) = &mut self.s.journal {
                         journal.job(j.id, &self.jobs[&j.id].args);
                     }
@@ -330,7 +350,10 @@ impl Scheduler {
                         Response::Ok
                     }
                     Request::Hello(_) => Response::Hello(self.hello()),
-                    _ => Response::Refused(Refusal::new(RefusalKind::WrongRole, "this peer is a client; it runs no jobs")),
+                    _ => Response::Refused(Refusal::new(
+                        RefusalKind::WrongRole,
+                        "this peer is a client; it runs no jobs",
+                    )),
                 };
                 let net = self.net.clone();
                 tokio::spawn(async move {
@@ -360,7 +383,12 @@ impl Scheduler {
         }
     }
 
-    fn spawn_request(&self, peer: PeerId, request: Request, wrap: fn(PeerId, dispy_node::Result<Response>) -> Internal) {
+    fn spawn_request(
+        &self,
+        peer: PeerId,
+        request: Request,
+        wrap: fn(PeerId, dispy_node::Result<Response>) -> Internal,
+    ) {
         let net = self.net.clone();
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
@@ -474,7 +502,8 @@ impl Scheduler {
                     if r.missing.is_empty() {
                         node.phase = Phase::Ready;
                         info!(node = %node.name, cpus = node.cpus, "node ready");
-                        let ev = ClusterEvent::NodeReady { node: node_ref(&node.name, &peer, node.ip), cpus: node.cpus };
+                        let ev =
+                            ClusterEvent::NodeReady { node: node_ref(&node.name, &peer, node.ip), cpus: node.cpus };
                         self.cluster_event(ev);
                         self.dispatch();
                     } else {
@@ -508,7 +537,8 @@ impl Scheduler {
                         if node.phase == Phase::Staging {
                             node.phase = Phase::Ready;
                             info!(node = %node.name, cpus = node.cpus, "node staged and ready");
-                            let ev = ClusterEvent::NodeReady { node: node_ref(&node.name, &peer, node.ip), cpus: node.cpus };
+                            let ev =
+                                ClusterEvent::NodeReady { node: node_ref(&node.name, &peer, node.ip), cpus: node.cpus };
                             self.cluster_event(ev);
                         }
                     }
@@ -717,7 +747,12 @@ impl Scheduler {
                 job.state = JobState::OnNode(peer);
                 self.dispatch_seq += 1;
                 job.dispatched = self.dispatch_seq;
-                specs.push(JobSpec { id, args: job.args.clone(), timeout_secs: self.s.timeout_secs, input: job.input.clone() });
+                specs.push(JobSpec {
+                    id,
+                    args: job.args.clone(),
+                    timeout_secs: self.s.timeout_secs,
+                    input: job.input.clone(),
+                });
             }
             for id in skipped.into_iter().rev() {
                 self.queue.push_front(id);
@@ -749,10 +784,11 @@ impl Scheduler {
         ids.sort();
         for id in ids.into_iter().rev() {
             if let Some(job) = self.jobs.get_mut(&id)
-                && matches!(job.state, JobState::OnNode(p) if p == peer) {
-                    job.state = JobState::Queued;
-                    self.queue.push_front(id);
-                }
+                && matches!(job.state, JobState::OnNode(p) if p == peer)
+            {
+                job.state = JobState::Queued;
+                self.queue.push_front(id);
+            }
         }
         self.dispatch();
     }
@@ -779,11 +815,8 @@ impl Scheduler {
             // poison job cannot take the whole cluster down.
             // Running: those the node reported started, and — as it may have died before
             // saying so — the first `cpus` it received (it runs them in that order).
-            let mut in_flight: Vec<(u64, JobId)> = node
-                .in_flight
-                .iter()
-                .filter_map(|id| self.jobs.get(id).map(|j| (j.dispatched, *id)))
-                .collect();
+            let mut in_flight: Vec<(u64, JobId)> =
+                node.in_flight.iter().filter_map(|id| self.jobs.get(id).map(|j| (j.dispatched, *id))).collect();
             in_flight.sort();
             let cpus = node.cpus.max(1) as usize;
             let mut poison = Vec::new();
@@ -853,7 +886,9 @@ impl Scheduler {
 
     /// Whether some node is usable or on its way to it.
     fn has_node(&self) -> bool {
-        self.nodes.values().any(|n| matches!(n.phase, Phase::Greeting | Phase::Reserving | Phase::Staging | Phase::Ready))
+        self.nodes
+            .values()
+            .any(|n| matches!(n.phase, Phase::Greeting | Phase::Reserving | Phase::Staging | Phase::Ready))
     }
 
     fn on_tick(&mut self) {
@@ -927,7 +962,9 @@ impl Scheduler {
             found.push(format!("{} other client(s), which run no jobs", self.clients_seen.len()));
         }
         if found.is_empty() {
-            msg.push_str("\n  found: nothing. Is `dispy-peer serve` running, with the same secret, reachable from here?");
+            msg.push_str(
+                "\n  found: nothing. Is `dispy-peer serve` running, with the same secret, reachable from here?",
+            );
         } else {
             msg.push_str("\n  found:");
             for f in found {

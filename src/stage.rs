@@ -70,8 +70,14 @@ fn hash_file(path: &Path) -> std::io::Result<(FileHash, u64)> {
 }
 
 /// Sends one file to a node, chunk after chunk.
-pub(crate) async fn send_file(net: &NetHandle, peer: PeerId, cluster: ClusterId, file: &LocalFile) -> Result<(), String> {
-    let mut f = tokio::fs::File::open(&file.path).await.map_err(|e| format!("cannot read {}: {e}", file.path.display()))?;
+pub(crate) async fn send_file(
+    net: &NetHandle,
+    peer: PeerId,
+    cluster: ClusterId,
+    file: &LocalFile,
+) -> Result<(), String> {
+    let mut f =
+        tokio::fs::File::open(&file.path).await.map_err(|e| format!("cannot read {}: {e}", file.path.display()))?;
     let mut offset = 0u64;
     loop {
         let mut data = Vec::with_capacity(CHUNK_SIZE);

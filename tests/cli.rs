@@ -75,7 +75,10 @@ fn keygen_writes_a_private_key_file_that_nodes_and_clients_accept() {
 
     std::fs::write(dir.path().join("bad.key"), "not a key").unwrap();
     let mut cmd = std::process::Command::new(bin());
-    cmd.arg("submit").arg(&prog).args(["--no-mdns", "--peer", &node.addr, "--secret-file"]).arg(dir.path().join("bad.key"));
+    cmd.arg("submit")
+        .arg(&prog)
+        .args(["--no-mdns", "--peer", &node.addr, "--secret-file"])
+        .arg(dir.path().join("bad.key"));
     let out = run("submit", cmd, Duration::from_secs(30));
     out.expect_code(2);
     assert!(out.stderr.contains("bad.key") && out.stderr.contains("keygen"), "{}", out.stderr);
@@ -85,7 +88,8 @@ fn keygen_writes_a_private_key_file_that_nodes_and_clients_accept() {
 fn serve_refuses_bad_options_with_a_clear_message() {
     let dir = tempdir();
     let mut cmd = std::process::Command::new(bin());
-    cmd.args(["serve", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--cpus", "100000", "--dest-path"]).arg(dir.path());
+    cmd.args(["serve", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--cpus", "100000", "--dest-path"])
+        .arg(dir.path());
     let out = run("serve", cmd, Duration::from_secs(10));
     out.expect_code(2);
     assert!(out.stderr.contains("--cpus 100000"), "{}", out.stderr);
@@ -99,7 +103,8 @@ fn serve_refuses_bad_options_with_a_clear_message() {
     // Two nodes on one dest path would delete each other's job directories.
     let first = Node::start(dir.path(), NodeOpts::new("one"));
     let mut cmd = std::process::Command::new(bin());
-    cmd.args(["serve", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--secret", "s", "--dest-path"]).arg(&first.dest);
+    cmd.args(["serve", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--secret", "s", "--dest-path"])
+        .arg(&first.dest);
     let out = run("serve", cmd, Duration::from_secs(10));
     out.expect_code(2);
     assert!(out.stderr.contains("in use by another dispy-peer node"), "{}", out.stderr);

@@ -50,7 +50,11 @@ fn three_nodes_run_200_jobs_and_a_second_submit_sends_no_bytes() {
     for n in summary["nodes"].as_array().unwrap() {
         let name = n["node"]["name"].as_str().unwrap();
         assert_eq!(n["jobs"].as_u64().unwrap(), per_node[name], "summary disagrees for {name}");
-        assert_eq!(n["staged_bytes"].as_u64().unwrap(), 5 * 1024 * 1024 + JOB.len() as u64 + 11, "first run stages both files");
+        assert_eq!(
+            n["staged_bytes"].as_u64().unwrap(),
+            5 * 1024 * 1024 + JOB.len() as u64 + 11,
+            "first run stages both files"
+        );
         total += n["jobs"].as_u64().unwrap();
     }
     assert_eq!(total, 200);

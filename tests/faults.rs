@@ -68,7 +68,8 @@ fn a_lost_client_has_its_jobs_killed_and_files_removed() {
     while !pidfiles.iter().all(|p| p.exists()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let pids: Vec<u32> = pidfiles.iter().map(|p| std::fs::read_to_string(p).expect("job started").trim().parse().unwrap()).collect();
+    let pids: Vec<u32> =
+        pidfiles.iter().map(|p| std::fs::read_to_string(p).expect("job started").trim().parse().unwrap()).collect();
     signal(client.pid(), "KILL");
     let _ = client.wait(Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -106,7 +107,8 @@ fn a_node_killed_with_sigkill_takes_its_jobs_with_it() {
     while !pidfiles.iter().all(|p| p.exists()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let pids: Vec<u32> = pidfiles.iter().map(|p| std::fs::read_to_string(p).expect("job started").trim().parse().unwrap()).collect();
+    let pids: Vec<u32> =
+        pidfiles.iter().map(|p| std::fs::read_to_string(p).expect("job started").trim().parse().unwrap()).collect();
     signal(node.proc.pid(), "KILL");
     let deadline = Instant::now() + Duration::from_secs(5);
     while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
@@ -122,7 +124,8 @@ fn a_node_killed_with_sigkill_takes_its_jobs_with_it() {
 fn a_poison_job_stops_after_max_retries_and_the_rest_completes() {
     let dir = tempdir();
     // The poison job kills the node running it (its parent process), every time.
-    let prog = script(dir.path(), "job.sh", r#"if [ "$1" = poison ]; then kill -9 $PPID; sleep 5; fi; sleep 0.2; echo ok $1"#);
+    let prog =
+        script(dir.path(), "job.sh", r#"if [ "$1" = poison ]; then kill -9 $PPID; sleep 5; fi; sleep 0.2; echo ok $1"#);
     let nodes: Vec<Node> = (1..=5)
         .map(|i| {
             let mut o = NodeOpts::new(&format!("n{i}"));
@@ -154,7 +157,8 @@ fn a_poison_job_stops_after_max_retries_and_the_rest_completes() {
 #[test]
 fn ctrl_c_cancels_the_remote_jobs_prints_what_ended_and_exits_1() {
     let dir = tempdir();
-    let prog = script(dir.path(), "job.sh", r#"if [ "$1" = quick ]; then echo quick; exit 0; fi; echo $$ > "$1"; sleep 60"#);
+    let prog =
+        script(dir.path(), "job.sh", r#"if [ "$1" = quick ]; then echo quick; exit 0; fi; echo $$ > "$1"; sleep 60"#);
     let node = Node::start(dir.path(), NodeOpts::new("n"));
     let pidfiles: Vec<_> = (0..2).map(|i| dir.path().join(format!("job{i}.pid"))).collect();
     let mut cmd = submit(&prog);
@@ -170,7 +174,8 @@ fn ctrl_c_cancels_the_remote_jobs_prints_what_ended_and_exits_1() {
     while !pidfiles.iter().all(|p| p.exists()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let pids: Vec<u32> = pidfiles.iter().map(|p| std::fs::read_to_string(p).expect("job started").trim().parse().unwrap()).collect();
+    let pids: Vec<u32> =
+        pidfiles.iter().map(|p| std::fs::read_to_string(p).expect("job started").trim().parse().unwrap()).collect();
     let t = Instant::now();
     signal(client.pid(), "INT");
     let out = client.wait(Duration::from_secs(20));
@@ -221,7 +226,10 @@ fn a_draining_node_finishes_its_running_jobs_and_gives_back_the_queued_ones() {
     let pid = drains.proc.pid().to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
     let running_there = || {
-        std::fs::read_dir(&marks).unwrap().flatten().any(|e| std::fs::read_to_string(e.path()).unwrap_or_default().trim() == pid)
+        std::fs::read_dir(&marks)
+            .unwrap()
+            .flatten()
+            .any(|e| std::fs::read_to_string(e.path()).unwrap_or_default().trim() == pid)
     };
     while !running_there() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -267,7 +275,11 @@ fn four_nodes_400_reentrant_jobs_and_one_node_killed_lose_nothing() {
     let marks = dir.path().join("marks");
     std::fs::create_dir(&marks).unwrap();
     // Each job records its process id and its node's, to check what survived the node.
-    let prog = script(dir.path(), "job.sh", &format!("echo \"$$ $PPID\" > {}/$1.$$; sleep 0.05; echo done $1", marks.display()));
+    let prog = script(
+        dir.path(),
+        "job.sh",
+        &format!("echo \"$$ $PPID\" > {}/$1.$$; sleep 0.05; echo done $1", marks.display()),
+    );
     let nodes: Vec<Node> = (1..=4).map(|i| Node::start(dir.path(), NodeOpts::new(&format!("q{i}")))).collect();
     let victim = nodes[1].proc.pid();
     let mut cmd = submit(&prog);
@@ -285,7 +297,10 @@ fn four_nodes_400_reentrant_jobs_and_one_node_killed_lose_nothing() {
         std::fs::read_dir(&marks)
             .unwrap()
             .flatten()
-            .filter(|e| std::fs::read_to_string(e.path()).unwrap_or_default().split_whitespace().nth(1) == Some(&victim.to_string()))
+            .filter(|e| {
+                std::fs::read_to_string(e.path()).unwrap_or_default().split_whitespace().nth(1)
+                    == Some(&victim.to_string())
+            })
             .count()
     };
     while ran_on_victim() < 10 && Instant::now() < deadline {
@@ -377,7 +392,11 @@ fn a_restarted_node_rejoins_the_running_cluster_as_a_fresh_node() {
     let second = Node::start(dir.path(), o);
     let out = client.wait(Duration::from_secs(60));
     out.expect_code(0);
-    assert!(second.proc.stderr().contains("cluster reserved"), "the restarted node was not used:\n{}", second.proc.stderr());
+    assert!(
+        second.proc.stderr().contains("cluster reserved"),
+        "the restarted node was not used:\n{}",
+        second.proc.stderr()
+    );
     let jobs: Vec<_> = out.json_lines().into_iter().filter(|j| j.get("job").is_some()).collect();
     assert_eq!(jobs.len(), 40);
 }
@@ -405,7 +424,11 @@ fn results_in_delivery_survive_a_node_crash_and_are_recovered_after_its_restart(
     let deadline = Instant::now() + Duration::from_secs(10);
     // Both results on disk: the one in delivery, and the one waiting behind it.
     let batch_on_disk = || {
-        std::fs::read_dir(&results).into_iter().flatten().flatten().any(|c| std::fs::read_dir(c.path()).into_iter().flatten().count() >= 2)
+        std::fs::read_dir(&results)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|c| std::fs::read_dir(c.path()).into_iter().flatten().count() >= 2)
     };
     while !batch_on_disk() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));

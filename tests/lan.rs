@@ -126,7 +126,8 @@ fn a_node_cut_off_without_a_word_is_noticed_by_heartbeats() {
     let client_host = ns.add_host("client", &lan, "eth0", "10.79.0.2/24");
     let prog = script(dir.path(), "job.sh", "echo started; sleep 30");
     {
-        let node = serve_in(&ns, &node_host, "cut", dir.path(), &["--no-mdns", "--heartbeat", "1", "--zombie-interval", "2"]);
+        let node =
+            serve_in(&ns, &node_host, "cut", dir.path(), &["--no-mdns", "--heartbeat", "1", "--zombie-interval", "2"]);
         let mut cmd = ns.exec(&client_host, bin());
         cmd.arg("submit").arg(&prog).args(["--json", "--no-mdns", "--secret", "test-secret", "--heartbeat", "1"]);
         cmd.args(["--peer", "/ip4/10.79.0.1/tcp/9700", "-a", "1"]);
@@ -180,7 +181,11 @@ fn results_finished_during_a_partition_arrive_once_it_heals() {
         let ids: Vec<u64> = out.json_lines().iter().filter_map(|j| j.get("job").and_then(|v| v.as_u64())).collect();
         let unique: HashSet<u64> = ids.iter().copied().collect();
         assert_eq!((ids.len(), unique.len()), (12, 12), "every result exactly once:\n{}", out.stdout);
-        assert!(out.json_lines().iter().filter(|j| j.get("job").is_some()).all(|j| j["exit_code"] == 0), "{}", out.stdout);
+        assert!(
+            out.json_lines().iter().filter(|j| j.get("job").is_some()).all(|j| j["exit_code"] == 0),
+            "{}",
+            out.stdout
+        );
     }
     drop(ns);
     assert!(netns_left(&prefix).is_empty(), "namespaces left: {:?}", netns_left(&prefix));

@@ -20,7 +20,8 @@ fn submit_local_runs_jobs_with_no_node_anywhere() {
     let dir = tempdir();
     let prog = script(dir.path(), "sq.sh", "echo $(($1 * $1))");
     let p = prog.to_str().unwrap();
-    let out = run("submit --local", isolated(&["submit", p, "--local", "-a", "7", "-a", "12"]), Duration::from_secs(60));
+    let out =
+        run("submit --local", isolated(&["submit", p, "--local", "-a", "7", "-a", "12"]), Duration::from_secs(60));
     out.expect_code(0);
     assert!(out.stdout.contains("\n49\n") && out.stdout.contains("\n144\n"), "{}", out.stdout);
     assert!(out.stdout.contains("(local)"), "{}", out.stdout);

@@ -18,21 +18,39 @@ impl request_response::Codec for RawCodec {
     type Request = Vec<u8>;
     type Response = Vec<u8>;
 
-    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>> {
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
         let mut v = Vec::new();
         io.read_to_end(&mut v).await?;
         Ok(v)
     }
-    async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>> {
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
         let mut v = Vec::new();
         io.read_to_end(&mut v).await?;
         Ok(v)
     }
-    async fn write_request<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, req: Vec<u8>) -> io::Result<()> {
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()> {
         io.write_all(&req).await?;
         io.close().await
     }
-    async fn write_response<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, res: Vec<u8>) -> io::Result<()> {
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()> {
         io.write_all(&res).await?;
         io.close().await
     }
@@ -44,7 +62,8 @@ async fn send_raw(addr: &Multiaddr, payload: Vec<u8>) -> String {
     let mut swarm = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_other_transport(|key| {
-            dispy_node::net::transport(key, Some(psk)).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            dispy_node::net::transport(key, Some(psk))
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })
         .unwrap()
         .with_behaviour(|_| {
@@ -93,7 +112,11 @@ async fn malformed_and_oversized_messages_are_dropped_and_the_node_goes_on() {
 
     let garbage = send_raw(&addr, b"\xff\xfe\x00 definitely not cbor".to_vec()).await;
     assert!(garbage.starts_with("failure"), "garbage got {garbage}");
-    assert!(node.proc.wait_stderr("dropped a malformed inbound request", Duration::from_secs(10)), "{}", node.proc.stderr());
+    assert!(
+        node.proc.wait_stderr("dropped a malformed inbound request", Duration::from_secs(10)),
+        "{}",
+        node.proc.stderr()
+    );
 
     // A well-formed CBOR value of the wrong shape.
     let wrong = dispy_protocol::encode(&vec!["not", "a", "request"]).unwrap();

@@ -24,7 +24,6 @@ fn a_node_with_another_secret_never_receives_a_job() {
     let jobs = out.json_lines();
     assert!(jobs.iter().filter(|j| j.get("job").is_some()).all(|j| j["node"] == "good"), "{}", out.stdout);
 
-
     let mut cmd = submit(&prog);
     cmd.args(["--peer", &stranger.addr, "--discover-timeout", "6", "-a", "x"]);
     let out = run("submit", cmd, Duration::from_secs(60));

@@ -38,4 +38,3 @@ impl Drop for Node {
         let _ = self.child.wait();
     }
 }
-

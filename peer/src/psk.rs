@@ -30,12 +30,11 @@ pub fn from_secret(secret: &str) -> Result<PreSharedKey> {
         return Err(Error::Setup("the secret is empty".into()));
     }
     // 8 MiB, 2 passes: ~20 ms here. Every client pays it once per run, off the per-job path.
-    let params = argon2::Params::new(8 * 1024, 2, 1, Some(32))
-        .map_err(|e| Error::Setup(format!("argon2 parameters: {e}")))?;
+    let params =
+        argon2::Params::new(8 * 1024, 2, 1, Some(32)).map_err(|e| Error::Setup(format!("argon2 parameters: {e}")))?;
     let kdf = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut key = [0u8; 32];
-    kdf.hash_password_into(secret.as_bytes(), KDF_SALT, &mut key)
-        .map_err(|e| Error::Setup(format!("argon2: {e}")))?;
+    kdf.hash_password_into(secret.as_bytes(), KDF_SALT, &mut key).map_err(|e| Error::Setup(format!("argon2: {e}")))?;
     Ok(PreSharedKey::new(key))
 }
 
@@ -47,8 +46,7 @@ pub fn from_secret(secret: &str) -> Result<PreSharedKey> {
 pub fn from_file(path: &Path) -> Result<PreSharedKey> {
     let bad = |reason: String| Error::SecretFile { path: path.to_path_buf(), reason };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    text.parse::<PreSharedKey>()
-        .map_err(|e| bad(format!("not a key file written by `dispy-peer keygen` ({e})")))
+    text.parse::<PreSharedKey>().map_err(|e| bad(format!("not a key file written by `dispy-peer keygen` ({e})")))
 }
 
 /// Writes a fresh random key to `path`, readable by its owner only (mode 0600).

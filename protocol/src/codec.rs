@@ -32,8 +32,7 @@ pub enum CodecError {
 /// assert_eq!(decode::<JobId>(&bytes).unwrap(), JobId(7));
 /// ```
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
-    let bytes = cbor4ii::serde::to_vec(Vec::new(), msg)
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let bytes = cbor4ii::serde::to_vec(Vec::new(), msg).map_err(|e| CodecError::Malformed(e.to_string()))?;
     if bytes.len() as u64 > MAX_MESSAGE_SIZE {
         return Err(CodecError::TooLarge { size: bytes.len() as u64, limit: MAX_MESSAGE_SIZE });
     }

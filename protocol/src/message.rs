@@ -306,7 +306,12 @@ mod tests {
             Request::Chunk(Chunk { cluster: c, hash: h, offset: 9, data: vec![1, 2, 3] }),
             Request::Submit(Submit {
                 cluster: c,
-                jobs: vec![JobSpec { id: JobId(1), args: vec!["a b".into()], timeout_secs: Some(1.5), input: vec![1, 2] }],
+                jobs: vec![JobSpec {
+                    id: JobId(1),
+                    args: vec!["a b".into()],
+                    timeout_secs: Some(1.5),
+                    input: vec![1, 2],
+                }],
             }),
             Request::Cancel(Cancel { cluster: c, jobs: vec![JobId(1)] }),
             Request::Release(Release { cluster: c }),
@@ -341,12 +346,8 @@ mod tests {
     #[test]
     fn bytes_are_compact() {
         // serde_bytes keeps a chunk's overhead to a few bytes, not one per byte.
-        let chunk = Request::Chunk(Chunk {
-            cluster: ClusterId(1),
-            hash: FileHash([0; 32]),
-            offset: 0,
-            data: vec![200; 1000],
-        });
+        let chunk =
+            Request::Chunk(Chunk { cluster: ClusterId(1), hash: FileHash([0; 32]), offset: 0, data: vec![200; 1000] });
         assert!(encode(&chunk).unwrap().len() < 1100);
     }
 

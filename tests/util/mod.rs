@@ -191,7 +191,11 @@ impl Finished {
 
     /// The JSON lines of stdout (`submit --json`).
     pub fn json_lines(&self) -> Vec<serde_json::Value> {
-        self.stdout.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).expect("json line")).collect()
+        self.stdout
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect()
     }
 }
 
@@ -427,6 +431,7 @@ impl Drop for Netns {
 
 /// Namespaces whose names start with `prefix` (to check cleanup).
 pub fn netns_left(prefix: &str) -> Vec<String> {
-    let out = Command::new("ip").args(["netns", "list"]).output().map(|o| String::from_utf8_lossy(&o.stdout).to_string());
+    let out =
+        Command::new("ip").args(["netns", "list"]).output().map(|o| String::from_utf8_lossy(&o.stdout).to_string());
     out.unwrap_or_default().lines().filter(|l| l.starts_with(prefix)).map(|l| l.to_string()).collect()
 }

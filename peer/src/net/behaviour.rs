@@ -4,13 +4,13 @@
 //! without the key never completes a connection and no behaviour ever sees it.
 
 use super::NetConfig;
+use super::codec::DispyCodec;
 use crate::error::{Error, Result};
 use dispy_protocol::{KAD_PROTOCOL_NAME, PROTOCOL_NAME};
 use futures::future::Either;
 use libp2p::core::upgrade::Version;
 use libp2p::core::{Transport, muxing::StreamMuxerBox, transport::Boxed};
 use libp2p::pnet::PnetConfig;
-use super::codec::DispyCodec;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, behaviour::toggle::Toggle};
 use libp2p::{PeerId, StreamProtocol, Swarm, identify, identity, kad, mdns, noise, ping, tcp, yamux};
@@ -56,10 +56,7 @@ pub fn transport(
             .map(|socket, _| Either::Left(socket))
             .map_err(|e| std::io::Error::other(e.to_string()))
             .boxed(),
-        None => tcp
-            .map(|socket, _| Either::Right(socket))
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .boxed(),
+        None => tcp.map(|socket, _| Either::Right(socket)).map_err(|e| std::io::Error::other(e.to_string())).boxed(),
     };
     Ok(base
         .upgrade(Version::V1Lazy)
@@ -102,10 +99,8 @@ pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result
             // happens on a LAN without autonat: nodes must answer queries, so force Server.
             // Transient clients stay out of everyone's routing table.
             kad.set_mode(Some(if kad_server { kad::Mode::Server } else { kad::Mode::Client }));
-            let identify = identify::Behaviour::new(identify::Config::new(
-                dispy_protocol::IDENTIFY_PROTOCOL.into(),
-                key.public(),
-            ));
+            let identify =
+                identify::Behaviour::new(identify::Config::new(dispy_protocol::IDENTIFY_PROTOCOL.into(), key.public()));
             let mdns = if mdns_on {
                 Some(mdns::tokio::Behaviour::new(
                     mdns::Config { query_interval: Duration::from_secs(5), ..Default::default() },

@@ -1,7 +1,7 @@
 //! Pure helpers for finding peers: dial backoff and which addresses to believe.
 
-use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
+use libp2p::multiaddr::Protocol;
 use std::time::{Duration, Instant};
 
 /// Exponential backoff for re-dialing an address that failed, so a peer with another

@@ -159,9 +159,10 @@ impl EventLoop {
                 continue;
             }
             if let Some(peer) = t.peer
-                && self.swarm.is_connected(&peer) {
-                    continue;
-                }
+                && self.swarm.is_connected(&peer)
+            {
+                continue;
+            }
             let opts = DialOpts::unknown_peer_id().address(t.addr.clone()).build();
             let id = opts.connection_id();
             let addr = t.addr.clone();
@@ -204,10 +205,9 @@ impl EventLoop {
                         }
                     }
                 }
-                if bootstrap
-                    && let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
-                        debug!(cause = %e, "kademlia bootstrap not started");
-                    }
+                if bootstrap && let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
+                    debug!(cause = %e, "kademlia bootstrap not started");
+                }
                 debug!(peer = %peer_id, %remote, established = num_established.get(), "connection established");
                 self.last_alive.insert(connection_id, (peer_id, Instant::now()));
                 let conns = self.live.entry(peer_id).or_default();
@@ -293,9 +293,10 @@ impl EventLoop {
                 .iter()
                 .any(|s| cause.contains(s));
         if let Some(peer) = peer
-            && let Some(b) = self.mdns_backoff.get_mut(&peer) {
-                b.failed(now);
-            }
+            && let Some(b) = self.mdns_backoff.get_mut(&peer)
+        {
+            b.failed(now);
+        }
         let mut configured = None;
         for t in &mut self.targets {
             if t.dialing == Some(connection_id) {
@@ -350,11 +351,8 @@ impl EventLoop {
                 if !info.protocols.contains(&kad_proto) {
                     return;
                 }
-                let over_loopback = self
-                    .connections
-                    .get(&connection_id)
-                    .and_then(ip_of)
-                    .is_some_and(|ip| ip.is_loopback());
+                let over_loopback =
+                    self.connections.get(&connection_id).and_then(ip_of).is_some_and(|ip| ip.is_loopback());
                 for addr in info.listen_addrs {
                     if worth_dialing(&addr, over_loopback) {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, without_peer(&addr));

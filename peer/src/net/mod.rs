@@ -64,7 +64,6 @@ impl Default for NetConfig {
 /// The default heartbeat: a silent peer is noticed within about 9 s.
 pub const DEFAULT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(4);
 
-
 /// Something the network saw.
 #[derive(Debug)]
 pub enum NetEvent {
@@ -117,9 +116,7 @@ pub fn new(cfg: NetConfig) -> Result<(NetHandle, mpsc::UnboundedReceiver<NetEven
     let local = keypair.public().to_peer_id();
     let mut swarm = behaviour::build_swarm(&cfg, keypair)?;
     for addr in &cfg.listen {
-        swarm
-            .listen_on(addr.clone())
-            .map_err(|e| Error::Listen { addr: addr.to_string(), reason: error_chain(&e) })?;
+        swarm.listen_on(addr.clone()).map_err(|e| Error::Listen { addr: addr.to_string(), reason: error_chain(&e) })?;
     }
     // Commands are bounded: a flood of callers waits instead of growing memory.
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);

@@ -72,7 +72,11 @@ impl KeptResults {
             }
             let Ok(bytes) = std::fs::read(&path) else { continue };
             let batch = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('b'));
-            let results = if batch { decode::<Vec<JobResult>>(&bytes).ok() } else { decode::<JobResult>(&bytes).ok().map(|r| vec![r]) };
+            let results = if batch {
+                decode::<Vec<JobResult>>(&bytes).ok()
+            } else {
+                decode::<JobResult>(&bytes).ok().map(|r| vec![r])
+            };
             if let Some(results) = results {
                 out.push((path, results));
             }
@@ -103,7 +107,12 @@ impl KeptResults {
     pub(crate) fn sweep(&self, ttl: Duration) {
         let Ok(entries) = std::fs::read_dir(&self.root) else { return };
         for e in entries.flatten() {
-            let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > ttl);
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > ttl);
             if old {
                 let _ = std::fs::remove_dir_all(e.path());
             }

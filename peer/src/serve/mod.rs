@@ -6,9 +6,9 @@
 //! are spawned and report back over a channel.
 
 pub(crate) mod executor;
-pub mod store;
-pub mod reaper;
 mod kept;
+pub mod reaper;
+pub mod store;
 mod sys;
 mod workers;
 
@@ -16,8 +16,7 @@ use crate::error::{Error, Result};
 use crate::net::{NetEvent, NetHandle};
 use dispy_protocol::{
     Accepted, Chunk, ChunkStored, ClusterId, FileEntry, FileHash, Hello, JobId, JobOutcome, JobResult, JobSpec,
-    MAX_RESULT_BATCH_BYTES, Refusal, RefusalKind, Request, Reserve, Reserved, Response, Results, Role,
-    WIRE_VERSION,
+    MAX_RESULT_BATCH_BYTES, Refusal, RefusalKind, Request, Reserve, Reserved, Response, Results, Role, WIRE_VERSION,
 };
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
@@ -26,7 +25,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use store::{Store, Upload, check_name};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 /// How to stop a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,12 +78,31 @@ const RESULT_BATCHES_IN_FLIGHT: usize = 1;
 enum Internal {
     /// `held_slot` is false for a job cancelled before it started; `worker` is a function
     /// worker that can take the next job.
-    JobDone { cluster: ClusterId, result: JobResult, held_slot: bool, worker: Option<Box<workers::Worker>> },
-    ChunkDone { cluster: ClusterId, hash: FileHash, upload: Box<Upload>, outcome: std::result::Result<bool, String>, channel: ResponseChannel<Response> },
+    JobDone {
+        cluster: ClusterId,
+        result: JobResult,
+        held_slot: bool,
+        worker: Option<Box<workers::Worker>>,
+    },
+    ChunkDone {
+        cluster: ClusterId,
+        hash: FileHash,
+        upload: Box<Upload>,
+        outcome: std::result::Result<bool, String>,
+        channel: ResponseChannel<Response>,
+    },
     /// `batch` empty: a message that carried only job starts.
     /// `saved`: the batch's file on disk.
-    ResultsSent { cluster: ClusterId, batch: Vec<JobResult>, started: Vec<JobId>, delivered: bool, saved: Option<PathBuf> },
-    Flush { cluster: ClusterId },
+    ResultsSent {
+        cluster: ClusterId,
+        batch: Vec<JobResult>,
+        started: Vec<JobId>,
+        delivered: bool,
+        saved: Option<PathBuf>,
+    },
+    Flush {
+        cluster: ClusterId,
+    },
 }
 
 /// An upload slot: `None` while a chunk is being written.
@@ -157,7 +175,8 @@ impl Server {
     /// # Errors
     /// [`Error::DestInUse`] if another node uses `dest`; [`Error::Io`] if it cannot be made.
     pub fn new(cfg: ServeConfig, net: NetHandle) -> Result<Server> {
-        std::fs::create_dir_all(&cfg.dest).map_err(|e| Error::io(format!("cannot create {}", cfg.dest.display()), e))?;
+        std::fs::create_dir_all(&cfg.dest)
+            .map_err(|e| Error::io(format!("cannot create {}", cfg.dest.display()), e))?;
         let lock_path = cfg.dest.join("node.lock");
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -172,10 +191,12 @@ impl Server {
         let jobs_root = cfg.dest.join("jobs");
         // Job directories of an earlier run are stale: their jobs died with that node.
         let _ = std::fs::remove_dir_all(&jobs_root);
-        std::fs::create_dir_all(&jobs_root).map_err(|e| Error::io(format!("cannot create {}", jobs_root.display()), e))?;
+        std::fs::create_dir_all(&jobs_root)
+            .map_err(|e| Error::io(format!("cannot create {}", jobs_root.display()), e))?;
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let reaper = match &cfg.reaper {
-            Some(exe) => reaper::Reaper::start(exe).map_err(|e| Error::io(format!("cannot start the reaper {}", exe.display()), e))?,
+            Some(exe) => reaper::Reaper::start(exe)
+                .map_err(|e| Error::io(format!("cannot start the reaper {}", exe.display()), e))?,
             None => reaper::Reaper::default(),
         };
         let kept = kept::KeptResults::open(&cfg.dest).map_err(|e| Error::io("cannot open the results folder", e))?;
@@ -354,12 +375,8 @@ impl Server {
             Request::Submit(s) => match (self.store.clone(), self.owned(peer, s.cluster)) {
                 (_, Err(refusal)) => *refusal,
                 (store, Ok(cluster)) => {
-                    let missing: Vec<&str> = cluster
-                        .files
-                        .iter()
-                        .filter(|f| !store.has(&f.hash, f.size))
-                        .map(|f| f.name.as_str())
-                        .collect();
+                    let missing: Vec<&str> =
+                        cluster.files.iter().filter(|f| !store.has(&f.hash, f.size)).map(|f| f.name.as_str()).collect();
                     if !missing.is_empty() {
                         refuse(RefusalKind::BadFile, format!("files not staged yet: {}", missing.join(", ")))
                     } else {
@@ -393,7 +410,12 @@ impl Server {
                             end_us: now,
                             value: Vec::new(),
                         };
-                        let _ = self.internal_tx.send(Internal::JobDone { cluster: c.cluster, result, held_slot: false, worker: None });
+                        let _ = self.internal_tx.send(Internal::JobDone {
+                            cluster: c.cluster,
+                            result,
+                            held_slot: false,
+                            worker: None,
+                        });
                     }
                     Response::Ok
                 }
@@ -451,15 +473,16 @@ impl Server {
                 return refuse(RefusalKind::BadPath, e.to_string());
             }
             if let Some(max) = self.cfg.max_file_size
-                && f.size > max {
-                    return refuse(
-                        RefusalKind::TooLarge,
-                        format!(
-                            "file {} is {} bytes, over node {}'s --max-file-size of {} bytes",
-                            f.name, f.size, self.cfg.name, max
-                        ),
-                    );
-                }
+                && f.size > max
+            {
+                return refuse(
+                    RefusalKind::TooLarge,
+                    format!(
+                        "file {} is {} bytes, over node {}'s --max-file-size of {} bytes",
+                        f.name, f.size, self.cfg.name, max
+                    ),
+                );
+            }
         }
         if !r.files.iter().any(|f| f.name == r.program) {
             return refuse(RefusalKind::BadFile, format!("program {} is not among the cluster's files", r.program));
@@ -537,7 +560,10 @@ impl Server {
             Some(Some(upload)) => upload,
             Some(None) => {
                 cluster.uploads.insert(c.hash, None);
-                return Some((channel, refuse(RefusalKind::BadFile, "chunks of one file must be sent one at a time".into())));
+                return Some((
+                    channel,
+                    refuse(RefusalKind::BadFile, "chunks of one file must be sent one at a time".into()),
+                ));
             }
             None if c.offset == 0 => match store.begin(c.hash, size) {
                 Ok(u) => Box::new(u),
@@ -615,14 +641,13 @@ impl Server {
                 // a live cluster's queue (it is saved again when re-sent). For a cluster
                 // released meanwhile it stays, for `recover`.
                 let live = self.clusters.get(&cluster).is_some_and(|c| !c.released);
-                if delivered
-                    && let Some(c) = self.clusters.get_mut(&cluster) {
-                        let on_disk: Vec<JobId> = batch.iter().map(|r| r.id).filter(|id| c.saved.remove(id)).collect();
-                        if !on_disk.is_empty() {
-                            let kept = self.kept.clone();
-                            tokio::task::spawn_blocking(move || kept.forget(cluster, &on_disk));
-                        }
+                if delivered && let Some(c) = self.clusters.get_mut(&cluster) {
+                    let on_disk: Vec<JobId> = batch.iter().map(|r| r.id).filter(|id| c.saved.remove(id)).collect();
+                    if !on_disk.is_empty() {
+                        let kept = self.kept.clone();
+                        tokio::task::spawn_blocking(move || kept.forget(cluster, &on_disk));
                     }
+                }
                 if let Some(path) = saved.filter(|_| delivered || live) {
                     let kept = self.kept.clone();
                     tokio::task::spawn_blocking(move || kept.delivered(&path));
@@ -787,7 +812,8 @@ impl Server {
                     let (kept, batch) = (kept.clone(), batch.clone());
                     tokio::task::spawn_blocking(move || kept.save_batch(id, seq, &batch))
                 });
-                let request = Request::Results(Results { cluster: id, started: started.clone(), results: batch.clone() });
+                let request =
+                    Request::Results(Results { cluster: id, started: started.clone(), results: batch.clone() });
                 let delivered = match net.request(client, request).await {
                     Ok(Response::Ok) => true,
                     Ok(other) => {
@@ -933,7 +959,10 @@ impl Server {
 
     /// Drops a released cluster whose jobs have all ended, with its directory.
     fn reap(&mut self, id: ClusterId) {
-        let done = self.clusters.get(&id).is_some_and(|c| c.released && c.running.is_empty() && c.sending == 0 && c.sending_starts == 0);
+        let done = self
+            .clusters
+            .get(&id)
+            .is_some_and(|c| c.released && c.running.is_empty() && c.sending == 0 && c.sending_starts == 0);
         if let Some(c) = done.then(|| self.clusters.remove(&id)).flatten() {
             self.served += 1;
             let dir = c.dir;

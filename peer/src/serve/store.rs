@@ -179,7 +179,6 @@ impl Upload {
         self.stored = true;
         Ok(true)
     }
-
 }
 
 impl Drop for Upload {

@@ -55,14 +55,22 @@ impl Printer {
             self.out.write_all(&job.stdout)?;
             ensure_newline(&mut self.out, &job.stdout)?;
             if job.stdout_truncated > 0 {
-                writeln!(self.out, "[... {} more bytes of stdout dropped by the node's --max-output]", job.stdout_truncated)?;
+                writeln!(
+                    self.out,
+                    "[... {} more bytes of stdout dropped by the node's --max-output]",
+                    job.stdout_truncated
+                )?;
             }
             if !job.stderr.is_empty() || job.stderr_truncated > 0 {
                 writeln!(self.out, "-- stderr --")?;
                 self.out.write_all(&job.stderr)?;
                 ensure_newline(&mut self.out, &job.stderr)?;
                 if job.stderr_truncated > 0 {
-                    writeln!(self.out, "[... {} more bytes of stderr dropped by the node's --max-output]", job.stderr_truncated)?;
+                    writeln!(
+                        self.out,
+                        "[... {} more bytes of stderr dropped by the node's --max-output]",
+                        job.stderr_truncated
+                    )?;
                 }
             }
         }
@@ -75,7 +83,11 @@ impl Printer {
             if self.json {
                 writeln!(self.out, "{}", serde_json::json!({"lost": id.0, "args": args}))?;
             } else {
-                writeln!(self.out, "== job {id} [{}]: lost (no node holds its result); resubmit it", shell_words::join(args))?;
+                writeln!(
+                    self.out,
+                    "== job {id} [{}]: lost (no node holds its result); resubmit it",
+                    shell_words::join(args)
+                )?;
             }
         }
         if !self.json {
