@@ -119,11 +119,7 @@ fn serve_stops_on_sigterm_killing_jobs_and_removing_job_dirs() {
     let mut cmd = submit(&prog);
     cmd.args(["--peer", &node.addr, "-a"]).arg(&pidfile);
     let client = Proc::spawn("submit", cmd);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !pidfile.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let job_pid: u32 = std::fs::read_to_string(&pidfile).expect("job started").trim().parse().unwrap();
+    let job_pid = wait_pids(&[pidfile], Duration::from_secs(20))[0];
     assert!(alive(job_pid));
     assert!(!node.job_dirs().is_empty());
     // The first SIGTERM drains: the running job goes on...

@@ -57,19 +57,14 @@ fn a_lost_client_has_its_jobs_killed_and_files_removed() {
     let mut o = NodeOpts::new("n");
     o.extra = vec!["--zombie-interval".into(), "1".into()];
     let node = Node::start(dir.path(), o);
-    let pidfiles: Vec<_> = (0..2).map(|i| dir.path().join(format!("job{i}.pid"))).collect();
+    let pidfiles = pid_files(dir.path(), 2);
     let mut cmd = submit(&prog);
     cmd.args(["--peer", &node.addr]);
     for p in &pidfiles {
         cmd.arg("-a").arg(p);
     }
     let client = Proc::spawn("submit", cmd);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !pidfiles.iter().all(|p| p.exists()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let pids: Vec<u32> =
-        pidfiles.iter().map(|p| std::fs::read_to_string(p).expect("job started").trim().parse().unwrap()).collect();
+    let pids = wait_pids(&pidfiles, Duration::from_secs(20));
     signal(client.pid(), "KILL");
     let _ = client.wait(Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -96,19 +91,14 @@ fn a_node_killed_with_sigkill_takes_its_jobs_with_it() {
     let dir = tempdir();
     let prog = script(dir.path(), "hold.sh", "echo $$ > \"$1\"; sleep 60");
     let node = Node::start(dir.path(), NodeOpts::new("doomed"));
-    let pidfiles: Vec<_> = (0..2).map(|i| dir.path().join(format!("job{i}.pid"))).collect();
+    let pidfiles = pid_files(dir.path(), 2);
     let mut cmd = submit(&prog);
     cmd.args(["--peer", &node.addr]);
     for p in &pidfiles {
         cmd.arg("-a").arg(p);
     }
     let client = Proc::spawn("submit", cmd);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !pidfiles.iter().all(|p| p.exists()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let pids: Vec<u32> =
-        pidfiles.iter().map(|p| std::fs::read_to_string(p).expect("job started").trim().parse().unwrap()).collect();
+    let pids = wait_pids(&pidfiles, Duration::from_secs(20));
     signal(node.proc.pid(), "KILL");
     let deadline = Instant::now() + Duration::from_secs(5);
     while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
@@ -160,7 +150,7 @@ fn ctrl_c_cancels_the_remote_jobs_prints_what_ended_and_exits_1() {
     let prog =
         script(dir.path(), "job.sh", r#"if [ "$1" = quick ]; then echo quick; exit 0; fi; echo $$ > "$1"; sleep 60"#);
     let node = Node::start(dir.path(), NodeOpts::new("n"));
-    let pidfiles: Vec<_> = (0..2).map(|i| dir.path().join(format!("job{i}.pid"))).collect();
+    let pidfiles = pid_files(dir.path(), 2);
     let mut cmd = submit(&prog);
     cmd.args(["--peer", &node.addr, "-a", "quick"]);
     for p in &pidfiles {
@@ -170,12 +160,7 @@ fn ctrl_c_cancels_the_remote_jobs_prints_what_ended_and_exits_1() {
         cmd.args(["-a", &format!("queued-{i}")]);
     }
     let client = Proc::spawn("submit", cmd);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !pidfiles.iter().all(|p| p.exists()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let pids: Vec<u32> =
-        pidfiles.iter().map(|p| std::fs::read_to_string(p).expect("job started").trim().parse().unwrap()).collect();
+    let pids = wait_pids(&pidfiles, Duration::from_secs(20));
     let t = Instant::now();
     signal(client.pid(), "INT");
     let out = client.wait(Duration::from_secs(20));

@@ -336,6 +336,21 @@ pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     path
 }
 
+/// Pid files under `dir` for jobs that write `$$` to their first argument.
+pub fn pid_files(dir: &Path, n: usize) -> Vec<PathBuf> {
+    (0..n).map(|i| dir.join(format!("job{i}.pid"))).collect()
+}
+
+/// Waits until every pid file is written (the jobs have started); returns the pids.
+pub fn wait_pids(files: &[PathBuf], within: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + within;
+    let read = |p: &PathBuf| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u32>().ok());
+    while !files.iter().all(|p| read(p).is_some()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    files.iter().map(|p| read(p).unwrap_or_else(|| panic!("job writing {} never started", p.display()))).collect()
+}
+
 /// Whether a PID is still a live process (a zombie counts as dead).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
