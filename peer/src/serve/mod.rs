@@ -4,10 +4,18 @@
 //! [`Server::run`] is one task reading [`NetEvent`]s and its own completions. It never
 //! waits on the network or the disk itself: job runs, chunk writes and result deliveries
 //! are spawned and report back over a channel.
+//!
+//! Layout: this file holds the state and the request handling; `slots` starts jobs in CPU
+//! slots, `delivery` gets results to clients, `lifecycle` ends clusters and the node,
+//! [`store`] the staged files, `executor` and `workers` the processes, [`reaper`] the
+//! companion that outlives a crash, `kept` results kept for recovery.
 
+mod delivery;
 pub(crate) mod executor;
 mod kept;
+mod lifecycle;
 pub mod reaper;
+mod slots;
 pub mod store;
 mod sys;
 mod workers;
@@ -61,18 +69,6 @@ pub struct ServeConfig {
     /// Results a gone client never collected are kept this long for `recover`.
     pub result_ttl: Duration,
 }
-
-/// A result waiting this long for its client is written to disk.
-const RESULT_SAVE_AFTER: Duration = Duration::from_millis(500);
-
-/// How long a job start waits to ride along with a result before it is sent on its own.
-const START_LINGER: Duration = Duration::from_millis(2);
-
-/// Finished job directories removed together: one hop to the blocking pool per batch.
-const TRASH_BATCH: usize = 32;
-
-/// Results being delivered to a client at once; more wait and are batched.
-const RESULT_BATCHES_IN_FLIGHT: usize = 1;
 
 /// What spawned work reports back to the server task.
 enum Internal {
@@ -591,7 +587,7 @@ impl Server {
                 if let Some(c) = self.clusters.get_mut(&cluster) {
                     if held_slot && worker.is_none() && c.function.is_none() {
                         self.trash.push(c.dir.join(result.id.to_string()));
-                        if self.trash.len() >= TRASH_BATCH {
+                        if self.trash.len() >= slots::TRASH_BATCH {
                             let batch = std::mem::take(&mut self.trash);
                             tokio::task::spawn_blocking(move || {
                                 for dir in batch {
@@ -682,327 +678,6 @@ impl Server {
             }
         }
     }
-
-    /// Starts queued jobs while slots are free, taking from the cluster with the fewest
-    /// running jobs first so that clients sharing a node share it fairly.
-    fn schedule(&mut self) {
-        let mut started_in = Vec::new();
-        self.start_jobs(&mut started_in);
-        started_in.dedup();
-        for id in started_in {
-            self.flush(id);
-        }
-    }
-
-    fn start_jobs(&mut self, started_in: &mut Vec<ClusterId>) {
-        while self.free > 0 && !self.stopping {
-            let next = self
-                .clusters
-                .iter()
-                .filter(|(_, c)| !c.released && !c.queue.is_empty() && (c.running.len() as u32) < c.cpus)
-                .min_by_key(|(_, c)| c.running.len())
-                .map(|(id, _)| *id);
-            let Some(id) = next else { return };
-            let Some(cluster) = self.clusters.get_mut(&id) else { return };
-            let Some(job) = cluster.queue.pop_front() else { return };
-            let (kill_tx, kill_rx) = oneshot::channel();
-            cluster.running.insert(job.id, kill_tx);
-            cluster.started.push(job.id);
-            cluster.starts_since.get_or_insert_with(std::time::Instant::now);
-            self.free -= 1;
-            started_in.push(id);
-            let tx = self.internal_tx.clone();
-            let job_id = job.id;
-            let span = info_span!("job", cluster = %id, job = %job_id);
-            let max_output = self.cfg.max_output;
-            if let Some(function) = cluster.function.clone() {
-                let worker = match cluster.idle_workers.pop() {
-                    Some(w) => Ok(Box::new(w)),
-                    None => {
-                        cluster.workers_started += 1;
-                        let dir = cluster.dir.join(format!("worker-{}", cluster.workers_started));
-                        start_worker(&self.store, &cluster.files, &dir, &cluster.program, &function, &self.reaper)
-                    }
-                };
-                tokio::spawn(
-                    async move {
-                        let (result, worker) = match worker {
-                            Ok(w) => w.call(&job, max_output, kill_rx).await,
-                            Err(why) => (failed_to_start(job_id, why), None),
-                        };
-                        debug!(outcome = %result.outcome, "job ended");
-                        let worker = worker.map(Box::new);
-                        let _ = tx.send(Internal::JobDone { cluster: id, result, held_slot: true, worker });
-                    }
-                    .instrument(span),
-                );
-                continue;
-            }
-            let dir = cluster.dir.join(job.id.to_string());
-            let spec = executor::RunSpec {
-                program: dir.join(&cluster.program),
-                args: job.args,
-                dir,
-                timeout: job.timeout_secs.filter(|t| t.is_finite() && *t > 0.0).map(Duration::from_secs_f64),
-                max_output,
-                reaper: self.reaper.clone(),
-            };
-            let files = cluster.files.clone();
-            let store = self.store.clone();
-            tokio::spawn(
-                async move {
-                    let result = run_job(&store, &files, spec, kill_rx, job_id).await;
-                    debug!(outcome = %result.outcome, "job ended");
-                    let _ = tx.send(Internal::JobDone { cluster: id, result, held_slot: true, worker: None });
-                }
-                .instrument(span),
-            );
-        }
-    }
-
-    /// Sends waiting results to the client, a batch at a time.
-    fn flush(&mut self, id: ClusterId) {
-        let Some(c) = self.clusters.get_mut(&id) else { return };
-        while !c.released {
-            let with_results = !c.results.is_empty() && c.sending < RESULT_BATCHES_IN_FLIGHT;
-            // A start travels with the job's result when the job is quick; only a job still
-            // running after START_LINGER gets a message of its own.
-            let waited = c.starts_since.map(|t| t.elapsed());
-            let mut starts_only = !with_results && !c.started.is_empty() && c.sending_starts == 0;
-            if starts_only && waited.is_some_and(|w| w < START_LINGER) {
-                starts_only = false;
-                if !c.starts_timer {
-                    c.starts_timer = true;
-                    let tx = self.internal_tx.clone();
-                    let left = START_LINGER - waited.unwrap_or_default();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(left).await;
-                        let _ = tx.send(Internal::Flush { cluster: id });
-                    });
-                }
-            }
-            if !with_results && !starts_only {
-                break;
-            }
-            let mut batch = Vec::new();
-            let mut bytes = 0;
-            while let Some(r) = c.results.front().filter(|_| with_results) {
-                if !batch.is_empty() && bytes + r.payload_len() > MAX_RESULT_BATCH_BYTES {
-                    break;
-                }
-                bytes += r.payload_len();
-                batch.extend(c.results.pop_front());
-            }
-            if with_results {
-                c.sending += 1;
-            } else {
-                c.sending_starts += 1;
-            }
-            let started = std::mem::take(&mut c.started);
-            c.starts_since = None;
-            let net = self.net.clone();
-            let tx = self.internal_tx.clone();
-            let client = c.client;
-            self.batch_seq += 1;
-            let (kept, seq) = (self.kept.clone(), self.batch_seq);
-            tokio::spawn(async move {
-                // On disk while it travels, so that a node crashing now still holds it for
-                // `recover`; written beside the send, not before it, to add no latency.
-                let saved = (!batch.is_empty()).then(|| {
-                    let (kept, batch) = (kept.clone(), batch.clone());
-                    tokio::task::spawn_blocking(move || kept.save_batch(id, seq, &batch))
-                });
-                let request =
-                    Request::Results(Results { cluster: id, started: started.clone(), results: batch.clone() });
-                let delivered = match net.request(client, request).await {
-                    Ok(Response::Ok) => true,
-                    Ok(other) => {
-                        warn!(cluster = %id, answer = ?other, "client did not acknowledge results");
-                        false
-                    }
-                    Err(e) => {
-                        debug!(cluster = %id, cause = %e, "result delivery failed; will retry");
-                        false
-                    }
-                };
-                let saved = match saved {
-                    Some(saved) => match saved.await {
-                        Ok(Ok(path)) => Some(path),
-                        Ok(Err(e)) => {
-                            warn!(cluster = %id, cause = %e, "cannot keep a result batch on disk");
-                            None
-                        }
-                        Err(_) => None,
-                    },
-                    None => None,
-                };
-                let _ = tx.send(Internal::ResultsSent { cluster: id, batch, started, delivered, saved });
-            });
-        }
-    }
-
-    /// Stops taking work and gives every queued job back to its client.
-    fn drain(&mut self) {
-        self.draining = true;
-        let now = executor::now_us();
-        let mut declined = Vec::new();
-        for (id, c) in &mut self.clusters {
-            for job in c.queue.drain(..) {
-                declined.push((*id, job.id));
-            }
-        }
-        for (cluster, id) in declined {
-            let result = JobResult {
-                id,
-                outcome: JobOutcome::Declined(format!("node {} is draining", self.cfg.name)),
-                stdout: Default::default(),
-                stderr: Default::default(),
-                start_us: now,
-                end_us: now,
-                value: Vec::new(),
-            };
-            let _ = self.internal_tx.send(Internal::JobDone { cluster, result, held_slot: false, worker: None });
-        }
-    }
-
-    /// Whether a drain is complete: no job runs and every result was delivered.
-    fn drained(&self) -> bool {
-        self.free == self.cfg.cpus
-            && self.clusters.values().all(|c| c.results.is_empty() && c.sending == 0 && c.queue.is_empty())
-    }
-
-    /// Writes to disk the results that have waited for their client longer than a healthy
-    /// delivery takes, so that a crash of this node does not lose them.
-    fn save_waiting_results(&mut self) {
-        for (id, c) in &mut self.clusters {
-            if c.unsaved_since.is_none_or(|t| t.elapsed() < RESULT_SAVE_AFTER) {
-                continue;
-            }
-            c.unsaved_since = None;
-            let unsaved: Vec<JobResult> = c.results.iter().filter(|r| !c.saved.contains(&r.id)).cloned().collect();
-            c.saved.extend(unsaved.iter().map(|r| r.id));
-            let (kept, id) = (self.kept.clone(), *id);
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = kept.save(id, &unsaved) {
-                    warn!(cluster = %id, cause = %e, "cannot keep waiting results on disk");
-                }
-            });
-        }
-    }
-
-    /// Releases the clusters whose client has been away longer than the zombie interval.
-    fn reap_zombies(&mut self) {
-        let limit = self.cfg.zombie_interval;
-        let gone: Vec<(ClusterId, PeerId)> = self
-            .clusters
-            .iter()
-            .filter(|(_, c)| !c.released && c.gone_since.is_some_and(|t| t.elapsed() >= limit))
-            .map(|(id, c)| (*id, c.client))
-            .collect();
-        for (id, client) in gone {
-            info!(cluster = %id, %client, "client has gone; killing its jobs and deleting its files");
-            // What it never collected is kept on disk for `recover`.
-            if let Some(c) = self.clusters.get_mut(&id) {
-                let results: Vec<JobResult> = c.results.drain(..).collect();
-                if !results.is_empty() {
-                    info!(cluster = %id, results = results.len(), ttl = ?self.cfg.result_ttl, "keeping undelivered results");
-                    let kept = self.kept.clone();
-                    tokio::task::spawn_blocking(move || {
-                        if let Err(e) = kept.save(id, &results) {
-                            warn!(cluster = %id, cause = %e, "cannot keep undelivered results");
-                        }
-                    });
-                }
-            }
-            // A client that crashed does not come back for its files: those it sent that no
-            // other cluster uses are deleted (a normal release keeps them cached).
-            let staged = self.clusters.get(&id).map(|c| c.staged.clone()).unwrap_or_default();
-            let in_use: HashSet<FileHash> = self
-                .clusters
-                .iter()
-                .filter(|(other, c)| **other != id && !c.released)
-                .flat_map(|(_, c)| c.files.iter().map(|f| f.hash))
-                .collect();
-            let store = self.store.clone();
-            let orphans: Vec<FileHash> = staged.into_iter().filter(|h| !in_use.contains(h)).collect();
-            tokio::task::spawn_blocking(move || {
-                for h in orphans {
-                    let _ = std::fs::remove_file(store.path(&h));
-                }
-            });
-            self.release(id);
-        }
-        if self.last_sweep.elapsed() > Duration::from_secs(60) {
-            self.last_sweep = std::time::Instant::now();
-            let (kept, ttl) = (self.kept.clone(), self.cfg.result_ttl);
-            tokio::task::spawn_blocking(move || kept.sweep(ttl));
-        }
-    }
-
-    fn served_enough(&self) -> bool {
-        self.cfg.serve_clusters.is_some_and(|n| self.served >= n && self.clusters.is_empty())
-    }
-
-    /// Kills a cluster's jobs and forgets it once they are gone.
-    fn release(&mut self, id: ClusterId) {
-        let Some(c) = self.clusters.get_mut(&id) else { return };
-        c.released = true;
-        c.queue.clear();
-        c.results.clear();
-        c.uploads.clear();
-        c.idle_workers.clear();
-        for (_, kill) in c.running.drain() {
-            let _ = kill.send(());
-        }
-        self.reap(id);
-    }
-
-    /// Drops a released cluster whose jobs have all ended, with its directory.
-    fn reap(&mut self, id: ClusterId) {
-        let done = self
-            .clusters
-            .get(&id)
-            .is_some_and(|c| c.released && c.running.is_empty() && c.sending == 0 && c.sending_starts == 0);
-        if let Some(c) = done.then(|| self.clusters.remove(&id)).flatten() {
-            self.served += 1;
-            let dir = c.dir;
-            tokio::task::spawn_blocking(move || {
-                let _ = std::fs::remove_dir_all(&dir);
-            });
-            debug!(cluster = %id, "cluster released");
-        }
-    }
-}
-
-/// Prepares the job directory and runs the job; the server removes the directory later.
-async fn run_job(
-    store: &Store,
-    files: &[FileEntry],
-    spec: executor::RunSpec,
-    kill: oneshot::Receiver<()>,
-    id: JobId,
-) -> JobResult {
-    let dir = spec.dir.clone();
-    let prepared = std::fs::create_dir_all(&dir)
-        .map_err(|e| format!("cannot create the job directory {}: {e}", dir.display()))
-        .and_then(|()| store.link_into(&dir, files));
-    let run = match prepared {
-        Ok(()) => executor::run(spec, kill).await,
-        Err(why) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            return failed_to_start(id, why);
-        }
-    };
-    // The directory is removed later, in batches, off the path from one job to the next.
-    JobResult {
-        id,
-        outcome: run.outcome,
-        stdout: run.stdout,
-        stderr: run.stderr,
-        start_us: run.start_us,
-        end_us: run.end_us,
-        value: Vec::new(),
-    }
 }
 
 /// Total memory from `/proc/meminfo`, if readable.
@@ -1010,34 +685,4 @@ fn memory_bytes() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kb = info.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()?;
     Some(kb * 1024)
-}
-
-/// The result of a job that could not start.
-fn failed_to_start(id: JobId, why: String) -> JobResult {
-    let now = executor::now_us();
-    JobResult {
-        id,
-        outcome: JobOutcome::FailedToStart(why),
-        stdout: Default::default(),
-        stderr: Default::default(),
-        start_us: now,
-        end_us: now,
-        value: Vec::new(),
-    }
-}
-
-/// Starts a function worker in its own directory holding the cluster's files.
-fn start_worker(
-    store: &Store,
-    files: &[FileEntry],
-    dir: &std::path::Path,
-    program: &str,
-    function: &str,
-    reaper: &reaper::Reaper,
-) -> std::result::Result<Box<workers::Worker>, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the worker directory {}: {e}", dir.display()))?;
-    store.link_into(dir, files)?;
-    workers::Worker::spawn(&dir.join(program), dir, function, reaper)
-        .map(Box::new)
-        .map_err(|e| format!("cannot start a worker for {function}: {e}"))
 }
