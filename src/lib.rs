@@ -27,7 +27,7 @@
 //! - [`report`]: job reports and the stats table.
 //! - [`blocking`]: [`BlockingCluster`], for programs that are not async.
 //! - [`select`]: `--nodes` patterns.
-//! - [`worker`]: worker mode, which carries Rust functions to the nodes ([`worker!`]).
+//! - [`mod@worker`]: worker mode, which carries Rust functions to the nodes ([`worker!`]).
 //!
 //! The node side and the peer runtime live in `dispy-node`; the wire in `dispy-protocol`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]

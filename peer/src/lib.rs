@@ -4,7 +4,7 @@
 //! ([`net::EventLoop`]); everything else holds a [`net::NetHandle`] and reads
 //! [`net::NetEvent`]s. A node (`dispy-peer serve`) adds [`serve`]: it accepts clusters,
 //! stages their files by content hash ([`serve::store`]) and runs their jobs in CPU slots
-//! ([`serve::executor`]).
+//! (`serve::executor`, `serve::workers`).
 //!
 //! # Layout
 //! - [`net`]: transport (TCP → pnet → noise → yamux), behaviours, event loop, handle.
