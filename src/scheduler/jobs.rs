@@ -1,0 +1,218 @@
+//! The scheduler's jobs: handing them to nodes, taking their starts and results, ending,
+//! cancelling and reporting them.
+
+use super::*;
+
+impl Scheduler {
+    pub(super) fn job_event(&self, id: JobId, status: JobStatus, node: Option<NodeRef>) {
+        if let Some(cb) = &self.s.on_job {
+            cb(&JobEvent { id, status, node });
+        }
+    }
+
+    /// A job ended: its report goes to its handle (or the result stream) and callbacks.
+    pub(super) fn finish(&mut self, report: JobReport) {
+        let id = report.id;
+        let status = JobStatus::of(&report.outcome);
+        let node = report.node.clone();
+        // An ended job is forgotten: the client's memory stays flat however many jobs run,
+        // and a late or repeated result finds nothing to finish.
+        let Some(job) = self.jobs.remove(&id) else { return };
+        self.pending -= 1;
+        if let Some(journal) = &mut self.s.journal {
+            journal.done(id);
+        }
+        match &job.view {
+            Some(view) => {
+                let report = Arc::new(report);
+                view.send_modify(|v| {
+                    v.status = status;
+                    v.node = report.node.clone();
+                    v.report = Some(report);
+                });
+            }
+            None => {
+                let _ = self.updates.send(Update::Job(Box::new(report)));
+            }
+        }
+        self.job_event(id, status, node);
+        self.answer_waiters();
+    }
+
+    pub(super) fn answer_waiters(&mut self) {
+        if self.pending == 0 || self.failure.is_some() {
+            let answer = self.failure.clone().map_or(Ok(()), Err);
+            for w in self.waiters.drain(..) {
+                let _ = w.send(answer.clone());
+            }
+        }
+    }
+
+    /// The node started these jobs: they are running (and count an attempt if it dies).
+    pub(super) fn on_started(&mut self, peer: PeerId, started: Vec<JobId>) {
+        let node = self.node_ref(&peer);
+        for id in started {
+            let Some(job) = self.jobs.get_mut(&id) else { continue };
+            if !matches!(job.state, JobState::OnNode(p) if p == peer) || job.started {
+                continue;
+            }
+            job.started = true;
+            if let Some(view) = &job.view {
+                view.send_modify(|v| {
+                    v.status = JobStatus::Running;
+                    v.node = node.clone();
+                });
+            }
+            self.job_event(id, JobStatus::Running, node.clone());
+        }
+    }
+
+    pub(super) fn on_results(&mut self, peer: PeerId, results: Vec<JobResult>) {
+        for r in results {
+            let Some(job) = self.jobs.get_mut(&r.id) else { continue };
+            // Only the node the job is on may finish it: a late or repeated result is
+            // dropped, so each job is reported once.
+            if !matches!(job.state, JobState::OnNode(p) if p == peer) {
+                continue;
+            }
+            if let JobOutcome::Declined(why) = &r.outcome {
+                // The node gave it back unrun (draining): it goes elsewhere, no attempt spent.
+                debug!(job = %r.id, reason = %why, "job given back");
+                job.state = JobState::Queued;
+                job.started = false;
+                self.queue.push_front(r.id);
+                if let Some(node) = self.nodes.get_mut(&peer) {
+                    node.in_flight.remove(&r.id);
+                    if node.phase == Phase::Ready {
+                        node.phase = Phase::Unusable(why.clone());
+                    }
+                }
+                continue;
+            }
+            let args = job.args.clone();
+            let Some(node) = self.nodes.get_mut(&peer) else { continue };
+            node.in_flight.remove(&r.id);
+            node.jobs_done += 1;
+            node.job_secs += r.end_us.saturating_sub(r.start_us) as f64 / 1e6;
+            let report = JobReport {
+                id: r.id,
+                args,
+                node: Some(node_ref(&node.name, &peer, node.ip)),
+                outcome: r.outcome,
+                stdout: r.stdout.bytes,
+                stdout_truncated: r.stdout.truncated,
+                stderr: r.stderr.bytes,
+                stderr_truncated: r.stderr.truncated,
+                start_us: r.start_us,
+                end_us: r.end_us,
+                value: r.value,
+            };
+            self.finish(report);
+        }
+    }
+
+    /// Hands queued jobs to ready nodes with free capacity.
+    pub(super) fn dispatch(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let ready: Vec<PeerId> =
+            self.order.iter().filter(|p| self.nodes.get(p).is_some_and(|n| n.phase == Phase::Ready)).copied().collect();
+        let loads: Vec<Load> = ready
+            .iter()
+            .filter_map(|p| self.nodes.get(p))
+            .map(|n| Load {
+                cpus: n.cpus,
+                in_flight: n.in_flight.len(),
+                mean_job_secs: (n.jobs_done > 0).then(|| n.job_secs / n.jobs_done as f64),
+            })
+            .collect();
+        let plan = policy::plan(&loads, self.queue.len());
+        for (peer, count) in ready.into_iter().zip(plan) {
+            if count == 0 {
+                continue;
+            }
+            let mut specs = Vec::with_capacity(count);
+            let mut skipped = Vec::new();
+            // A suspect (a job whose node died while it ran) goes only to a node with a free
+            // slot and no other suspect: it starts at once and alone among suspects, so the
+            // next death is charged to the right job.
+            let (cpus, mut load, mut has_suspect) = match self.nodes.get(&peer) {
+                Some(n) => (
+                    n.cpus.max(1) as usize,
+                    n.in_flight.len(),
+                    n.in_flight.iter().any(|id| self.jobs.get(id).is_some_and(|j| j.suspect)),
+                ),
+                None => continue,
+            };
+            while specs.len() < count {
+                let Some(id) = self.queue.pop_front() else { break };
+                let Some(job) = self.jobs.get_mut(&id) else { continue };
+                if job.pinned.is_some_and(|p| p != peer) || (job.suspect && (has_suspect || load >= cpus)) {
+                    skipped.push(id);
+                    continue;
+                }
+                has_suspect |= job.suspect;
+                load += 1;
+                job.state = JobState::OnNode(peer);
+                self.dispatch_seq += 1;
+                job.dispatched = self.dispatch_seq;
+                specs.push(JobSpec {
+                    id,
+                    args: job.args.clone(),
+                    timeout_secs: self.s.timeout_secs,
+                    input: job.input.clone(),
+                });
+            }
+            for id in skipped.into_iter().rev() {
+                self.queue.push_front(id);
+            }
+            if specs.is_empty() {
+                continue;
+            }
+            let ids: Vec<JobId> = specs.iter().map(|j| j.id).collect();
+            if let Some(node) = self.nodes.get_mut(&peer) {
+                node.in_flight.extend(ids.iter().copied());
+                if let Some(journal) = &mut self.s.journal {
+                    journal.sent(&ids, &peer, node.addr.as_ref());
+                    journal.flush();
+                }
+            }
+            let (net, tx) = (self.net.clone(), self.internal_tx.clone());
+            let request = Request::Submit(Submit { cluster: self.s.cluster, jobs: specs });
+            tokio::spawn(async move {
+                let answer = net.request(peer, request).await;
+                let _ = tx.send(Internal::Submitted(peer, ids, answer));
+            });
+        }
+    }
+
+    pub(super) fn cancel(&mut self, ids: Vec<JobId>) {
+        let mut per_node: HashMap<PeerId, Vec<JobId>> = HashMap::new();
+        let mut queued = HashSet::new();
+        for id in ids {
+            let Some(job) = self.jobs.get(&id) else { continue };
+            match job.state {
+                JobState::Queued => {
+                    queued.insert(id);
+                }
+                JobState::OnNode(peer) => per_node.entry(peer).or_default().push(id),
+            }
+        }
+        // One pass over the queue, however many jobs are cancelled.
+        self.queue.retain(|q| !queued.contains(q));
+        let mut queued: Vec<JobId> = queued.into_iter().collect();
+        queued.sort();
+        for id in queued {
+            let args = self.jobs.get(&id).map(|j| j.args.clone()).unwrap_or_default();
+            self.finish(JobReport::unrun(id, args, None, JobOutcome::Cancelled));
+        }
+        for (peer, jobs) in per_node {
+            let request = Request::Cancel(Cancel { cluster: self.s.cluster, jobs });
+            let net = self.net.clone();
+            tokio::spawn(async move {
+                let _ = net.request(peer, request).await;
+            });
+        }
+    }
+}
