@@ -89,6 +89,12 @@ impl Scheduler {
                 }
                 continue;
             }
+            // Its start notice may travel in another message and arrive after the result:
+            // a job is seen running before it is seen ending, whatever the order.
+            if !job.started && !matches!(r.outcome, JobOutcome::Cancelled) {
+                self.on_started(peer, vec![r.id]);
+            }
+            let Some(job) = self.jobs.get(&r.id) else { continue };
             let args = job.args.clone();
             let Some(node) = self.nodes.get_mut(&peer) else { continue };
             node.in_flight.remove(&r.id);

@@ -1,5 +1,6 @@
 //! Getting results to the client: batches, one in flight at a time, with the starts that
-//! ride along; on disk while they travel or wait, until the client acknowledges them.
+//! ride along. A result that has waited or travelled longer than a healthy delivery takes
+//! goes to disk until the client acknowledges it (a healthy run writes nothing).
 
 use super::*;
 
@@ -57,14 +58,11 @@ impl Server {
             let tx = self.internal_tx.clone();
             let client = c.client;
             self.batch_seq += 1;
-            let (kept, seq) = (self.kept.clone(), self.batch_seq);
+            let seq = self.batch_seq;
+            if !batch.is_empty() {
+                c.delivering.insert(seq, (std::time::Instant::now(), batch.clone()));
+            }
             tokio::spawn(async move {
-                // On disk while it travels, so that a node crashing now still holds it for
-                // `recover`; written beside the send, not before it, to add no latency.
-                let saved = (!batch.is_empty()).then(|| {
-                    let (kept, batch) = (kept.clone(), batch.clone());
-                    tokio::task::spawn_blocking(move || kept.save_batch(id, seq, &batch))
-                });
                 let request =
                     Request::Results(Results { cluster: id, started: started.clone(), results: batch.clone() });
                 let delivered = match net.request(client, request).await {
@@ -78,18 +76,7 @@ impl Server {
                         false
                     }
                 };
-                let saved = match saved {
-                    Some(saved) => match saved.await {
-                        Ok(Ok(path)) => Some(path),
-                        Ok(Err(e)) => {
-                            warn!(cluster = %id, cause = %e, "cannot keep a result batch on disk");
-                            None
-                        }
-                        Err(_) => None,
-                    },
-                    None => None,
-                };
-                let _ = tx.send(Internal::ResultsSent { cluster: id, batch, started, delivered, saved });
+                let _ = tx.send(Internal::ResultsSent { cluster: id, batch, started, delivered, seq });
             });
         }
     }
@@ -98,11 +85,22 @@ impl Server {
     /// delivery takes, so that a crash of this node does not lose them.
     pub(super) fn save_waiting_results(&mut self) {
         for (id, c) in &mut self.clusters {
-            if c.unsaved_since.is_none_or(|t| t.elapsed() < RESULT_SAVE_AFTER) {
+            let waiting = c.unsaved_since.is_some_and(|t| t.elapsed() >= RESULT_SAVE_AFTER);
+            let slow = c.delivering.values().any(|(t, _)| t.elapsed() >= RESULT_SAVE_AFTER);
+            if !waiting && !slow {
                 continue;
             }
             c.unsaved_since = None;
-            let unsaved: Vec<JobResult> = c.results.iter().filter(|r| !c.saved.contains(&r.id)).cloned().collect();
+            let unsaved: Vec<JobResult> = c
+                .results
+                .iter()
+                .chain(c.delivering.values().flat_map(|(_, b)| b.iter()))
+                .filter(|r| !c.saved.contains(&r.id))
+                .cloned()
+                .collect();
+            if unsaved.is_empty() {
+                continue;
+            }
             c.saved.extend(unsaved.iter().map(|r| r.id));
             let (kept, id) = (self.kept.clone(), *id);
             tokio::task::spawn_blocking(move || {

@@ -1,8 +1,6 @@
-//! Results kept until their client has them, under `<dest>/results/<cluster>/`:
-//! - each batch being delivered is written as `b<seq>.cbor` while it travels and deleted
-//!   once the client acknowledges it, so a node that crashes mid-delivery still has it;
-//! - when a client's zombie interval ends, the results it never received are written as
-//!   `<job>.cbor`.
+//! Results kept until their client has them, as `<dest>/results/<cluster>/<job>.cbor`: those
+//! that waited or travelled longer than a healthy delivery takes (so a crash of the node does
+//! not lose them), and, when a client's zombie interval ends, all it never received.
 //!
 //! A recovering client (`dispy-peer recover`) collects them; they are deleted when
 //! collected or after the result TTL.
@@ -42,23 +40,6 @@ impl KeptResults {
             std::fs::rename(&tmp, dir.join(format!("{}.cbor", r.id)))?;
         }
         Ok(())
-    }
-
-    /// Writes a batch in delivery (blocking). Returns its file, to delete on acknowledgement.
-    pub(crate) fn save_batch(&self, cluster: ClusterId, seq: u64, batch: &[JobResult]) -> std::io::Result<PathBuf> {
-        let dir = self.dir(cluster);
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("b{seq}.cbor"));
-        std::fs::write(&path, encode(&batch).map_err(std::io::Error::other)?)?;
-        Ok(path)
-    }
-
-    /// Deletes a delivered batch (and the cluster's folder once empty).
-    pub(crate) fn delivered(&self, path: &std::path::Path) {
-        let _ = std::fs::remove_file(path);
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::remove_dir(dir);
-        }
     }
 
     /// Every file of a cluster with the results it holds (unreadable files are skipped).

@@ -46,7 +46,9 @@ impl Server {
             info!(cluster = %id, %client, "client has gone; killing its jobs and deleting its files");
             // What it never collected is kept on disk for `recover`.
             if let Some(c) = self.clusters.get_mut(&id) {
-                let results: Vec<JobResult> = c.results.drain(..).collect();
+                // Those waiting and those still on their way to the gone client.
+                let mut results: Vec<JobResult> = c.results.drain(..).collect();
+                results.extend(c.delivering.drain().flat_map(|(_, (_, b))| b));
                 if !results.is_empty() {
                     info!(cluster = %id, results = results.len(), ttl = ?self.cfg.result_ttl, "keeping undelivered results");
                     let kept = self.kept.clone();

@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use store::{Store, Upload, check_name};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, warn};
 
 /// How to stop a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,13 +88,13 @@ enum Internal {
         channel: ResponseChannel<Response>,
     },
     /// `batch` empty: a message that carried only job starts.
-    /// `saved`: the batch's file on disk.
+    /// `seq` numbers the batch in the cluster's `delivering`.
     ResultsSent {
         cluster: ClusterId,
         batch: Vec<JobResult>,
         started: Vec<JobId>,
         delivered: bool,
-        saved: Option<PathBuf>,
+        seq: u64,
     },
     Flush {
         cluster: ClusterId,
@@ -117,8 +117,10 @@ struct Cluster {
     gone_since: Option<std::time::Instant>,
     /// Since when the oldest result not on disk has waited in `results`.
     unsaved_since: Option<std::time::Instant>,
-    /// Results in `results` that are also on disk.
+    /// Results in `results` or `delivering` that are also on disk.
     saved: HashSet<JobId>,
+    /// Result batches on their way to the client, by number, with when they left.
+    delivering: HashMap<u64, (std::time::Instant, Vec<JobResult>)>,
     /// Files this cluster's client sent (they stay cached after a normal release).
     staged: Vec<FileHash>,
     files: Vec<FileEntry>,
@@ -514,6 +516,7 @@ impl Server {
                 gone_since: None,
                 unsaved_since: None,
                 saved: HashSet::new(),
+                delivering: HashMap::new(),
                 staged: Vec::new(),
                 files: r.files,
                 cpus,
@@ -632,21 +635,17 @@ impl Server {
                 };
                 self.respond(channel, response);
             }
-            Internal::ResultsSent { cluster, batch, started, delivered, saved } => {
-                // The file goes once the client has the batch, or once the batch is back in
-                // a live cluster's queue (it is saved again when re-sent). For a cluster
-                // released meanwhile it stays, for `recover`.
-                let live = self.clusters.get(&cluster).is_some_and(|c| !c.released);
-                if delivered && let Some(c) = self.clusters.get_mut(&cluster) {
-                    let on_disk: Vec<JobId> = batch.iter().map(|r| r.id).filter(|id| c.saved.remove(id)).collect();
-                    if !on_disk.is_empty() {
-                        let kept = self.kept.clone();
-                        tokio::task::spawn_blocking(move || kept.forget(cluster, &on_disk));
+            Internal::ResultsSent { cluster, batch, started, delivered, seq } => {
+                if let Some(c) = self.clusters.get_mut(&cluster) {
+                    c.delivering.remove(&seq);
+                    // Acknowledged: what was kept on disk for it goes.
+                    if delivered {
+                        let on_disk: Vec<JobId> = batch.iter().map(|r| r.id).filter(|id| c.saved.remove(id)).collect();
+                        if !on_disk.is_empty() {
+                            let kept = self.kept.clone();
+                            tokio::task::spawn_blocking(move || kept.forget(cluster, &on_disk));
+                        }
                     }
-                }
-                if let Some(path) = saved.filter(|_| delivered || live) {
-                    let kept = self.kept.clone();
-                    tokio::task::spawn_blocking(move || kept.delivered(&path));
                 }
                 if let Some(c) = self.clusters.get_mut(&cluster) {
                     if batch.is_empty() {
