@@ -22,7 +22,6 @@ pub(crate) struct RunSpec {
     pub(crate) dir: PathBuf,
     pub(crate) timeout: Option<Duration>,
     pub(crate) max_output: usize,
-    pub(crate) reaper: super::reaper::Reaper,
 }
 
 /// How it went.
@@ -68,7 +67,6 @@ pub(crate) async fn run(spec: RunSpec, cancel: oneshot::Receiver<()>) -> RunOutc
         }
     };
     let pgid = child.id().unwrap_or(0);
-    spec.reaper.watch(pgid);
     let (exited_tx, exited_rx) = watch::channel(false);
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -101,7 +99,6 @@ pub(crate) async fn run(spec: RunSpec, cancel: oneshot::Receiver<()>) -> RunOutc
         };
         // Whatever the job left behind in its group dies with it.
         kill_group(pgid);
-        spec.reaper.forget(pgid);
         let _ = exited_tx.send(true);
         outcome
     };
@@ -153,7 +150,6 @@ mod tests {
             dir: dir.to_path_buf(),
             timeout: None,
             max_output: 10,
-            reaper: Default::default(),
         }
     }
 

@@ -155,7 +155,8 @@ pub struct Server {
     stopping: bool,
     /// Finished jobs' directories, removed in batches on the blocking pool.
     trash: Vec<PathBuf>,
-    reaper: reaper::Reaper,
+    /// Kept for the node's life: its pipe closing is what wakes the reaper.
+    _reaper: Option<reaper::Reaper>,
     /// Clusters released so far.
     served: u64,
     kept: kept::KeptResults,
@@ -193,13 +194,15 @@ impl Server {
             .map_err(|e| Error::io(format!("cannot create {}", jobs_root.display()), e))?;
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let reaper = match &cfg.reaper {
-            Some(exe) => reaper::Reaper::start(exe)
-                .map_err(|e| Error::io(format!("cannot start the reaper {}", exe.display()), e))?,
-            None => reaper::Reaper::default(),
+            Some(exe) => Some(
+                reaper::Reaper::start(exe)
+                    .map_err(|e| Error::io(format!("cannot start the reaper {}", exe.display()), e))?,
+            ),
+            None => None,
         };
         let kept = kept::KeptResults::open(&cfg.dest).map_err(|e| Error::io("cannot open the results folder", e))?;
         Ok(Server {
-            reaper,
+            _reaper: reaper,
             kept,
             last_sweep: std::time::Instant::now(),
             batch_seq: 0,

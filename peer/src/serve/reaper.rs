@@ -2,68 +2,83 @@
 //! without cleaning up (SIGKILL, OOM killer, a crash).
 //!
 //! Jobs run in their own process groups, so they outlive a node that cannot kill them. The
-//! node starts the reaper (its own executable, with [`REAPER_ENV`] set) and tells it over a
-//! pipe each process group it starts (`+PGID`) and reaps (`-PGID`). When the pipe reaches
-//! end-of-file — the node has exited, however it exited — the reaper kills every group still
-//! on its list and exits. Without it a re-run job could also finish on the dead node.
+//! node carries a random token in its environment ([`TOKEN_ENV`], set at start), which every
+//! job and worker inherits, and starts the reaper (its own executable, with [`REAPER_ENV`]
+//! set) holding a pipe from the node. When the pipe reaches end-of-file — the node has
+//! exited, however it exited — the reaper kills the process group of every process that
+//! carries the token, then exits. Nothing is sent per job: the job path pays nothing for it.
+//! (A job that scrubs its environment escapes; that is a job working against its node.)
 
 use super::sys::kill_group;
-use std::collections::HashSet;
-use std::io::{BufRead, Write};
+use std::io::Read;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use tracing::warn;
 
 /// Environment variable that starts a program as a reaper.
 pub const REAPER_ENV: &str = "DISPY_NODE_REAPER";
 
-/// Runs the reaper loop and exits if this process was started as one; returns otherwise.
-/// Call it first in `main` of any program that starts nodes with a reaper.
+/// Environment variable holding the node's token, inherited by its jobs.
+pub const TOKEN_ENV: &str = "DISPY_NODE_TOKEN";
+
+/// Runs the reaper and exits if this process was started as one; returns otherwise. Call
+/// it first in `main` of any program that starts nodes with a reaper.
 pub fn run_if_reaper() {
     if std::env::var_os(REAPER_ENV).is_none() {
         return;
     }
-    let mut groups: HashSet<u32> = HashSet::new();
-    for line in std::io::stdin().lock().lines() {
-        let Ok(line) = line else { break };
-        let (op, pgid) = line.split_at(line.len().min(1));
-        match (op, pgid.parse::<u32>()) {
-            ("+", Ok(p)) => {
-                groups.insert(p);
+    let Some(token) = std::env::var_os(TOKEN_ENV) else { std::process::exit(2) };
+    // Wait for the node to go: its end of the pipe closes.
+    let mut sink = [0u8; 64];
+    let mut stdin = std::io::stdin().lock();
+    while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+    let needle = [TOKEN_ENV.as_bytes(), b"=", token.as_encoded_bytes()].concat();
+    let me = std::process::id();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            if pid == me {
+                continue;
             }
-            ("-", Ok(p)) => {
-                groups.remove(&p);
+            let Ok(env) = std::fs::read(p.path().join("environ")) else { continue };
+            if env.split(|b| *b == 0).any(|var| var == needle.as_slice()) {
+                // Jobs lead their own groups: kill the group, which takes what they started.
+                kill_group(pgid_of(pid).unwrap_or(pid));
             }
-            _ => {}
         }
-    }
-    for p in groups {
-        kill_group(p);
     }
     std::process::exit(0);
 }
 
-/// The node's side: where it reports process groups. Cheap to clone; a node without a
-/// reaper (the library's in-process node) has an inert one.
-#[derive(Clone, Default)]
-pub struct Reaper {
-    inner: Option<Arc<Mutex<(Child, ChildStdin)>>>,
+/// The process group of a process, from `/proc/<pid>/stat`.
+fn pgid_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: state, ppid, pgrp.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse().ok()
 }
 
-impl std::fmt::Debug for Reaper {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.inner.is_some() { "Reaper(on)" } else { "Reaper(off)" })
-    }
+/// A fresh random token for this node.
+pub fn new_token() -> String {
+    format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
+}
+
+/// The node's side: the pipe whose closing wakes the reaper.
+#[derive(Debug)]
+pub struct Reaper {
+    _child: Child,
+    _pipe: ChildStdin,
 }
 
 impl Reaper {
-    /// Starts `exe` as the reaper. `exe` must call [`run_if_reaper`] first in `main`.
+    /// Starts `exe` as the reaper. `exe` must call [`run_if_reaper`] first in `main`, and
+    /// this process must carry [`TOKEN_ENV`] (its jobs inherit it).
     ///
     /// # Errors
-    /// The spawn error.
+    /// The spawn error, or a missing token.
     pub fn start(exe: &Path) -> std::io::Result<Reaper> {
         use std::os::unix::process::CommandExt;
+        if std::env::var_os(TOKEN_ENV).is_none() {
+            return Err(std::io::Error::other(format!("{TOKEN_ENV} is not set in the node's environment")));
+        }
         let mut child = Command::new(exe)
             .env(REAPER_ENV, "1")
             .stdin(Stdio::piped())
@@ -71,30 +86,7 @@ impl Reaper {
             // Its own group: a Ctrl-C meant for the node does not take the reaper first.
             .process_group(0)
             .spawn()?;
-        let stdin = child.stdin.take().ok_or_else(|| std::io::Error::other("reaper stdin missing"))?;
-        Ok(Reaper { inner: Some(Arc::new(Mutex::new((child, stdin)))) })
-    }
-
-    fn send(&self, line: String) {
-        let Some(inner) = &self.inner else { return };
-        let Ok(mut guard) = inner.lock() else { return };
-        // A few bytes into a pipe the reaper drains continuously: does not block in practice.
-        if let Err(e) = guard.1.write_all(line.as_bytes()) {
-            warn!(cause = %e, "the reaper is gone; jobs may outlive a crash of this node");
-        }
-    }
-
-    /// A job's process group started.
-    pub(crate) fn watch(&self, pgid: u32) {
-        if pgid > 1 {
-            self.send(format!("+{pgid}\n"));
-        }
-    }
-
-    /// A job's process group is gone.
-    pub(crate) fn forget(&self, pgid: u32) {
-        if pgid > 1 {
-            self.send(format!("-{pgid}\n"));
-        }
+        let pipe = child.stdin.take().ok_or_else(|| std::io::Error::other("reaper stdin missing"))?;
+        Ok(Reaper { _child: child, _pipe: pipe })
     }
 }

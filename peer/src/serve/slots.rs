@@ -47,7 +47,7 @@ impl Server {
                     None => {
                         cluster.workers_started += 1;
                         let dir = cluster.dir.join(format!("worker-{}", cluster.workers_started));
-                        start_worker(&self.store, &cluster.files, &dir, &cluster.program, &function, &self.reaper)
+                        start_worker(&self.store, &cluster.files, &dir, &cluster.program, &function)
                     }
                 };
                 tokio::spawn(
@@ -71,7 +71,6 @@ impl Server {
                 dir,
                 timeout: job.timeout_secs.filter(|t| t.is_finite() && *t > 0.0).map(Duration::from_secs_f64),
                 max_output,
-                reaper: self.reaper.clone(),
             };
             let files = cluster.files.clone();
             let store = self.store.clone();
@@ -141,11 +140,10 @@ pub(super) fn start_worker(
     dir: &std::path::Path,
     program: &str,
     function: &str,
-    reaper: &reaper::Reaper,
 ) -> std::result::Result<Box<workers::Worker>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the worker directory {}: {e}", dir.display()))?;
     store.link_into(dir, files)?;
-    workers::Worker::spawn(&dir.join(program), dir, function, reaper)
+    workers::Worker::spawn(&dir.join(program), dir, function)
         .map(Box::new)
         .map_err(|e| format!("cannot start a worker for {function}: {e}"))
 }

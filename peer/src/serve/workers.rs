@@ -5,7 +5,6 @@
 //! dropped; the next job of the cluster starts a fresh one.
 
 use super::executor::now_us;
-use super::reaper::Reaper;
 use super::sys::kill_group;
 use dispy_protocol::worker::{CallOutcome, WORKER_ENV, WorkerCall, WorkerReply, decode_frame, encode_frame, frame_len};
 use dispy_protocol::{JobOutcome, JobResult, JobSpec, Output};
@@ -24,12 +23,11 @@ pub(crate) struct Worker {
     stdout: ChildStdout,
     pgid: u32,
     dir: PathBuf,
-    reaper: Reaper,
 }
 
 impl Worker {
     /// Starts `program` in worker mode for `function`, with its cwd in `dir`.
-    pub(crate) fn spawn(program: &Path, dir: &Path, function: &str, reaper: &Reaper) -> std::io::Result<Worker> {
+    pub(crate) fn spawn(program: &Path, dir: &Path, function: &str) -> std::io::Result<Worker> {
         let mut cmd = tokio::process::Command::new(program);
         // The cluster secret is the node's, not the worker's to read.
         cmd.env_remove("DISPY_SECRET");
@@ -47,8 +45,7 @@ impl Worker {
             return Err(std::io::Error::other("worker pipes missing"));
         };
         let pgid = child.id().unwrap_or(0);
-        reaper.watch(pgid);
-        Ok(Worker { child, stdin, stdout, pgid, dir: dir.to_path_buf(), reaper: reaper.clone() })
+        Ok(Worker { child, stdin, stdout, pgid, dir: dir.to_path_buf() })
     }
 
     /// Runs one job. Returns the result and the worker if it can take another job.
@@ -131,7 +128,6 @@ impl Drop for Worker {
     fn drop(&mut self) {
         // Whatever the worker started dies with it; its directory goes too.
         kill_group(self.pgid);
-        self.reaper.forget(self.pgid);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -19,6 +19,9 @@ fn main() -> ExitCode {
     dispy_node::serve::reaper::run_if_reaper();
     let opt = Opt::parse();
     forget_secret_env();
+    if matches!(opt.cmd, Cmd::Serve(_)) {
+        mark_jobs_env();
+    }
     init_tracing(&opt);
     // A node's CPUs belong to its jobs: its control plane runs on one thread, which also
     // saves the cross-thread wake-ups that dominate its cost per job (measured: +8% jobs/s).
@@ -68,6 +71,14 @@ fn forget_secret_env() {
         // exists, so nothing can read the environment concurrently.
         unsafe { std::env::remove_var("DISPY_SECRET") };
     }
+}
+
+/// Gives this node a token in its environment, which its jobs inherit: the reaper finds
+/// them by it if the node dies without cleaning up.
+#[allow(unsafe_code)]
+fn mark_jobs_env() {
+    // SAFETY: called in `main` before the runtime or any other thread exists.
+    unsafe { std::env::set_var(dispy_node::serve::reaper::TOKEN_ENV, dispy_node::serve::reaper::new_token()) };
 }
 
 fn init_tracing(opt: &Opt) {
