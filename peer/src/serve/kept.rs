@@ -42,46 +42,24 @@ impl KeptResults {
         Ok(())
     }
 
-    /// Every file of a cluster with the results it holds (unreadable files are skipped).
-    fn files(&self, cluster: ClusterId) -> Vec<(PathBuf, Vec<JobResult>)> {
-        let Ok(entries) = std::fs::read_dir(self.dir(cluster)) else { return Vec::new() };
-        let mut out = Vec::new();
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.extension().is_none_or(|x| x != "cbor") {
-                continue;
-            }
-            let Ok(bytes) = std::fs::read(&path) else { continue };
-            let batch = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('b'));
-            let results = if batch {
-                decode::<Vec<JobResult>>(&bytes).ok()
-            } else {
-                decode::<JobResult>(&bytes).ok().map(|r| vec![r])
-            };
-            if let Some(results) = results {
-                out.push((path, results));
-            }
-        }
-        out
-    }
-
-    /// The results kept for a cluster, each job once.
+    /// The results kept for a cluster (unreadable files are skipped).
     pub(crate) fn load(&self, cluster: ClusterId) -> Vec<JobResult> {
-        let mut seen = std::collections::HashSet::new();
-        self.files(cluster).into_iter().flat_map(|(_, rs)| rs).filter(|r| seen.insert(r.id)).collect()
+        let Ok(entries) = std::fs::read_dir(self.dir(cluster)) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "cbor"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| decode::<JobResult>(&b).ok())
+            .collect()
     }
 
     /// Deletes collected results (and the cluster's folder once empty).
     pub(crate) fn forget(&self, cluster: ClusterId, jobs: &[JobId]) {
-        for (path, results) in self.files(cluster) {
-            let left: Vec<JobResult> = results.into_iter().filter(|r| !jobs.contains(&r.id)).collect();
-            if left.is_empty() {
-                let _ = std::fs::remove_file(&path);
-            } else if let Ok(bytes) = encode(&left) {
-                let _ = std::fs::write(&path, bytes);
-            }
+        let dir = self.dir(cluster);
+        for id in jobs {
+            let _ = std::fs::remove_file(dir.join(format!("{id}.cbor")));
         }
-        let _ = std::fs::remove_dir(self.dir(cluster));
+        let _ = std::fs::remove_dir(&dir);
     }
 
     /// Deletes the results of clusters kept longer than `ttl`.
