@@ -95,11 +95,7 @@ fn a_node_started_after_submit_began_gets_jobs() {
     let prog = script(dir.path(), "slow.sh", "sleep 0.1; echo done $1");
     let first = Node::start(dir.path(), NodeOpts::new("early"));
     // The late node's port is reserved now so that submit can name it before it exists.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let late_addr = format!("/ip4/127.0.0.1/tcp/{port}");
+    let late_addr = free_loopback_addr();
     let mut cmd = submit(&prog);
     cmd.args(["--json", "--peer", &first.addr, "--peer", &late_addr, "--cpus-per-node", "1"]);
     for i in 0..80 {

@@ -349,11 +349,7 @@ fn after_a_client_crash_recover_collects_what_finished_and_lists_what_is_lost() 
 fn a_restarted_node_rejoins_the_running_cluster_as_a_fresh_node() {
     let dir = tempdir();
     let prog = script(dir.path(), "job.sh", "sleep 0.2; echo done $1");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let listen = free_loopback_addr();
     let mut o = NodeOpts::new("phoenix");
     o.listen = listen.clone();
     o.cpus = 1;
@@ -390,11 +386,7 @@ fn a_restarted_node_rejoins_the_running_cluster_as_a_fresh_node() {
 fn results_in_delivery_survive_a_node_crash_and_are_recovered_after_its_restart() {
     let dir = tempdir();
     let prog = script(dir.path(), "job.sh", "sleep 0.3; echo \"result $1\"");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let listen = free_loopback_addr();
     let mut o = NodeOpts::new("crashy");
     o.listen = listen.clone();
     let first = Node::start(dir.path(), o);

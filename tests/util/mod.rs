@@ -336,6 +336,13 @@ pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     path
 }
 
+/// A loopback listen address on a port free right now, for a node that must start (or
+/// restart) at an address known in advance.
+pub fn free_loopback_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    format!("/ip4/127.0.0.1/tcp/{}", l.local_addr().expect("local addr").port())
+}
+
 /// Pid files under `dir` for jobs that write `$$` to their first argument.
 pub fn pid_files(dir: &Path, n: usize) -> Vec<PathBuf> {
     (0..n).map(|i| dir.join(format!("job{i}.pid"))).collect()
