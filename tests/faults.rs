@@ -4,6 +4,21 @@ use crate::util::*;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+/// Submits `n` jobs that record their pid and sleep a minute on `node`; returns the client
+/// and the jobs' pids once all have started.
+fn hold_jobs(dir: &std::path::Path, node: &Node, n: usize) -> (Proc, Vec<u32>) {
+    let prog = script(dir, "hold.sh", "echo $$ > \"$1\"; sleep 60");
+    let pidfiles = pid_files(dir, n);
+    let mut cmd = submit(&prog);
+    cmd.args(["--peer", &node.addr]);
+    for p in &pidfiles {
+        cmd.arg("-a").arg(p);
+    }
+    let client = Proc::spawn("submit", cmd);
+    let pids = wait_pids(&pidfiles, Duration::from_secs(20));
+    (client, pids)
+}
+
 fn lose_a_node(reentrant: bool) -> (Finished, usize) {
     let dir = tempdir();
     let prog = script(dir.path(), "job.sh", "sleep 0.3; echo done $1");
@@ -53,18 +68,10 @@ fn a_reentrant_cluster_reruns_a_lost_nodes_jobs_elsewhere() {
 #[test]
 fn a_lost_client_has_its_jobs_killed_and_files_removed() {
     let dir = tempdir();
-    let prog = script(dir.path(), "hold.sh", "echo $$ > \"$1\"; sleep 60");
     let mut o = NodeOpts::new("n");
     o.extra = vec!["--zombie-interval".into(), "1".into()];
     let node = Node::start(dir.path(), o);
-    let pidfiles = pid_files(dir.path(), 2);
-    let mut cmd = submit(&prog);
-    cmd.args(["--peer", &node.addr]);
-    for p in &pidfiles {
-        cmd.arg("-a").arg(p);
-    }
-    let client = Proc::spawn("submit", cmd);
-    let pids = wait_pids(&pidfiles, Duration::from_secs(20));
+    let (client, pids) = hold_jobs(dir.path(), &node, 2);
     signal(client.pid(), "KILL");
     let _ = client.wait(Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -89,16 +96,8 @@ fn a_lost_client_has_its_jobs_killed_and_files_removed() {
 #[test]
 fn a_node_killed_with_sigkill_takes_its_jobs_with_it() {
     let dir = tempdir();
-    let prog = script(dir.path(), "hold.sh", "echo $$ > \"$1\"; sleep 60");
     let node = Node::start(dir.path(), NodeOpts::new("doomed"));
-    let pidfiles = pid_files(dir.path(), 2);
-    let mut cmd = submit(&prog);
-    cmd.args(["--peer", &node.addr]);
-    for p in &pidfiles {
-        cmd.arg("-a").arg(p);
-    }
-    let client = Proc::spawn("submit", cmd);
-    let pids = wait_pids(&pidfiles, Duration::from_secs(20));
+    let (client, pids) = hold_jobs(dir.path(), &node, 2);
     signal(node.proc.pid(), "KILL");
     let deadline = Instant::now() + Duration::from_secs(5);
     while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
