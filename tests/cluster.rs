@@ -74,6 +74,43 @@ fn three_nodes_run_200_jobs_and_a_second_submit_sends_no_bytes() {
     assert!(pids.iter().all(|p| !alive(*p)), "a node outlived its test");
 }
 
+/// Job directories are reused between a cluster's jobs, but only one its job left as it
+/// found it: every job starts among exactly the program and its files, whatever the one
+/// before it added, replaced or removed.
+#[test]
+fn every_job_starts_in_a_directory_holding_just_its_files() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("dep.txt"), "the dependency\n").unwrap();
+    let prog = script(
+        dir.path(),
+        "job.sh",
+        r#"ls -A | tr '\n' ' '; echo; cat dep.txt
+case "$1" in
+  litter) echo x > "litter-$$" ;;
+  replace) rm dep.txt; echo other > dep.txt ;;
+  remove) rm dep.txt ;;
+  subdir) mkdir sub ;;
+esac"#,
+    );
+    let mut o = NodeOpts::new("one");
+    o.cpus = 1;
+    let node = Node::start(dir.path(), o);
+    let mut cmd = submit(&prog);
+    cmd.arg("-f").arg(dir.path().join("dep.txt")).args(["--json", "--peer", &node.addr]);
+    let kinds = ["none", "litter", "none", "replace", "remove", "none", "subdir", "none"];
+    for i in 0..40 {
+        cmd.args(["-a", kinds[i % kinds.len()]]);
+    }
+    let out = run("submit", cmd, Duration::from_secs(60));
+    out.expect_code(0);
+    let jobs: Vec<_> = out.json_lines().into_iter().filter(|v| v.get("job").is_some()).collect();
+    assert_eq!(jobs.len(), 40, "{}", out.stdout);
+    for j in &jobs {
+        assert_eq!(j["stdout"].as_str().unwrap(), "dep.txt job.sh \nthe dependency\n", "{j}");
+    }
+    drop(node);
+}
+
 #[test]
 fn failed_jobs_are_reported_and_submit_exits_1() {
     let dir = tempdir();

@@ -6,24 +6,15 @@ impl Server {
     /// Stops taking work and gives every queued job back to its client.
     pub(super) fn drain(&mut self) {
         self.draining = true;
-        let now = executor::now_us();
         let mut declined = Vec::new();
         for (id, c) in &mut self.clusters {
             for job in c.queue.drain(..) {
                 declined.push((*id, job.id));
             }
         }
+        let why = format!("node {} is draining", self.cfg.name);
         for (cluster, id) in declined {
-            let result = JobResult {
-                id,
-                outcome: JobOutcome::Declined(format!("node {} is draining", self.cfg.name)),
-                stdout: Default::default(),
-                stderr: Default::default(),
-                start_us: now,
-                end_us: now,
-                value: Vec::new(),
-            };
-            let _ = self.internal_tx.send(Internal::JobDone { cluster, result, held_slot: false, worker: None });
+            self.unstarted(cluster, id, JobOutcome::Declined(why.clone()));
         }
     }
 

@@ -12,6 +12,7 @@
 
 mod delivery;
 pub(crate) mod executor;
+mod jobdirs;
 mod kept;
 mod lifecycle;
 pub mod reaper;
@@ -79,6 +80,8 @@ enum Internal {
         result: JobResult,
         held_slot: bool,
         worker: Option<Box<workers::Worker>>,
+        /// A program job's directory, and whether the job left it clean for the next.
+        dir: Option<(PathBuf, bool)>,
     },
     ChunkDone {
         cluster: ClusterId,
@@ -113,6 +116,10 @@ struct Cluster {
     idle_workers: Vec<workers::Worker>,
     /// Numbers worker directories.
     workers_started: u64,
+    /// Program jobs' directories.
+    job_dirs: jobdirs::JobDirs,
+    /// Jobs cancelled before their Submit arrived.
+    cancelled_early: HashSet<JobId>,
     /// Since when its client has been disconnected.
     gone_since: Option<std::time::Instant>,
     /// Since when the oldest result not on disk has waited in `results`.
@@ -154,7 +161,7 @@ pub struct Server {
     internal_rx: mpsc::UnboundedReceiver<Internal>,
     stopping: bool,
     /// Finished jobs' directories, removed in batches on the blocking pool.
-    trash: Vec<PathBuf>,
+    trash: jobdirs::Trash,
     /// Kept for the node's life: its pipe closing is what wakes the reaper.
     _reaper: Option<reaper::Reaper>,
     /// Clusters released so far.
@@ -217,7 +224,7 @@ impl Server {
             internal_tx,
             internal_rx,
             stopping: false,
-            trash: Vec::new(),
+            trash: jobdirs::Trash::default(),
             _lock: lock,
         })
     }
@@ -382,7 +389,17 @@ impl Server {
                         refuse(RefusalKind::BadFile, format!("files not staged yet: {}", missing.join(", ")))
                     } else {
                         let count = s.jobs.len() as u32;
-                        cluster.queue.extend(s.jobs);
+                        let mut cancelled = Vec::new();
+                        for job in s.jobs {
+                            if cluster.cancelled_early.remove(&job.id) {
+                                cancelled.push(job.id);
+                            } else {
+                                cluster.queue.push_back(job);
+                            }
+                        }
+                        for id in cancelled {
+                            self.unstarted(s.cluster, id, JobOutcome::Cancelled);
+                        }
                         self.schedule();
                         Response::Accepted(Accepted { count })
                     }
@@ -398,25 +415,14 @@ impl Server {
                         } else if let Some(pos) = cluster.queue.iter().position(|j| j.id == id) {
                             cluster.queue.remove(pos);
                             cancelled.push(id);
+                        } else if !cluster.results.iter().any(|r| r.id == id) {
+                            // Submit and Cancel travel on streams of their own: the jobs
+                            // may still be on their way. They are cancelled on arrival.
+                            cluster.cancelled_early.insert(id);
                         }
                     }
-                    let now = executor::now_us();
                     for id in cancelled {
-                        let result = JobResult {
-                            id,
-                            outcome: JobOutcome::Cancelled,
-                            stdout: Default::default(),
-                            stderr: Default::default(),
-                            start_us: now,
-                            end_us: now,
-                            value: Vec::new(),
-                        };
-                        let _ = self.internal_tx.send(Internal::JobDone {
-                            cluster: c.cluster,
-                            result,
-                            held_slot: false,
-                            worker: None,
-                        });
+                        self.unstarted(c.cluster, id, JobOutcome::Cancelled);
                     }
                     Response::Ok
                 }
@@ -516,6 +522,8 @@ impl Server {
                 function: r.function,
                 idle_workers: Vec::new(),
                 workers_started: 0,
+                job_dirs: jobdirs::JobDirs::new(dir.clone()),
+                cancelled_early: HashSet::new(),
                 gone_since: None,
                 unsaved_since: None,
                 saved: HashSet::new(),
@@ -584,23 +592,23 @@ impl Server {
         None
     }
 
+    /// Reports a job that ends without having run.
+    fn unstarted(&self, cluster: ClusterId, id: JobId, outcome: JobOutcome) {
+        let result = slots::unrun(id, outcome);
+        let _ = self.internal_tx.send(Internal::JobDone { cluster, result, held_slot: false, worker: None, dir: None });
+    }
+
     fn on_internal(&mut self, msg: Internal) {
         match msg {
-            Internal::JobDone { cluster, result, held_slot, worker } => {
+            Internal::JobDone { cluster, result, held_slot, worker, dir } => {
                 if held_slot {
                     self.free += 1;
                 }
                 if let Some(c) = self.clusters.get_mut(&cluster) {
-                    if held_slot && worker.is_none() && c.function.is_none() {
-                        self.trash.push(c.dir.join(result.id.to_string()));
-                        if self.trash.len() >= slots::TRASH_BATCH {
-                            let batch = std::mem::take(&mut self.trash);
-                            tokio::task::spawn_blocking(move || {
-                                for dir in batch {
-                                    let _ = std::fs::remove_dir_all(dir);
-                                }
-                            });
-                        }
+                    match dir {
+                        Some((dir, true)) if !c.released => c.job_dirs.give_back(dir),
+                        Some((dir, _)) => self.trash.push(dir),
+                        None => {}
                     }
                     c.running.remove(&result.id);
                     if !c.released {

@@ -3,9 +3,6 @@
 
 use super::*;
 
-/// Finished job directories removed together: one hop to the blocking pool per batch.
-pub(super) const TRASH_BATCH: usize = 32;
-
 impl Server {
     /// Starts queued jobs while slots are free, taking from the cluster with the fewest
     /// running jobs first so that clients sharing a node share it fairly.
@@ -58,17 +55,17 @@ impl Server {
                         };
                         debug!(outcome = %result.outcome, "job ended");
                         let worker = worker.map(Box::new);
-                        let _ = tx.send(Internal::JobDone { cluster: id, result, held_slot: true, worker });
+                        let _ = tx.send(Internal::JobDone { cluster: id, result, held_slot: true, worker, dir: None });
                     }
                     .instrument(span),
                 );
                 continue;
             }
-            let dir = cluster.dir.join(job.id.to_string());
+            let dir = cluster.job_dirs.take(&self.store, &cluster.files);
             let spec = executor::RunSpec {
-                program: dir.join(&cluster.program),
+                program: dir.path.join(&cluster.program),
                 args: job.args,
-                dir,
+                dir: dir.path.clone(),
                 timeout: job.timeout_secs.filter(|t| t.is_finite() && *t > 0.0).map(Duration::from_secs_f64),
                 max_output,
             };
@@ -76,9 +73,19 @@ impl Server {
             let store = self.store.clone();
             tokio::spawn(
                 async move {
-                    let result = run_job(&store, &files, spec, kill_rx, job_id).await;
+                    let (result, clean) = run_job(&store, &files, spec, dir.fresh, kill_rx, job_id).await;
+                    // Checked here, before the slot is free: nothing but a job of this
+                    // cluster uses the directory, and the next one gets it only once clean.
+                    let clean = clean && dir.layout.is_some_and(|l| jobdirs::is_pristine(&dir.path, &l));
                     debug!(outcome = %result.outcome, "job ended");
-                    let _ = tx.send(Internal::JobDone { cluster: id, result, held_slot: true, worker: None });
+                    let done = Internal::JobDone {
+                        cluster: id,
+                        result,
+                        held_slot: true,
+                        worker: None,
+                        dir: Some((dir.path, clean)),
+                    };
+                    let _ = tx.send(done);
                 }
                 .instrument(span),
             );
@@ -86,29 +93,32 @@ impl Server {
     }
 }
 
-/// Prepares the job directory and runs the job; the server removes the directory later.
+/// Prepares the job directory (unless `reused`: then it holds the files already) and runs
+/// the job; the server removes or reuses the directory later. Also says whether the job
+/// ran at all (a directory that failed to fill is not reused).
 pub(super) async fn run_job(
     store: &Store,
     files: &[FileEntry],
     spec: executor::RunSpec,
+    fresh: bool,
     kill: oneshot::Receiver<()>,
     id: JobId,
-) -> JobResult {
+) -> (JobResult, bool) {
     let dir = spec.dir.clone();
     // The cluster's folder exists after its first job: one mkdir, not a walk up the path.
-    let prepared = std::fs::create_dir(&dir)
-        .or_else(|_| std::fs::create_dir_all(&dir))
-        .map_err(|e| format!("cannot create the job directory {}: {e}", dir.display()))
-        .and_then(|()| store.link_into(&dir, files));
+    let prepared = if fresh {
+        std::fs::create_dir(&dir)
+            .or_else(|_| std::fs::create_dir_all(&dir))
+            .map_err(|e| format!("cannot create the job directory {}: {e}", dir.display()))
+            .and_then(|()| store.link_into(&dir, files))
+    } else {
+        Ok(())
+    };
     let run = match prepared {
         Ok(()) => executor::run(spec, kill).await,
-        Err(why) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            return failed_to_start(id, why);
-        }
+        Err(why) => return (failed_to_start(id, why), false),
     };
-    // The directory is removed later, in batches, off the path from one job to the next.
-    JobResult {
+    let result = JobResult {
         id,
         outcome: run.outcome,
         stdout: run.stdout,
@@ -116,15 +126,21 @@ pub(super) async fn run_job(
         start_us: run.start_us,
         end_us: run.end_us,
         value: Vec::new(),
-    }
+    };
+    (result, true)
 }
 
 /// The result of a job that could not start.
 pub(super) fn failed_to_start(id: JobId, why: String) -> JobResult {
+    unrun(id, JobOutcome::FailedToStart(why))
+}
+
+/// The result of a job that ended without running.
+pub(super) fn unrun(id: JobId, outcome: JobOutcome) -> JobResult {
     let now = executor::now_us();
     JobResult {
         id,
-        outcome: JobOutcome::FailedToStart(why),
+        outcome,
         stdout: Default::default(),
         stderr: Default::default(),
         start_us: now,
