@@ -8,18 +8,19 @@ use libp2p::Multiaddr;
 use libp2p::pnet::PreSharedKey;
 use std::path::PathBuf;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// A running embedded node.
 pub(crate) struct LocalNode {
     pub(crate) addr: Multiaddr,
     stop: tokio::sync::mpsc::UnboundedSender<Stop>,
-    task: JoinHandle<()>,
+    stopped: oneshot::Receiver<()>,
     dest: PathBuf,
 }
 
 impl LocalNode {
-    /// Starts a node on 127.0.0.1 with all this machine's CPUs and a private dest path.
+    /// Starts a node on 127.0.0.1 with all this machine's CPUs and a private dest path, on
+    /// a thread and single-threaded runtime of its own, as `dispy-peer serve` runs: the
+    /// client's tasks and the node's never wait for each other's turn.
     pub(crate) async fn start(psk: Option<PreSharedKey>) -> Result<LocalNode> {
         let cfg = NetConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().map_err(|e| Error::Config(format!("{e}")))?],
@@ -27,7 +28,6 @@ impl LocalNode {
             kad_server: true,
             ..NetConfig::default()
         };
-        let (handle, events, event_loop) = net::new(cfg)?;
         let dest = std::env::temp_dir().join(format!("dispy-peer-local-{}-{:x}", std::process::id(), rand_u32()));
         let serve = ServeConfig {
             name: format!("{} (local)", crate::host_name()),
@@ -43,28 +43,49 @@ impl LocalNode {
             zombie_interval: std::time::Duration::from_secs(60),
             result_ttl: std::time::Duration::from_secs(3600),
         };
-        let server = Server::new(serve, handle)?;
-        tokio::spawn(event_loop.run());
-        let (addr_tx, addr_rx) = oneshot::channel();
+        let (addr_tx, addr_rx) = oneshot::channel::<Result<Multiaddr>>();
         let (stop, stop_rx) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            let mut addr_tx = Some(addr_tx);
-            let _ = server
-                .run(events, stop_rx, |addr| {
-                    if let Some(tx) = addr_tx.take() {
-                        let _ = tx.send(addr.clone());
+        let (stopped_tx, stopped) = oneshot::channel();
+        let spawned = std::thread::Builder::new().name("dispy-local-node".into()).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = addr_tx.send(Err(Error::Config(format!("cannot start the local node's runtime: {e}"))));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let started = net::new(cfg)
+                    .map_err(Error::from)
+                    .and_then(|(handle, events, event_loop)| Ok((Server::new(serve, handle)?, events, event_loop)));
+                let (server, events, event_loop) = match started {
+                    Ok(parts) => parts,
+                    Err(e) => {
+                        let _ = addr_tx.send(Err(e));
+                        return;
                     }
-                })
-                .await;
+                };
+                tokio::spawn(event_loop.run());
+                let mut addr_tx = Some(addr_tx);
+                let _ = server
+                    .run(events, stop_rx, |addr| {
+                        if let Some(tx) = addr_tx.take() {
+                            let _ = tx.send(Ok(addr.clone()));
+                        }
+                    })
+                    .await;
+            });
+            let _ = stopped_tx.send(());
         });
-        let addr = addr_rx.await.map_err(|_| Error::Config("the local node stopped before listening".into()))?;
-        Ok(LocalNode { addr, stop, task, dest })
+        spawned.map_err(|e| Error::Config(format!("cannot start the local node's thread: {e}")))?;
+        let addr = addr_rx.await.map_err(|_| Error::Config("the local node stopped before listening".into()))??;
+        Ok(LocalNode { addr, stop, stopped, dest })
     }
 
     /// Stops the node: its jobs are killed and its files deleted.
     pub(crate) async fn stop(self) {
         let _ = self.stop.send(Stop::Now);
-        let _ = self.task.await;
+        let _ = self.stopped.await;
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(self.dest)).await;
     }
 }

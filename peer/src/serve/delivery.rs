@@ -85,6 +85,10 @@ impl Server {
     /// delivery takes, so that a crash of this node does not lose them.
     pub(super) fn save_waiting_results(&mut self) {
         for (id, c) in &mut self.clusters {
+            // Released: its client took what it wanted; a batch still travelling is moot.
+            if c.released {
+                continue;
+            }
             let waiting = c.unsaved_since.is_some_and(|t| t.elapsed() >= RESULT_SAVE_AFTER);
             let slow = c.delivering.values().any(|(t, _)| t.elapsed() >= RESULT_SAVE_AFTER);
             if !waiting && !slow {

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     // A node's CPUs belong to its jobs: its control plane runs on one thread, which also
     // saves the cross-thread wake-ups that dominate its cost per job (measured: +8% jobs/s).
     let runtime = match opt.cmd {
-        Cmd::Serve(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Cmd::Serve(_) | Cmd::Submit(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         _ => tokio::runtime::Runtime::new(),
     };
     let runtime = match runtime {
