@@ -1,10 +1,12 @@
 //! Staging: describing a computation's files by content hash, and sending a node the
-//! ones it lacks in chunks (one chunk of a file in flight: memory stays bounded whatever
+//! ones it lacks in chunks (a few chunks of a file in flight: memory stays bounded whatever
 //! the file's size).
 
 use crate::error::{Error, Result};
 use dispy_node::net::NetHandle;
-use dispy_protocol::{CHUNK_SIZE, Chunk, ClusterId, FileEntry, FileHash, Request, Response};
+use dispy_protocol::{CHUNK_SIZE, CHUNKS_IN_FLIGHT, Chunk, ClusterId, FileEntry, FileHash, Request, Response};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -69,38 +71,47 @@ fn hash_file(path: &Path) -> std::io::Result<(FileHash, u64)> {
     Ok((FileHash(hasher.finalize().into()), size))
 }
 
-/// Sends one file to a node, chunk after chunk.
+/// Sends one file to a node, chunk after chunk, with up to [`CHUNKS_IN_FLIGHT`] on their way.
 pub(crate) async fn send_file(
     net: &NetHandle,
     peer: PeerId,
     cluster: ClusterId,
     file: &LocalFile,
 ) -> Result<(), String> {
+    let changed = || format!("{} changed while being sent", file.path.display());
     let mut f =
         tokio::fs::File::open(&file.path).await.map_err(|e| format!("cannot read {}: {e}", file.path.display()))?;
     let mut offset = 0u64;
+    let mut all_sent = false;
+    let mut complete = false;
+    let mut in_flight = FuturesUnordered::new();
     loop {
-        let mut data = Vec::with_capacity(CHUNK_SIZE);
-        (&mut f)
-            .take(CHUNK_SIZE as u64)
-            .read_to_end(&mut data)
-            .await
-            .map_err(|e| format!("cannot read {}: {e}", file.path.display()))?;
-        // An empty file is still sent as one empty chunk, which creates it on the node.
-        let len = data.len() as u64;
-        if offset + len > file.entry.size {
-            return Err(format!("{} changed while being sent", file.path.display()));
+        while !all_sent && in_flight.len() < CHUNKS_IN_FLIGHT {
+            let mut data = Vec::with_capacity(CHUNK_SIZE);
+            (&mut f)
+                .take(CHUNK_SIZE as u64)
+                .read_to_end(&mut data)
+                .await
+                .map_err(|e| format!("cannot read {}: {e}", file.path.display()))?;
+            let len = data.len() as u64;
+            // An empty file is still sent as one empty chunk, which creates it on the node.
+            if offset + len > file.entry.size || (len == 0 && offset < file.entry.size) {
+                return Err(changed());
+            }
+            let request = Request::Chunk(Chunk { cluster, hash: file.entry.hash, offset, data });
+            in_flight.push(net.request(peer, request));
+            offset += len;
+            all_sent = offset == file.entry.size;
         }
-        let request = Request::Chunk(Chunk { cluster, hash: file.entry.hash, offset, data });
-        match net.request(peer, request).await {
-            Ok(Response::ChunkStored(s)) if s.complete => return Ok(()),
-            Ok(Response::ChunkStored(_)) if len > 0 => offset += len,
-            Ok(Response::ChunkStored(_)) => return Err(format!("{} changed while being sent", file.path.display())),
+        let Some(answer) = in_flight.next().await else { break };
+        match answer {
+            Ok(Response::ChunkStored(s)) => complete |= s.complete,
             Ok(Response::Refused(r)) => return Err(format!("node refused {}: {}", file.entry.name, r.message)),
             Ok(other) => return Err(format!("unexpected answer to a chunk: {other:?}")),
             Err(e) => return Err(e.to_string()),
         }
     }
+    if complete { Ok(()) } else { Err(changed()) }
 }
 
 #[cfg(test)]

@@ -4,15 +4,15 @@
 
 use crate::util::*;
 use dispy_protocol::{
-    Cancel, Chunk, ClusterId, FileEntry, FileHash, JobId, JobOutcome, JobSpec, Release, Request, Reserve, Response,
-    Submit,
+    CHUNK_SIZE, CHUNKS_IN_FLIGHT, Cancel, Chunk, ChunkStored, ClusterId, FileEntry, FileHash, JobId, JobOutcome,
+    JobResult, JobSpec, Release, Request, Reserve, Response, Submit,
 };
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
-use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use sha2::Digest;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::time::Duration;
 
@@ -74,6 +74,8 @@ struct RawPeer {
     node: PeerId,
     /// Requests the node sent (already answered `Ok`), oldest first.
     inbox: VecDeque<Vec<u8>>,
+    /// Answers that came while waiting for another.
+    answers: HashMap<OutboundRequestId, Result<Vec<u8>, String>>,
 }
 
 impl RawPeer {
@@ -106,34 +108,52 @@ impl RawPeer {
             }
         });
         let node = connected.await.map_err(|_| "no connection within 30 s".to_string())??;
-        Ok(RawPeer { swarm, node, inbox: VecDeque::new() })
+        Ok(RawPeer { swarm, node, inbox: VecDeque::new(), answers: HashMap::new() })
     }
 
     /// Sends `payload` as one request and waits for whatever comes back (`Err`: no answer).
     async fn request(&mut self, payload: Vec<u8>) -> Result<Vec<u8>, String> {
-        let id = self.swarm.behaviour_mut().send_request(&self.node, payload);
-        let answer = tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                match self.next_event().await {
+        let id = self.send(payload);
+        self.answer(id).await
+    }
+
+    /// Sends a request without waiting for its answer.
+    fn send(&mut self, payload: Vec<u8>) -> OutboundRequestId {
+        self.swarm.behaviour_mut().send_request(&self.node, payload)
+    }
+
+    /// Waits for the answer to a request sent earlier (`Err`: none came).
+    async fn answer(&mut self, id: OutboundRequestId) -> Result<Vec<u8>, String> {
+        assert!(self.answered(id, Duration::from_secs(60)).await, "the raw request got no answer within 60 s");
+        self.answers.remove(&id).expect("answered")
+    }
+
+    /// Whether the answer to `id` (or its failure) has come, waiting up to `within`.
+    async fn answered(&mut self, id: OutboundRequestId, within: Duration) -> bool {
+        let _ = tokio::time::timeout(within, async {
+            while !self.answers.contains_key(&id) {
+                let (request_id, answer) = match self.next_event().await {
                     request_response::Event::Message {
                         message: request_response::Message::Response { request_id, response },
                         ..
-                    } if request_id == id => {
+                    } => {
                         // The raw codec reads to the end: a stream closed unanswered reads as empty.
-                        return if response.is_empty() {
-                            Err("stream closed without an answer".to_string())
-                        } else {
-                            Ok(response)
-                        };
+                        let closed = response.is_empty();
+                        (
+                            request_id,
+                            if closed { Err("stream closed without an answer".to_string()) } else { Ok(response) },
+                        )
                     }
-                    request_response::Event::OutboundFailure { request_id, error, .. } if request_id == id => {
-                        return Err(error.to_string());
+                    request_response::Event::OutboundFailure { request_id, error, .. } => {
+                        (request_id, Err(error.to_string()))
                     }
-                    _ => {}
-                }
+                    _ => continue,
+                };
+                self.answers.insert(request_id, answer);
             }
-        });
-        answer.await.expect("the raw request neither failed nor got an answer within 60 s")
+        })
+        .await;
+        self.answers.contains_key(&id)
     }
 
     /// The next request the node sends, answered `Ok`.
@@ -213,6 +233,42 @@ async fn malformed_and_oversized_messages_are_dropped_and_the_node_goes_on() {
     assert!(out.stdout.contains("still-serving"), "{}", out.stdout);
 }
 
+/// Encodes and sends a request; decodes the answer.
+async fn ask(peer: &mut RawPeer, request: &Request) -> Response {
+    let answer = peer.request(dispy_protocol::encode(request).unwrap()).await.unwrap();
+    dispy_protocol::decode(&answer).unwrap()
+}
+
+/// Reserves `cluster` with one file, the program `job.sh`.
+async fn reserve(peer: &mut RawPeer, cluster: ClusterId, program: &[u8]) -> FileHash {
+    let hash = FileHash(sha2::Sha256::digest(program).into());
+    let file = FileEntry { name: "job.sh".into(), hash, size: program.len() as u64, executable: true };
+    let reserve = Reserve { cluster, cpus: None, program: "job.sh".into(), function: None, files: vec![file] };
+    let answer = ask(peer, &Request::Reserve(reserve)).await;
+    assert!(matches!(answer, Response::Reserved(_)), "{answer:?}");
+    hash
+}
+
+/// Submits one job and waits for its result among the node's `Results` (its start must
+/// not be reported if `must_not_start`).
+async fn run_job(peer: &mut RawPeer, node: &Node, cluster: ClusterId, job: JobId, must_not_start: bool) -> JobResult {
+    let spec = JobSpec { id: job, args: vec![], timeout_secs: None, input: vec![] };
+    let answer = ask(peer, &Request::Submit(Submit { cluster, jobs: vec![spec] })).await;
+    assert!(matches!(answer, Response::Accepted(_)), "{answer:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match peer.next_inbound(left).await {
+            Some(Request::Results(r)) => match r.results.into_iter().find(|r| r.id == job) {
+                Some(result) => return result,
+                None => assert!(!(must_not_start && r.started.contains(&job)), "job {job} was started"),
+            },
+            Some(other) => panic!("unexpected request from the node: {other:?}"),
+            None => panic!("no result for job {job} within 10 s:\n{}", node.proc.stderr()),
+        }
+    }
+}
+
 /// Submit and Cancel travel on streams of their own, so a Cancel can arrive first: the job
 /// is cancelled on arrival, never run.
 #[tokio::test(flavor = "multi_thread")]
@@ -222,36 +278,65 @@ async fn a_cancel_that_overtakes_its_submit_cancels_the_job_on_arrival() {
     let mut peer = RawPeer::connect(&node.addr.parse().unwrap()).await.unwrap();
     let cluster = ClusterId(0x5eed);
     let program = b"#!/bin/sh\necho ran; sleep 30\n".to_vec();
-    let hash = FileHash(sha2::Sha256::digest(&program).into());
-    let file = FileEntry { name: "job.sh".into(), hash, size: program.len() as u64, executable: true };
-    let mut ask = async |request: Request| -> Response {
-        let answer = peer.request(dispy_protocol::encode(&request).unwrap()).await.unwrap();
-        dispy_protocol::decode(&answer).unwrap()
-    };
-    let reserve = Reserve { cluster, cpus: None, program: "job.sh".into(), function: None, files: vec![file] };
-    assert!(matches!(ask(Request::Reserve(reserve)).await, Response::Reserved(_)));
-    let chunk = Chunk { cluster, hash, offset: 0, data: program };
-    assert!(matches!(ask(Request::Chunk(chunk)).await, Response::ChunkStored(c) if c.complete));
+    let hash = reserve(&mut peer, cluster, &program).await;
+    let stored = ask(&mut peer, &Request::Chunk(Chunk { cluster, hash, offset: 0, data: program })).await;
+    assert!(matches!(stored, Response::ChunkStored(ChunkStored { complete: true, .. })), "{stored:?}");
     let job = JobId(3);
-    assert_eq!(ask(Request::Cancel(Cancel { cluster, jobs: vec![job] })).await, Response::Ok);
-    let spec = JobSpec { id: job, args: vec![], timeout_secs: None, input: vec![] };
-    assert!(matches!(ask(Request::Submit(Submit { cluster, jobs: vec![spec] })).await, Response::Accepted(_)));
-
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let result = loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match peer.next_inbound(left).await {
-            Some(Request::Results(r)) => match r.results.into_iter().find(|r| r.id == job) {
-                Some(result) => break result,
-                None => assert!(!r.started.contains(&job), "the cancelled job was started"),
-            },
-            Some(other) => panic!("unexpected request from the node: {other:?}"),
-            None => panic!("no result for the cancelled job within 10 s:\n{}", node.proc.stderr()),
-        }
-    };
+    assert_eq!(ask(&mut peer, &Request::Cancel(Cancel { cluster, jobs: vec![job] })).await, Response::Ok);
+    let result = run_job(&mut peer, &node, cluster, job, true).await;
     assert_eq!(result.outcome, JobOutcome::Cancelled);
     assert!(result.stdout.bytes.is_empty(), "the job ran");
-    let release = Request::Release(Release { cluster });
-    let answer = peer.request(dispy_protocol::encode(&release).unwrap()).await.unwrap();
-    assert_eq!(dispy_protocol::decode::<Response>(&answer).unwrap(), Response::Ok);
+    assert_eq!(ask(&mut peer, &Request::Release(Release { cluster })).await, Response::Ok);
+}
+
+/// A file's chunks travel on streams of their own and may arrive in any order: the node
+/// holds early ones (at most `CHUNKS_IN_FLIGHT`, refusing more) and writes them in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn chunks_out_of_order_are_written_in_order_within_a_bounded_window() {
+    let dir = tempdir();
+    let node = Node::start(dir.path(), NodeOpts::new("window"));
+    let mut peer = RawPeer::connect(&node.addr.parse().unwrap()).await.unwrap();
+    // A script, then comment bytes up to five and a half chunks.
+    let mut program = b"#!/bin/sh\necho assembled; exit 0\n#".to_vec();
+    program.resize(CHUNK_SIZE * 5 + CHUNK_SIZE / 2, b'#');
+    let chunk = |cluster: ClusterId, i: usize| {
+        let hash = FileHash(sha2::Sha256::digest(&program).into());
+        let data = program[i * CHUNK_SIZE..program.len().min((i + 1) * CHUNK_SIZE)].to_vec();
+        dispy_protocol::encode(&Request::Chunk(Chunk { cluster, hash, offset: (i * CHUNK_SIZE) as u64, data })).unwrap()
+    };
+    let stored = |answer: Result<Vec<u8>, String>| match dispy_protocol::decode(&answer.unwrap()).unwrap() {
+        Response::ChunkStored(s) => s.complete,
+        other => panic!("not stored: {other:?}"),
+    };
+    assert_eq!(CHUNKS_IN_FLIGHT, 4, "the test holds exactly four chunks");
+
+    // Four chunks past a gap are held, unanswered; a fifth is one too many.
+    let greedy = ClusterId(0x0dd);
+    reserve(&mut peer, greedy, &program).await;
+    let held: Vec<_> = (1..=4).map(|i| peer.send(chunk(greedy, i))).collect();
+    assert!(!peer.answered(held[0], Duration::from_millis(500)).await, "a chunk past a gap was answered");
+    let over = peer.send(chunk(greedy, 5));
+    let refused: Response = dispy_protocol::decode(&peer.answer(over).await.unwrap()).unwrap();
+    assert!(
+        matches!(&refused, Response::Refused(r) if r.message.contains("chunks of one file in flight")),
+        "{refused:?}"
+    );
+    assert_eq!(ask(&mut peer, &Request::Release(Release { cluster: greedy })).await, Response::Ok);
+
+    // Within the window: chunks 1 to 3 wait for chunk 0, then all are written.
+    let cluster = ClusterId(0x0dd2);
+    reserve(&mut peer, cluster, &program).await;
+    let early: Vec<_> = (1..=3).map(|i| peer.send(chunk(cluster, i))).collect();
+    assert!(!peer.answered(early[0], Duration::from_millis(300)).await, "a chunk past a gap was answered");
+    let first = peer.send(chunk(cluster, 0));
+    for id in std::iter::once(first).chain(early) {
+        assert!(!stored(peer.answer(id).await), "complete too early");
+    }
+    let (fourth, last) = (peer.send(chunk(cluster, 4)), peer.send(chunk(cluster, 5)));
+    let completes = [stored(peer.answer(fourth).await), stored(peer.answer(last).await)];
+    assert_eq!(completes.iter().filter(|c| **c).count(), 1, "one answer says the file is complete");
+
+    let result = run_job(&mut peer, &node, cluster, JobId(0), false).await;
+    assert_eq!((result.outcome, result.stdout.bytes), (JobOutcome::Exited(0), b"assembled\n".to_vec()));
+    assert_eq!(ask(&mut peer, &Request::Release(Release { cluster })).await, Response::Ok);
 }

@@ -58,6 +58,10 @@ pub const MAX_MESSAGE_SIZE: u64 = 64 << 20;
 /// the transfer time while bounding what each side buffers per chunk in flight.
 pub const CHUNK_SIZE: usize = 1 << 20;
 
+/// How many chunks of one file a client may have on their way at once (a node refuses
+/// more): enough to keep both ends busy, few enough to bound what a node holds per file.
+pub const CHUNKS_IN_FLIGHT: usize = 4;
+
 /// A node stops adding results to one `Results` message past this many bytes of output,
 /// so a batch always fits [`MAX_MESSAGE_SIZE`] with room for CBOR overhead.
 pub const MAX_RESULT_BATCH_BYTES: usize = 16 << 20;

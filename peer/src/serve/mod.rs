@@ -19,13 +19,14 @@ pub mod reaper;
 mod slots;
 pub mod store;
 mod sys;
+mod uploads;
 mod workers;
 
 use crate::error::{Error, Result};
 use crate::net::{NetEvent, NetHandle};
 use dispy_protocol::{
-    Accepted, Chunk, ChunkStored, ClusterId, FileEntry, FileHash, Hello, JobId, JobOutcome, JobResult, JobSpec,
-    MAX_RESULT_BATCH_BYTES, Refusal, RefusalKind, Request, Reserve, Reserved, Response, Results, Role, WIRE_VERSION,
+    Accepted, ClusterId, FileEntry, FileHash, Hello, JobId, JobOutcome, JobResult, JobSpec, MAX_RESULT_BATCH_BYTES,
+    Refusal, RefusalKind, Request, Reserve, Reserved, Response, Results, Role, WIRE_VERSION,
 };
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
@@ -104,9 +105,6 @@ enum Internal {
     },
 }
 
-/// An upload slot: `None` while a chunk is being written.
-type UploadSlot = Option<Box<Upload>>;
-
 struct Cluster {
     client: PeerId,
     program: String,
@@ -135,7 +133,7 @@ struct Cluster {
     dir: PathBuf,
     queue: VecDeque<JobSpec>,
     running: HashMap<JobId, oneshot::Sender<()>>,
-    uploads: HashMap<FileHash, UploadSlot>,
+    uploads: HashMap<FileHash, uploads::Incoming>,
     results: VecDeque<JobResult>,
     /// Jobs started since the last message to the client.
     started: Vec<JobId>,
@@ -547,51 +545,6 @@ impl Server {
         Response::Reserved(Reserved { cpus, missing })
     }
 
-    fn chunk(
-        &mut self,
-        peer: PeerId,
-        c: Chunk,
-        channel: ResponseChannel<Response>,
-    ) -> Option<(ResponseChannel<Response>, Response)> {
-        let refuse = |kind, msg: String| Response::Refused(Refusal::new(kind, msg));
-        let store = self.store.clone();
-        let cluster = match self.owned(peer, c.cluster) {
-            Ok(cluster) => cluster,
-            Err(refusal) => return Some((channel, *refusal)),
-        };
-        let Some(entry) = cluster.files.iter().find(|f| f.hash == c.hash) else {
-            return Some((channel, refuse(RefusalKind::BadFile, format!("file {} was not declared", c.hash))));
-        };
-        if c.data.len() > dispy_protocol::CHUNK_SIZE {
-            return Some((channel, refuse(RefusalKind::BadFile, "chunk larger than the protocol's chunk size".into())));
-        }
-        let size = entry.size;
-        let upload = match cluster.uploads.remove(&c.hash) {
-            Some(Some(upload)) => upload,
-            Some(None) => {
-                cluster.uploads.insert(c.hash, None);
-                return Some((
-                    channel,
-                    refuse(RefusalKind::BadFile, "chunks of one file must be sent one at a time".into()),
-                ));
-            }
-            None if c.offset == 0 => match store.begin(c.hash, size) {
-                Ok(u) => Box::new(u),
-                Err(e) => return Some((channel, refuse(RefusalKind::Internal, format!("cannot store the file: {e}")))),
-            },
-            None => return Some((channel, refuse(RefusalKind::BadFile, "a file must start at offset 0".into()))),
-        };
-        cluster.uploads.insert(c.hash, None);
-        let tx = self.internal_tx.clone();
-        let (cluster_id, hash) = (c.cluster, c.hash);
-        tokio::task::spawn_blocking(move || {
-            let mut upload = upload;
-            let outcome = upload.write(c.offset, &c.data);
-            let _ = tx.send(Internal::ChunkDone { cluster: cluster_id, hash, upload, outcome, channel });
-        });
-        None
-    }
-
     /// Reports a job that ends without having run.
     fn unstarted(&self, cluster: ClusterId, id: JobId, outcome: JobOutcome) {
         let result = slots::unrun(id, outcome);
@@ -623,28 +576,7 @@ impl Server {
                 self.schedule();
             }
             Internal::ChunkDone { cluster, hash, upload, outcome, channel } => {
-                let response = match outcome {
-                    Ok(complete) => {
-                        if let Some(c) = self.clusters.get_mut(&cluster) {
-                            if complete {
-                                c.uploads.remove(&hash);
-                                c.staged.push(hash);
-                                debug!(cluster = %cluster, %hash, "file staged");
-                            } else {
-                                c.uploads.insert(hash, Some(upload));
-                            }
-                        }
-                        Response::ChunkStored(ChunkStored { hash, complete })
-                    }
-                    Err(msg) => {
-                        if let Some(c) = self.clusters.get_mut(&cluster) {
-                            c.uploads.remove(&hash);
-                        }
-                        warn!(cluster = %cluster, %hash, cause = %msg, "refused a file");
-                        Response::Refused(Refusal::new(RefusalKind::BadFile, msg))
-                    }
-                };
-                self.respond(channel, response);
+                self.chunk_done(cluster, hash, upload, outcome, channel)
             }
             Internal::ResultsSent { cluster, batch, started, delivered, seq } => {
                 if let Some(c) = self.clusters.get_mut(&cluster) {

@@ -152,6 +152,16 @@ pub struct Upload {
 }
 
 impl Upload {
+    /// Bytes written so far: the offset the next chunk must have.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The file's declared size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// Appends a chunk. Returns `true` once the file is complete, verified and in place.
     ///
     /// # Errors
