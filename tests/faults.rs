@@ -172,6 +172,33 @@ fn ctrl_c_cancels_the_remote_jobs_prints_what_ended_and_exits_1() {
     assert!(pids.iter().all(|p| !alive(*p)), "a cancelled job still runs");
 }
 
+/// A second Ctrl-C leaves at once, even while the first waits on a node that does not
+/// answer (here: stopped); the node, once it runs again, kills the job of its gone client.
+#[test]
+fn a_second_ctrl_c_leaves_at_once_even_when_the_node_hangs() {
+    let dir = tempdir();
+    let prog = script(dir.path(), "job.sh", r#"echo $$ > "$1"; sleep 60"#);
+    let node = Node::start(dir.path(), NodeOpts::new("frozen"));
+    let pidfiles = pid_files(dir.path(), 1);
+    let mut cmd = submit(&prog);
+    cmd.args(["--peer", &node.addr, "-a"]).arg(&pidfiles[0]);
+    let client = Proc::spawn("submit", cmd);
+    let pids = wait_pids(&pidfiles, Duration::from_secs(20));
+    signal(node.proc.pid(), "STOP");
+    signal(client.pid(), "INT");
+    assert!(client.wait_stderr("interrupted; cancelling", Duration::from_secs(10)), "{}", client.stderr());
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    signal(client.pid(), "INT");
+    let out = client.wait(Duration::from_secs(10));
+    signal(node.proc.pid(), "CONT");
+    out.expect_code(1);
+    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert!(out.stderr.contains("interrupted again; leaving without waiting"), "{}", out.stderr);
+    drop(node);
+    assert!(!alive(pids[0]), "the job outlived its node");
+}
+
 #[test]
 fn a_timed_out_job_leaves_nothing_of_its_process_tree() {
     let dir = tempdir();

@@ -229,16 +229,24 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
     let mut printer = print::Printer::new(o.json);
     let mut failed = 0usize;
     // Ctrl-C once: cancel the remote jobs, print what ends, release the nodes, exit 1.
-    // Twice: leave at once (the nodes notice the client is gone and kill its jobs).
+    // Twice, at any point after (closing included): leave at once (the nodes notice the
+    // client is gone and kill its jobs).
+    let (first_tx, mut first_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        let _ = first_tx.send(());
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("dispy-peer: interrupted again; leaving without waiting");
+            std::process::exit(1);
+        }
+    });
     let mut interrupted = false;
     loop {
         let next = tokio::select! {
             next = cluster.next_result() => next?,
-            _ = tokio::signal::ctrl_c() => {
-                if interrupted {
-                    eprintln!("dispy-peer: interrupted again; leaving without waiting");
-                    std::process::exit(1);
-                }
+            Ok(()) = &mut first_rx, if !interrupted => {
                 interrupted = true;
                 eprintln!("dispy-peer: interrupted; cancelling the remaining jobs (Ctrl-C again to leave at once)");
                 cluster.cancel_all().await?;
