@@ -111,6 +111,35 @@ esac"#,
     drop(node);
 }
 
+/// A job running as root can write to a stored file through its hard link despite the
+/// read-only bits: the node notices, and the next cluster gets the file as its client
+/// sent it (sent again), never the changed copy.
+#[test]
+fn a_dependency_a_job_wrote_to_is_sent_again_not_served_changed() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("dep.txt"), "pristine\n").unwrap();
+    // Same size: only the seal can tell.
+    let spoiler = script(dir.path(), "spoil.sh", "printf P | dd of=dep.txt conv=notrunc status=none && cat dep.txt");
+    let reader = script(dir.path(), "read.sh", "cat dep.txt");
+    let node = Node::start(dir.path(), NodeOpts::new("sealed"));
+    let run_with = |prog: &std::path::Path| {
+        let mut cmd = submit(prog);
+        cmd.arg("-f").arg(dir.path().join("dep.txt")).args(["--json", "--peer", &node.addr]);
+        let out = run("submit", cmd, Duration::from_secs(60));
+        out.expect_code(0);
+        let lines = out.json_lines();
+        let stdout = lines[0]["stdout"].as_str().unwrap().to_string();
+        let staged = lines.last().unwrap()["summary"]["nodes"][0]["staged_bytes"].as_u64().unwrap();
+        (stdout, staged)
+    };
+    let (spoiled, _) = run_with(&spoiler);
+    assert_eq!(spoiled, "Pristine\n", "the job could write (is the test running as root?)");
+    let (read, staged) = run_with(&reader);
+    assert_eq!(read, "pristine\n", "the changed copy was served");
+    assert_eq!(staged, "pristine\n".len() as u64 + "cat dep.txt".len() as u64 + 11, "dep.txt and read.sh sent");
+    drop(node);
+}
+
 #[test]
 fn failed_jobs_are_reported_and_submit_exits_1() {
     let dir = tempdir();

@@ -118,6 +118,8 @@ struct Cluster {
     job_dirs: jobdirs::JobDirs,
     /// Jobs cancelled before their Submit arrived.
     cancelled_early: HashSet<JobId>,
+    /// Whether all its files were found stored (by a Submit).
+    files_ready: bool,
     /// Since when its client has been disconnected.
     gone_since: Option<std::time::Instant>,
     /// Since when the oldest result not on disk has waited in `results`.
@@ -381,8 +383,19 @@ impl Server {
             Request::Submit(s) => match (self.store.clone(), self.owned(peer, s.cluster)) {
                 (_, Err(refusal)) => *refusal,
                 (store, Ok(cluster)) => {
-                    let missing: Vec<&str> =
-                        cluster.files.iter().filter(|f| !store.has(&f.hash, f.size)).map(|f| f.name.as_str()).collect();
+                    // Checked once: a job that later writes to a file through its link
+                    // changes what its own cluster sees (as on dispy's nodes), but it does
+                    // not make the cluster's files missing.
+                    let missing: Vec<&str> = match cluster.files_ready {
+                        true => Vec::new(),
+                        false => cluster
+                            .files
+                            .iter()
+                            .filter(|f| !store.has(&f.hash, f.size))
+                            .map(|f| f.name.as_str())
+                            .collect(),
+                    };
+                    cluster.files_ready = missing.is_empty();
                     if !missing.is_empty() {
                         refuse(RefusalKind::BadFile, format!("files not staged yet: {}", missing.join(", ")))
                     } else {
@@ -522,6 +535,7 @@ impl Server {
                 workers_started: 0,
                 job_dirs: jobdirs::JobDirs::new(dir.clone()),
                 cancelled_early: HashSet::new(),
+                files_ready: false,
                 gone_since: None,
                 unsaved_since: None,
                 saved: HashSet::new(),

@@ -3,8 +3,9 @@
 //!
 //! A file is written to `store/.partial/` chunk by chunk while its hash is computed, and
 //! renamed into place only when size and hash match what the client declared, so a
-//! half-sent or corrupt file is never used. Stored files are read-only and hard-linked
-//! into job directories, which costs no copy however large they are.
+//! half-sent or corrupt file is never used. Stored files are read-only, sealed by their
+//! modification time (see [`Store::has`]), and hard-linked into job directories, which
+//! costs no copy however large they are.
 
 use dispy_protocol::{FileEntry, FileHash};
 use sha2::{Digest, Sha256};
@@ -63,6 +64,10 @@ pub fn check_name(name: &str) -> Result<PathBuf, PathError> {
     Ok(out)
 }
 
+/// The modification time of every stored file, as a seal: a write through a job's hard
+/// link changes it.
+pub const STORED_MTIME: std::time::SystemTime = std::time::UNIX_EPOCH;
+
 /// The content-addressed store.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -87,11 +92,13 @@ impl Store {
         self.root.join(hash.to_hex())
     }
 
-    /// Whether the store holds this file complete.
+    /// Whether the store holds this file complete and unchanged. Stored files are
+    /// read-only, but not to a job running as root, which can write to one through its
+    /// hard link: any write moves the modification time off [`STORED_MTIME`], and such a
+    /// file counts as missing, so the next cluster that needs it sends it again.
     pub fn has(&self, hash: &FileHash, size: u64) -> bool {
-        // The size check also catches a stored file that a job running as root truncated
-        // through its hard link (read-only bits do not stop root).
-        fs::metadata(self.path(hash)).is_ok_and(|m| m.is_file() && m.len() == size)
+        fs::metadata(self.path(hash))
+            .is_ok_and(|m| m.is_file() && m.len() == size && m.modified().is_ok_and(|t| t == STORED_MTIME))
     }
 
     /// Starts receiving a file.
@@ -184,6 +191,7 @@ impl Upload {
             return Err(format!("content does not match its declared hash {}", self.hash));
         }
         self.file.flush().map_err(|e| e.to_string())?;
+        self.file.set_modified(STORED_MTIME).map_err(|e| format!("cannot seal {}: {e}", self.tmp.display()))?;
         fs::set_permissions(&self.tmp, fs::Permissions::from_mode(0o555)).map_err(|e| e.to_string())?;
         fs::rename(&self.tmp, &self.dest).map_err(|e| format!("cannot store {}: {e}", self.dest.display()))?;
         self.stored = true;
