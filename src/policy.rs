@@ -3,17 +3,23 @@
 //! A node holds its CPU count plus a backlog, so that when a job ends the next one starts
 //! from the node's own queue instead of waiting a round trip to the client. The backlog
 //! follows the jobs' length: short jobs need a deep one (a round trip is worth several
-//! jobs), long jobs need almost none, and a deep backlog of long jobs would leave them
-//! waiting on one node while another idles (or joins late).
+//! jobs, and a message should carry many), long jobs need almost none, and a deep backlog
+//! of long jobs would leave them waiting on one node while another idles (or joins late).
+//! Either short tier holds at most about a tenth of a second of work per CPU.
 
 /// Jobs shorter than this (mean run time on the node) get the deep backlog.
 const SHORT_JOB_SECS: f64 = 0.02;
+
+/// Jobs shorter than this get a deeper one still: they cost little more than the messages
+/// that carry them, so each message should carry many.
+const TINY_JOB_SECS: f64 = 0.002;
 
 /// Jobs a node may hold (running and queued): see the module docs. `mean_job_secs` is
 /// `None` until the node has finished a job.
 pub(crate) fn capacity(cpus: u32, mean_job_secs: Option<f64>) -> usize {
     let cpus = cpus.max(1) as usize;
     match mean_job_secs {
+        Some(m) if m < TINY_JOB_SECS => cpus * 16 + 16,
         Some(m) if m < SHORT_JOB_SECS => cpus * 4 + 4,
         // Unknown yet: one job queued per CPU, so a node is never idle waiting to learn.
         None => cpus * 2,
@@ -74,7 +80,7 @@ mod tests {
     use super::*;
 
     fn short(cpus: u32, in_flight: usize) -> Load {
-        Load { cpus, in_flight, mean_job_secs: Some(0.001) }
+        Load { cpus, in_flight, mean_job_secs: Some(0.005) }
     }
 
     #[test]
@@ -89,6 +95,15 @@ mod tests {
         // A node above half its capacity waits to gather a batch.
         assert_eq!(plan(&[short(2, 7)], 1000), vec![0]);
         assert_eq!(plan(&[short(2, 1)], 1000), vec![11]);
+    }
+
+    #[test]
+    fn tiny_jobs_get_the_deepest_backlog() {
+        let tiny = Load { cpus: 2, in_flight: 0, mean_job_secs: Some(0.0002) };
+        assert_eq!(plan(&[tiny], 1000), vec![48]);
+        // Refilled in batches of half that.
+        assert_eq!(plan(&[Load { in_flight: 25, ..tiny }], 1000), vec![0]);
+        assert_eq!(plan(&[Load { in_flight: 24, ..tiny }], 1000), vec![24]);
     }
 
     #[test]
