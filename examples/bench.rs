@@ -5,9 +5,9 @@
 //! ```sh
 //! cargo build --release --bin dispy-peer && cargo run --release --example bench
 //! ```
-//! Metrics: `fn_jobs_per_s` (2000 trivial function jobs), `fn_round_trip_ms` (median of 50
+//! Metrics: `fn_jobs_per_s` (20,000 trivial function jobs), `fn_round_trip_ms` (median of 50
 //! single jobs on a warm cluster), `prog_jobs_per_s` (1000 `/bin/true`), `stage_mb_per_s`
-//! (a 100 MiB dependency to a fresh node). env: `REPS` (3), `N_FN` (2000), `N_PROG` (1000),
+//! (a 100 MiB dependency to a fresh node). env: `REPS` (3), `N_FN` (20000), `N_PROG` (1000),
 //! `STAGE_MB` (100). Run it in a loopback-only namespace to keep it off the LAN:
 //! `unshare -n sh -c 'ip link set lo up; exec target/release/examples/bench'`.
 
@@ -50,7 +50,7 @@ fn main() {
     for rep in 1..=env_num("REPS", 3) {
         rt.block_on(async {
             let node = Node::start();
-            let (jobs_per_s, rtt_ms) = functions(&node, env_num("N_FN", 2000)).await.expect("function jobs");
+            let (jobs_per_s, rtt_ms) = functions(&node, env_num("N_FN", 20000)).await.expect("function jobs");
             emit("fn_jobs_per_s", jobs_per_s, "jobs/s", rep, &date);
             emit("fn_round_trip_ms", rtt_ms, "ms", rep, &date);
             emit(
