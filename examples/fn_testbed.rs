@@ -5,7 +5,8 @@
 //! DISPY_PEERS=/ip4/127.0.0.1/tcp/9700 DISPY_SECRET=s cargo run --example fn_testbed -- many 100
 //! ```
 //! Scenarios: `many N` (N jobs printing and returning squares), `sleepy N MS`, `filter
-//! NAME` (a node filter), `panic`, `cancel`, `timeout`, `crash`, `callbacks`. mDNS stays off: nodes come from `DISPY_PEERS`.
+//! NAME` (a node filter), `panic`, `cancel`, `timeout`, `crash`, `callbacks`, `blocking`,
+//! `stall` (the application blocks its runtime thread for 3 s while a job runs). mDNS stays off: nodes come from `DISPY_PEERS`.
 
 use dispy::{Cluster, ClusterBuilder, JobError, JobStatus, Secret};
 use serde_json::json;
@@ -55,6 +56,29 @@ fn main() {
             Ok(())
         };
         if let Err(e) = run() {
+            eprintln!("fn_testbed: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
+    if args.first().map(String::as_str) == Some("stall") {
+        // The classic mistake: blocking the application's only runtime thread while a job
+        // runs, longer than the heartbeat window. The cluster's peer runs on a thread of its
+        // own, so the node still hears from it and the job is not lost.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let outcome = rt.block_on(async {
+            let mut cluster =
+                configure(Cluster::function(sleeper)).heartbeat(Duration::from_millis(500)).start().await?;
+            let job = cluster.submit(1500).await?;
+            while job.status() != JobStatus::Running {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            std::thread::sleep(Duration::from_secs(3));
+            let r = job.wait().await;
+            emit(json!({"value": r.as_ref().ok(), "error": r.err().map(|e| e.to_string())}));
+            cluster.close().await.map(|_| ())
+        });
+        if let Err(e) = outcome {
             eprintln!("fn_testbed: {e}");
             std::process::exit(2);
         }

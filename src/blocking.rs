@@ -1,5 +1,6 @@
-//! Blocking wrappers, for programs that are not async: [`BlockingCluster`] owns a tokio
-//! runtime whose threads run the scheduler, and [`crate::Job::result`] waits for a job.
+//! Blocking wrappers, for programs that are not async: [`BlockingCluster`] owns a small
+//! tokio runtime that carries its calls to the cluster (whose peer and scheduler run on a
+//! thread of their own, as for every cluster), and [`crate::Job::result`] waits for a job.
 //!
 //! ```no_run
 //! fn square(x: u64) -> u64 { x * x }
@@ -33,8 +34,10 @@ impl<A, R> ClusterBuilder<A, R> {
     /// # Errors
     /// As [`ClusterBuilder::start`], and [`Error::Config`] if no runtime can be made.
     pub fn start_blocking(self) -> Result<BlockingCluster<A, R>> {
-        let runtime =
-            tokio::runtime::Runtime::new().map_err(|e| Error::Config(format!("cannot start a runtime: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Config(format!("cannot start a runtime: {e}")))?;
         let inner = runtime.block_on(self.start())?;
         Ok(BlockingCluster { runtime, inner })
     }

@@ -189,7 +189,9 @@ impl<A, R> ClusterBuilder<A, R> {
         self
     }
 
-    /// Hashes the files, joins the mesh and starts looking for nodes.
+    /// Hashes the files, joins the mesh and starts looking for nodes. The cluster's peer and
+    /// scheduler run on a thread of their own, so they keep answering nodes' heartbeats even
+    /// while the application blocks its runtime.
     ///
     /// # Errors
     /// [`Error::File`] for a missing or unreadable program or file (no node is contacted),
@@ -233,8 +235,18 @@ impl<A, R> ClusterBuilder<A, R> {
             heartbeat: self.heartbeat,
             ..NetConfig::default()
         };
-        let (handle, events, event_loop) = net::new(cfg)?;
-        tokio::spawn(event_loop.run());
+        // The cluster's peer and scheduler run on a thread and single-threaded runtime of
+        // their own: an application that blocks its runtime's workers never delays their
+        // heartbeats, and their tasks never hop between threads. The swarm is built in that
+        // runtime's context, so its sockets belong to it.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Config(format!("cannot start the cluster's runtime: {e}")))?;
+        let (handle, events, event_loop) = {
+            let _context = runtime.enter();
+            net::new(cfg)?
+        };
         let cluster = ClusterId(rand_id());
         let journal = match &self.journal {
             Some(path) => Some(crate::journal::Journal::create(path, cluster, &program_name)?),
@@ -263,7 +275,15 @@ impl<A, R> ClusterBuilder<A, R> {
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (up_tx, up_rx) = mpsc::unbounded_channel();
         let scheduler = Scheduler::new(settings, handle, up_tx, local);
-        tokio::spawn(scheduler.run(events, cmd_rx));
+        std::thread::Builder::new()
+            .name("dispy-cluster".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    tokio::spawn(event_loop.run());
+                    scheduler.run(events, cmd_rx).await;
+                })
+            })
+            .map_err(|e| Error::Config(format!("cannot start the cluster's thread: {e}")))?;
         Ok(Cluster {
             cmds: cmd_tx,
             updates: up_rx,

@@ -177,3 +177,20 @@ fn the_blocking_api_runs_jobs_from_synchronous_code() {
     assert_eq!(line["values"], serde_json::json!([0, 1, 4, 9, 16]), "{}", out.stdout);
     assert_eq!(line["jobs"], 5);
 }
+
+/// An application that blocks its own runtime thread for longer than the heartbeat window
+/// (here 3 s against 1.5 s on both sides) loses nothing: the cluster's peer runs on a
+/// thread of its own and keeps answering the node.
+#[test]
+fn an_application_blocking_its_runtime_does_not_silence_the_cluster() {
+    let dir = tempdir();
+    let mut o = NodeOpts::new("patient");
+    o.extra = vec!["--heartbeat".into(), "0.5".into()];
+    let node = Node::start(dir.path(), o);
+    let out = scenario(&[&node], &["stall"], &[]);
+    out.expect_code(0);
+    let lines = out.json_lines();
+    assert_eq!(lines[0]["value"], 1500, "{}\n{}", out.stdout, out.stderr);
+    assert!(!node.proc.stderr().contains("stopped answering heartbeats"), "{}", node.proc.stderr());
+    drop(node);
+}
