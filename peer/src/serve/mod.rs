@@ -5,10 +5,12 @@
 //! waits on the network or the disk itself: job runs, chunk writes and result deliveries
 //! are spawned and report back over a channel.
 //!
-//! Layout: this file holds the state and the request handling; `slots` starts jobs in CPU
-//! slots, `delivery` gets results to clients, `lifecycle` ends clusters and the node,
-//! [`store`] the staged files, `executor` and `workers` the processes, [`reaper`] the
-//! companion that outlives a crash, `kept` results kept for recovery.
+//! Layout: this file holds the state and routes requests; `requests` answers a client's
+//! requests about its cluster, `uploads` takes its files' chunks, `slots` starts jobs in
+//! CPU slots (in directories from `jobdirs`), `delivery` gets results to clients,
+//! `lifecycle` ends clusters and the node, [`store`] the staged files, `executor` and
+//! `workers` the processes, [`reaper`] the companion that outlives a crash, `kept` results
+//! kept for recovery.
 
 mod delivery;
 pub(crate) mod executor;
@@ -16,6 +18,7 @@ mod jobdirs;
 mod kept;
 mod lifecycle;
 pub mod reaper;
+mod requests;
 mod slots;
 pub mod store;
 mod sys;
@@ -26,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::net::{NetEvent, NetHandle};
 use dispy_protocol::{
     Accepted, ClusterId, FileEntry, FileHash, Hello, JobId, JobOutcome, JobResult, JobSpec, MAX_RESULT_BATCH_BYTES,
-    Refusal, RefusalKind, Request, Reserve, Reserved, Response, Results, Role, WIRE_VERSION,
+    Refusal, RefusalKind, Request, Reserved, Response, Results, Role, WIRE_VERSION,
 };
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
@@ -380,64 +383,8 @@ impl Server {
             _ if self.stopping => refuse(RefusalKind::ShuttingDown, format!("node {} is shutting down", self.cfg.name)),
             Request::Reserve(r) => self.reserve(peer, r),
             Request::Chunk(c) => return self.chunk(peer, c, channel),
-            Request::Submit(s) => match (self.store.clone(), self.owned(peer, s.cluster)) {
-                (_, Err(refusal)) => *refusal,
-                (store, Ok(cluster)) => {
-                    // Checked once: a job that later writes to a file through its link
-                    // changes what its own cluster sees (as on dispy's nodes), but it does
-                    // not make the cluster's files missing.
-                    let missing: Vec<&str> = match cluster.files_ready {
-                        true => Vec::new(),
-                        false => cluster
-                            .files
-                            .iter()
-                            .filter(|f| !store.has(&f.hash, f.size))
-                            .map(|f| f.name.as_str())
-                            .collect(),
-                    };
-                    cluster.files_ready = missing.is_empty();
-                    if !missing.is_empty() {
-                        refuse(RefusalKind::BadFile, format!("files not staged yet: {}", missing.join(", ")))
-                    } else {
-                        let count = s.jobs.len() as u32;
-                        let mut cancelled = Vec::new();
-                        for job in s.jobs {
-                            if cluster.cancelled_early.remove(&job.id) {
-                                cancelled.push(job.id);
-                            } else {
-                                cluster.queue.push_back(job);
-                            }
-                        }
-                        for id in cancelled {
-                            self.unstarted(s.cluster, id, JobOutcome::Cancelled);
-                        }
-                        self.schedule();
-                        Response::Accepted(Accepted { count })
-                    }
-                }
-            },
-            Request::Cancel(c) => match self.owned(peer, c.cluster) {
-                Err(refusal) => *refusal,
-                Ok(cluster) => {
-                    let mut cancelled = Vec::new();
-                    for id in c.jobs {
-                        if let Some(kill) = cluster.running.remove(&id) {
-                            let _ = kill.send(());
-                        } else if let Some(pos) = cluster.queue.iter().position(|j| j.id == id) {
-                            cluster.queue.remove(pos);
-                            cancelled.push(id);
-                        } else if !cluster.results.iter().any(|r| r.id == id) {
-                            // Submit and Cancel travel on streams of their own: the jobs
-                            // may still be on their way. They are cancelled on arrival.
-                            cluster.cancelled_early.insert(id);
-                        }
-                    }
-                    for id in cancelled {
-                        self.unstarted(c.cluster, id, JobOutcome::Cancelled);
-                    }
-                    Response::Ok
-                }
-            },
+            Request::Submit(s) => self.submit(peer, s),
+            Request::Cancel(c) => self.cancel(peer, c),
             Request::Release(r) => match self.owned(peer, r.cluster) {
                 Err(refusal) => *refusal,
                 Ok(_) => {
@@ -446,117 +393,10 @@ impl Server {
                 }
             },
             Request::Results(_) => refuse(RefusalKind::WrongRole, "this peer is a node; it takes no results".into()),
-            Request::Recover(r) => {
-                // Held in memory (the client is away but within its zombie interval) and on
-                // disk (after it): both, bounded like a result batch.
-                let mut results: Vec<JobResult> =
-                    self.clusters.get(&r.cluster).map(|c| c.results.iter().cloned().collect()).unwrap_or_default();
-                results.extend(self.kept.load(r.cluster));
-                let mut bytes = 0;
-                results.retain(|x| {
-                    bytes += x.payload_len();
-                    bytes <= MAX_RESULT_BATCH_BYTES
-                });
-                info!(cluster = %r.cluster, %peer, results = results.len(), "results recovered");
-                Response::Recovered(Results { cluster: r.cluster, started: Vec::new(), results })
-            }
-            Request::Forget(f) => {
-                if let Some(c) = self.clusters.get_mut(&f.cluster) {
-                    c.results.retain(|x| !f.jobs.contains(&x.id));
-                }
-                let kept = self.kept.clone();
-                tokio::task::spawn_blocking(move || kept.forget(f.cluster, &f.jobs));
-                Response::Ok
-            }
+            Request::Recover(r) => self.recover(peer, r),
+            Request::Forget(f) => self.forget(f),
         };
         Some((channel, response))
-    }
-
-    /// The cluster, if `peer` is its client.
-    fn owned(&mut self, peer: PeerId, id: ClusterId) -> std::result::Result<&mut Cluster, Box<Response>> {
-        match self.clusters.get_mut(&id) {
-            Some(c) if c.client == peer && !c.released => Ok(c),
-            _ => Err(Box::new(Response::Refused(Refusal::new(
-                RefusalKind::UnknownCluster,
-                format!("cluster {id} is not reserved on this node by you"),
-            )))),
-        }
-    }
-
-    fn reserve(&mut self, peer: PeerId, r: Reserve) -> Response {
-        let refuse = |kind, msg: String| Response::Refused(Refusal::new(kind, msg));
-        for f in &r.files {
-            if let Err(e) = check_name(&f.name) {
-                warn!(client = %peer, cause = %e, "refused a file name");
-                return refuse(RefusalKind::BadPath, e.to_string());
-            }
-            if let Some(max) = self.cfg.max_file_size
-                && f.size > max
-            {
-                return refuse(
-                    RefusalKind::TooLarge,
-                    format!(
-                        "file {} is {} bytes, over node {}'s --max-file-size of {} bytes",
-                        f.name, f.size, self.cfg.name, max
-                    ),
-                );
-            }
-        }
-        if !r.files.iter().any(|f| f.name == r.program) {
-            return refuse(RefusalKind::BadFile, format!("program {} is not among the cluster's files", r.program));
-        }
-        let cpus = r.cpus.unwrap_or(self.cfg.cpus).clamp(1, self.cfg.cpus.max(1));
-        let mut missing: Vec<FileHash> = Vec::new();
-        for f in &r.files {
-            if !self.store.has(&f.hash, f.size) && !missing.contains(&f.hash) {
-                missing.push(f.hash);
-            }
-        }
-        if let Some(existing) = self.clusters.get_mut(&r.cluster) {
-            if existing.client != peer {
-                return refuse(RefusalKind::UnknownCluster, format!("cluster {} belongs to another client", r.cluster));
-            }
-            if !existing.released {
-                // The client reconnected and reserves again: the cluster goes on as it was.
-                existing.gone_since = None;
-                info!(cluster = %r.cluster, client = %peer, "cluster resumed");
-                return Response::Reserved(Reserved { cpus: existing.cpus, missing });
-            }
-        }
-        info!(cluster = %r.cluster, client = %peer, cpus, files = r.files.len(), missing = missing.len(), "cluster reserved");
-        let dir = self.jobs_root.join(r.cluster.to_string());
-        self.clusters.insert(
-            r.cluster,
-            Cluster {
-                client: peer,
-                program: r.program,
-                function: r.function,
-                idle_workers: Vec::new(),
-                workers_started: 0,
-                job_dirs: jobdirs::JobDirs::new(dir.clone()),
-                cancelled_early: HashSet::new(),
-                files_ready: false,
-                gone_since: None,
-                unsaved_since: None,
-                saved: HashSet::new(),
-                delivering: HashMap::new(),
-                staged: Vec::new(),
-                files: r.files,
-                cpus,
-                dir,
-                queue: VecDeque::new(),
-                running: HashMap::new(),
-                uploads: HashMap::new(),
-                results: VecDeque::new(),
-                started: Vec::new(),
-                sending: 0,
-                sending_starts: 0,
-                starts_since: None,
-                starts_timer: false,
-                released: false,
-            },
-        );
-        Response::Reserved(Reserved { cpus, missing })
     }
 
     /// Reports a job that ends without having run.
