@@ -56,3 +56,22 @@ fn with_nodes_named_there_is_no_fallback_but_a_clear_error() {
     assert!(out.stderr.contains("no usable dispy node found within 1.0 s"), "{}", out.stderr);
     assert!(out.stderr.contains("/ip4/127.0.0.1/tcp/9"), "says what was searched: {}", out.stderr);
 }
+
+/// The README's main command on a machine with no node: `examples/divisors` (a function
+/// cluster with default settings: mDNS on, so run in a namespace of its own) finds nothing,
+/// says so, starts a local node and prints every job's result and the stats.
+#[test]
+fn the_readmes_main_command_runs_on_a_machine_with_no_node() {
+    require_netns();
+    let exe = std::env::current_exe().expect("test exe");
+    let divisors = exe.parent().and_then(|d| d.parent()).expect("target dir").join("examples/divisors");
+    assert!(divisors.exists(), "{} is missing: run the suite with `cargo test --workspace`", divisors.display());
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-n", "sh", "-c", "ip link set lo up && exec \"$0\""]).arg(&divisors);
+    cmd.env("RUST_LOG", "warn,libp2p_kad=error").env_remove("DISPY_SECRET");
+    let out = run("divisors", cmd, Duration::from_secs(120));
+    out.expect_code(0);
+    assert!(out.stderr.contains("running the jobs on a local node"), "{}", out.stderr);
+    assert!(out.stdout.contains("10000000000097 [811]\n"), "{}", out.stdout);
+    assert!(out.stdout.contains("50 jobs, total job time"), "{}", out.stdout);
+}
