@@ -114,6 +114,16 @@ async fn run(args: &[String]) -> dispy::Result<()> {
         Some("many") => {
             let n: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100);
             let mut cluster = configure(Cluster::function(square)).start().await?;
+            // Jobs this short can all be done before a slow node is ready: a test that
+            // wants every node used waits for them first.
+            let want: usize = std::env::var("DISPY_WAIT_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let t = Instant::now();
+            while cluster.nodes().await?.iter().filter(|n| n.status == "ready").count() < want {
+                if t.elapsed() > Duration::from_secs(60) {
+                    return Err(dispy::Error::Config(format!("{want} nodes not ready within 60 s")));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             let mut jobs = Vec::new();
             for i in 0..n {
                 jobs.push((i, cluster.submit(i).await?));

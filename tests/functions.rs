@@ -35,7 +35,7 @@ fn a_thousand_function_jobs_on_three_nodes_each_with_its_own_output() {
     let dir = tempdir();
     let nodes: Vec<Node> = ["fa", "fb", "fc"].iter().map(|n| Node::start(dir.path(), NodeOpts::new(n))).collect();
     let refs: Vec<&Node> = nodes.iter().collect();
-    let out = scenario(&refs, &["many", "1000"], &[]);
+    let out = scenario(&refs, &["many", "1000"], &[("DISPY_WAIT_NODES", "3")]);
     out.expect_code(0);
     let lines = out.json_lines();
     let mut per_node: HashMap<String, u64> = HashMap::new();
@@ -145,7 +145,9 @@ fn a_node_filter_picks_nodes_by_their_facts() {
 fn a_node_lost_mid_run_loses_no_job_of_a_reentrant_function_cluster() {
     let dir = tempdir();
     let stays = Node::start(dir.path(), NodeOpts::new("stays"));
-    let dies = Node::start(dir.path(), NodeOpts::new("dies"));
+    let mut o = NodeOpts::new("dies");
+    o.extra = vec!["-v".into()];
+    let dies = Node::start(dir.path(), o);
     let mut cmd = Command::new(testbed());
     cmd.args(["sleepy", "40", "300"])
         .env("DISPY_SECRET", "test-secret")
@@ -153,9 +155,14 @@ fn a_node_lost_mid_run_loses_no_job_of_a_reentrant_function_cluster() {
         .env("DISPY_REENTRANT", "1")
         .env("RUST_LOG", "warn");
     let client = Proc::spawn("fn_testbed sleepy", cmd);
-    // Both nodes run and hold jobs once the executable is staged and workers are up.
-    assert!(dies.proc.wait_stderr("cluster reserved", Duration::from_secs(30)));
-    std::thread::sleep(Duration::from_millis(1200));
+    // Mid-run: once two of its jobs have ended (and their results had time to travel),
+    // while it holds more.
+    let t = std::time::Instant::now();
+    while dies.proc.stderr().matches("job ended").count() < 2 {
+        assert!(t.elapsed() < Duration::from_secs(60), "no job ended on the node:\n{}", dies.proc.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     signal(dies.proc.pid(), "KILL");
     let out = client.wait(Duration::from_secs(120));
     out.expect_code(0);
