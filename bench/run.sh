@@ -90,7 +90,9 @@ print((max(j["end_us"] for j in jobs) - min(j["start_us"] for j in jobs)) / 1e6)
   emit dispy-peer prog_jobs_per_s_after_ready "$(calc "$N_PROG / $span")" "jobs/s" "$rep"
   stop_node
 
-  # Staging: a fresh dest path, so every byte is sent.
+  # Staging: a fresh dest path, so every byte is sent; a fresh hash cache, so the client
+  # reads the file to hash it, as on its first submit.
+  export XDG_CACHE_HOME="$WORK/cache$rep"
   [ -f "$WORK/dep.bin" ] || head -c $((STAGE_MB * 1024 * 1024)) /dev/urandom > "$WORK/dep.bin"
   start_node "$WORK/stage$rep"
   echo 0 > "$WORK/client.rss"

@@ -21,7 +21,8 @@
 //! - [`Cluster`] / [`ClusterBuilder`] (`cluster`): the handle users hold.
 //! - `scheduler`: the task that finds nodes, stages files and keeps CPU slots busy;
 //!   `policy`: its pure dispatch arithmetic.
-//! - `stage`: content hashes and chunked file transfer.
+//! - `stage`: content hashes and chunked file transfer; `hashcache`: large files' hashes
+//!   remembered between runs.
 //! - `local`: the embedded node for machines with none.
 //! - [`discover()`]: list the nodes that answer.
 //! - [`report`]: job reports and the stats table.
@@ -38,6 +39,7 @@ mod cluster;
 mod discover;
 mod error;
 pub mod events;
+mod hashcache;
 mod job;
 mod journal;
 mod local;

@@ -3,6 +3,7 @@
 //! the file's size).
 
 use crate::error::{Error, Result};
+use crate::hashcache::HashCache;
 use dispy_node::net::NetHandle;
 use dispy_protocol::{CHUNK_SIZE, CHUNKS_IN_FLIGHT, Chunk, ClusterId, FileEntry, FileHash, Request, Response};
 use futures::StreamExt;
@@ -24,6 +25,7 @@ pub(crate) struct LocalFile {
 /// base name. Fails before any node is contacted if a file is missing or unreadable.
 pub(crate) fn describe(program: &Path, files: &[PathBuf]) -> Result<(String, Vec<LocalFile>)> {
     let mut out: Vec<LocalFile> = Vec::new();
+    let mut cache = HashCache::open();
     let mut program_name = String::new();
     for (i, path) in std::iter::once(program).chain(files.iter().map(PathBuf::as_path)).enumerate() {
         let name = path
@@ -36,7 +38,7 @@ pub(crate) fn describe(program: &Path, files: &[PathBuf]) -> Result<(String, Vec
         if !meta.is_file() {
             return Err(Error::Config(format!("{} is not a regular file", path.display())));
         }
-        let (hash, size) = hash_file(path).map_err(file_err)?;
+        let (hash, size) = cache.hash(path, hash_file).map_err(file_err)?;
         if i == 0 {
             program_name = name.clone();
         }
@@ -52,6 +54,7 @@ pub(crate) fn describe(program: &Path, files: &[PathBuf]) -> Result<(String, Vec
         }
         out.push(LocalFile { path: path.to_path_buf(), entry: FileEntry { name, hash, size, executable: i == 0 } });
     }
+    cache.save();
     Ok((program_name, out))
 }
 

@@ -29,6 +29,8 @@ impl Proc {
     /// Starts `cmd` with stdout and stderr captured in the background.
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // Clients remember large files' hashes in the user's cache: the tests' go here.
+        cmd.env("XDG_CACHE_HOME", std::env::temp_dir().join("dispy-peer-tests-cache"));
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
