@@ -6,16 +6,9 @@ use std::collections::{HashMap, HashSet};
 use std::process::Command;
 use std::time::Duration;
 
-/// The testbed example; `cargo test` builds examples beside the test binary.
+/// The testbed example.
 fn testbed() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let path = exe.parent().and_then(|d| d.parent()).expect("target dir").join("examples/fn_testbed");
-    assert!(
-        path.exists(),
-        "{} is missing: run the suite with `cargo test --workspace`, which builds examples/",
-        path.display()
-    );
-    path
+    example("fn_testbed")
 }
 
 fn scenario(nodes: &[&Node], args: &[&str], extra_env: &[(&str, &str)]) -> Finished {

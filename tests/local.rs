@@ -6,13 +6,18 @@ use crate::util::*;
 use std::process::Command;
 use std::time::Duration;
 
-fn isolated(args: &[&str]) -> Command {
+/// `program args` in a network namespace of its own with only loopback up.
+fn isolated_program(program: &std::path::Path, args: &[&str]) -> Command {
     require_netns();
     let mut cmd = Command::new("unshare");
-    cmd.args(["-n", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh", bin()]);
+    cmd.args(["-n", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh"]).arg(program);
     cmd.args(args);
     cmd.env("RUST_LOG", "warn,libp2p_kad=error").env_remove("DISPY_SECRET");
     cmd
+}
+
+fn isolated(args: &[&str]) -> Command {
+    isolated_program(std::path::Path::new(bin()), args)
 }
 
 #[test]
@@ -62,14 +67,7 @@ fn with_nodes_named_there_is_no_fallback_but_a_clear_error() {
 /// says so, starts a local node and prints every job's result and the stats.
 #[test]
 fn the_readmes_main_command_runs_on_a_machine_with_no_node() {
-    require_netns();
-    let exe = std::env::current_exe().expect("test exe");
-    let divisors = exe.parent().and_then(|d| d.parent()).expect("target dir").join("examples/divisors");
-    assert!(divisors.exists(), "{} is missing: run the suite with `cargo test --workspace`", divisors.display());
-    let mut cmd = Command::new("unshare");
-    cmd.args(["-n", "sh", "-c", "ip link set lo up && exec \"$0\""]).arg(&divisors);
-    cmd.env("RUST_LOG", "warn,libp2p_kad=error").env_remove("DISPY_SECRET");
-    let out = run("divisors", cmd, Duration::from_secs(120));
+    let out = run("divisors", isolated_program(&example("divisors"), &[]), Duration::from_secs(120));
     out.expect_code(0);
     assert!(out.stderr.contains("running the jobs on a local node"), "{}", out.stderr);
     assert!(out.stdout.contains("10000000000097 [811]\n"), "{}", out.stdout);

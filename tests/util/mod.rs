@@ -16,6 +16,18 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_dispy-peer")
 }
 
+/// An example's executable; `cargo test --workspace` builds examples beside the test binary.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let path = exe.parent().and_then(|d| d.parent()).expect("target dir").join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the suite with `cargo test --workspace`, which builds examples/",
+        path.display()
+    );
+    path
+}
+
 /// A running process, killed (TERM, then KILL) by PID when dropped.
 pub struct Proc {
     pub child: Child,
