@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use dispy_node::net::{self, NetConfig};
-use dispy_node::serve::{ServeConfig, Server, Stop};
+use dispy_node::serve::{ServeConfig, Server, Stop, reaper};
 use libp2p::Multiaddr;
 use libp2p::pnet::PreSharedKey;
 use std::path::PathBuf;
@@ -29,15 +29,21 @@ impl LocalNode {
             ..NetConfig::default()
         };
         let dest = std::env::temp_dir().join(format!("dispy-peer-local-{}-{:x}", std::process::id(), rand_u32()));
+        let reaper_exe = reaper::can_reap().then(std::env::current_exe).and_then(Result::ok);
         let serve = ServeConfig {
             name: format!("{} (local)", crate::host_name()),
             cpus: crate::available_cpus(),
             dest: dest.clone(),
             max_file_size: None,
             max_output: crate::DEFAULT_MAX_OUTPUT,
-            // The client's executable need not know the reaper mode: the embedded node's
-            // jobs are killed by its own shutdown, and die with it only if it exits cleanly.
-            reaper: None,
+            // The client's executable serves as the reaper when its `main` lets it (as
+            // `dispy-peer` and `dispy::worker!` do), so the jobs die with the client however
+            // it ends, and the node's folder goes; otherwise only its clean shutdown kills
+            // them. The token goes on each job: this process has other threads, so its
+            // environment cannot change.
+            job_token: reaper_exe.as_ref().map(|_| reaper::new_token()),
+            reaper: reaper_exe,
+            private_dest: true,
             drain_timeout: std::time::Duration::ZERO,
             serve_clusters: None,
             zombie_interval: std::time::Duration::from_secs(60),

@@ -68,6 +68,8 @@ pub(crate) fn name_of<F>() -> &'static str {
 /// Runs the worker loop and exits if this process was started as a worker; returns at once
 /// otherwise. Put it (through [`crate::worker!`]) first in `main`.
 pub fn serve_if_worker(functions: &[Function]) {
+    // The executable may also be started as the reaper of an embedded node's jobs.
+    dispy_node::serve::reaper::run_if_reaper();
     let Ok(wanted) = std::env::var(WORKER_ENV) else { return };
     let code = match functions.iter().find(|f| f.name == wanted) {
         Some(f) => match run(f) {

@@ -73,3 +73,37 @@ fn the_readmes_main_command_runs_on_a_machine_with_no_node() {
     assert!(out.stdout.contains("10000000000097 [811]\n"), "{}", out.stdout);
     assert!(out.stdout.contains("50 jobs, total job time"), "{}", out.stdout);
 }
+
+/// A client running its jobs on the embedded node is killed (SIGKILL: no clean shutdown):
+/// its executable, started beside it as the reaper, kills the jobs and deletes the node's
+/// folder.
+#[test]
+fn the_local_nodes_jobs_and_files_die_with_a_killed_client() {
+    let dir = tempdir();
+    let prog = script(dir.path(), "job.sh", r#"echo $$ > "$1"; sleep 60"#);
+    let pidfiles = pid_files(dir.path(), 2);
+    let mut cmd = Command::new(bin());
+    cmd.arg("submit").arg(&prog).args(["--local", "--no-mdns"]);
+    for p in &pidfiles {
+        cmd.arg("-a").arg(p);
+    }
+    let client = Proc::spawn("submit --local", cmd);
+    let pids = wait_pids(&pidfiles, Duration::from_secs(30));
+    let dest_prefix = format!("dispy-peer-local-{}-", client.pid());
+    let dests = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(std::env::temp_dir())
+            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&dest_prefix)))
+            .collect()
+    };
+    assert_eq!(dests().len(), 1, "the local node's folder");
+    signal(client.pid(), "KILL");
+    let _ = client.wait(Duration::from_secs(10));
+    let t = std::time::Instant::now();
+    while pids.iter().any(|p| alive(*p)) || !dests().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "jobs alive: {:?}, folders left: {:?}", pids, dests());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -22,6 +22,8 @@ pub(crate) struct RunSpec {
     pub(crate) dir: PathBuf,
     pub(crate) timeout: Option<Duration>,
     pub(crate) max_output: usize,
+    /// The reaper's token, when the job does not inherit it (see `ServeConfig::job_token`).
+    pub(crate) token: Option<std::sync::Arc<str>>,
 }
 
 /// How it went.
@@ -53,6 +55,9 @@ pub(crate) async fn run(spec: RunSpec, cancel: oneshot::Receiver<()>) -> RunOutc
     // change to the environment makes every spawn rebuild it.)
     if std::env::var_os("DISPY_SECRET").is_some() {
         cmd.env_remove("DISPY_SECRET");
+    }
+    if let Some(token) = &spec.token {
+        cmd.env(super::reaper::TOKEN_ENV, &**token);
     }
     let mut child = match cmd.spawn() {
         Ok(child) => child,
@@ -150,6 +155,7 @@ mod tests {
             dir: dir.to_path_buf(),
             timeout: None,
             max_output: 10,
+            token: None,
         }
     }
 

@@ -65,6 +65,12 @@ pub struct ServeConfig {
     /// An executable that runs [`reaper::run_if_reaper`] first in `main` (the node's own):
     /// started as the reaper that kills the jobs if the node dies without cleaning up.
     pub reaper: Option<PathBuf>,
+    /// The token set in every job's environment for the reaper to find them by, for a node
+    /// that cannot carry it in its own environment (the embedded one: its process has other
+    /// threads); `None`: jobs inherit the node's [`reaper::TOKEN_ENV`].
+    pub job_token: Option<String>,
+    /// The dest path is this node's alone (the embedded node's): a reaper deletes it.
+    pub private_dest: bool,
     /// How long a drain waits for running jobs before killing them.
     pub drain_timeout: Duration,
     /// Stop (draining) after serving this many clusters.
@@ -167,6 +173,8 @@ pub struct Server {
     trash: jobdirs::Trash,
     /// Kept for the node's life: its pipe closing is what wakes the reaper.
     _reaper: Option<reaper::Reaper>,
+    /// `cfg.job_token`, shared by the jobs' specs.
+    job_token: Option<std::sync::Arc<str>>,
     /// Clusters released so far.
     served: u64,
     kept: kept::KeptResults,
@@ -205,7 +213,7 @@ impl Server {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let reaper = match &cfg.reaper {
             Some(exe) => Some(
-                reaper::Reaper::start(exe)
+                reaper::Reaper::start(exe, cfg.job_token.as_deref(), cfg.private_dest.then_some(cfg.dest.as_path()))
                     .map_err(|e| Error::io(format!("cannot start the reaper {}", exe.display()), e))?,
             ),
             None => None,
@@ -213,6 +221,7 @@ impl Server {
         let kept = kept::KeptResults::open(&cfg.dest).map_err(|e| Error::io("cannot open the results folder", e))?;
         Ok(Server {
             _reaper: reaper,
+            job_token: cfg.job_token.as_deref().map(std::sync::Arc::from),
             kept,
             last_sweep: std::time::Instant::now(),
             batch_seq: 0,

@@ -13,6 +13,7 @@ use super::sys::kill_group;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Environment variable that starts a program as a reaper.
 pub const REAPER_ENV: &str = "DISPY_NODE_REAPER";
@@ -20,10 +21,18 @@ pub const REAPER_ENV: &str = "DISPY_NODE_REAPER";
 /// Environment variable holding the node's token, inherited by its jobs.
 pub const TOKEN_ENV: &str = "DISPY_NODE_TOKEN";
 
+/// Environment variable naming a folder the reaper deletes after the jobs (an embedded
+/// node's private dest path).
+const REMOVE_ENV: &str = "DISPY_NODE_REAPER_REMOVE";
+
+/// Set once [`run_if_reaper`] has returned: this executable can serve as a reaper.
+static CAN_REAP: AtomicBool = AtomicBool::new(false);
+
 /// Runs the reaper and exits if this process was started as one; returns otherwise. Call
 /// it first in `main` of any program that starts nodes with a reaper.
 pub fn run_if_reaper() {
     if std::env::var_os(REAPER_ENV).is_none() {
+        CAN_REAP.store(true, Ordering::Relaxed);
         return;
     }
     let Some(token) = std::env::var_os(TOKEN_ENV) else { std::process::exit(2) };
@@ -46,6 +55,9 @@ pub fn run_if_reaper() {
             }
         }
     }
+    if let Some(dir) = std::env::var_os(REMOVE_ENV) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     std::process::exit(0);
 }
 
@@ -54,6 +66,12 @@ fn pgid_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // After the command name in parentheses: state, ppid, pgrp.
     stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Whether this process's executable serves as a reaper: its `main` called
+/// [`run_if_reaper`] first (`dispy-peer` does, and so does `dispy::worker!`).
+pub fn can_reap() -> bool {
+    CAN_REAP.load(Ordering::Relaxed)
 }
 
 /// A fresh random token for this node.
@@ -69,17 +87,25 @@ pub struct Reaper {
 }
 
 impl Reaper {
-    /// Starts `exe` as the reaper. `exe` must call [`run_if_reaper`] first in `main`, and
-    /// this process must carry [`TOKEN_ENV`] (its jobs inherit it).
+    /// Starts `exe` as the reaper. `exe` must call [`run_if_reaper`] first in `main`. The
+    /// jobs carry `token` in their environment if given (the node sets it on each), else the
+    /// token in this process's own [`TOKEN_ENV`] (they inherit it). `remove`: a folder to
+    /// delete once the jobs are dead.
     ///
     /// # Errors
-    /// The spawn error, or a missing token.
-    pub fn start(exe: &Path) -> std::io::Result<Reaper> {
+    /// The spawn error, or no token at all.
+    pub fn start(exe: &Path, token: Option<&str>, remove: Option<&Path>) -> std::io::Result<Reaper> {
         use std::os::unix::process::CommandExt;
-        if std::env::var_os(TOKEN_ENV).is_none() {
-            return Err(std::io::Error::other(format!("{TOKEN_ENV} is not set in the node's environment")));
+        let mut cmd = Command::new(exe);
+        if let Some(dir) = remove {
+            cmd.env(REMOVE_ENV, dir);
         }
-        let mut child = Command::new(exe)
+        match token {
+            Some(token) => cmd.env(TOKEN_ENV, token),
+            None if std::env::var_os(TOKEN_ENV).is_some() => &mut cmd,
+            None => return Err(std::io::Error::other(format!("{TOKEN_ENV} is not set in the node's environment"))),
+        };
+        let mut child = cmd
             .env(REAPER_ENV, "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())

@@ -44,7 +44,8 @@ impl Server {
                     None => {
                         cluster.workers_started += 1;
                         let dir = cluster.dir.join(format!("worker-{}", cluster.workers_started));
-                        start_worker(&self.store, &cluster.files, &dir, &cluster.program, &function)
+                        let token = self.cfg.job_token.as_deref();
+                        start_worker(&self.store, &cluster.files, &dir, &cluster.program, &function, token)
                     }
                 };
                 tokio::spawn(
@@ -68,6 +69,7 @@ impl Server {
                 dir: dir.path.clone(),
                 timeout: job.timeout_secs.filter(|t| t.is_finite() && *t > 0.0).map(Duration::from_secs_f64),
                 max_output,
+                token: self.job_token.clone(),
             };
             let files = cluster.files.clone();
             let store = self.store.clone();
@@ -156,10 +158,11 @@ pub(super) fn start_worker(
     dir: &std::path::Path,
     program: &str,
     function: &str,
+    token: Option<&str>,
 ) -> std::result::Result<Box<workers::Worker>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the worker directory {}: {e}", dir.display()))?;
     store.link_into(dir, files)?;
-    workers::Worker::spawn(&dir.join(program), dir, function)
+    workers::Worker::spawn(&dir.join(program), dir, function, token)
         .map(Box::new)
         .map_err(|e| format!("cannot start a worker for {function}: {e}"))
 }

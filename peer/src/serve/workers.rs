@@ -27,10 +27,14 @@ pub(crate) struct Worker {
 
 impl Worker {
     /// Starts `program` in worker mode for `function`, with its cwd in `dir`.
-    pub(crate) fn spawn(program: &Path, dir: &Path, function: &str) -> std::io::Result<Worker> {
+    /// `token`: the reaper's, when the worker does not inherit it.
+    pub(crate) fn spawn(program: &Path, dir: &Path, function: &str, token: Option<&str>) -> std::io::Result<Worker> {
         let mut cmd = tokio::process::Command::new(program);
         // The cluster secret is the node's, not the worker's to read.
         cmd.env_remove("DISPY_SECRET");
+        if let Some(token) = token {
+            cmd.env(super::reaper::TOKEN_ENV, token);
+        }
         let mut child = cmd
             .current_dir(dir)
             .env(WORKER_ENV, function)

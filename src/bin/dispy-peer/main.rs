@@ -150,6 +150,8 @@ async fn serve(o: ServeOpt) -> anyhow::Result<()> {
         max_file_size: o.max_file_size,
         max_output: o.max_output as usize,
         reaper: std::env::current_exe().ok(),
+        job_token: None,
+        private_dest: false,
         drain_timeout: secs(o.drain_timeout, "--drain-timeout")?,
         serve_clusters: o.serve_clusters,
         zombie_interval: secs(o.zombie_interval, "--zombie-interval")?,
