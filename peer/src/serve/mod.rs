@@ -402,7 +402,10 @@ impl Server {
                 }
             },
             Request::Results(_) => refuse(RefusalKind::WrongRole, "this peer is a node; it takes no results".into()),
-            Request::Recover(r) => self.recover(peer, r),
+            Request::Recover(r) => {
+                self.recover(peer, r, channel);
+                return None;
+            }
             Request::Forget(f) => self.forget(f),
         };
         Some((channel, response))

@@ -158,17 +158,27 @@ impl Server {
 
     /// The results held for a cluster whose client crashed: in memory (the client is away
     /// but within its zombie interval) and on disk (after it), bounded like a result batch.
-    pub(super) fn recover(&self, peer: PeerId, r: Recover) -> Response {
-        let mut results: Vec<JobResult> =
+    /// Read from disk on the blocking pool, and answered from there.
+    pub(super) fn recover(&self, peer: PeerId, r: Recover, channel: ResponseChannel<Response>) {
+        let held: Vec<JobResult> =
             self.clusters.get(&r.cluster).map(|c| c.results.iter().cloned().collect()).unwrap_or_default();
-        results.extend(self.kept.load(r.cluster));
-        let mut bytes = 0;
-        results.retain(|x| {
-            bytes += x.payload_len();
-            bytes <= MAX_RESULT_BATCH_BYTES
+        let (kept, net) = (self.kept.clone(), self.net.clone());
+        tokio::spawn(async move {
+            let load = tokio::task::spawn_blocking(move || {
+                let mut results = held;
+                results.extend(kept.load(r.cluster));
+                let mut bytes = 0;
+                results.retain(|x| {
+                    bytes += x.payload_len();
+                    bytes <= MAX_RESULT_BATCH_BYTES
+                });
+                info!(cluster = %r.cluster, %peer, results = results.len(), "results recovered");
+                Response::Recovered(Results { cluster: r.cluster, started: Vec::new(), results })
+            });
+            if let Ok(response) = load.await {
+                let _ = net.respond(channel, response).await;
+            }
         });
-        info!(cluster = %r.cluster, %peer, results = results.len(), "results recovered");
-        Response::Recovered(Results { cluster: r.cluster, started: Vec::new(), results })
     }
 
     /// Recovered results are safe with their client: they go.

@@ -71,7 +71,8 @@ impl Server {
                 max_output,
                 token: self.job_token.clone(),
             };
-            let files = cluster.files.clone();
+            // Only a fresh directory is filled.
+            let files = if dir.fresh { cluster.files.clone() } else { Vec::new() };
             let store = self.store.clone();
             tokio::spawn(
                 async move {
