@@ -235,18 +235,6 @@ impl<A, R> ClusterBuilder<A, R> {
             heartbeat: self.heartbeat,
             ..NetConfig::default()
         };
-        // The cluster's peer and scheduler run on a thread and single-threaded runtime of
-        // their own: an application that blocks its runtime's workers never delays their
-        // heartbeats, and their tasks never hop between threads. The swarm is built in that
-        // runtime's context, so its sockets belong to it.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Config(format!("cannot start the cluster's runtime: {e}")))?;
-        let (handle, events, event_loop) = {
-            let _context = runtime.enter();
-            net::new(cfg)?
-        };
         let cluster = ClusterId(rand_id());
         let journal = match &self.journal {
             Some(path) => Some(crate::journal::Journal::create(path, cluster, &program_name)?),
@@ -274,16 +262,38 @@ impl<A, R> ClusterBuilder<A, R> {
         };
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (up_tx, up_rx) = mpsc::unbounded_channel();
-        let scheduler = Scheduler::new(settings, handle, up_tx, local);
+        // The cluster's peer and scheduler run on a thread and single-threaded runtime of
+        // their own: an application that blocks its runtime's workers never delays their
+        // heartbeats, and their tasks never hop between threads. Everything is built there,
+        // so the swarm's sockets belong to that runtime and no runtime is ever dropped
+        // inside the application's.
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
         std::thread::Builder::new()
             .name("dispy-cluster".into())
             .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(Error::Config(format!("cannot start the cluster's runtime: {e}"))));
+                        return;
+                    }
+                };
                 runtime.block_on(async move {
+                    let (handle, events, event_loop) = match net::new(cfg) {
+                        Ok(parts) => parts,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.into()));
+                            return;
+                        }
+                    };
                     tokio::spawn(event_loop.run());
+                    let scheduler = Scheduler::new(settings, handle, up_tx, local);
+                    let _ = ready_tx.send(Ok(()));
                     scheduler.run(events, cmd_rx).await;
                 })
             })
             .map_err(|e| Error::Config(format!("cannot start the cluster's thread: {e}")))?;
+        ready_rx.await.map_err(|_| Error::Config("the cluster's thread stopped while starting".into()))??;
         Ok(Cluster {
             cmds: cmd_tx,
             updates: up_rx,

@@ -27,6 +27,13 @@ fn missing_program_or_file_is_a_usage_error_before_any_node_is_contacted() {
     let mut cmd = submit(&prog);
     cmd.args(["--peer", "not-a-multiaddr"]);
     run("submit", cmd, Duration::from_secs(30)).expect_code(2);
+
+    // A runtime error while the cluster starts: a message, not a crash.
+    let mut cmd = submit(&prog);
+    cmd.args(["--peer", "/ip4/127.0.0.1/tcp/9", "--journal"]).arg(dir.path().join("no-such-dir/run.journal"));
+    let out = run("submit", cmd, Duration::from_secs(30));
+    out.expect_code(2);
+    assert!(out.stderr.contains("no-such-dir") && !out.stderr.contains("panicked"), "{}", out.stderr);
 }
 
 #[test]

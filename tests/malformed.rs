@@ -339,4 +339,24 @@ async fn chunks_out_of_order_are_written_in_order_within_a_bounded_window() {
     let result = run_job(&mut peer, &node, cluster, JobId(0), false).await;
     assert_eq!((result.outcome, result.stdout.bytes), (JobOutcome::Exited(0), b"assembled\n".to_vec()));
     assert_eq!(ask(&mut peer, &Request::Release(Release { cluster })).await, Response::Ok);
+
+    // A file whose bytes do not match its hash is refused once complete, and a chunk of it
+    // still on its way is refused at once, not held for an upload that never ends.
+    let liar = ClusterId(0x0dd3);
+    let mut other = program.clone();
+    other[0] = b'X';
+    let hash = reserve(&mut peer, liar, &program).await;
+    let lie = |offset: usize, len: usize| {
+        let data = other[offset..offset + len].to_vec();
+        Request::Chunk(Chunk { cluster: liar, hash, offset: offset as u64, data })
+    };
+    let mut answers = Vec::new();
+    for i in 0..6 {
+        let len = CHUNK_SIZE.min(other.len() - i * CHUNK_SIZE);
+        answers.push(ask(&mut peer, &lie(i * CHUNK_SIZE, len)).await);
+    }
+    assert!(matches!(&answers[5], Response::Refused(r) if r.message.contains("does not match")), "{answers:?}");
+    let stale = ask(&mut peer, &lie(CHUNK_SIZE, CHUNK_SIZE)).await;
+    assert!(matches!(&stale, Response::Refused(r) if r.message.contains("was refused")), "{stale:?}");
+    assert_eq!(ask(&mut peer, &Request::Release(Release { cluster: liar })).await, Response::Ok);
 }

@@ -139,6 +139,8 @@ struct Cluster {
     delivering: HashMap<u64, (std::time::Instant, Vec<JobResult>)>,
     /// Files this cluster's client sent (they stay cached after a normal release).
     staged: Vec<FileHash>,
+    /// Files refused while arriving, with why: their later chunks are refused too.
+    refused_files: HashMap<FileHash, String>,
     files: Vec<FileEntry>,
     cpus: u32,
     dir: PathBuf,
@@ -212,10 +214,21 @@ impl Server {
             .map_err(|e| Error::io(format!("cannot create {}", jobs_root.display()), e))?;
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let reaper = match &cfg.reaper {
-            Some(exe) => Some(
-                reaper::Reaper::start(exe, cfg.job_token.as_deref(), cfg.private_dest.then_some(cfg.dest.as_path()))
-                    .map_err(|e| Error::io(format!("cannot start the reaper {}", exe.display()), e))?,
-            ),
+            Some(exe) => {
+                match reaper::Reaper::start(
+                    exe,
+                    cfg.job_token.as_deref(),
+                    cfg.private_dest.then_some(cfg.dest.as_path()),
+                ) {
+                    Ok(r) => Some(r),
+                    // The embedded node runs without: its jobs still die with a clean exit.
+                    Err(e) if cfg.private_dest => {
+                        warn!(exe = %exe.display(), cause = %e, "cannot start the reaper; a crash would leave the local jobs running");
+                        None
+                    }
+                    Err(e) => return Err(Error::io(format!("cannot start the reaper {}", exe.display()), e)),
+                }
+            }
             None => None,
         };
         let kept = kept::KeptResults::open(&cfg.dest).map_err(|e| Error::io("cannot open the results folder", e))?;

@@ -79,11 +79,24 @@ pub fn new_token() -> String {
     format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
 }
 
-/// The node's side: the pipe whose closing wakes the reaper.
+/// The node's side: the pipe whose closing wakes the reaper. Dropping it closes the pipe
+/// and reaps the reaper once it is done (an embedded node stops inside a process that
+/// goes on).
 #[derive(Debug)]
 pub struct Reaper {
-    _child: Child,
-    _pipe: ChildStdin,
+    child: Option<Child>,
+    pipe: Option<ChildStdin>,
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        drop(self.pipe.take());
+        if let Some(mut child) = self.child.take() {
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
+        }
+    }
 }
 
 impl Reaper {
@@ -113,6 +126,6 @@ impl Reaper {
             .process_group(0)
             .spawn()?;
         let pipe = child.stdin.take().ok_or_else(|| std::io::Error::other("reaper stdin missing"))?;
-        Ok(Reaper { _child: child, _pipe: pipe })
+        Ok(Reaper { child: Some(child), pipe: Some(pipe) })
     }
 }

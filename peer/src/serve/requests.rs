@@ -5,6 +5,10 @@
 use super::*;
 use dispy_protocol::{Cancel, Forget, Recover, Reserve, Submit};
 
+/// Jobs a cluster may have cancelled before they arrived: far more than a client has on
+/// its way to a node, and a bound on what a client's cancels of finished jobs can cost.
+const MAX_CANCELLED_EARLY: usize = 100_000;
+
 impl Server {
     /// The cluster, if `peer` is its client.
     pub(super) fn owned(&mut self, peer: PeerId, id: ClusterId) -> std::result::Result<&mut Cluster, Box<Response>> {
@@ -75,6 +79,7 @@ impl Server {
                 saved: HashSet::new(),
                 delivering: HashMap::new(),
                 staged: Vec::new(),
+                refused_files: HashMap::new(),
                 files: r.files,
                 cpus,
                 dir,
@@ -99,9 +104,11 @@ impl Server {
         match (self.store.clone(), self.owned(peer, s.cluster)) {
             (_, Err(refusal)) => *refusal,
             (store, Ok(cluster)) => {
-                // Checked once: a job that later writes to a file through its link
-                // changes what its own cluster sees (as on dispy's nodes), but it does
-                // not make the cluster's files missing.
+                // Checked once. A job that later writes to a stored file through its
+                // link changes what every cluster already running with that file sees
+                // (the link is shared; on dispy's nodes a computation's jobs share their
+                // files too), but it does not make their files missing; clusters that
+                // start after it are sent a fresh copy (see `Store::has`).
                 let missing: Vec<&str> = if cluster.files_ready {
                     Vec::new()
                 } else {
@@ -142,7 +149,10 @@ impl Server {
                     } else if let Some(pos) = cluster.queue.iter().position(|j| j.id == id) {
                         cluster.queue.remove(pos);
                         cancelled.push(id);
-                    } else if !cluster.results.iter().any(|r| r.id == id) {
+                    } else if !cluster.results.iter().any(|r| r.id == id)
+                        && !cluster.delivering.values().any(|(_, batch)| batch.iter().any(|r| r.id == id))
+                        && cluster.cancelled_early.len() < MAX_CANCELLED_EARLY
+                    {
                         // Submit and Cancel travel on streams of their own: the jobs
                         // may still be on their way. They are cancelled on arrival.
                         cluster.cancelled_early.insert(id);

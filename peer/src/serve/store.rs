@@ -93,9 +93,10 @@ impl Store {
     }
 
     /// Whether the store holds this file complete and unchanged. Stored files are
-    /// read-only, but not to a job running as root, which can write to one through its
-    /// hard link: any write moves the modification time off [`STORED_MTIME`], and such a
-    /// file counts as missing, so the next cluster that needs it sends it again.
+    /// read-only, but jobs run as the node's user, who owns them (or as root): a job can
+    /// make one writable and write to it through its hard link. Any write moves the
+    /// modification time off [`STORED_MTIME`], and such a file counts as missing, so the
+    /// next cluster that needs it sends it again.
     pub fn has(&self, hash: &FileHash, size: u64) -> bool {
         fs::metadata(self.path(hash))
             .is_ok_and(|m| m.is_file() && m.len() == size && m.modified().is_ok_and(|t| t == STORED_MTIME))

@@ -40,6 +40,15 @@ impl Server {
         if c.data.len() > CHUNK_SIZE {
             return Some((channel, bad_file("chunk larger than the protocol's chunk size".into())));
         }
+        // Chunks still on their way when their file was refused, or past its end once it
+        // was complete, must not start a new upload that no chunk at offset 0 will finish.
+        if let Some(why) = cluster.refused_files.get(&c.hash) {
+            return Some((channel, bad_file(format!("file {} was refused: {why}", entry.name))));
+        }
+        if !cluster.uploads.contains_key(&c.hash) && cluster.staged.contains(&c.hash) {
+            let why = format!("file {} is complete: more bytes than its declared size", entry.name);
+            return Some((channel, bad_file(why)));
+        }
         let incoming = match cluster.uploads.entry(c.hash) {
             Entry::Occupied(o) => o.into_mut(),
             Entry::Vacant(v) => match store.begin(c.hash, entry.size) {
@@ -107,6 +116,7 @@ impl Server {
             }
             Err(msg) => {
                 warn!(%cluster, %hash, cause = %msg, "refused a file");
+                c.refused_files.insert(hash, msg.clone());
                 (bad_file(msg.clone()), Some(msg))
             }
         };
