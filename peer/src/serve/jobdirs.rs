@@ -1,8 +1,9 @@
 //! Program jobs' directories. Each job runs in a directory holding exactly its cluster's
 //! files. Making one costs an ext4 inode (mkdir, a link per file, later a removal): the
-//! largest share of the node's own CPU per short job. So a directory that a job leaves as it
-//! found it (the same names, linked to the same stored files) is handed to the cluster's
-//! next job; any other goes to the trash, removed in batches off the path between jobs.
+//! largest share of the node's own CPU per short job. So a directory whose job has ended is
+//! handed to a later job of the cluster if, when it is handed out, it holds what it held at
+//! the start (the same names, linked to the same stored files); any other goes to the trash,
+//! removed in batches off the path between jobs.
 
 use super::store::Store;
 use dispy_protocol::FileEntry;
@@ -23,7 +24,8 @@ pub(super) type Layout = Arc<HashMap<OsString, u64>>;
 pub(super) struct JobDirs {
     root: PathBuf,
     made: u64,
-    clean: Vec<PathBuf>,
+    /// Directories whose jobs ended, not checked yet.
+    returned: Vec<PathBuf>,
     /// `None` until known; `Some(None)` when directories are never reused (a file in a
     /// subdirectory, whose contents a job could change unseen by one listing).
     layout: Option<Option<Layout>>,
@@ -34,31 +36,36 @@ pub(super) struct JobDirs {
 pub(super) struct JobDir {
     pub(super) path: PathBuf,
     pub(super) fresh: bool,
-    /// Set when the directory may be reused: what it must hold after the job.
+    /// Set when the directory may be reused: what it must hold to be.
     pub(super) layout: Option<Layout>,
 }
 
 impl JobDirs {
     pub(super) fn new(root: PathBuf) -> Self {
-        JobDirs { root, made: 0, clean: Vec::new(), layout: None }
+        JobDirs { root, made: 0, returned: Vec::new(), layout: None }
     }
 
-    /// A clean directory if there is one, else the name of a new one.
-    pub(super) fn take(&mut self, store: &Store, files: &[FileEntry]) -> JobDir {
+    /// A directory that is clean now, else the name of a new one. Directories given back
+    /// are checked here, when they are handed out, not when their job ended: whatever a
+    /// leftover process of that job wrote since is seen. Dirty ones go to `trash`.
+    pub(super) fn take(&mut self, store: &Store, files: &[FileEntry], trash: &mut Trash) -> JobDir {
         if self.layout.is_none() {
             self.layout = layout(store, files);
         }
         let layout = self.layout.clone().flatten();
-        if let Some(path) = self.clean.pop() {
-            return JobDir { path, fresh: false, layout };
+        while let Some(path) = self.returned.pop() {
+            if layout.as_ref().is_some_and(|l| is_pristine(&path, l)) {
+                return JobDir { path, fresh: false, layout };
+            }
+            trash.push(path);
         }
         self.made += 1;
         JobDir { path: self.root.join(format!("job-{}", self.made)), fresh: true, layout }
     }
 
-    /// Takes back a directory its job left clean.
+    /// Takes back a directory whose job has ended (it may be reused if still clean).
     pub(super) fn give_back(&mut self, path: PathBuf) {
-        self.clean.push(path);
+        self.returned.push(path);
     }
 }
 

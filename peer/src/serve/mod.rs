@@ -90,7 +90,7 @@ enum Internal {
         result: JobResult,
         held_slot: bool,
         worker: Option<Box<workers::Worker>>,
-        /// A program job's directory, and whether the job left it clean for the next.
+        /// A program job's directory, and whether it may be reused (if still clean then).
         dir: Option<(PathBuf, bool)>,
     },
     ChunkDone {

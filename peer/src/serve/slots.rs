@@ -62,7 +62,7 @@ impl Server {
                 );
                 continue;
             }
-            let dir = cluster.job_dirs.take(&self.store, &cluster.files);
+            let dir = cluster.job_dirs.take(&self.store, &cluster.files, &mut self.trash);
             let spec = executor::RunSpec {
                 program: dir.path.join(&cluster.program),
                 args: job.args,
@@ -76,17 +76,17 @@ impl Server {
             let store = self.store.clone();
             tokio::spawn(
                 async move {
-                    let (result, clean) = run_job(&store, &files, spec, dir.fresh, kill_rx, job_id).await;
-                    // Checked here, before the slot is free: nothing but a job of this
-                    // cluster uses the directory, and the next one gets it only once clean.
-                    let clean = clean && dir.layout.is_some_and(|l| jobdirs::is_pristine(&dir.path, &l));
+                    let (result, ran) = run_job(&store, &files, spec, dir.fresh, kill_rx, job_id).await;
+                    // Reusable if the job ran in it (made and filled) and the files can be
+                    // checked; whether it is still clean is checked when it is handed out.
+                    let reusable = ran && dir.layout.is_some();
                     debug!(outcome = %result.outcome, "job ended");
                     let done = Internal::JobDone {
                         cluster: id,
                         result,
                         held_slot: true,
                         worker: None,
-                        dir: Some((dir.path, clean)),
+                        dir: Some((dir.path, reusable)),
                     };
                     let _ = tx.send(done);
                 }
