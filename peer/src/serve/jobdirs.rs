@@ -11,13 +11,12 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Finished job directories removed together: one hop to the blocking pool per batch.
 const TRASH_BATCH: usize = 32;
 
 /// What a pristine job directory holds: each name and the inode it links to.
-pub(super) type Layout = Arc<HashMap<OsString, u64>>;
+type Layout = HashMap<OsString, u64>;
 
 /// One cluster's job directories.
 #[derive(Debug)]
@@ -36,8 +35,6 @@ pub(super) struct JobDirs {
 pub(super) struct JobDir {
     pub(super) path: PathBuf,
     pub(super) fresh: bool,
-    /// Set when the directory may be reused: what it must hold to be.
-    pub(super) layout: Option<Layout>,
 }
 
 impl JobDirs {
@@ -47,23 +44,25 @@ impl JobDirs {
 
     /// A directory that is clean now, else the name of a new one. Directories given back
     /// are checked here, when they are handed out, not when their job ended: whatever a
-    /// leftover process of that job wrote since is seen. Dirty ones go to `trash`.
+    /// leftover process of that job wrote since is seen. Dirty ones (and any, when the
+    /// files cannot be checked) go to `trash`.
     pub(super) fn take(&mut self, store: &Store, files: &[FileEntry], trash: &mut Trash) -> JobDir {
         if self.layout.is_none() {
             self.layout = layout(store, files);
         }
-        let layout = self.layout.clone().flatten();
+        let layout = self.layout.as_ref().and_then(Option::as_ref);
         while let Some(path) = self.returned.pop() {
-            if layout.as_ref().is_some_and(|l| is_pristine(&path, l)) {
-                return JobDir { path, fresh: false, layout };
+            if layout.is_some_and(|l| is_pristine(&path, l)) {
+                return JobDir { path, fresh: false };
             }
             trash.push(path);
         }
         self.made += 1;
-        JobDir { path: self.root.join(format!("job-{}", self.made)), fresh: true, layout }
+        JobDir { path: self.root.join(format!("job-{}", self.made)), fresh: true }
     }
 
-    /// Takes back a directory whose job has ended (it may be reused if still clean).
+    /// Takes back a directory whose job has ended (reused if still clean when next asked,
+    /// also one that failed to be made or filled: a listing tells).
     pub(super) fn give_back(&mut self, path: PathBuf) {
         self.returned.push(path);
     }
@@ -80,11 +79,11 @@ fn layout(store: &Store, files: &[FileEntry]) -> Option<Option<Layout>> {
         let ino = std::fs::metadata(store.path(&f.hash)).ok()?.ino();
         names.insert(OsString::from(&f.name), ino);
     }
-    Some(Some(Arc::new(names)))
+    Some(Some(names))
 }
 
 /// Whether `dir` holds exactly what `layout` says: no file added, removed or replaced.
-pub(super) fn is_pristine(dir: &Path, layout: &HashMap<OsString, u64>) -> bool {
+fn is_pristine(dir: &Path, layout: &Layout) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else { return false };
     let mut seen = 0;
     for entry in entries {

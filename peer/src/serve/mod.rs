@@ -90,8 +90,8 @@ enum Internal {
         result: JobResult,
         held_slot: bool,
         worker: Option<Box<workers::Worker>>,
-        /// A program job's directory, and whether it may be reused (if still clean then).
-        dir: Option<(PathBuf, bool)>,
+        /// A program job's directory, for the cluster's next job if still clean then.
+        dir: Option<PathBuf>,
     },
     ChunkDone {
         cluster: ClusterId,
@@ -438,8 +438,8 @@ impl Server {
                 }
                 if let Some(c) = self.clusters.get_mut(&cluster) {
                     match dir {
-                        Some((dir, true)) if !c.released => c.job_dirs.give_back(dir),
-                        Some((dir, _)) => self.trash.push(dir),
+                        Some(dir) if !c.released => c.job_dirs.give_back(dir),
+                        Some(dir) => self.trash.push(dir),
                         None => {}
                     }
                     c.running.remove(&result.id);

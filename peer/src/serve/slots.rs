@@ -72,22 +72,14 @@ impl Server {
                 token: self.job_token.clone(),
             };
             // Only a fresh directory is filled.
-            let files = if dir.fresh { cluster.files.clone() } else { Vec::new() };
+            let fill = dir.fresh.then(|| cluster.files.clone());
             let store = self.store.clone();
             tokio::spawn(
                 async move {
-                    let (result, ran) = run_job(&store, &files, spec, dir.fresh, kill_rx, job_id).await;
-                    // Reusable if the job ran in it (made and filled) and the files can be
-                    // checked; whether it is still clean is checked when it is handed out.
-                    let reusable = ran && dir.layout.is_some();
+                    let result = run_job(&store, fill.as_deref(), spec, kill_rx, job_id).await;
                     debug!(outcome = %result.outcome, "job ended");
-                    let done = Internal::JobDone {
-                        cluster: id,
-                        result,
-                        held_slot: true,
-                        worker: None,
-                        dir: Some((dir.path, reusable)),
-                    };
+                    let done =
+                        Internal::JobDone { cluster: id, result, held_slot: true, worker: None, dir: Some(dir.path) };
                     let _ = tx.send(done);
                 }
                 .instrument(span),
@@ -96,32 +88,24 @@ impl Server {
     }
 }
 
-/// Prepares the job directory (unless `reused`: then it holds the files already) and runs
-/// the job; the server removes or reuses the directory later. Also says whether the job
-/// ran at all (a directory that failed to fill is not reused).
+/// Runs the job in its directory, first made and filled with `fill` if given (a reused one
+/// holds the files already); the server reuses or removes the directory later.
 pub(super) async fn run_job(
     store: &Store,
-    files: &[FileEntry],
+    fill: Option<&[FileEntry]>,
     spec: executor::RunSpec,
-    fresh: bool,
     kill: oneshot::Receiver<()>,
     id: JobId,
-) -> (JobResult, bool) {
-    let dir = spec.dir.clone();
-    // The cluster's folder exists after its first job: one mkdir, not a walk up the path.
-    let prepared = if fresh {
-        std::fs::create_dir(&dir)
-            .or_else(|_| std::fs::create_dir_all(&dir))
-            .map_err(|e| format!("cannot create the job directory {}: {e}", dir.display()))
-            .and_then(|()| store.link_into(&dir, files))
-    } else {
-        Ok(())
+) -> JobResult {
+    let prepared = match fill {
+        Some(files) => prepare_dir(store, &spec.dir, files, "job"),
+        None => Ok(()),
     };
     let run = match prepared {
         Ok(()) => executor::run(spec, kill).await,
-        Err(why) => return (failed_to_start(id, why), false),
+        Err(why) => return failed_to_start(id, why),
     };
-    let result = JobResult {
+    JobResult {
         id,
         outcome: run.outcome,
         stdout: run.stdout,
@@ -129,8 +113,21 @@ pub(super) async fn run_job(
         start_us: run.start_us,
         end_us: run.end_us,
         value: Vec::new(),
-    };
-    (result, true)
+    }
+}
+
+/// Makes a job's or worker's directory (`what`) and links the cluster's files into it.
+fn prepare_dir(
+    store: &Store,
+    dir: &std::path::Path,
+    files: &[FileEntry],
+    what: &str,
+) -> std::result::Result<(), String> {
+    // The cluster's folder exists after its first job: one mkdir, not a walk up the path.
+    std::fs::create_dir(dir)
+        .or_else(|_| std::fs::create_dir_all(dir))
+        .map_err(|e| format!("cannot create the {what} directory {}: {e}", dir.display()))?;
+    store.link_into(dir, files)
 }
 
 /// The result of a job that could not start.
@@ -161,8 +158,7 @@ pub(super) fn start_worker(
     function: &str,
     token: Option<&str>,
 ) -> std::result::Result<Box<workers::Worker>, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the worker directory {}: {e}", dir.display()))?;
-    store.link_into(dir, files)?;
+    prepare_dir(store, dir, files, "worker")?;
     workers::Worker::spawn(&dir.join(program), dir, function, token)
         .map(Box::new)
         .map_err(|e| format!("cannot start a worker for {function}: {e}"))
