@@ -268,31 +268,19 @@ impl<A, R> ClusterBuilder<A, R> {
         // so the swarm's sockets belong to that runtime and no runtime is ever dropped
         // inside the application's.
         let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
-        std::thread::Builder::new()
-            .name("dispy-cluster".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(Error::Config(format!("cannot start the cluster's runtime: {e}"))));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let (handle, events, event_loop) = match net::new(cfg) {
-                        Ok(parts) => parts,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e.into()));
-                            return;
-                        }
-                    };
-                    tokio::spawn(event_loop.run());
-                    let scheduler = Scheduler::new(settings, handle, up_tx, local);
-                    let _ = ready_tx.send(Ok(()));
-                    scheduler.run(events, cmd_rx).await;
-                })
-            })
-            .map_err(|e| Error::Config(format!("cannot start the cluster's thread: {e}")))?;
+        crate::own_thread::spawn("dispy-cluster", "the cluster", ready_tx, move |ready_tx| async move {
+            let (handle, events, event_loop) = match net::new(cfg) {
+                Ok(parts) => parts,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            tokio::spawn(event_loop.run());
+            let scheduler = Scheduler::new(settings, handle, up_tx, local);
+            let _ = ready_tx.send(Ok(()));
+            scheduler.run(events, cmd_rx).await;
+        })?;
         ready_rx.await.map_err(|_| Error::Config("the cluster's thread stopped while starting".into()))??;
         Ok(Cluster {
             cmds: cmd_tx,

@@ -23,7 +23,8 @@
 //!   `policy`: its pure dispatch arithmetic.
 //! - `stage`: content hashes and chunked file transfer; `hashcache`: large files' hashes
 //!   remembered between runs.
-//! - `local`: the embedded node for machines with none.
+//! - `local`: the embedded node for machines with none; `own_thread`: the thread and runtime
+//!   that it and each cluster's peer and scheduler run on.
 //! - [`discover()`]: list the nodes that answer.
 //! - [`report`]: job reports and the stats table.
 //! - [`blocking`]: [`BlockingCluster`], for programs that are not async.
@@ -43,6 +44,7 @@ mod hashcache;
 mod job;
 mod journal;
 mod local;
+mod own_thread;
 mod policy;
 pub mod report;
 mod scheduler;

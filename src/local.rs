@@ -2,6 +2,7 @@
 //! process, listening on loopback only, so a fresh machine runs jobs with no set-up.
 
 use crate::error::{Error, Result};
+use crate::own_thread;
 use dispy_node::net::{self, NetConfig};
 use dispy_node::serve::{ServeConfig, Server, Stop, reaper};
 use libp2p::Multiaddr;
@@ -52,38 +53,28 @@ impl LocalNode {
         let (addr_tx, addr_rx) = oneshot::channel::<Result<Multiaddr>>();
         let (stop, stop_rx) = tokio::sync::mpsc::unbounded_channel();
         let (stopped_tx, stopped) = oneshot::channel();
-        let spawned = std::thread::Builder::new().name("dispy-local-node".into()).spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
+        own_thread::spawn("dispy-local-node", "the local node", addr_tx, move |addr_tx| async move {
+            let started = net::new(cfg)
+                .map_err(Error::from)
+                .and_then(|(handle, events, event_loop)| Ok((Server::new(serve, handle)?, events, event_loop)));
+            let (server, events, event_loop) = match started {
+                Ok(parts) => parts,
                 Err(e) => {
-                    let _ = addr_tx.send(Err(Error::Config(format!("cannot start the local node's runtime: {e}"))));
+                    let _ = addr_tx.send(Err(e));
                     return;
                 }
             };
-            runtime.block_on(async move {
-                let started = net::new(cfg)
-                    .map_err(Error::from)
-                    .and_then(|(handle, events, event_loop)| Ok((Server::new(serve, handle)?, events, event_loop)));
-                let (server, events, event_loop) = match started {
-                    Ok(parts) => parts,
-                    Err(e) => {
-                        let _ = addr_tx.send(Err(e));
-                        return;
+            tokio::spawn(event_loop.run());
+            let mut addr_tx = Some(addr_tx);
+            let _ = server
+                .run(events, stop_rx, |addr| {
+                    if let Some(tx) = addr_tx.take() {
+                        let _ = tx.send(Ok(addr.clone()));
                     }
-                };
-                tokio::spawn(event_loop.run());
-                let mut addr_tx = Some(addr_tx);
-                let _ = server
-                    .run(events, stop_rx, |addr| {
-                        if let Some(tx) = addr_tx.take() {
-                            let _ = tx.send(Ok(addr.clone()));
-                        }
-                    })
-                    .await;
-            });
+                })
+                .await;
             let _ = stopped_tx.send(());
-        });
-        spawned.map_err(|e| Error::Config(format!("cannot start the local node's thread: {e}")))?;
+        })?;
         let addr = addr_rx.await.map_err(|_| Error::Config("the local node stopped before listening".into()))??;
         Ok(LocalNode { addr, stop, stopped, dest })
     }
