@@ -89,6 +89,45 @@ pub struct Hello {
     pub memory_bytes: Option<u64>,
 }
 
+impl Hello {
+    /// This software's greeting as a client: it serves no CPUs.
+    ///
+    /// ```
+    /// let h = dispy_protocol::Hello::client("laptop".into());
+    /// assert_eq!(h.role, dispy_protocol::Role::Client);
+    /// assert_eq!(h.cpus, 0);
+    /// ```
+    pub fn client(name: String) -> Hello {
+        Hello::ours(Role::Client, name)
+    }
+
+    /// This software's greeting as a node serving `cpus` slots, `free_cpus` of them idle.
+    pub fn node(
+        name: String,
+        cpus: u32,
+        free_cpus: u32,
+        max_file_size: Option<u64>,
+        memory_bytes: Option<u64>,
+    ) -> Hello {
+        Hello { cpus, free_cpus, max_file_size, memory_bytes, ..Hello::ours(Role::Node, name) }
+    }
+
+    fn ours(role: Role, name: String) -> Hello {
+        Hello {
+            wire_version: crate::WIRE_VERSION,
+            software: env!("CARGO_PKG_VERSION").to_string(),
+            role,
+            name,
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+            cpus: 0,
+            free_cpus: 0,
+            max_file_size: None,
+            memory_bytes: None,
+        }
+    }
+}
+
 /// A file of a computation, named by its path relative to the job directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
