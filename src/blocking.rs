@@ -32,12 +32,12 @@ impl<A, R> ClusterBuilder<A, R> {
     /// [`ClusterBuilder::start`] for synchronous programs.
     ///
     /// # Errors
-    /// As [`ClusterBuilder::start`], and [`Error::Config`] if no runtime can be made.
+    /// As [`ClusterBuilder::start`], and [`Error::Start`] if no runtime can be made.
     pub fn start_blocking(self) -> Result<BlockingCluster<A, R>> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| Error::Config(format!("cannot start a runtime: {e}")))?;
+            .map_err(|e| Error::Start(format!("cannot start a runtime: {e}")))?;
         let inner = runtime.block_on(self.start())?;
         Ok(BlockingCluster { runtime, inner })
     }

@@ -2,20 +2,21 @@
 //! Rust function ([`Cluster::function`]), submit jobs, await their results, close it for
 //! the stats.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Searched};
 use crate::events::{ClusterCallback, ClusterEvent, JobCallback, JobEvent, NodeFacts, NodeFilter};
 use crate::job::{Decoder, Job, JobError, JobView};
 use crate::local::LocalNode;
 use crate::report::NodeInfo;
 use crate::report::{JobReport, Stats};
 use crate::scheduler::NewJob;
-use crate::scheduler::{Cmd, LocalMode, Scheduler, Settings, Update};
+use crate::scheduler::{Cmd, Hooks, LocalMode, Scheduler, Settings, Update};
+use crate::secret::Secret;
 use crate::select::NodePattern;
 use crate::stage;
 use dispy_node::net::{self, NetConfig};
 use dispy_protocol::{ClusterId, JobId};
+use futures::Stream;
 use libp2p::Multiaddr;
-use libp2p::pnet::PreSharedKey;
 use serde::{Serialize, de::DeserializeOwned};
 use std::marker::PhantomData;
 use std::path::PathBuf;
@@ -23,36 +24,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// The cluster's secret.
-#[derive(Clone, Debug, Default)]
-pub enum Secret {
-    /// No secret: an open mesh (only for trusted, isolated networks).
-    #[default]
-    None,
-    /// A passphrase, stretched into the network key.
-    Passphrase(String),
-    /// A key file written by `dispy-peer keygen`.
-    File(PathBuf),
-}
-
-impl Secret {
-    /// The private-network key, if any.
-    ///
-    /// # Errors
-    /// [`Error::Node`] for an unreadable key file or an empty passphrase.
-    pub fn to_psk(&self) -> Result<Option<PreSharedKey>> {
-        Ok(match self {
-            Secret::None => None,
-            Secret::Passphrase(p) => Some(dispy_node::psk::from_secret(p)?),
-            Secret::File(f) => Some(dispy_node::psk::from_file(f)?),
-        })
-    }
-}
-
 /// Turns a job's argument into what travels: program arguments, or CBOR input.
 type Encoder<A> = fn(&A) -> Result<(Vec<String>, Vec<u8>)>;
 
 /// Options of a cluster; see [`Cluster::program`] and [`Cluster::function`].
+#[must_use = "a cluster builder does nothing until `.start()`"]
 pub struct ClusterBuilder<A, R> {
     program: PathBuf,
     function: Option<String>,
@@ -201,31 +177,19 @@ impl<A, R> ClusterBuilder<A, R> {
         let program = self.program.clone();
         let (program_name, files) = tokio::task::spawn_blocking(move || stage::describe(&program, &files))
             .await
-            .map_err(|e| Error::Config(format!("hashing files: {e}")))??;
+            .map_err(|e| Error::Start(format!("hashing files: {e}")))??;
         let psk = self.secret.to_psk()?;
         let local = match self.local {
             LocalMode::Always => Some(LocalNode::start(psk).await?),
             _ => None,
         };
-        let mut searched = Vec::new();
-        if self.mdns {
-            searched.push("mDNS on the LAN".to_string());
-        }
-        if !self.peers.is_empty() {
-            searched.push(format!("peers {}", join(&self.peers)));
-        }
-        if !self.bootstrap.is_empty() {
-            searched.push(format!("Kademlia through {}", join(&self.bootstrap)));
-        }
-        if local.is_some() {
-            searched.push("a local node".into());
-        }
-        if !self.patterns.is_empty() {
-            let p: Vec<&str> = self.patterns.iter().map(|p| p.as_str()).collect();
-            searched.push(format!("nodes matching {}", p.join(", ")));
-        }
-        let searched =
-            if searched.is_empty() { "nothing (mDNS off, no peers given)".to_string() } else { searched.join("; ") };
+        let searched = Searched {
+            mdns: self.mdns,
+            peers: self.peers.clone(),
+            bootstrap: self.bootstrap.clone(),
+            local: local.is_some(),
+            patterns: self.patterns.iter().map(|p| p.as_str().to_string()).collect(),
+        };
         let cfg = NetConfig {
             psk,
             mdns: self.mdns,
@@ -242,10 +206,11 @@ impl<A, R> ClusterBuilder<A, R> {
         };
         let settings = Settings {
             cluster,
-            journal,
+            journal: journal.is_some(),
+            job_events: self.on_job.is_some(),
+            cluster_events: self.on_cluster.is_some(),
             program: program_name,
             files,
-            named: !self.peers.is_empty() || !self.patterns.is_empty() || !self.bootstrap.is_empty(),
             patterns: self.patterns,
             cpus_per_node: self.cpus_per_node,
             timeout_secs: self.timeout.map(|t| t.as_secs_f64()),
@@ -254,12 +219,10 @@ impl<A, R> ClusterBuilder<A, R> {
             discover_timeout: self.discover_timeout,
             local: self.local,
             searched,
-            psk,
             function: self.function,
-            on_job: self.on_job,
-            on_cluster: self.on_cluster,
             node_filter: self.node_filter,
         };
+        let hooks = Hooks { on_job: self.on_job, on_cluster: self.on_cluster, journal, psk };
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (up_tx, up_rx) = mpsc::unbounded_channel();
         // The cluster's peer and scheduler run on a thread and single-threaded runtime of
@@ -277,11 +240,11 @@ impl<A, R> ClusterBuilder<A, R> {
                 }
             };
             tokio::spawn(event_loop.run());
-            let scheduler = Scheduler::new(settings, handle, up_tx, local);
+            let scheduler = Scheduler::new(settings, hooks, handle, up_tx, local);
             let _ = ready_tx.send(Ok(()));
             scheduler.run(events, cmd_rx).await;
         })?;
-        ready_rx.await.map_err(|_| Error::Config("the cluster's thread stopped while starting".into()))??;
+        ready_rx.await.map_err(|_| Error::Start("the cluster's thread stopped while starting".into()))??;
         Ok(Cluster {
             cmds: cmd_tx,
             updates: up_rx,
@@ -294,18 +257,16 @@ impl<A, R> ClusterBuilder<A, R> {
     }
 }
 
-fn join(addrs: &[Multiaddr]) -> String {
-    addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
-}
-
 fn rand_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
-    h.finish()
+    rand::random()
 }
 
 /// A cluster running one program on the mesh's nodes.
+///
+/// Dropping it closes the cluster as [`Cluster::close`] does, without waiting: the nodes
+/// are released (their running jobs killed, the cluster's directories deleted) and the
+/// cluster's peer stops. [`Job`] handles still held then report [`Error::Closed`] if
+/// their jobs had not ended.
 ///
 /// # Examples
 /// ```no_run
@@ -341,8 +302,7 @@ fn program_result(_: &crate::JobReport) -> Result<(), JobError> {
 }
 
 fn function_input<A: Serialize>(arg: &A) -> Result<(Vec<String>, Vec<u8>)> {
-    let input =
-        dispy_protocol::encode(arg).map_err(|e| Error::Config(format!("cannot encode the job's argument: {e}")))?;
+    let input = dispy_protocol::encode(arg).map_err(|e| Error::Encode(e.to_string()))?;
     Ok((Vec::new(), input))
 }
 
@@ -445,19 +405,19 @@ impl<A, R> Cluster<A, R> {
     /// have been queued.
     ///
     /// # Errors
-    /// [`Error::Closed`] if the cluster's scheduler has stopped; [`Error::Config`] if the
+    /// [`Error::Closed`] if the cluster's scheduler has stopped; [`Error::Encode`] if the
     /// argument cannot be encoded.
     pub async fn submit(&mut self, arg: A) -> Result<Job<R>> {
         self.submit_job(arg, None).await
     }
 
-    /// Queues a job that only the node `peer_id` (a [`NodeInfo`]'s `node.peer_id`) may run.
+    /// Queues a job that only the node `peer` (a [`NodeInfo`]'s `node.peer_id`) may run.
+    ///
+    /// Cancel safety: as [`Cluster::submit`].
     ///
     /// # Errors
-    /// As [`Cluster::submit`], and [`Error::Config`] for a malformed peer id.
-    pub async fn submit_to(&mut self, peer_id: &str, arg: A) -> Result<Job<R>> {
-        let peer: libp2p::PeerId =
-            peer_id.parse().map_err(|e| Error::Config(format!("not a peer id: {peer_id}: {e}")))?;
+    /// As [`Cluster::submit`].
+    pub async fn submit_to(&mut self, peer: libp2p::PeerId, arg: A) -> Result<Job<R>> {
         self.submit_job(arg, Some(peer)).await
     }
 
@@ -470,7 +430,11 @@ impl<A, R> Cluster<A, R> {
     }
 
     /// Queues many jobs at once without handles: their reports come from
-    /// [`Cluster::next_result`] in completion order (what `dispy-peer submit` prints).
+    /// [`Cluster::next_result`] (or [`Cluster::results`]) in completion order (what
+    /// `dispy-peer submit` prints).
+    ///
+    /// Cancel safety: if the future is dropped before it completes, none or all of the jobs
+    /// were queued.
     ///
     /// # Errors
     /// [`Error::Closed`] if the cluster's scheduler has stopped.
@@ -487,6 +451,8 @@ impl<A, R> Cluster<A, R> {
 
     /// The nodes found so far, with their state.
     ///
+    /// Cancel safety: safe; nothing changes.
+    ///
     /// # Errors
     /// [`Error::Closed`] if the scheduler stopped.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>> {
@@ -497,12 +463,14 @@ impl<A, R> Cluster<A, R> {
 
     /// Waits until every job submitted so far has ended.
     ///
+    /// Cancel safety: safe; the jobs go on.
+    ///
     /// # Errors
     /// [`Error::NoNodes`] if the cluster failed; [`Error::Closed`] if the scheduler stopped.
     pub async fn wait(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.cmds.send(Cmd::Wait { reply }).await.map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?.map_err(Error::NoNodes)
+        rx.await.map_err(|_| Error::Closed)?.map_err(Error::from)
     }
 
     /// The next job to finish, in completion order; `None` once every submitted job has
@@ -511,8 +479,9 @@ impl<A, R> Cluster<A, R> {
     /// Cancel safety: safe; a result not yet taken stays queued.
     ///
     /// # Errors
-    /// [`Error::NoNodes`] when no usable node could be found in time (the message says what
-    /// was searched and found); [`Error::Closed`] if the scheduler stopped.
+    /// [`Error::NoNodes`] when no usable node could be found in time (the value says what
+    /// was searched and found), [`Error::LocalNode`] when the fallback local node could not
+    /// start; [`Error::Closed`] if the scheduler stopped.
     pub async fn next_result(&mut self) -> Result<Option<JobReport>> {
         if self.outstanding == 0 {
             return Ok(None);
@@ -522,13 +491,42 @@ impl<A, R> Cluster<A, R> {
                 self.outstanding -= 1;
                 Ok(Some(*report))
             }
-            Some(Update::Fatal(msg)) => Err(Error::NoNodes(msg)),
+            Some(Update::Fatal(failure)) => Err(failure.into()),
             None => Err(Error::Closed),
         }
     }
 
+    /// The reports of jobs submitted with [`Cluster::submit_all`], as a [`Stream`] in
+    /// completion order; it ends once every such job has been reported, or after the
+    /// first error (see [`Cluster::next_result`]).
+    ///
+    /// Cancel safety: safe; a result not yet taken stays queued.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use futures::StreamExt;
+    /// # async fn demo(mut cluster: dispy::Cluster) -> dispy::Result<()> {
+    /// cluster.submit_all(vec![vec!["a".into()], vec!["b".into()]]).await?;
+    /// let reports: Vec<_> = cluster.results().collect().await;
+    /// assert_eq!(reports.len(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn results(&mut self) -> impl Stream<Item = Result<JobReport>> + '_ {
+        futures::stream::unfold(Some(self), |cluster| async move {
+            let cluster = cluster?;
+            match cluster.next_result().await {
+                Ok(Some(report)) => Some((Ok(report), Some(cluster))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        })
+    }
+
     /// Cancels jobs: queued ones at once, running ones by killing their process groups.
     /// Each still gets a report, with outcome `Cancelled`.
+    ///
+    /// Cancel safety: if the future is dropped before it completes, the jobs may or may not
+    /// be cancelled.
     ///
     /// # Errors
     /// [`Error::Closed`] if the scheduler stopped.
@@ -555,6 +553,8 @@ impl<A, R> Cluster<A, R> {
 
     /// The figures so far.
     ///
+    /// Cancel safety: safe; nothing changes.
+    ///
     /// # Errors
     /// [`Error::Closed`] if the scheduler stopped.
     pub async fn stats(&self) -> Result<Stats> {
@@ -564,7 +564,11 @@ impl<A, R> Cluster<A, R> {
     }
 
     /// Releases the nodes (they delete the cluster's files and kill anything left) and
-    /// returns the final figures.
+    /// returns the final figures. Jobs still running are killed: [`Cluster::wait`] first to
+    /// let them finish.
+    ///
+    /// Cancel safety: once called, the cluster closes whether or not the future is polled
+    /// to the end (as when it is dropped, below).
     ///
     /// # Errors
     /// [`Error::Closed`] if the scheduler had already stopped.
@@ -574,3 +578,39 @@ impl<A, R> Cluster<A, R> {
         rx.await.map_err(|_| Error::Closed)
     }
 }
+
+impl<A, R> std::fmt::Debug for ClusterBuilder<A, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterBuilder")
+            .field("program", &self.program)
+            .field("function", &self.function)
+            .field("files", &self.files)
+            .field("peers", &self.peers)
+            .field("bootstrap", &self.bootstrap)
+            .field("patterns", &self.patterns)
+            .field("mdns", &self.mdns)
+            .field("local", &self.local)
+            .field("cpus_per_node", &self.cpus_per_node)
+            .field("timeout", &self.timeout)
+            .field("reentrant", &self.reentrant)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A, R> std::fmt::Debug for Cluster<A, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("submitted", &self.next_id)
+            .field("outstanding", &self.outstanding)
+            .field("closed", &self.cmds.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+// A cluster and its jobs move between tasks and threads.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Cluster<Vec<String>, ()>>();
+    send_sync::<Cluster<u64, u64>>();
+    send_sync::<Job<u64>>();
+};

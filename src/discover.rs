@@ -1,9 +1,9 @@
 //! Looking around the mesh without running anything: what `dispy-peer nodes` shows.
 
-use crate::cluster::Secret;
 use crate::error::Result;
+use crate::secret::Secret;
 use dispy_node::net::{self, NetConfig, NetEvent};
-use dispy_protocol::{Hello, Request, Response, Role, WIRE_VERSION};
+use dispy_protocol::{Hello, Request, Response, Role};
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 use std::time::Duration;
@@ -67,18 +67,7 @@ pub async fn discover(opts: DiscoverOptions, wait: Duration) -> Result<Vec<Found
                 if let NetEvent::Connected { peer, remote } = ev {
                     let (h, tx) = (handle.clone(), tx.clone());
                     tokio::spawn(async move {
-                        let hello = Request::Hello(Hello {
-                            wire_version: WIRE_VERSION,
-                            software: env!("CARGO_PKG_VERSION").into(),
-                            role: Role::Client,
-                            name: crate::host_name(),
-                            os: std::env::consts::OS.into(),
-                            arch: std::env::consts::ARCH.into(),
-                            cpus: 0,
-                            free_cpus: 0,
-                            max_file_size: None,
-                            memory_bytes: None,
-                        });
+                        let hello = Request::Hello(Hello::client(crate::host::host_name()));
                         if let Ok(Response::Hello(info)) = h.request(peer, hello).await {
                             let _ = tx.send((peer, remote, info));
                         }

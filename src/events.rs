@@ -52,9 +52,9 @@ pub struct NodeFacts {
     /// Its name.
     pub name: String,
     /// Its peer id.
-    pub peer_id: String,
+    pub peer_id: libp2p::PeerId,
     /// The IP the client reached it at.
-    pub ip: Option<String>,
+    pub ip: Option<std::net::IpAddr>,
     /// `std::env::consts::OS` there.
     pub os: String,
     /// `std::env::consts::ARCH` there.

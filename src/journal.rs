@@ -1,23 +1,15 @@
-//! The client's journal (`submit --journal FILE`, [`crate::ClusterBuilder::journal`]) and
-//! crash recovery ([`recover`]).
+//! The client's journal (`submit --journal FILE`, [`crate::ClusterBuilder::journal`]).
 //!
 //! The journal is JSON lines, appended as the cluster goes: the cluster id, each job's
 //! arguments, the node each job was sent to, and each job that ended. After a crash,
-//! [`recover`] reads it, asks those nodes for the results they still hold (a node keeps a
-//! gone client's jobs running for its zombie interval, then keeps their results on disk for
-//! its result TTL), and says which jobs are lost and need resubmitting.
+//! [`crate::recover`] reads it back.
 
-use crate::cluster::Secret;
 use crate::error::{Error, Result};
-use crate::report::{JobReport, node_ref};
-use dispy_node::net::{self, NetConfig, NetEvent, remote_ip};
-use dispy_protocol::{ClusterId, Forget, JobId, Recover, Request, Response};
+use dispy_protocol::{ClusterId, JobId};
 use libp2p::{Multiaddr, PeerId};
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
 
 /// Appends to a journal file. Write errors are logged once and journaling stops: a full
 /// disk must not stop the jobs.
@@ -69,115 +61,4 @@ impl Journal {
             let _ = out.flush();
         }
     }
-}
-
-/// What [`recover`] found.
-#[derive(Debug)]
-pub struct Recovery {
-    /// Results collected from the nodes, for jobs the journal had not seen end.
-    pub reports: Vec<JobReport>,
-    /// Jobs that ended nowhere: their node had no result for them (or could not be
-    /// reached). Resubmit them.
-    pub lost: Vec<(JobId, Vec<String>)>,
-}
-
-/// Reads a journal, collects from its nodes the results of the jobs it had not seen end,
-/// and lists the rest as lost. The nodes delete what was collected.
-///
-/// # Errors
-/// [`Error::File`] / [`Error::Config`] for an unreadable or malformed journal; network
-/// setup errors.
-pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<Recovery> {
-    let file = std::fs::File::open(journal).map_err(|source| Error::File { path: journal.to_path_buf(), source })?;
-    let bad = |what: &str| Error::Config(format!("{} is not a dispy journal: {what}", journal.display()));
-    let mut cluster: Option<ClusterId> = None;
-    let mut args: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-    let mut sent: HashMap<u64, (PeerId, Option<Multiaddr>)> = HashMap::new();
-    let mut done: HashSet<u64> = HashSet::new();
-    for line in std::io::BufReader::new(file).lines() {
-        let line = line.map_err(|source| Error::File { path: journal.to_path_buf(), source })?;
-        // A crash can cut the last line short: skip what does not parse.
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-        if let Some(c) = v.get("cluster").and_then(|c| c.as_str()) {
-            cluster = Some(ClusterId(u64::from_str_radix(c, 16).map_err(|_| bad("bad cluster id"))?));
-        } else if let Some(id) = v.get("job").and_then(|j| j.as_u64()) {
-            let a = v.get("args").and_then(|a| serde_json::from_value(a.clone()).ok()).unwrap_or_default();
-            args.insert(id, a);
-        } else if let Some(id) = v.get("sent").and_then(|j| j.as_u64()) {
-            let peer = v.get("peer").and_then(|p| p.as_str()).and_then(|p| p.parse().ok());
-            let addr = v.get("addr").and_then(|a| a.as_str()).and_then(|a| a.parse().ok());
-            if let Some(peer) = peer {
-                sent.insert(id, (peer, addr));
-            }
-        } else if let Some(id) = v.get("done").and_then(|j| j.as_u64()) {
-            done.insert(id);
-        }
-    }
-    let cluster = cluster.ok_or_else(|| bad("no cluster line"))?;
-    let pending: HashSet<u64> = args.keys().filter(|id| !done.contains(id)).copied().collect();
-    // Dialled by address alone: a node restarted since (its results on disk) has a new
-    // identity at the same address.
-    let mut addrs: HashSet<Multiaddr> = HashSet::new();
-    for id in &pending {
-        if let Some((_, Some(addr))) = sent.get(id) {
-            addrs.insert(addr.iter().filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_))).collect());
-        }
-    }
-    let mut reports = Vec::new();
-    if !addrs.is_empty() {
-        let cfg = NetConfig { psk: secret.to_psk()?, peers: addrs.iter().cloned().collect(), ..NetConfig::default() };
-        let (handle, mut events, event_loop) = net::new(cfg)?;
-        tokio::spawn(event_loop.run());
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut asked = HashSet::new();
-        while asked.len() < addrs.len() {
-            let ev = match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Some(ev)) => ev,
-                _ => break,
-            };
-            // A client listens nowhere: every connection is one it dialled.
-            let NetEvent::Connected { peer, remote } = ev else { continue };
-            if !asked.insert(peer) {
-                continue;
-            }
-            // Ask until the node has nothing more (answers are bounded in size).
-            loop {
-                let answer = handle.request(peer, Request::Recover(Recover { cluster })).await;
-                let Ok(Response::Recovered(r)) = answer else { break };
-                if r.results.is_empty() {
-                    break;
-                }
-                let ids: Vec<JobId> = r.results.iter().map(|x| x.id).collect();
-                for x in r.results {
-                    if !pending.contains(&x.id.0) || reports.iter().any(|p: &JobReport| p.id == x.id) {
-                        continue;
-                    }
-                    reports.push(JobReport {
-                        id: x.id,
-                        args: args.get(&x.id.0).cloned().unwrap_or_default(),
-                        node: Some(node_ref(&peer.to_string(), &peer, remote_ip(&remote))),
-                        outcome: x.outcome,
-                        stdout: x.stdout.bytes,
-                        stdout_truncated: x.stdout.truncated,
-                        stderr: x.stderr.bytes,
-                        stderr_truncated: x.stderr.truncated,
-                        start_us: x.start_us,
-                        end_us: x.end_us,
-                        value: x.value,
-                    });
-                }
-                let _ = handle.request(peer, Request::Forget(Forget { cluster, jobs: ids })).await;
-            }
-        }
-        handle.shutdown().await;
-    }
-    reports.sort_by_key(|r| r.id);
-    let found: HashSet<u64> = reports.iter().map(|r| r.id.0).collect();
-    let mut lost: Vec<(JobId, Vec<String>)> = pending
-        .iter()
-        .filter(|id| !found.contains(id))
-        .map(|id| (JobId(*id), args.get(id).cloned().unwrap_or_default()))
-        .collect();
-    lost.sort();
-    Ok(Recovery { reports, lost })
 }

@@ -18,17 +18,22 @@
 //! ```
 //!
 //! # Layout
-//! - [`Cluster`] / [`ClusterBuilder`] (`cluster`): the handle users hold.
-//! - `scheduler`: the task that finds nodes, stages files and keeps CPU slots busy;
-//!   `policy`: its pure dispatch arithmetic.
+//! - [`Cluster`] / [`ClusterBuilder`] (`cluster`): the handle users hold; [`Secret`]
+//!   (`secret`): the cluster's secret as users give it.
+//! - `scheduler`: the task that finds nodes, stages files and keeps CPU slots busy. Its
+//!   decisions are `scheduler::core`, a state machine with no I/O (inputs and the time in,
+//!   effects out, unit-tested alone through the real codec); `scheduler/mod.rs` is the driver
+//!   that carries the effects out. `policy`: its pure dispatch arithmetic.
 //! - `stage`: content hashes and chunked file transfer; `hashcache`: large files' hashes
 //!   remembered between runs.
 //! - `local`: the embedded node for machines with none; `own_thread`: the thread and runtime
 //!   that it and each cluster's peer and scheduler run on.
+//! - `journal`: the run's record; [`recover()`] (`recover`): results back after a crash.
 //! - [`discover()`]: list the nodes that answer.
-//! - [`report`]: job reports and the stats table.
+//! - [`report`]: job reports, node status and the stats table; [`Error`] (`error`), with
+//!   [`NoNodes`] saying what was searched and found.
 //! - [`blocking`]: [`BlockingCluster`], for programs that are not async.
-//! - [`select`]: `--nodes` patterns.
+//! - [`select`]: `--nodes` patterns; `host`: this machine's name and CPUs.
 //! - [`mod@worker`]: worker mode, which carries Rust functions to the nodes ([`worker!`]).
 //!
 //! The node side and the peer runtime live in `dispy-node`; the wire in `dispy-protocol`.
@@ -41,43 +46,30 @@ mod discover;
 mod error;
 pub mod events;
 mod hashcache;
+mod host;
 mod job;
 mod journal;
 mod local;
 mod own_thread;
 mod policy;
+mod recover;
 pub mod report;
 mod scheduler;
+mod secret;
 pub mod select;
 mod stage;
 pub mod worker;
 
 pub use blocking::BlockingCluster;
-pub use cluster::{Cluster, ClusterBuilder, Secret};
+pub use cluster::{Cluster, ClusterBuilder};
 pub use discover::{DiscoverOptions, FoundNode, discover};
 pub use dispy_protocol::{JobId, JobOutcome};
-pub use error::{Error, Result};
+pub use error::{Error, Found, NoNodes, Result, Searched};
 pub use events::{ClusterEvent, JobEvent, NodeFacts};
+pub use host::{DEFAULT_MAX_OUTPUT, available_cpus, host_name};
 pub use job::{Job, JobError, JobStatus};
-pub use journal::{Recovery, recover};
-pub use report::{JobReport, NodeInfo, NodeRef, NodeStats, Stats};
+pub use recover::{Recovery, recover};
+pub use report::{JobReport, NodeInfo, NodeRef, NodeStats, NodeStatus, Stats};
 pub use scheduler::LocalMode;
+pub use secret::Secret;
 pub use select::NodePattern;
-
-/// Bytes of stdout (and of stderr) a node keeps per job by default.
-pub const DEFAULT_MAX_OUTPUT: usize = 1 << 20;
-
-/// This machine's host name, for node names and greetings.
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_string())
-}
-
-/// CPUs of this machine.
-pub fn available_cpus() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
-}

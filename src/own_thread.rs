@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 /// cannot be made. `what` names the owner in messages ("the cluster").
 ///
 /// # Errors
-/// [`Error::Config`] if the thread cannot be started.
+/// [`Error::Start`] if the thread cannot be started.
 pub(crate) fn spawn<T, F, Fut>(name: &str, what: &'static str, ready: oneshot::Sender<Result<T>>, task: F) -> Result<()>
 where
     T: Send + 'static,
@@ -23,9 +23,9 @@ where
         .spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime.block_on(task(ready)),
             Err(e) => {
-                let _ = ready.send(Err(Error::Config(format!("cannot start {what}'s runtime: {e}"))));
+                let _ = ready.send(Err(Error::Start(format!("cannot start {what}'s runtime: {e}"))));
             }
         })
         .map(|_| ())
-        .map_err(|e| Error::Config(format!("cannot start {what}'s thread: {e}")))
+        .map_err(|e| Error::Start(format!("cannot start {what}'s thread: {e}")))
 }

@@ -12,9 +12,15 @@ pub struct NodeRef {
     /// The node's name (`serve --name`).
     pub name: String,
     /// Its peer id.
-    pub peer_id: String,
+    #[serde(serialize_with = "as_text")]
+    pub peer_id: PeerId,
     /// The IP the client reached it at.
-    pub ip: Option<String>,
+    pub ip: Option<std::net::IpAddr>,
+}
+
+/// Serializes a value as its `Display` text (peer ids have no serde of their own here).
+fn as_text<T: fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 /// One job's result.
@@ -63,6 +69,23 @@ impl JobReport {
         }
     }
 
+    /// The report of a job a node ran (`node`: where), with its arguments from the client.
+    pub(crate) fn from_result(r: dispy_protocol::JobResult, args: Vec<String>, node: Option<NodeRef>) -> Self {
+        JobReport {
+            id: r.id,
+            args,
+            node,
+            outcome: r.outcome,
+            stdout: r.stdout.bytes,
+            stdout_truncated: r.stdout.truncated,
+            stderr: r.stderr.bytes,
+            stderr_truncated: r.stderr.truncated,
+            start_us: r.start_us,
+            end_us: r.end_us,
+            value: r.value,
+        }
+    }
+
     /// How long the job ran on its node.
     pub fn run_time(&self) -> Duration {
         Duration::from_micros(self.end_us.saturating_sub(self.start_us))
@@ -83,10 +106,59 @@ pub struct NodeInfo {
     pub platform: String,
     /// CPU slots it gives the cluster.
     pub cpus: u32,
-    /// `starting`, `ready`, `unusable: <why>` or `lost`.
-    pub status: String,
+    /// Where it stands for this cluster.
+    pub status: NodeStatus,
     /// Jobs it finished.
     pub jobs_done: u64,
+}
+
+/// Where a node stands for a cluster. Shown (and serialized) as `starting`, `ready`,
+/// `unusable: <why>` or `lost`.
+///
+/// ```
+/// use dispy::NodeStatus;
+/// assert_eq!(NodeStatus::Unusable("serves no CPUs".into()).to_string(), "unusable: serves no CPUs");
+/// assert_eq!(NodeStatus::Ready, "ready");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeStatus {
+    /// Being greeted, reserved or staged.
+    Starting,
+    /// Takes jobs.
+    Ready,
+    /// Will not be used, and why (another OS/arch, a refused file, not selected, ...).
+    Unusable(String),
+    /// Its connection was lost.
+    Lost,
+}
+
+impl fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeStatus::Starting => f.write_str("starting"),
+            NodeStatus::Ready => f.write_str("ready"),
+            NodeStatus::Unusable(why) => write!(f, "unusable: {why}"),
+            NodeStatus::Lost => f.write_str("lost"),
+        }
+    }
+}
+
+impl PartialEq<&str> for NodeStatus {
+    fn eq(&self, other: &&str) -> bool {
+        match self {
+            NodeStatus::Starting => *other == "starting",
+            NodeStatus::Ready => *other == "ready",
+            NodeStatus::Unusable(why) => other.strip_prefix("unusable: ") == Some(why.as_str()),
+            NodeStatus::Lost => *other == "lost",
+        }
+    }
+}
+
+impl Serialize for NodeStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// One node's share of the work.
@@ -157,7 +229,7 @@ impl fmt::Display for Stats {
 }
 
 pub(crate) fn node_ref(name: &str, peer: &PeerId, ip: Option<std::net::IpAddr>) -> NodeRef {
-    NodeRef { name: name.to_string(), peer_id: peer.to_string(), ip: ip.map(|i| i.to_string()) }
+    NodeRef { name: name.to_string(), peer_id: *peer, ip }
 }
 
 /// `5.0 MiB`, `812 B`.

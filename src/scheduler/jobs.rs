@@ -1,13 +1,52 @@
-//! The scheduler's jobs: handing them to nodes, taking their starts and results, ending,
-//! cancelling and reporting them.
+//! The scheduler's jobs: taking them in, handing them to nodes, taking their starts and
+//! results, ending, cancelling and reporting them.
 
-use super::*;
+use super::NewJob;
+use super::core::{Asked, Core, Effect, Entry, Failure, Job, JobState, Phase};
+use crate::job::JobStatus;
+use crate::policy::{self, Load};
+use crate::report::JobReport;
+use dispy_protocol::{Cancel, JobId, JobOutcome, JobResult, JobSpec, Request, Submit};
+use libp2p::PeerId;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use tracing::debug;
 
-impl Scheduler {
-    pub(super) fn job_event(&self, id: JobId, status: JobStatus, node: Option<NodeRef>) {
-        if let Some(cb) = &self.s.on_job {
-            cb(&JobEvent { id, status, node });
+impl Job {
+    /// Whether `peer` holds the job.
+    pub(super) fn is_on(&self, peer: PeerId) -> bool {
+        matches!(self.state, JobState::OnNode(p) if p == peer)
+    }
+}
+
+impl Core {
+    pub(super) fn submit(&mut self, jobs: Vec<NewJob>) {
+        for j in jobs {
+            self.submitted += 1;
+            if self.s.journal {
+                self.out.push(Effect::Journal(Entry::Job { id: j.id, args: j.args.clone() }));
+            }
+            self.jobs.insert(
+                j.id,
+                Job {
+                    args: j.args,
+                    input: j.input,
+                    started: false,
+                    attempts: 0,
+                    suspect: false,
+                    dispatched: 0,
+                    state: JobState::Queued,
+                    view: j.view,
+                    pinned: j.node,
+                },
+            );
+            self.queue.push_back(j.id);
+            self.job_event(j.id, JobStatus::Created, None);
         }
+        if self.s.journal {
+            self.out.push(Effect::Journal(Entry::Flush));
+        }
+        self.dispatch();
     }
 
     /// A job ended: its report goes to its handle (or the result stream) and callbacks.
@@ -18,9 +57,8 @@ impl Scheduler {
         // An ended job is forgotten: the client's memory stays flat however many jobs run,
         // and a late or repeated result finds nothing to finish.
         let Some(job) = self.jobs.remove(&id) else { return };
-        self.pending -= 1;
-        if let Some(journal) = &mut self.s.journal {
-            journal.done(id);
+        if self.s.journal {
+            self.out.push(Effect::Journal(Entry::Done(id)));
         }
         match &job.view {
             Some(view) => {
@@ -31,17 +69,16 @@ impl Scheduler {
                     v.report = Some(report);
                 });
             }
-            None => {
-                let _ = self.updates.send(Update::Job(Box::new(report)));
-            }
+            None => self.out.push(Effect::Report(Box::new(report))),
         }
         self.job_event(id, status, node);
         self.answer_waiters();
     }
 
+    /// Answers `Cluster::wait` callers once no job is pending, or the cluster failed.
     pub(super) fn answer_waiters(&mut self) {
-        if self.pending == 0 || self.failure.is_some() {
-            let answer = self.failure.clone().map_or(Ok(()), Err);
+        if self.jobs.is_empty() || self.failure.is_some() {
+            let answer: Result<(), Failure> = self.failure.clone().map_or(Ok(()), Err);
             for w in self.waiters.drain(..) {
                 let _ = w.send(answer.clone());
             }
@@ -50,10 +87,10 @@ impl Scheduler {
 
     /// The node started these jobs: they are running (and count an attempt if it dies).
     pub(super) fn on_started(&mut self, peer: PeerId, started: Vec<JobId>) {
-        let node = self.node_ref(&peer);
+        let node = self.nodes.get(&peer).map(|n| n.node_ref(&peer));
         for id in started {
             let Some(job) = self.jobs.get_mut(&id) else { continue };
-            if !matches!(job.state, JobState::OnNode(p) if p == peer) || job.started {
+            if !job.is_on(peer) || job.started {
                 continue;
             }
             job.started = true;
@@ -72,7 +109,7 @@ impl Scheduler {
             let Some(job) = self.jobs.get_mut(&r.id) else { continue };
             // Only the node the job is on may finish it: a late or repeated result is
             // dropped, so each job is reported once.
-            if !matches!(job.state, JobState::OnNode(p) if p == peer) {
+            if !job.is_on(peer) {
                 continue;
             }
             if let JobOutcome::Declined(why) = &r.outcome {
@@ -100,19 +137,7 @@ impl Scheduler {
             node.in_flight.remove(&r.id);
             node.jobs_done += 1;
             node.job_secs += r.end_us.saturating_sub(r.start_us) as f64 / 1e6;
-            let report = JobReport {
-                id: r.id,
-                args,
-                node: Some(node_ref(&node.name, &peer, node.ip)),
-                outcome: r.outcome,
-                stdout: r.stdout.bytes,
-                stdout_truncated: r.stdout.truncated,
-                stderr: r.stderr.bytes,
-                stderr_truncated: r.stderr.truncated,
-                start_us: r.start_us,
-                end_us: r.end_us,
-                value: r.value,
-            };
+            let report = JobReport::from_result(r, args, Some(node.node_ref(&peer)));
             self.finish(report);
         }
     }
@@ -134,65 +159,85 @@ impl Scheduler {
             })
             .collect();
         let plan = policy::plan(&loads, self.queue.len());
-        for (peer, count) in ready.into_iter().zip(plan) {
-            if count == 0 {
-                continue;
+        let mut pinned_elsewhere = false;
+        for (&peer, &count) in ready.iter().zip(&plan) {
+            if count > 0 {
+                pinned_elsewhere |= self.dispatch_to(peer, count, false);
             }
-            let mut specs = Vec::with_capacity(count);
-            let mut skipped = Vec::new();
-            // A suspect (a job whose node died while it ran) goes only to a node with a free
-            // slot and no other suspect: it starts at once and alone among suspects, so the
-            // next death is charged to the right job.
-            let (cpus, mut load, mut has_suspect) = match self.nodes.get(&peer) {
-                Some(n) => (
-                    n.cpus.max(1) as usize,
-                    n.in_flight.len(),
-                    n.in_flight.iter().any(|id| self.jobs.get(id).is_some_and(|j| j.suspect)),
-                ),
-                None => continue,
-            };
-            while specs.len() < count {
-                let Some(id) = self.queue.pop_front() else { break };
-                let Some(job) = self.jobs.get_mut(&id) else { continue };
-                if job.pinned.is_some_and(|p| p != peer) || (job.suspect && (has_suspect || load >= cpus)) {
-                    skipped.push(id);
-                    continue;
-                }
-                has_suspect |= job.suspect;
-                load += 1;
-                job.state = JobState::OnNode(peer);
-                self.dispatch_seq += 1;
-                job.dispatched = self.dispatch_seq;
-                specs.push(JobSpec {
-                    id,
-                    args: job.args.clone(),
-                    timeout_secs: self.s.timeout_secs,
-                    input: job.input.clone(),
-                });
-            }
-            for id in skipped.into_iter().rev() {
-                self.queue.push_front(id);
-            }
-            if specs.is_empty() {
-                continue;
-            }
-            let ids: Vec<JobId> = specs.iter().map(|j| j.id).collect();
-            if let Some(node) = self.nodes.get_mut(&peer) {
-                node.in_flight.extend(ids.iter().copied());
-                if let Some(journal) = &mut self.s.journal {
-                    journal.sent(&ids, &peer, node.addr.as_ref());
-                    journal.flush();
+        }
+        // The plan counts jobs, not who may run them: a job pinned to a node the plan gave
+        // nothing would wait for a plan that does. Each node takes its own pinned jobs
+        // into whatever room it has left.
+        if pinned_elsewhere {
+            for (peer, load) in ready.into_iter().zip(loads) {
+                let planned = self.nodes.get(&peer).map_or(0, |n| n.in_flight.len());
+                let room = policy::capacity(load.cpus, load.mean_job_secs).saturating_sub(planned);
+                if room > 0 {
+                    self.dispatch_to(peer, room, true);
                 }
             }
-            let (net, tx) = (self.net.clone(), self.internal_tx.clone());
-            let request = Request::Submit(Submit { cluster: self.s.cluster, jobs: specs });
-            tokio::spawn(async move {
-                let answer = net.request(peer, request).await;
-                let _ = tx.send(Internal::Submitted(peer, ids, answer));
-            });
         }
     }
 
+    /// Sends up to `count` queued jobs to `peer` in one Submit (`only_pinned`: only jobs
+    /// pinned to it). Returns whether a job pinned to another node was passed over.
+    fn dispatch_to(&mut self, peer: PeerId, count: usize, only_pinned: bool) -> bool {
+        let mut specs = Vec::with_capacity(count);
+        let mut skipped = Vec::new();
+        // A suspect (a job whose node died while it ran there) goes only to a node with a
+        // free slot and no other suspect: it starts at once and alone among suspects, so
+        // the next death is charged to the right job.
+        let (cpus, mut load, mut has_suspect) = match self.nodes.get(&peer) {
+            Some(n) => (
+                n.cpus.max(1) as usize,
+                n.in_flight.len(),
+                n.in_flight.iter().any(|id| self.jobs.get(id).is_some_and(|j| j.suspect)),
+            ),
+            None => return false,
+        };
+        let mut pinned_elsewhere = false;
+        while specs.len() < count {
+            let Some(id) = self.queue.pop_front() else { break };
+            let Some(job) = self.jobs.get_mut(&id) else { continue };
+            let elsewhere = job.pinned.is_some_and(|p| p != peer);
+            pinned_elsewhere |= elsewhere;
+            if elsewhere || (only_pinned && job.pinned.is_none()) || (job.suspect && (has_suspect || load >= cpus)) {
+                skipped.push(id);
+                continue;
+            }
+            has_suspect |= job.suspect;
+            load += 1;
+            job.state = JobState::OnNode(peer);
+            self.dispatch_seq += 1;
+            job.dispatched = self.dispatch_seq;
+            specs.push(JobSpec {
+                id,
+                args: job.args.clone(),
+                timeout_secs: self.s.timeout_secs,
+                input: job.input.clone(),
+            });
+        }
+        for id in skipped.into_iter().rev() {
+            self.queue.push_front(id);
+        }
+        if specs.is_empty() {
+            return pinned_elsewhere;
+        }
+        let ids: Vec<JobId> = specs.iter().map(|j| j.id).collect();
+        if let Some(node) = self.nodes.get_mut(&peer) {
+            node.in_flight.extend(ids.iter().copied());
+            if self.s.journal {
+                let addr = node.addr.clone();
+                self.out.push(Effect::Journal(Entry::Sent { ids: ids.clone(), peer, addr }));
+                self.out.push(Effect::Journal(Entry::Flush));
+            }
+        }
+        let request = Request::Submit(Submit { cluster: self.s.cluster, jobs: specs });
+        self.out.push(Effect::Ask { peer, request, asked: Asked::Submit(ids) });
+        pinned_elsewhere
+    }
+
+    /// Cancels jobs: queued ones end here at once, the others are cancelled on their node.
     pub(super) fn cancel(&mut self, ids: Vec<JobId>) {
         let mut per_node: HashMap<PeerId, Vec<JobId>> = HashMap::new();
         let mut queued = HashSet::new();
@@ -213,12 +258,10 @@ impl Scheduler {
             let args = self.jobs.get(&id).map(|j| j.args.clone()).unwrap_or_default();
             self.finish(JobReport::unrun(id, args, None, JobOutcome::Cancelled));
         }
-        for (peer, jobs) in per_node {
+        for (peer, mut jobs) in per_node {
+            jobs.sort();
             let request = Request::Cancel(Cancel { cluster: self.s.cluster, jobs });
-            let net = self.net.clone();
-            tokio::spawn(async move {
-                let _ = net.request(peer, request).await;
-            });
+            self.out.push(Effect::Ask { peer, request, asked: Asked::Cancel });
         }
     }
 }

@@ -1,0 +1,513 @@
+//! The scheduler's decisions, with no I/O: [`Core`] is fed what happened (a command from
+//! the cluster handle, a network event, an answer, a tick) together with the current time,
+//! and returns [`Effect`]s for the driver (`super::Scheduler`) to carry out. It never
+//! spawns, sleeps, reads the clock or touches the network, so its tests drive it alone.
+//!
+//! Jobs (`jobs`) and nodes (`nodes`) add their halves of `impl Core` beside this file.
+
+use super::Cmd;
+use crate::error::{Found, NoNodes, Searched};
+use crate::events::{ClusterEvent, JobEvent, NodeFilter};
+use crate::job::{JobStatus, JobView};
+use crate::report::{JobReport, NodeRef, NodeStats, NodeStatus, Stats, node_ref};
+use crate::select::NodePattern;
+use crate::stage::LocalFile;
+use dispy_node::net::remote_ip;
+use dispy_protocol::{ClusterId, Hello, JobId, Refusal, RefusalKind, Release, Request, Response};
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, warn};
+
+/// When to run an in-process node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LocalMode {
+    /// Never: only remote nodes.
+    Never,
+    /// When no node is found within the discovery timeout (and no node was named).
+    #[default]
+    Fallback,
+    /// Always, beside any remote nodes.
+    Always,
+}
+
+/// Everything the core needs that is fixed for the cluster's life.
+pub(crate) struct Settings {
+    pub(crate) cluster: ClusterId,
+    pub(crate) program: String,
+    pub(crate) files: Vec<LocalFile>,
+    pub(crate) patterns: Vec<NodePattern>,
+    pub(crate) cpus_per_node: Option<u32>,
+    pub(crate) timeout_secs: Option<f64>,
+    pub(crate) reentrant: bool,
+    /// A reentrant job fails once this many nodes died while it ran there.
+    pub(crate) max_retries: u32,
+    pub(crate) discover_timeout: Duration,
+    pub(crate) local: LocalMode,
+    /// Where nodes are looked for, for the "no nodes" error. Nodes were named (peers,
+    /// bootstrap, patterns) when it says so: then a local node is never a fallback.
+    pub(crate) searched: Searched,
+    /// For a function cluster: the function's registered name.
+    pub(crate) function: Option<String>,
+    pub(crate) node_filter: Option<NodeFilter>,
+    /// Emit [`Effect::Journal`] (a journal is being written).
+    pub(crate) journal: bool,
+    /// Emit [`Effect::JobEvent`] / [`Effect::ClusterEvent`] (callbacks are set).
+    pub(crate) job_events: bool,
+    pub(crate) cluster_events: bool,
+}
+
+/// What the driver is asked to do.
+#[derive(Debug)]
+pub(crate) enum Effect {
+    /// Send `request` to `peer`; the answer comes back through [`Core::on_answer`] with
+    /// `asked` (answers to [`Asked::Cancel`] need not).
+    Ask { peer: PeerId, request: Request, asked: Asked },
+    /// Send `files` to `peer` in chunks; the outcome comes back through [`Core::on_staged`].
+    Stage { peer: PeerId, files: Vec<LocalFile> },
+    /// A job submitted without a handle ended: its report goes to the result stream.
+    Report(Box<JobReport>),
+    /// The cluster cannot go on.
+    Fail(Failure),
+    /// Call the job-status callback.
+    JobEvent(JobEvent),
+    /// Call the cluster-status callback.
+    ClusterEvent(ClusterEvent),
+    /// Append to the journal.
+    Journal(Entry),
+    /// Start the embedded node; the outcome comes back through [`Core::on_local_node`].
+    StartLocalNode,
+}
+
+/// What a request was, so its answer can be routed back.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Asked {
+    Hello,
+    Reserve,
+    /// These jobs.
+    Submit(Vec<JobId>),
+    /// Nothing waits for the answer.
+    Cancel,
+}
+
+/// A journal line (see `crate::journal`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Entry {
+    Job {
+        id: JobId,
+        args: Vec<String>,
+    },
+    Sent {
+        ids: Vec<JobId>,
+        peer: PeerId,
+        addr: Option<Multiaddr>,
+    },
+    Done(JobId),
+    /// Make what was written survive a crash of this process.
+    Flush,
+}
+
+/// Why the cluster stopped.
+#[derive(Debug, Clone)]
+pub(crate) enum Failure {
+    NoNodes(Box<NoNodes>),
+    LocalNode(String),
+}
+
+impl From<Failure> for crate::Error {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::NoNodes(n) => crate::Error::NoNodes(n),
+            Failure::LocalNode(why) => crate::Error::LocalNode(why),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Phase {
+    Greeting,
+    Reserving,
+    Staging,
+    Ready,
+    Unusable(String),
+    Lost,
+}
+
+impl Phase {
+    pub(super) fn status(&self) -> NodeStatus {
+        match self {
+            Phase::Greeting | Phase::Reserving | Phase::Staging => NodeStatus::Starting,
+            Phase::Ready => NodeStatus::Ready,
+            Phase::Unusable(why) => NodeStatus::Unusable(why.clone()),
+            Phase::Lost => NodeStatus::Lost,
+        }
+    }
+}
+
+pub(super) struct Node {
+    pub(super) ip: Option<IpAddr>,
+    /// The address it was reached at, with its peer id (for the journal).
+    pub(super) addr: Option<Multiaddr>,
+    pub(super) name: String,
+    /// `os/arch`, once greeted.
+    pub(super) platform: String,
+    pub(super) phase: Phase,
+    pub(super) cpus: u32,
+    pub(super) in_flight: HashSet<JobId>,
+    pub(super) jobs_done: u64,
+    pub(super) job_secs: f64,
+    pub(super) staged_bytes: u64,
+}
+
+impl Node {
+    pub(super) fn node_ref(&self, peer: &PeerId) -> NodeRef {
+        node_ref(&self.name, peer, self.ip)
+    }
+}
+
+pub(super) enum JobState {
+    Queued,
+    OnNode(PeerId),
+}
+
+pub(super) struct Job {
+    pub(super) args: Vec<String>,
+    pub(super) input: Vec<u8>,
+    /// Its node reported it running (left the node's queue).
+    pub(super) started: bool,
+    /// Nodes that died while it ran there.
+    pub(super) attempts: u32,
+    /// It was charged a node's death: it runs alone among suspects from now on.
+    pub(super) suspect: bool,
+    /// When it was last sent to a node (a global counter): a node runs a cluster's jobs in
+    /// the order it receives them.
+    pub(super) dispatched: u64,
+    pub(super) state: JobState,
+    pub(super) view: Option<watch::Sender<JobView>>,
+    pub(super) pinned: Option<PeerId>,
+}
+
+/// The scheduler's state; see the module docs.
+pub(crate) struct Core {
+    pub(super) s: Settings,
+    pub(super) nodes: HashMap<PeerId, Node>,
+    /// Peers in the order they joined, for stable stats.
+    pub(super) order: Vec<PeerId>,
+    /// Connected peers that turned out to be clients.
+    pub(super) clients_seen: HashSet<PeerId>,
+    pub(super) dial_failures: HashMap<Multiaddr, String>,
+    /// Jobs not ended yet.
+    pub(super) jobs: HashMap<JobId, Job>,
+    /// Jobs ever submitted.
+    pub(super) submitted: u64,
+    pub(super) queue: VecDeque<JobId>,
+    pub(super) started: Instant,
+    /// Since when no node has been usable or on its way to it.
+    pub(super) nodeless_since: Option<Instant>,
+    /// An embedded node runs (or is starting).
+    pub(super) has_local: bool,
+    pub(super) local_starting: bool,
+    /// Counts dispatches, to order each node's jobs as it received them.
+    pub(super) dispatch_seq: u64,
+    /// `Cluster::wait` callers.
+    pub(super) waiters: Vec<oneshot::Sender<Result<(), Failure>>>,
+    pub(super) failure: Option<Failure>,
+    /// What the handlers decided, taken by the driver after each input.
+    pub(super) out: Vec<Effect>,
+}
+
+impl Core {
+    /// A core that starts looking for nodes at `now`; `has_local`: an embedded node was
+    /// started with the cluster.
+    pub(crate) fn new(s: Settings, now: Instant, has_local: bool) -> Self {
+        Core {
+            s,
+            nodes: HashMap::new(),
+            order: Vec::new(),
+            clients_seen: HashSet::new(),
+            dial_failures: HashMap::new(),
+            jobs: HashMap::new(),
+            submitted: 0,
+            queue: VecDeque::new(),
+            started: now,
+            nodeless_since: Some(now),
+            has_local,
+            local_starting: false,
+            dispatch_seq: 0,
+            waiters: Vec::new(),
+            failure: None,
+            out: Vec::new(),
+        }
+    }
+
+    /// The cluster's id.
+    pub(crate) fn cluster(&self) -> ClusterId {
+        self.s.cluster
+    }
+
+    fn effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// A command from the cluster handle (all but `Close`, which the driver carries out).
+    pub(crate) fn on_cmd(&mut self, cmd: Cmd, now: Instant) -> Vec<Effect> {
+        match cmd {
+            Cmd::Submit { jobs } => self.submit(jobs),
+            Cmd::Nodes { reply } => {
+                let _ = reply.send(self.node_infos());
+            }
+            Cmd::Wait { reply } => {
+                self.waiters.push(reply);
+                self.answer_waiters();
+            }
+            Cmd::Cancel { ids } => self.cancel(ids),
+            Cmd::CancelAll => {
+                let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+                self.cancel(ids);
+            }
+            Cmd::Stats { reply } => {
+                let _ = reply.send(self.stats(now));
+            }
+            Cmd::Close { .. } => {}
+        }
+        self.effects()
+    }
+
+    /// A peer connected (first connection): a new or returning peer is greeted.
+    pub(crate) fn on_connected(&mut self, peer: PeerId, remote: &Multiaddr) -> Vec<Effect> {
+        let fresh = self.nodes.get(&peer).is_none_or(|n| n.phase == Phase::Lost);
+        if self.clients_seen.contains(&peer) || !fresh {
+            return self.effects();
+        }
+        if !self.nodes.contains_key(&peer) {
+            self.order.push(peer);
+        }
+        let ip = remote_ip(remote);
+        let addr = match remote.iter().last() {
+            Some(Protocol::P2p(_)) => remote.clone(),
+            _ => remote.clone().with(Protocol::P2p(peer)),
+        };
+        let node = self.nodes.entry(peer).or_insert_with(|| Node {
+            ip,
+            addr: None,
+            name: peer.to_string(),
+            platform: String::new(),
+            phase: Phase::Greeting,
+            cpus: 0,
+            in_flight: HashSet::new(),
+            jobs_done: 0,
+            job_secs: 0.0,
+            staged_bytes: 0,
+        });
+        node.phase = Phase::Greeting;
+        node.ip = ip;
+        node.addr = Some(addr);
+        let request = Request::Hello(Hello::client(crate::host::host_name()));
+        self.out.push(Effect::Ask { peer, request, asked: Asked::Hello });
+        self.effects()
+    }
+
+    /// The last connection to a peer closed.
+    pub(crate) fn on_disconnected(&mut self, peer: PeerId) -> Vec<Effect> {
+        self.lose(peer, "its connection closed");
+        self.effects()
+    }
+
+    /// A dial to a configured address failed (kept for the "no nodes" error).
+    pub(crate) fn on_dial_failed(&mut self, addr: Multiaddr, reason: String) {
+        self.dial_failures.insert(addr, reason);
+    }
+
+    /// A peer asks something: nodes send results and job starts. Returns the answer.
+    pub(crate) fn on_request(&mut self, peer: PeerId, request: Request) -> (Response, Vec<Effect>) {
+        let response = match request {
+            Request::Results(r) if r.cluster == self.s.cluster => {
+                self.on_started(peer, r.started);
+                self.on_results(peer, r.results);
+                if self.s.journal {
+                    self.out.push(Effect::Journal(Entry::Flush));
+                }
+                Response::Ok
+            }
+            Request::Hello(_) => Response::Hello(Hello::client(crate::host::host_name())),
+            _ => Response::Refused(Refusal::new(RefusalKind::WrongRole, "this peer is a client; it runs no jobs")),
+        };
+        self.dispatch();
+        (response, self.effects())
+    }
+
+    /// The answer to an [`Effect::Ask`] (`Err`: why the request failed).
+    pub(crate) fn on_answer(&mut self, peer: PeerId, asked: Asked, answer: Result<Response, String>) -> Vec<Effect> {
+        match asked {
+            Asked::Hello => match answer {
+                Ok(Response::Hello(h)) => self.on_hello(peer, h),
+                Ok(other) => self.unusable(peer, format!("unexpected answer to hello: {other:?}")),
+                // A peer that does not speak dispy (or left at once) is not a node.
+                Err(e) => {
+                    debug!(%peer, cause = %e, "hello failed");
+                    self.nodes.remove(&peer);
+                    self.order.retain(|p| *p != peer);
+                }
+            },
+            Asked::Reserve => match answer {
+                Ok(Response::Reserved(r)) => self.on_reserved(peer, r),
+                Ok(Response::Refused(r)) => self.unusable(peer, r.message),
+                Ok(other) => self.unusable(peer, format!("unexpected answer to reserve: {other:?}")),
+                Err(e) => self.unusable(peer, e),
+            },
+            Asked::Submit(ids) => match answer {
+                Ok(Response::Accepted(_)) => {}
+                // The connection broke under the request: the node is lost (and may have
+                // started the jobs), which `lose` handles as any loss.
+                Err(e) => self.lose(peer, &format!("the connection broke while sending jobs: {e}")),
+                Ok(other) => {
+                    let why = match other {
+                        Response::Refused(r) => r.message,
+                        r => format!("unexpected answer to submit: {r:?}"),
+                    };
+                    warn!(%peer, reason = %why, jobs = ids.len(), "node did not take jobs; re-queueing them");
+                    self.unusable(peer, why);
+                }
+            },
+            Asked::Cancel => {}
+        }
+        self.effects()
+    }
+
+    /// Staging a node ended: bytes sent, or why it failed.
+    pub(crate) fn on_staged(&mut self, peer: PeerId, outcome: Result<u64, String>) -> Vec<Effect> {
+        match outcome {
+            Ok(sent) => {
+                if let Some(node) = self.nodes.get_mut(&peer) {
+                    node.staged_bytes += sent;
+                    if node.phase == Phase::Staging {
+                        self.ready(peer, "node staged and ready");
+                    }
+                }
+                self.dispatch();
+            }
+            Err(why) => self.unusable(peer, format!("staging failed: {why}")),
+        }
+        self.effects()
+    }
+
+    /// The embedded node asked for by [`Effect::StartLocalNode`] is up (and dialled), or
+    /// could not start.
+    pub(crate) fn on_local_node(&mut self, outcome: Result<(), String>, now: Instant) -> Vec<Effect> {
+        self.local_starting = false;
+        match outcome {
+            Ok(()) => {
+                self.has_local = true;
+                self.nodeless_since = Some(now);
+            }
+            Err(e) => self.fail(Failure::LocalNode(format!("could not start a local node: {e}"))),
+        }
+        self.effects()
+    }
+
+    /// Time passed: with no usable node for the discovery timeout, fall back to a local
+    /// node or fail.
+    pub(crate) fn on_tick(&mut self, now: Instant) -> Vec<Effect> {
+        if self.failure.is_some() {
+            return self.effects();
+        }
+        if self.has_node() {
+            self.nodeless_since = None;
+            return self.effects();
+        }
+        let since = *self.nodeless_since.get_or_insert(now);
+        if now.duration_since(since) < self.s.discover_timeout || self.local_starting {
+            return self.effects();
+        }
+        let never_found = self.nodes.is_empty() && !self.has_local;
+        if never_found && !self.s.searched.named() && self.s.local == LocalMode::Fallback {
+            // Shown on stderr by the CLI's default log level: the user asked for nodes
+            // implicitly and must learn that the jobs run here instead.
+            warn!(
+                "no dispy node found within {:.1} s; running the jobs on a local node on this machine",
+                self.s.discover_timeout.as_secs_f64()
+            );
+            self.local_starting = true;
+            self.out.push(Effect::StartLocalNode);
+            return self.effects();
+        }
+        if self.queue.is_empty() && self.jobs.is_empty() && self.submitted > 0 {
+            return self.effects();
+        }
+        let failure = Failure::NoNodes(Box::new(self.no_nodes()));
+        self.fail(failure);
+        self.effects()
+    }
+
+    pub(super) fn fail(&mut self, failure: Failure) {
+        let msg = crate::Error::from(failure.clone()).to_string();
+        for job in self.jobs.values() {
+            if let Some(view) = &job.view {
+                view.send_modify(|v| v.cluster_error = Some(msg.clone()));
+            }
+        }
+        self.out.push(Effect::Fail(failure.clone()));
+        self.failure = Some(failure);
+        self.answer_waiters();
+    }
+
+    /// What was searched and found, when no node is usable.
+    pub(super) fn no_nodes(&self) -> NoNodes {
+        let mut found: Vec<Found> = self
+            .dial_failures
+            .iter()
+            .map(|(addr, why)| Found::DialFailed { addr: addr.clone(), reason: why.clone() })
+            .collect();
+        for peer in &self.order {
+            if let Some(n) = self.nodes.get(peer) {
+                found.push(Found::Node { node: n.node_ref(peer), status: n.phase.status() });
+            }
+        }
+        if !self.clients_seen.is_empty() {
+            found.push(Found::Clients(self.clients_seen.len()));
+        }
+        NoNodes { waited: self.s.discover_timeout, searched: self.s.searched.clone(), found }
+    }
+
+    /// dispy's `stats()` figures as of `now`.
+    pub(crate) fn stats(&self, now: Instant) -> Stats {
+        let nodes = self
+            .order
+            .iter()
+            .filter_map(|p| self.nodes.get(p).map(|n| (p, n)))
+            .filter(|(_, n)| n.jobs_done > 0 || n.phase == Phase::Ready)
+            .map(|(p, n)| NodeStats {
+                node: n.node_ref(p),
+                cpus: n.cpus,
+                jobs: n.jobs_done,
+                job_secs: n.job_secs,
+                staged_bytes: n.staged_bytes,
+            })
+            .collect();
+        Stats { nodes, wall_secs: now.saturating_duration_since(self.started).as_secs_f64() }
+    }
+
+    /// The requests that release every node still reachable (the cluster is closing).
+    pub(crate) fn releases(&self) -> Vec<(PeerId, Request)> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.phase != Phase::Lost)
+            .map(|(peer, _)| (*peer, Request::Release(Release { cluster: self.s.cluster })))
+            .collect()
+    }
+
+    pub(super) fn job_event(&mut self, id: JobId, status: JobStatus, node: Option<NodeRef>) {
+        if self.s.job_events {
+            self.out.push(Effect::JobEvent(JobEvent { id, status, node }));
+        }
+    }
+
+    pub(super) fn cluster_event(&mut self, ev: ClusterEvent) {
+        if self.s.cluster_events {
+            self.out.push(Effect::ClusterEvent(ev));
+        }
+    }
+}
