@@ -224,6 +224,9 @@ impl<A, R> ClusterBuilder<A, R> {
         };
         let hooks = Hooks { on_job: self.on_job, on_cluster: self.on_cluster, journal, psk };
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        // Unbounded: the scheduler must never wait on an application that is not reading
+        // (heartbeats and other clusters' work would stall). It holds at most one report per
+        // job the application submitted and has not taken yet.
         let (up_tx, up_rx) = mpsc::unbounded_channel();
         // The cluster's peer and scheduler run on a thread and single-threaded runtime of
         // their own: an application that blocks its runtime's workers never delays their

@@ -101,26 +101,12 @@ impl Proc {
 
     /// Waits until stdout contains `needle`.
     pub fn wait_stdout(&self, needle: &str, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if self.stdout().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        wait_until(within, || self.stdout().contains(needle))
     }
 
     /// Waits until stderr contains `needle`.
     pub fn wait_stderr(&self, needle: &str, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if self.stderr().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+        wait_until(within, || self.stderr().contains(needle))
     }
 
     /// Waits for the process to exit, killing it past `within`.
@@ -148,7 +134,7 @@ impl Proc {
 
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(self, within: Duration) -> Finished {
-        signal(self.pid(), libc_sigterm());
+        signal(self.pid(), SIGTERM);
         self.wait(within)
     }
 }
@@ -156,7 +142,7 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            signal(self.child.id(), libc_sigterm());
+            signal(self.child.id(), SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = self.child.try_wait() {
@@ -170,8 +156,21 @@ impl Drop for Proc {
     }
 }
 
-fn libc_sigterm() -> &'static str {
-    "TERM"
+/// The signal a service is stopped with.
+const SIGTERM: &str = "TERM";
+
+/// Polls `done` until it holds (true) or `within` passes (false).
+pub fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Sends a signal to one PID (never by name).
