@@ -148,12 +148,26 @@ impl Sim {
         p
     }
 
-    /// Connects node `n`, greets it and reserves it with nothing missing.
-    fn node_up(&mut self, n: u8, cpus: u32) -> PeerId {
+    /// Connects peer `n` and answers the client's hello with `hello`.
+    fn greet(&mut self, n: u8, hello: Hello) -> PeerId {
         let p = self.connect(n);
         let (request, asked) = self.ask_of(p);
         assert!(matches!(request, Request::Hello(ref h) if h.role == dispy_protocol::Role::Client), "{request:?}");
-        self.answer(p, asked, Response::Hello(Hello::node(format!("node{n}"), cpus, cpus, None, None)));
+        self.answer(p, asked, Response::Hello(hello));
+        p
+    }
+
+    /// Greets node `n` and takes the reserve it is asked.
+    fn reserving(&mut self, n: u8, cpus: u32) -> PeerId {
+        let p = self.greet(n, Hello::node(format!("node{n}"), cpus, cpus, None, None));
+        let (request, asked) = self.ask_of(p);
+        assert_eq!(asked, Asked::Reserve, "{request:?}");
+        p
+    }
+
+    /// Connects node `n`, greets it and reserves it with nothing missing.
+    fn node_up(&mut self, n: u8, cpus: u32) -> PeerId {
+        let p = self.greet(n, Hello::node(format!("node{n}"), cpus, cpus, None, None));
         let (request, asked) = self.ask_of(p);
         let Request::Reserve(r) = request else { panic!("expected a reserve, got {request:?}") };
         assert_eq!((r.cluster, r.program.as_str(), r.files.len()), (CLUSTER, "prog", 2));
@@ -265,10 +279,7 @@ fn a_node_holding_every_file_is_ready_and_gets_the_queued_jobs() {
 #[test]
 fn only_missing_files_are_staged_and_the_node_is_ready_after() {
     let mut sim = Sim::new(settings());
-    let p = sim.connect(1);
-    sim.ask_of(p);
-    sim.answer(p, Asked::Hello, Response::Hello(Hello::node("n1".into(), 2, 2, None, None)));
-    sim.ask_of(p);
+    let p = sim.reserving(1, 2);
     sim.answer(p, Asked::Reserve, Response::Reserved(Reserved { cpus: 2, missing: vec![FileHash([2; 32])] }));
     assert_eq!(sim.stages.len(), 1);
     let names: Vec<&str> = sim.stages[0].1.iter().map(|f| f.entry.name.as_str()).collect();
@@ -286,10 +297,7 @@ fn only_missing_files_are_staged_and_the_node_is_ready_after() {
 #[test]
 fn a_staging_failure_makes_the_node_unusable_with_the_reason() {
     let mut sim = Sim::new(settings());
-    let p = sim.connect(1);
-    sim.ask_of(p);
-    sim.answer(p, Asked::Hello, Response::Hello(Hello::node("n1".into(), 2, 2, None, None)));
-    sim.ask_of(p);
+    let p = sim.reserving(1, 2);
     sim.answer(p, Asked::Reserve, Response::Reserved(Reserved { cpus: 2, missing: vec![FileHash([1; 32])] }));
     let effects = sim.core.on_staged(p, Err("file data.txt is over the limit".into()));
     sim.absorb(effects);
@@ -299,19 +307,14 @@ fn a_staging_failure_makes_the_node_unusable_with_the_reason() {
 #[test]
 fn a_refused_reservation_and_a_node_of_another_protocol_version_are_unusable() {
     let mut sim = Sim::new(settings());
-    let p = sim.connect(1);
-    sim.ask_of(p);
-    sim.answer(p, Asked::Hello, Response::Hello(Hello::node("n1".into(), 2, 2, None, None)));
-    sim.ask_of(p);
+    let p = sim.reserving(1, 2);
     let refusal = Refusal::new(RefusalKind::TooLarge, "file data.txt is 5000 bytes, over node n1's --max-file-size");
     sim.answer(p, Asked::Reserve, Response::Refused(refusal));
     assert!(matches!(sim.status_of(p), NodeStatus::Unusable(ref w) if w.contains("--max-file-size")));
 
-    let q = sim.connect(2);
-    sim.ask_of(q);
     let mut old = Hello::node("n2".into(), 2, 2, None, None);
     old.wire_version += 1;
-    sim.answer(q, Asked::Hello, Response::Hello(old));
+    let q = sim.greet(2, old);
     assert!(matches!(sim.status_of(q), NodeStatus::Unusable(ref w) if w.contains("speaks dispy protocol version")));
     assert!(sim.asks.is_empty(), "neither is reserved: {:?}", sim.asks);
 }
@@ -322,11 +325,8 @@ fn patterns_filters_and_platforms_decide_which_nodes_are_used() {
     s.patterns = vec![NodePattern::new("worker-*")];
     s.node_filter = Some(std::sync::Arc::new(|n: &crate::NodeFacts| n.cpus >= 2));
     let mut sim = Sim::new(s);
-    let (a, b, c) = (sim.connect(1), sim.connect(2), sim.connect(3));
-    for (p, name, cpus) in [(a, "gpu-1", 8), (b, "worker-1", 1), (c, "worker-2", 2)] {
-        sim.ask_of(p);
-        sim.answer(p, Asked::Hello, Response::Hello(Hello::node(name.into(), cpus, cpus, None, None)));
-    }
+    let [a, b, c] = [(1, "gpu-1", 8), (2, "worker-1", 1), (3, "worker-2", 2)]
+        .map(|(n, name, cpus)| sim.greet(n, Hello::node(name.into(), cpus, cpus, None, None)));
     assert_eq!(sim.status_of(a), NodeStatus::Unusable("not selected by --nodes".into()));
     assert_eq!(sim.status_of(b), NodeStatus::Unusable("rejected by the cluster's node filter".into()));
     assert_eq!(sim.ask_of(c).1, Asked::Reserve);
@@ -334,20 +334,16 @@ fn patterns_filters_and_platforms_decide_which_nodes_are_used() {
     let mut s = settings();
     s.function = Some("square".into());
     let mut sim = Sim::new(s);
-    let p = sim.connect(1);
-    sim.ask_of(p);
     let mut other = Hello::node("arm".into(), 2, 2, None, None);
     other.os = "plan9".into();
-    sim.answer(p, Asked::Hello, Response::Hello(other));
+    let p = sim.greet(1, other);
     assert!(matches!(sim.status_of(p), NodeStatus::Unusable(ref w) if w.starts_with("runs plan9/")));
 }
 
 #[test]
 fn a_client_peer_is_not_a_node_and_is_counted_apart() {
     let mut sim = Sim::new(settings());
-    let p = sim.connect(1);
-    sim.ask_of(p);
-    sim.answer(p, Asked::Hello, Response::Hello(Hello::client("laptop".into())));
+    let p = sim.greet(1, Hello::client("laptop".into()));
     assert!(sim.core_infos().is_empty());
     let effects = sim.core.on_connected(p, &addr(1));
     assert!(effects.is_empty(), "a known client is not greeted again");
