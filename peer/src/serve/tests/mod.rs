@@ -1,0 +1,1 @@
+//! Unit tests of the node, with no process and no swarm.
