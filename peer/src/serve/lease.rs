@@ -8,7 +8,9 @@ use super::slots::Runs;
 use super::store::{Store, check_name};
 use super::uploads::Uploads;
 use super::{Node, ServeConfig};
-use dispy_protocol::{ClusterId, FileEntry, FileHash, Refusal, RefusalKind, Reserve, Reserved, Response};
+use dispy_protocol::{
+    ClusterId, FileEntry, FileHash, JobId, JobSpec, Refusal, RefusalKind, Reserve, Reserved, Response,
+};
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -44,6 +46,27 @@ impl Lease {
         self.uploads.clear();
         self.runs.kill_all();
         self.outbox.clear();
+    }
+
+    /// Queues jobs, once the cluster's files are all stored; returns those cancelled before
+    /// they arrived, or the refusal.
+    pub(super) fn submit(&mut self, jobs: Vec<JobSpec>, store: &Store) -> Result<Vec<JobId>, Refusal> {
+        // Checked once. A job that later writes to a stored file through its link changes
+        // what every cluster already running with that file sees (the link is shared; on
+        // dispy's nodes a computation's jobs share their files too), but it does not make
+        // their files missing; clusters that start after it are sent a fresh copy (see
+        // `Store::has`).
+        let missing: Vec<&str> = if self.files_ready {
+            Vec::new()
+        } else {
+            self.files.iter().filter(|f| !store.has(&f.hash, f.size)).map(|f| f.name.as_str()).collect()
+        };
+        self.files_ready = missing.is_empty();
+        if !missing.is_empty() {
+            let why = format!("files not staged yet: {}", missing.join(", "));
+            return Err(Refusal::new(RefusalKind::BadFile, why));
+        }
+        Ok(self.runs.queue(jobs))
     }
 
     /// Released, and no job or delivery of it is left.

@@ -1,18 +1,95 @@
-//! How leases and the node end: release, clients gone for good, draining, `--serve N`.
+//! How the node runs and ends, and how leases end: the node's loop and its stop, release,
+//! clients gone for good, draining, `--serve N`.
 //! (The node's own: these span its leases; each part ends its own state, in
 //! `Lease::release`, `Runs::kill_all` and `Outbox::take_undelivered`.)
 
-use super::Node;
 use super::slots::JobDone;
+use super::{Node, Stop};
+use crate::error::Result;
+use crate::net::NetEvent;
 use dispy_protocol::{ClusterId, FileHash, JobOutcome, JobResult};
-use libp2p::PeerId;
+use libp2p::{Multiaddr, PeerId};
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 /// Kept results older than the TTL are looked for this often.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 impl Node {
+    /// Serves until `shutdown` resolves, then kills running jobs, removes job directories
+    /// and returns. `on_listening` sees each listen address as it comes up.
+    ///
+    /// [`Stop::Drain`] first stops taking clusters and jobs, gives queued jobs back to their
+    /// clients and lets running ones finish (at most `cfg.drain_timeout`); [`Stop::Now`] (or
+    /// the drain's end) kills running process groups, waits for their tasks (bounded),
+    /// deletes the job directories and stops the network.
+    ///
+    /// # Errors
+    /// None today; the signature leaves room for a fatal one.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<NetEvent>,
+        mut stop: mpsc::UnboundedReceiver<Stop>,
+        mut on_listening: impl FnMut(&Multiaddr),
+    ) -> Result<()> {
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(NetEvent::Listening { addr }) => on_listening(&addr),
+                    Some(ev) => self.on_net_event(ev),
+                    None => break,
+                },
+                Some(msg) = self.completions.recv() => self.on_completion(msg),
+                s = stop.recv() => match s {
+                    Some(Stop::Drain) if drain_deadline.is_none() => {
+                        info!(timeout = ?self.cfg.drain_timeout, "draining: running jobs finish, no new ones are taken");
+                        drain_deadline = Some(tokio::time::Instant::now() + self.cfg.drain_timeout);
+                        self.drain();
+                    }
+                    _ => break,
+                },
+                _ = tick.tick() => {
+                    self.release_gone_clients();
+                    self.save_waiting_results();
+                    if self.served_enough() && drain_deadline.is_none() {
+                        info!(clusters = self.served, "served the clusters asked for; draining");
+                        drain_deadline = Some(tokio::time::Instant::now() + self.cfg.drain_timeout);
+                        self.drain();
+                    }
+                    if let Some(deadline) = drain_deadline {
+                        if self.drained() {
+                            info!("drained");
+                            break;
+                        }
+                        if tokio::time::Instant::now() >= deadline {
+                            warn!("drain timeout: killing the jobs still running");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.stopping = true;
+        let ids: Vec<ClusterId> = self.leases.0.keys().copied().collect();
+        for id in ids {
+            self.release(id);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.free < self.cfg.cpus {
+            match tokio::time::timeout_at(deadline, self.completions.recv()).await {
+                Ok(Some(msg)) => self.on_completion(msg),
+                _ => break,
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.jobs_root);
+        self.ctx.net.shutdown().await;
+        info!("node stopped");
+        Ok(())
+    }
+
     /// Stops taking work and gives every queued job back to its client.
     pub(super) fn drain(&mut self) {
         self.draining = true;

@@ -7,18 +7,20 @@
 //! started the work.
 //!
 //! # Layout
-//! - this file: the [`Node`], its loop, and the routing of requests, network events and
-//!   completions to the parts below; [`start`] wires a node to its network.
+//! - this file: the [`Node`] and the routing of requests, network events and completions
+//!   to the parts below; `config`: [`ServeConfig`]; `start`: [`start`] wires a node to its
+//!   network.
 //! - `lease`: a client's lease on the node (`Lease`), and the leases by cluster: reserve,
 //!   ownership.
 //! - `uploads`: a lease's files arriving in chunks (`Uploads`).
 //! - `slots`: a lease's jobs from submit to end (`Runs`), started in CPU slots in
 //!   directories from `jobdirs`, through a `runner`.
 //! - `runner`: how a job runs (`Runner`): processes through `executor` and `workers`, or a
-//!   test's stand-in.
+//!   test's stand-in (`tests`, which drive a node with no process and no swarm).
 //! - `delivery`: a lease's results on their way to its client (`Outbox`), retries, results
 //!   kept for recovery (`kept`).
-//! - `lifecycle`: how leases and the node end: release, clients gone, drain, `--serve N`.
+//! - `lifecycle`: the node's loop ([`Node::run`]) and how leases and the node end:
+//!   release, clients gone, drain, `--serve N`.
 //! - [`store`]: the staged files; [`reaper`]: the companion that outlives a crash.
 
 mod config;
@@ -49,7 +51,7 @@ use dispy_protocol::{ClusterId, Hello, JobOutcome, Refusal, RefusalKind, Request
 use jobdirs::Trash;
 use kept::KeptResults;
 use lease::Leases;
-use libp2p::{Multiaddr, PeerId};
+use libp2p::PeerId;
 use runner::{ProcessRunner, Runner};
 use slots::JobDone;
 use std::path::{Path, PathBuf};
@@ -219,79 +221,6 @@ impl Node {
         dest.join("jobs")
     }
 
-    /// Serves until `shutdown` resolves, then kills running jobs, removes job directories
-    /// and returns. `on_listening` sees each listen address as it comes up.
-    ///
-    /// [`Stop::Drain`] first stops taking clusters and jobs, gives queued jobs back to their
-    /// clients and lets running ones finish (at most `cfg.drain_timeout`); [`Stop::Now`] (or
-    /// the drain's end) kills running process groups, waits for their tasks (bounded),
-    /// deletes the job directories and stops the network.
-    ///
-    /// # Errors
-    /// None today; the signature leaves room for a fatal one.
-    pub async fn run(
-        mut self,
-        mut events: mpsc::UnboundedReceiver<NetEvent>,
-        mut stop: mpsc::UnboundedReceiver<Stop>,
-        mut on_listening: impl FnMut(&Multiaddr),
-    ) -> Result<()> {
-        let mut drain_deadline: Option<tokio::time::Instant> = None;
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tokio::select! {
-                ev = events.recv() => match ev {
-                    Some(NetEvent::Listening { addr }) => on_listening(&addr),
-                    Some(ev) => self.on_net_event(ev),
-                    None => break,
-                },
-                Some(msg) = self.completions.recv() => self.on_completion(msg),
-                s = stop.recv() => match s {
-                    Some(Stop::Drain) if drain_deadline.is_none() => {
-                        info!(timeout = ?self.cfg.drain_timeout, "draining: running jobs finish, no new ones are taken");
-                        drain_deadline = Some(tokio::time::Instant::now() + self.cfg.drain_timeout);
-                        self.drain();
-                    }
-                    _ => break,
-                },
-                _ = tick.tick() => {
-                    self.release_gone_clients();
-                    self.save_waiting_results();
-                    if self.served_enough() && drain_deadline.is_none() {
-                        info!(clusters = self.served, "served the clusters asked for; draining");
-                        drain_deadline = Some(tokio::time::Instant::now() + self.cfg.drain_timeout);
-                        self.drain();
-                    }
-                    if let Some(deadline) = drain_deadline {
-                        if self.drained() {
-                            info!("drained");
-                            break;
-                        }
-                        if tokio::time::Instant::now() >= deadline {
-                            warn!("drain timeout: killing the jobs still running");
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        self.stopping = true;
-        let ids: Vec<ClusterId> = self.leases.0.keys().copied().collect();
-        for id in ids {
-            self.release(id);
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.free < self.cfg.cpus {
-            match tokio::time::timeout_at(deadline, self.completions.recv()).await {
-                Ok(Some(msg)) => self.on_completion(msg),
-                _ => break,
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.jobs_root);
-        self.ctx.net.shutdown().await;
-        info!("node stopped");
-        Ok(())
-    }
-
     fn on_net_event(&mut self, ev: NetEvent) {
         match ev {
             NetEvent::Request { peer, request, channel } => {
@@ -390,25 +319,14 @@ impl Node {
             Err(refusal) => return *refusal,
             Ok(lease) => lease,
         };
-        // Checked once. A job that later writes to a stored file through its link changes
-        // what every cluster already running with that file sees (the link is shared; on
-        // dispy's nodes a computation's jobs share their files too), but it does not make
-        // their files missing; clusters that start after it are sent a fresh copy (see
-        // `Store::has`).
-        let store = &self.ctx.store;
-        let missing: Vec<&str> = if lease.files_ready {
-            Vec::new()
-        } else {
-            lease.files.iter().filter(|f| !store.has(&f.hash, f.size)).map(|f| f.name.as_str()).collect()
-        };
-        lease.files_ready = missing.is_empty();
-        if !missing.is_empty() {
-            let why = format!("files not staged yet: {}", missing.join(", "));
-            return Response::Refused(Refusal::new(RefusalKind::BadFile, why));
-        }
         let count = s.jobs.len() as u32;
-        for id in lease.runs.queue(s.jobs) {
-            self.ctx.report(JobDone::unstarted(s.cluster, id, JobOutcome::Cancelled));
+        match lease.submit(s.jobs, &self.ctx.store) {
+            Err(refusal) => return Response::Refused(refusal),
+            Ok(cancelled) => {
+                for id in cancelled {
+                    self.ctx.report(JobDone::unstarted(s.cluster, id, JobOutcome::Cancelled));
+                }
+            }
         }
         self.schedule();
         Response::Accepted(dispy_protocol::Accepted { count })

@@ -82,7 +82,7 @@ impl FunctionWorker for FakeWorker {
             let result = run.await;
             // Like a real worker: one that was cancelled is not reused.
             let keep = result.outcome != JobOutcome::Cancelled;
-            (result, keep.then(|| self as Box<dyn FunctionWorker>))
+            (result, keep.then_some(self as Box<dyn FunctionWorker>))
         })
     }
 }
