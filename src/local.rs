@@ -3,8 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::own_thread;
-use dispy_node::net::{self, NetConfig};
-use dispy_node::serve::{ServeConfig, Server, Stop, reaper};
+use dispy_node::net::NetConfig;
+use dispy_node::serve::{self, ServeConfig, Stop, reaper};
 use libp2p::Multiaddr;
 use libp2p::pnet::PreSharedKey;
 use std::path::PathBuf;
@@ -31,43 +31,34 @@ impl LocalNode {
         };
         let dest = std::env::temp_dir().join(format!("dispy-peer-local-{}-{:x}", std::process::id(), rand_u32()));
         let reaper_exe = reaper::can_reap().then(std::env::current_exe).and_then(Result::ok);
+        // The client's executable serves as the reaper when its `main` lets it (as
+        // `dispy-peer` and `dispy::worker!` do), so the jobs die with the client however it
+        // ends, and the node's folder goes; otherwise only its clean shutdown kills them.
+        // The token goes on each job: this process has other threads, so its environment
+        // cannot change.
         let serve = ServeConfig {
-            name: format!("{} (local)", crate::host_name()),
-            cpus: crate::available_cpus(),
-            dest: dest.clone(),
-            max_file_size: None,
             max_output: crate::DEFAULT_MAX_OUTPUT,
-            // The client's executable serves as the reaper when its `main` lets it (as
-            // `dispy-peer` and `dispy::worker!` do), so the jobs die with the client however
-            // it ends, and the node's folder goes; otherwise only its clean shutdown kills
-            // them. The token goes on each job: this process has other threads, so its
-            // environment cannot change.
             job_token: reaper_exe.as_ref().map(|_| reaper::new_token()),
             reaper: reaper_exe,
             private_dest: true,
             drain_timeout: std::time::Duration::ZERO,
-            serve_clusters: None,
-            zombie_interval: std::time::Duration::from_secs(60),
             result_ttl: std::time::Duration::from_secs(3600),
+            ..ServeConfig::new(format!("{} (local)", crate::host_name()), crate::available_cpus(), dest.clone())
         };
         let (addr_tx, addr_rx) = oneshot::channel::<Result<Multiaddr>>();
         let (stop, stop_rx) = tokio::sync::mpsc::unbounded_channel();
         let (stopped_tx, stopped) = oneshot::channel();
         own_thread::spawn("dispy-local-node", "the local node", addr_tx, move |addr_tx| async move {
-            let started = net::new(cfg)
-                .map_err(Error::from)
-                .and_then(|(handle, events, event_loop)| Ok((Server::new(serve, handle)?, events, event_loop)));
-            let (server, events, event_loop) = match started {
-                Ok(parts) => parts,
+            let node = match serve::start(cfg, serve) {
+                Ok(node) => node,
                 Err(e) => {
-                    let _ = addr_tx.send(Err(e));
+                    let _ = addr_tx.send(Err(e.into()));
                     return;
                 }
             };
-            tokio::spawn(event_loop.run());
             let mut addr_tx = Some(addr_tx);
-            let _ = server
-                .run(events, stop_rx, |addr| {
+            let _ = node
+                .run(stop_rx, |addr| {
                     if let Some(tx) = addr_tx.take() {
                         let _ = tx.send(Ok(addr.clone()));
                     }

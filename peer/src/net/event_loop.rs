@@ -3,7 +3,7 @@
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::discovery::{Backoff, ip_of, without_peer, worth_dialing};
-use super::handle::Command;
+use super::handle::{Command, Reply, ReplyTo};
 use super::{NetConfig, NetEvent, error_chain};
 use crate::error::{Error, Result};
 use dispy_protocol::{KAD_PROTOCOL_NAME, Response};
@@ -130,11 +130,13 @@ impl EventLoop {
                 let id = self.swarm.behaviour_mut().rr.send_request(&peer, request);
                 self.pending_requests.insert(id, reply);
             }
-            Command::Respond { channel, response } => {
+            Command::Respond { channel: ReplyTo(Reply::Swarm(channel)), response } => {
                 if self.swarm.behaviour_mut().rr.send_response(channel, response).is_err() {
                     debug!("response dropped: the asking peer has gone");
                 }
             }
+            #[cfg(test)]
+            Command::Respond { channel: ReplyTo(Reply::Test(_)), .. } => {}
             Command::Dial { addr } => {
                 if let Err(e) = self.swarm.dial(addr.clone()) {
                     warn!(%addr, cause = %error_chain(&e), "dial failed");
@@ -393,7 +395,7 @@ impl EventLoop {
         use request_response::{Event, Message};
         match event {
             Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
-                self.emit(NetEvent::Request { peer, request, channel });
+                self.emit(NetEvent::Request { peer, request, channel: ReplyTo::swarm(channel) });
             }
             Event::Message { message: Message::Response { request_id, response }, .. } => {
                 if let Some(reply) = self.pending_requests.remove(&request_id) {

@@ -6,11 +6,47 @@ use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
+/// Where the answer to a [`super::NetEvent::Request`] goes: hand it back to
+/// [`NetHandle::respond`]. Opaque, so that a test can play the swarm and make its own.
+#[derive(Debug)]
+pub struct ReplyTo(pub(crate) Reply);
+
+/// What a [`ReplyTo`] holds.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// A request that came through the swarm.
+    Swarm(ResponseChannel<Response>),
+    /// A request a test made up; the number is the test's, to match the answer to it.
+    #[cfg(test)]
+    Test(u64),
+}
+
+impl ReplyTo {
+    pub(crate) fn swarm(channel: ResponseChannel<Response>) -> Self {
+        ReplyTo(Reply::Swarm(channel))
+    }
+
+    /// A reply slot a test matches by `id`.
+    #[cfg(test)]
+    pub(crate) fn test(id: u64) -> Self {
+        ReplyTo(Reply::Test(id))
+    }
+
+    /// The test's number for this reply slot, if a test made it.
+    #[cfg(test)]
+    pub(crate) fn test_id(&self) -> Option<u64> {
+        match self.0 {
+            Reply::Test(id) => Some(id),
+            Reply::Swarm(_) => None,
+        }
+    }
+}
+
 /// What the event loop is asked to do. Each variant that answers carries its reply sender.
 #[derive(Debug)]
 pub(crate) enum Command {
     Request { peer: PeerId, request: Request, reply: oneshot::Sender<Result<Response>> },
-    Respond { channel: ResponseChannel<Response>, response: Response },
+    Respond { channel: ReplyTo, response: Response },
     Dial { addr: Multiaddr },
     Disconnect { peer: PeerId },
     ConnectedPeers { reply: oneshot::Sender<Vec<PeerId>> },
@@ -28,6 +64,14 @@ pub struct NetHandle {
 impl NetHandle {
     pub(crate) fn new(tx: mpsc::Sender<Command>, local: PeerId) -> Self {
         NetHandle { tx, local }
+    }
+
+    /// A handle with no swarm behind it: the test holding the receiver plays the event loop
+    /// (it answers `Command::Request`s and reads `Command::Respond`s).
+    #[cfg(test)]
+    pub(crate) fn detached() -> (NetHandle, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(1024);
+        (NetHandle::new(tx, PeerId::random()), rx)
     }
 
     /// This peer's id.
@@ -57,7 +101,7 @@ impl NetHandle {
     ///
     /// # Errors
     /// [`Error::NodeStopped`] only.
-    pub async fn respond(&self, channel: ResponseChannel<Response>, response: Response) -> Result<()> {
+    pub async fn respond(&self, channel: ReplyTo, response: Response) -> Result<()> {
         self.send(Command::Respond { channel, response }).await
     }
 

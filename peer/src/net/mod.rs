@@ -13,13 +13,14 @@ mod handle;
 pub use behaviour::transport;
 pub use codec::DispyCodec;
 pub use event_loop::EventLoop;
-pub use handle::NetHandle;
+#[cfg(test)]
+pub(crate) use handle::Command;
+pub use handle::{NetHandle, ReplyTo};
 
 use crate::error::{Error, Result};
-use dispy_protocol::{Request, Response};
+use dispy_protocol::Request;
 use libp2p::identity::Keypair;
 use libp2p::pnet::PreSharedKey;
-use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 
@@ -91,7 +92,7 @@ pub enum NetEvent {
         /// What.
         request: Request,
         /// Where the answer goes.
-        channel: ResponseChannel<Response>,
+        channel: ReplyTo,
     },
     /// A dial to an address given in the configuration failed.
     DialFailed {
@@ -126,6 +127,16 @@ pub fn new(cfg: NetConfig) -> Result<(NetHandle, mpsc::UnboundedReceiver<NetEven
     let handle = NetHandle::new(cmd_tx, local);
     let event_loop = EventLoop::new(swarm, cmd_rx, ev_tx, cfg);
     Ok((handle, ev_rx, event_loop))
+}
+
+/// [`new`], with the event loop spawned on the current runtime: the handle and the events.
+///
+/// # Errors
+/// As [`new`].
+pub fn spawn(cfg: NetConfig) -> Result<(NetHandle, mpsc::UnboundedReceiver<NetEvent>)> {
+    let (handle, events, event_loop) = new(cfg)?;
+    tokio::spawn(event_loop.run());
+    Ok((handle, events))
 }
 
 /// The IP address in a multiaddr, if any (for `--nodes` patterns and reports).

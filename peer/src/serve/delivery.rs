@@ -1,8 +1,20 @@
 //! Getting results to the client: batches, one in flight at a time, with the starts that
-//! ride along. A result that has waited or travelled longer than a healthy delivery takes
-//! goes to disk until the client acknowledges it (a healthy run writes nothing).
+//! ride along, retried while the client is away. A result that has waited or travelled
+//! longer than a healthy delivery takes goes to disk until the client acknowledges it (a
+//! healthy run writes nothing). Also what a recovering client asks for: results kept for it
+//! ([`recover`]) and their end ([`forget`]).
 
-use super::*;
+use super::kept::KeptResults;
+use super::{Completion, Ctx};
+use crate::net::{NetHandle, ReplyTo};
+use dispy_protocol::{
+    ClusterId, Forget, JobId, JobResult, MAX_RESULT_BATCH_BYTES, Recover, Request, Response, Results,
+};
+use libp2p::PeerId;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
 /// A result waiting this long for its client is written to disk.
 const RESULT_SAVE_AFTER: Duration = Duration::from_millis(500);
@@ -13,26 +25,109 @@ const START_LINGER: Duration = Duration::from_millis(2);
 /// Results being delivered to a client at once; more wait and are batched.
 const RESULT_BATCHES_IN_FLIGHT: usize = 1;
 
-impl Server {
-    /// Sends waiting results to the client, a batch at a time.
-    pub(super) fn flush(&mut self, id: ClusterId) {
-        let Some(c) = self.clusters.get_mut(&id) else { return };
-        while !c.released {
-            let with_results = !c.results.is_empty() && c.sending < RESULT_BATCHES_IN_FLIGHT;
+/// A failed delivery is tried again after this: the client is away or busy, and the
+/// disconnect (or its return) will be seen meanwhile.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// One lease's results and job starts on their way to its client.
+#[derive(Default)]
+pub(super) struct Outbox {
+    results: VecDeque<JobResult>,
+    /// Jobs started since the last message to the client.
+    started: Vec<JobId>,
+    /// Result messages in flight.
+    sending: usize,
+    /// Start-only messages in flight (at most one): they never hold results back.
+    sending_starts: usize,
+    /// When the oldest unsent start happened, and whether a timer will flush it.
+    starts_since: Option<Instant>,
+    starts_timer: bool,
+    /// Result batches on their way to the client, by number, with when they left.
+    delivering: HashMap<u64, (Instant, Vec<JobResult>)>,
+    /// Numbers the batches in `delivering`.
+    batch_seq: u64,
+    /// Results in `results` or `delivering` that are also on disk.
+    saved: HashSet<JobId>,
+    /// Since when the oldest result not on disk has waited in `results`.
+    unsaved_since: Option<Instant>,
+}
+
+/// A delivery has ended. `batch` empty: a message that carried only job starts.
+pub(super) struct ResultsSent {
+    pub(super) cluster: ClusterId,
+    batch: Vec<JobResult>,
+    started: Vec<JobId>,
+    delivered: bool,
+    /// The batch's number in the outbox's `delivering`.
+    seq: u64,
+}
+
+impl Outbox {
+    pub(super) fn job_started(&mut self, id: JobId) {
+        self.started.push(id);
+        self.starts_since.get_or_insert_with(Instant::now);
+    }
+
+    pub(super) fn push_result(&mut self, result: JobResult) {
+        self.results.push_back(result);
+        self.unsaved_since.get_or_insert_with(Instant::now);
+    }
+
+    /// Whether the job's result is waiting here or on its way.
+    pub(super) fn holds(&self, id: JobId) -> bool {
+        self.results.iter().any(|r| r.id == id) || self.delivering.values().any(|(_, b)| b.iter().any(|r| r.id == id))
+    }
+
+    /// The results waiting here (for a recovering client).
+    pub(super) fn waiting(&self) -> Vec<JobResult> {
+        self.results.iter().cloned().collect()
+    }
+
+    /// Drops the results a recovering client has.
+    pub(super) fn forget(&mut self, jobs: &[JobId]) {
+        self.results.retain(|x| !jobs.contains(&x.id));
+    }
+
+    /// Drops what waits (a released lease's client took what it wanted).
+    pub(super) fn clear(&mut self) {
+        self.results.clear();
+    }
+
+    /// Nothing is on its way to the client.
+    pub(super) fn is_idle(&self) -> bool {
+        self.sending == 0 && self.sending_starts == 0
+    }
+
+    /// Every result was delivered.
+    pub(super) fn is_empty(&self) -> bool {
+        self.results.is_empty() && self.sending == 0
+    }
+
+    /// Takes the results waiting and those still on their way (for a client gone for good).
+    pub(super) fn take_undelivered(&mut self) -> Vec<JobResult> {
+        let mut results: Vec<JobResult> = self.results.drain(..).collect();
+        results.extend(self.delivering.drain().flat_map(|(_, (_, b))| b));
+        results
+    }
+
+    /// A start timer went off.
+    pub(super) fn starts_due(&mut self) {
+        self.starts_timer = false;
+    }
+
+    /// Sends waiting results to `client`, a batch at a time.
+    pub(super) fn flush(&mut self, id: ClusterId, client: PeerId, ctx: &Ctx) {
+        loop {
+            let with_results = !self.results.is_empty() && self.sending < RESULT_BATCHES_IN_FLIGHT;
             // A start travels with the job's result when the job is quick; only a job still
             // running after START_LINGER gets a message of its own.
-            let waited = c.starts_since.map(|t| t.elapsed());
-            let mut starts_only = !with_results && !c.started.is_empty() && c.sending_starts == 0;
+            let waited = self.starts_since.map(|t| t.elapsed());
+            let mut starts_only = !with_results && !self.started.is_empty() && self.sending_starts == 0;
             if starts_only && waited.is_some_and(|w| w < START_LINGER) {
                 starts_only = false;
-                if !c.starts_timer {
-                    c.starts_timer = true;
-                    let tx = self.internal_tx.clone();
-                    let left = START_LINGER - waited.unwrap_or_default();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(left).await;
-                        let _ = tx.send(Internal::Flush { cluster: id });
-                    });
+                if !self.starts_timer {
+                    self.starts_timer = true;
+                    ctx.report_after(START_LINGER - waited.unwrap_or_default(), Completion::FlushDue { cluster: id });
                 }
             }
             if !with_results && !starts_only {
@@ -40,28 +135,26 @@ impl Server {
             }
             let mut batch = Vec::new();
             let mut bytes = 0;
-            while let Some(r) = c.results.front().filter(|_| with_results) {
+            while let Some(r) = self.results.front().filter(|_| with_results) {
                 if !batch.is_empty() && bytes + r.payload_len() > MAX_RESULT_BATCH_BYTES {
                     break;
                 }
                 bytes += r.payload_len();
-                batch.extend(c.results.pop_front());
+                batch.extend(self.results.pop_front());
             }
             if with_results {
-                c.sending += 1;
+                self.sending += 1;
             } else {
-                c.sending_starts += 1;
+                self.sending_starts += 1;
             }
-            let started = std::mem::take(&mut c.started);
-            c.starts_since = None;
-            let net = self.net.clone();
-            let tx = self.internal_tx.clone();
-            let client = c.client;
+            let started = std::mem::take(&mut self.started);
+            self.starts_since = None;
             self.batch_seq += 1;
             let seq = self.batch_seq;
             if !batch.is_empty() {
-                c.delivering.insert(seq, (std::time::Instant::now(), batch.clone()));
+                self.delivering.insert(seq, (Instant::now(), batch.clone()));
             }
+            let (net, done) = (ctx.net.clone(), ctx.done.clone());
             tokio::spawn(async move {
                 let request =
                     Request::Results(Results { cluster: id, started: started.clone(), results: batch.clone() });
@@ -76,42 +169,105 @@ impl Server {
                         false
                     }
                 };
-                let _ = tx.send(Internal::ResultsSent { cluster: id, batch, started, delivered, seq });
+                let _ = done.send(Completion::ResultsSent(ResultsSent { cluster: id, batch, started, delivered, seq }));
             });
         }
     }
 
+    /// A delivery has ended. Returns whether to go on at once (flush, maybe drop the lease);
+    /// a failed one puts its results back and is retried after [`RETRY_AFTER`].
+    pub(super) fn sent(&mut self, sent: ResultsSent, released: bool, ctx: &Ctx) -> bool {
+        let ResultsSent { cluster, batch, started, delivered, seq } = sent;
+        self.delivering.remove(&seq);
+        // Acknowledged: what was kept on disk for it goes.
+        if delivered {
+            let on_disk: Vec<JobId> = batch.iter().map(|r| r.id).filter(|id| self.saved.remove(id)).collect();
+            if !on_disk.is_empty() {
+                let kept = ctx.kept.clone();
+                tokio::task::spawn_blocking(move || kept.forget(cluster, &on_disk));
+            }
+        }
+        if batch.is_empty() {
+            self.sending_starts -= 1;
+        } else {
+            self.sending -= 1;
+        }
+        if delivered || released {
+            return true;
+        }
+        for r in batch.into_iter().rev() {
+            self.results.push_front(r);
+        }
+        self.started.splice(0..0, started);
+        ctx.report_after(RETRY_AFTER, Completion::FlushDue { cluster });
+        false
+    }
+
     /// Writes to disk the results that have waited for their client longer than a healthy
     /// delivery takes, so that a crash of this node does not lose them.
-    pub(super) fn save_waiting_results(&mut self) {
-        for (id, c) in &mut self.clusters {
-            // Released: its client took what it wanted; a batch still travelling is moot.
-            if c.released {
-                continue;
-            }
-            let waiting = c.unsaved_since.is_some_and(|t| t.elapsed() >= RESULT_SAVE_AFTER);
-            let slow = c.delivering.values().any(|(t, _)| t.elapsed() >= RESULT_SAVE_AFTER);
-            if !waiting && !slow {
-                continue;
-            }
-            c.unsaved_since = None;
-            let unsaved: Vec<JobResult> = c
-                .results
-                .iter()
-                .chain(c.delivering.values().flat_map(|(_, b)| b.iter()))
-                .filter(|r| !c.saved.contains(&r.id))
-                .cloned()
-                .collect();
-            if unsaved.is_empty() {
-                continue;
-            }
-            c.saved.extend(unsaved.iter().map(|r| r.id));
-            let (kept, id) = (self.kept.clone(), *id);
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = kept.save(id, &unsaved) {
-                    warn!(cluster = %id, cause = %e, "cannot keep waiting results on disk");
-                }
-            });
+    pub(super) fn save_waiting(&mut self, id: ClusterId, kept: &KeptResults) {
+        let waiting = self.unsaved_since.is_some_and(|t| t.elapsed() >= RESULT_SAVE_AFTER);
+        let slow = self.delivering.values().any(|(t, _)| t.elapsed() >= RESULT_SAVE_AFTER);
+        if !waiting && !slow {
+            return;
         }
+        self.unsaved_since = None;
+        let unsaved: Vec<JobResult> = self
+            .results
+            .iter()
+            .chain(self.delivering.values().flat_map(|(_, b)| b.iter()))
+            .filter(|r| !self.saved.contains(&r.id))
+            .cloned()
+            .collect();
+        if unsaved.is_empty() {
+            return;
+        }
+        self.saved.extend(unsaved.iter().map(|r| r.id));
+        let kept = kept.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = kept.save(id, &unsaved) {
+                warn!(cluster = %id, cause = %e, "cannot keep waiting results on disk");
+            }
+        });
     }
+}
+
+/// The results held for a cluster whose client crashed: `held` in memory (the client is
+/// away but within its zombie interval) and those on disk (after it), bounded like a result
+/// batch. Read from disk on the blocking pool, and answered from there.
+pub(super) fn recover(
+    peer: PeerId,
+    r: Recover,
+    held: Vec<JobResult>,
+    kept: &KeptResults,
+    net: &NetHandle,
+    channel: ReplyTo,
+) {
+    let (kept, net) = (kept.clone(), net.clone());
+    tokio::spawn(async move {
+        let load = tokio::task::spawn_blocking(move || {
+            let mut results = held;
+            results.extend(kept.load(r.cluster));
+            let mut bytes = 0;
+            results.retain(|x| {
+                bytes += x.payload_len();
+                bytes <= MAX_RESULT_BATCH_BYTES
+            });
+            info!(cluster = %r.cluster, %peer, results = results.len(), "results recovered");
+            Response::Recovered(Results { cluster: r.cluster, started: Vec::new(), results })
+        });
+        if let Ok(response) = load.await {
+            let _ = net.respond(channel, response).await;
+        }
+    });
+}
+
+/// Recovered results are safe with their client: they go, from `outbox` and from disk.
+pub(super) fn forget(f: Forget, outbox: Option<&mut Outbox>, kept: &KeptResults) -> Response {
+    if let Some(outbox) = outbox {
+        outbox.forget(&f.jobs);
+    }
+    let kept = kept.clone();
+    tokio::task::spawn_blocking(move || kept.forget(f.cluster, &f.jobs));
+    Response::Ok
 }

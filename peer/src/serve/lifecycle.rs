@@ -1,65 +1,141 @@
-//! How clusters and the node end: release, zombie clients, draining, `--serve N`.
+//! How the node runs and ends, and how leases end: the node's loop and its stop, release,
+//! clients gone for good, draining, `--serve N`.
+//! (The node's own: these span its leases; each part ends its own state, in
+//! `Lease::release`, `Runs::kill_all` and `Outbox::take_undelivered`.)
 
-use super::*;
+use super::slots::JobDone;
+use super::{Node, Stop};
+use crate::error::Result;
+use crate::net::NetEvent;
+use dispy_protocol::{ClusterId, FileHash, JobOutcome, JobResult};
+use libp2p::{Multiaddr, PeerId};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
 
-impl Server {
+/// Kept results older than the TTL are looked for this often.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+impl Node {
+    /// Serves until `shutdown` resolves, then kills running jobs, removes job directories
+    /// and returns. `on_listening` sees each listen address as it comes up.
+    ///
+    /// [`Stop::Drain`] first stops taking clusters and jobs, gives queued jobs back to their
+    /// clients and lets running ones finish (at most `cfg.drain_timeout`); [`Stop::Now`] (or
+    /// the drain's end) kills running process groups, waits for their tasks (bounded),
+    /// deletes the job directories and stops the network.
+    ///
+    /// # Errors
+    /// None today; the signature leaves room for a fatal one.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<NetEvent>,
+        mut stop: mpsc::UnboundedReceiver<Stop>,
+        mut on_listening: impl FnMut(&Multiaddr),
+    ) -> Result<()> {
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(NetEvent::Listening { addr }) => on_listening(&addr),
+                    Some(ev) => self.on_net_event(ev),
+                    None => break,
+                },
+                Some(msg) = self.completions.recv() => self.on_completion(msg),
+                s = stop.recv() => match s {
+                    Some(Stop::Drain) if drain_deadline.is_none() => {
+                        info!(timeout = ?self.cfg.drain_timeout, "draining: running jobs finish, no new ones are taken");
+                        drain_deadline = Some(tokio::time::Instant::now() + self.cfg.drain_timeout);
+                        self.drain();
+                    }
+                    _ => break,
+                },
+                _ = tick.tick() => {
+                    self.release_gone_clients();
+                    self.save_waiting_results();
+                    if self.served_enough() && drain_deadline.is_none() {
+                        info!(clusters = self.served, "served the clusters asked for; draining");
+                        drain_deadline = Some(tokio::time::Instant::now() + self.cfg.drain_timeout);
+                        self.drain();
+                    }
+                    if let Some(deadline) = drain_deadline {
+                        if self.drained() {
+                            info!("drained");
+                            break;
+                        }
+                        if tokio::time::Instant::now() >= deadline {
+                            warn!("drain timeout: killing the jobs still running");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.stopping = true;
+        let ids: Vec<ClusterId> = self.leases.0.keys().copied().collect();
+        for id in ids {
+            self.release(id);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.free < self.cfg.cpus {
+            match tokio::time::timeout_at(deadline, self.completions.recv()).await {
+                Ok(Some(msg)) => self.on_completion(msg),
+                _ => break,
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.jobs_root);
+        self.ctx.net.shutdown().await;
+        info!("node stopped");
+        Ok(())
+    }
+
     /// Stops taking work and gives every queued job back to its client.
     pub(super) fn drain(&mut self) {
         self.draining = true;
-        let mut declined = Vec::new();
-        for (id, c) in &mut self.clusters {
-            for job in c.queue.drain(..) {
-                declined.push((*id, job.id));
-            }
-        }
         let why = format!("node {} is draining", self.cfg.name);
-        for (cluster, id) in declined {
-            self.unstarted(cluster, id, JobOutcome::Declined(why.clone()));
+        for (id, c) in &mut self.leases.0 {
+            for job in c.runs.take_queued() {
+                self.ctx.report(JobDone::unstarted(*id, job.id, JobOutcome::Declined(why.clone())));
+            }
         }
     }
 
     /// Whether a drain is complete: no job runs and every result was delivered.
     pub(super) fn drained(&self) -> bool {
-        self.free == self.cfg.cpus
-            && self.clusters.values().all(|c| c.results.is_empty() && c.sending == 0 && c.queue.is_empty())
+        self.free == self.cfg.cpus && self.leases.0.values().all(|c| c.outbox.is_empty() && !c.runs.has_queued())
     }
 
-    /// Releases the clusters whose client has been away longer than the zombie interval.
-    pub(super) fn reap_zombies(&mut self) {
+    /// Releases the leases whose client has been away longer than the zombie interval.
+    pub(super) fn release_gone_clients(&mut self) {
         let limit = self.cfg.zombie_interval;
         let gone: Vec<(ClusterId, PeerId)> = self
-            .clusters
+            .leases
+            .0
             .iter()
             .filter(|(_, c)| !c.released && c.gone_since.is_some_and(|t| t.elapsed() >= limit))
             .map(|(id, c)| (*id, c.client))
             .collect();
         for (id, client) in gone {
             info!(cluster = %id, %client, "client has gone; killing its jobs and deleting its files");
-            // What it never collected is kept on disk for `recover`.
-            if let Some(c) = self.clusters.get_mut(&id) {
-                // Those waiting and those still on their way to the gone client.
-                let mut results: Vec<JobResult> = c.results.drain(..).collect();
-                results.extend(c.delivering.drain().flat_map(|(_, (_, b))| b));
-                if !results.is_empty() {
-                    info!(cluster = %id, results = results.len(), ttl = ?self.cfg.result_ttl, "keeping undelivered results");
-                    let kept = self.kept.clone();
-                    tokio::task::spawn_blocking(move || {
-                        if let Err(e) = kept.save(id, &results) {
-                            warn!(cluster = %id, cause = %e, "cannot keep undelivered results");
-                        }
-                    });
-                }
+            // What it never collected is kept on disk for `recover`: those waiting and those
+            // still on their way to the gone client.
+            let Some(c) = self.leases.0.get_mut(&id) else { continue };
+            let results: Vec<JobResult> = c.outbox.take_undelivered();
+            if !results.is_empty() {
+                info!(cluster = %id, results = results.len(), ttl = ?self.cfg.result_ttl, "keeping undelivered results");
+                let kept = self.ctx.kept.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = kept.save(id, &results) {
+                        warn!(cluster = %id, cause = %e, "cannot keep undelivered results");
+                    }
+                });
             }
             // A client that crashed does not come back for its files: those it sent that no
             // other cluster uses are deleted (a normal release keeps them cached).
-            let staged = self.clusters.get(&id).map(|c| c.staged.clone()).unwrap_or_default();
-            let in_use: HashSet<FileHash> = self
-                .clusters
-                .iter()
-                .filter(|(other, c)| **other != id && !c.released)
-                .flat_map(|(_, c)| c.files.iter().map(|f| f.hash))
-                .collect();
-            let store = self.store.clone();
+            let staged = c.uploads.staged.clone();
+            let in_use = self.leases.files_in_use(id);
+            let store = self.ctx.store.clone();
             let orphans: Vec<FileHash> = staged.into_iter().filter(|h| !in_use.contains(h)).collect();
             tokio::task::spawn_blocking(move || {
                 for h in orphans {
@@ -68,38 +144,29 @@ impl Server {
             });
             self.release(id);
         }
-        if self.last_sweep.elapsed() > Duration::from_secs(60) {
-            self.last_sweep = std::time::Instant::now();
-            let (kept, ttl) = (self.kept.clone(), self.cfg.result_ttl);
+        if self.last_sweep.elapsed() > SWEEP_EVERY {
+            self.last_sweep = tokio::time::Instant::now();
+            let (kept, ttl) = (self.ctx.kept.clone(), self.cfg.result_ttl);
             tokio::task::spawn_blocking(move || kept.sweep(ttl));
         }
     }
 
+    /// `--serve N`: N clusters were served and none is left.
     pub(super) fn served_enough(&self) -> bool {
-        self.cfg.serve_clusters.is_some_and(|n| self.served >= n && self.clusters.is_empty())
+        self.cfg.serve_clusters.is_some_and(|n| self.served >= n && self.leases.0.is_empty())
     }
 
-    /// Kills a cluster's jobs and forgets it once they are gone.
+    /// Kills a lease's jobs and drops it once they are gone.
     pub(super) fn release(&mut self, id: ClusterId) {
-        let Some(c) = self.clusters.get_mut(&id) else { return };
-        c.released = true;
-        c.queue.clear();
-        c.results.clear();
-        c.uploads.clear();
-        c.idle_workers.clear();
-        for (_, kill) in c.running.drain() {
-            let _ = kill.send(());
-        }
-        self.reap(id);
+        let Some(c) = self.leases.0.get_mut(&id) else { return };
+        c.release();
+        self.drop_if_done(id);
     }
 
-    /// Drops a released cluster whose jobs have all ended, with its directory.
-    pub(super) fn reap(&mut self, id: ClusterId) {
-        let done = self
-            .clusters
-            .get(&id)
-            .is_some_and(|c| c.released && c.running.is_empty() && c.sending == 0 && c.sending_starts == 0);
-        if let Some(c) = done.then(|| self.clusters.remove(&id)).flatten() {
+    /// Drops a released lease whose jobs and deliveries have all ended, with its directory.
+    pub(super) fn drop_if_done(&mut self, id: ClusterId) {
+        let done = self.leases.0.get(&id).is_some_and(|c| c.done());
+        if let Some(c) = done.then(|| self.leases.0.remove(&id)).flatten() {
             self.served += 1;
             let dir = c.dir;
             tokio::task::spawn_blocking(move || {

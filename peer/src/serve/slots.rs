@@ -1,165 +1,223 @@
-//! CPU slots: starting queued jobs (programs in their job directories, functions on
-//! persistent workers) as slots free up.
+//! CPU slots: a cluster's jobs from submit to end. Jobs queue per lease ([`Runs`]), start as
+//! slots free up (programs in their job directories, functions on persistent workers, both
+//! through the node's [`Runner`](super::runner::Runner)), and come back here when they end.
 
-use super::*;
+use super::jobdirs::{JobDirs, Trash};
+use super::lease::{Lease, Leases};
+use super::runner::{FunctionWorker, ProgramJob, WorkerPlace, failed_to_start, unrun};
+use super::{Completion, Ctx, executor};
+use dispy_protocol::{ClusterId, JobId, JobOutcome, JobResult, JobSpec};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tracing::{Instrument, debug, debug_span};
 
-impl Server {
-    /// Starts queued jobs while slots are free, taking from the cluster with the fewest
-    /// running jobs first so that clients sharing a node share it fairly.
-    pub(super) fn schedule(&mut self) {
-        let mut started_in = Vec::new();
-        self.start_jobs(&mut started_in);
-        started_in.dedup();
-        for id in started_in {
-            self.flush(id);
+/// Jobs a cluster may have cancelled before they arrived: far more than a client has on
+/// its way to a node, and a bound on what a client's cancels of finished jobs can cost.
+const MAX_CANCELLED_EARLY: usize = 100_000;
+
+/// One lease's jobs on their way through the slots.
+pub(super) struct Runs {
+    queue: VecDeque<JobSpec>,
+    /// Running jobs, with what kills each.
+    running: HashMap<JobId, oneshot::Sender<()>>,
+    /// Jobs cancelled before their Submit arrived.
+    cancelled_early: HashSet<JobId>,
+    /// Function workers waiting for a job.
+    idle_workers: Vec<Box<dyn FunctionWorker>>,
+    /// Numbers worker directories.
+    workers_started: u64,
+    /// Program jobs' directories.
+    job_dirs: JobDirs,
+}
+
+/// A job has ended (or ended without running).
+pub(super) struct JobDone {
+    pub(super) cluster: ClusterId,
+    pub(super) result: JobResult,
+    /// False for a job that ended before it took a slot (cancelled or declined).
+    pub(super) held_slot: bool,
+    /// A function worker that can take the next job.
+    pub(super) worker: Option<Box<dyn FunctionWorker>>,
+    /// A program job's directory, for the cluster's next job if still clean then.
+    pub(super) dir: Option<PathBuf>,
+}
+
+impl JobDone {
+    /// A job that ends without having run.
+    pub(super) fn unstarted(cluster: ClusterId, id: JobId, outcome: JobOutcome) -> Completion {
+        let result = unrun(id, outcome);
+        Completion::JobDone(JobDone { cluster, result, held_slot: false, worker: None, dir: None })
+    }
+}
+
+impl Runs {
+    pub(super) fn new(dir: PathBuf) -> Self {
+        Runs {
+            queue: VecDeque::new(),
+            running: HashMap::new(),
+            cancelled_early: HashSet::new(),
+            idle_workers: Vec::new(),
+            workers_started: 0,
+            job_dirs: JobDirs::new(dir),
         }
     }
 
-    pub(super) fn start_jobs(&mut self, started_in: &mut Vec<ClusterId>) {
-        while self.free > 0 && !self.stopping {
-            let next = self
-                .clusters
-                .iter()
-                .filter(|(_, c)| !c.released && !c.queue.is_empty() && (c.running.len() as u32) < c.cpus)
-                .min_by_key(|(_, c)| c.running.len())
-                .map(|(id, _)| *id);
-            let Some(id) = next else { return };
-            let Some(cluster) = self.clusters.get_mut(&id) else { return };
-            let Some(job) = cluster.queue.pop_front() else { return };
-            let (kill_tx, kill_rx) = oneshot::channel();
-            cluster.running.insert(job.id, kill_tx);
-            cluster.started.push(job.id);
-            cluster.starts_since.get_or_insert_with(std::time::Instant::now);
-            self.free -= 1;
-            started_in.push(id);
-            let tx = self.internal_tx.clone();
-            let job_id = job.id;
-            // Debug level: at the default level the span is not even built (it cost ~3 % of
-            // the node's time per `/bin/true` job).
-            let span = debug_span!("job", cluster = %id, job = %job_id);
-            let max_output = self.cfg.max_output;
-            if let Some(function) = cluster.function.clone() {
-                let worker = match cluster.idle_workers.pop() {
-                    Some(w) => Ok(Box::new(w)),
-                    None => {
-                        cluster.workers_started += 1;
-                        let dir = cluster.dir.join(format!("worker-{}", cluster.workers_started));
-                        let token = self.cfg.job_token.as_deref();
-                        start_worker(&self.store, &cluster.files, &dir, &cluster.program, &function, token)
-                    }
-                };
-                tokio::spawn(
-                    async move {
-                        let (result, worker) = match worker {
-                            Ok(w) => w.call(&job, max_output, kill_rx).await,
-                            Err(why) => (failed_to_start(job_id, why), None),
-                        };
-                        debug!(outcome = %result.outcome, "job ended");
-                        let worker = worker.map(Box::new);
-                        let _ = tx.send(Internal::JobDone { cluster: id, result, held_slot: true, worker, dir: None });
-                    }
-                    .instrument(span),
-                );
-                continue;
+    /// Queues submitted jobs; returns those already cancelled, which end at once.
+    pub(super) fn queue(&mut self, jobs: Vec<JobSpec>) -> Vec<JobId> {
+        let mut cancelled = Vec::new();
+        for job in jobs {
+            if self.cancelled_early.remove(&job.id) {
+                cancelled.push(job.id);
+            } else {
+                self.queue.push_back(job);
             }
-            let dir = cluster.job_dirs.take(&self.store, &cluster.files, &mut self.trash);
-            let spec = executor::RunSpec {
-                program: dir.path.join(&cluster.program),
-                args: job.args,
-                dir: dir.path.clone(),
-                timeout: job.timeout_secs.filter(|t| t.is_finite() && *t > 0.0).map(Duration::from_secs_f64),
-                max_output,
-                token: self.job_token.clone(),
-            };
-            // Only a fresh directory is filled.
-            let fill = dir.fresh.then(|| cluster.files.clone());
-            let store = self.store.clone();
-            tokio::spawn(
-                async move {
-                    let result = run_job(&store, fill.as_deref(), spec, kill_rx, job_id).await;
-                    debug!(outcome = %result.outcome, "job ended");
-                    let done =
-                        Internal::JobDone { cluster: id, result, held_slot: true, worker: None, dir: Some(dir.path) };
-                    let _ = tx.send(done);
-                }
-                .instrument(span),
-            );
+        }
+        cancelled
+    }
+
+    /// Kills running jobs and drops queued ones, returned to be reported `Cancelled`. A job
+    /// not seen yet (`ended` says which have) is cancelled when it arrives.
+    pub(super) fn cancel(&mut self, jobs: Vec<JobId>, ended: impl Fn(JobId) -> bool) -> Vec<JobId> {
+        let mut cancelled = Vec::new();
+        for id in jobs {
+            if let Some(kill) = self.running.remove(&id) {
+                let _ = kill.send(());
+            } else if let Some(pos) = self.queue.iter().position(|j| j.id == id) {
+                self.queue.remove(pos);
+                cancelled.push(id);
+            } else if !ended(id) && self.cancelled_early.len() < MAX_CANCELLED_EARLY {
+                // Submit and Cancel travel on streams of their own: the jobs
+                // may still be on their way. They are cancelled on arrival.
+                self.cancelled_early.insert(id);
+            }
+        }
+        cancelled
+    }
+
+    /// Takes the queued jobs away (a drain gives them back to the client).
+    pub(super) fn take_queued(&mut self) -> impl Iterator<Item = JobSpec> + '_ {
+        self.queue.drain(..)
+    }
+
+    /// Kills every job and idle worker and drops the queue.
+    pub(super) fn kill_all(&mut self) {
+        self.queue.clear();
+        // A dropped worker is killed.
+        self.idle_workers.clear();
+        for (_, kill) in self.running.drain() {
+            let _ = kill.send(());
         }
     }
-}
 
-/// Runs the job in its directory, first made and filled with `fill` if given (a reused one
-/// holds the files already); the server reuses or removes the directory later.
-pub(super) async fn run_job(
-    store: &Store,
-    fill: Option<&[FileEntry]>,
-    spec: executor::RunSpec,
-    kill: oneshot::Receiver<()>,
-    id: JobId,
-) -> JobResult {
-    let prepared = match fill {
-        Some(files) => prepare_dir(store, &spec.dir, files, "job"),
-        None => Ok(()),
-    };
-    let run = match prepared {
-        Ok(()) => executor::run(spec, kill).await,
-        Err(why) => return failed_to_start(id, why),
-    };
-    JobResult {
-        id,
-        outcome: run.outcome,
-        stdout: run.stdout,
-        stderr: run.stderr,
-        start_us: run.start_us,
-        end_us: run.end_us,
-        value: Vec::new(),
+    pub(super) fn is_idle(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    pub(super) fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
     }
 }
 
-/// Makes a job's or worker's directory (`what`) and links the cluster's files into it.
-fn prepare_dir(
-    store: &Store,
-    dir: &std::path::Path,
-    files: &[FileEntry],
-    what: &str,
-) -> std::result::Result<(), String> {
-    // The cluster's folder exists after its first job: one mkdir, not a walk up the path.
-    std::fs::create_dir(dir)
-        .or_else(|_| std::fs::create_dir_all(dir))
-        .map_err(|e| format!("cannot create the {what} directory {}: {e}", dir.display()))?;
-    store.link_into(dir, files)
-}
-
-/// The result of a job that could not start.
-pub(super) fn failed_to_start(id: JobId, why: String) -> JobResult {
-    unrun(id, JobOutcome::FailedToStart(why))
-}
-
-/// The result of a job that ended without running.
-pub(super) fn unrun(id: JobId, outcome: JobOutcome) -> JobResult {
-    let now = executor::now_us();
-    JobResult {
-        id,
-        outcome,
-        stdout: Default::default(),
-        stderr: Default::default(),
-        start_us: now,
-        end_us: now,
-        value: Vec::new(),
+/// Starts queued jobs while slots are free, taking from the cluster with the fewest running
+/// jobs first so that clients sharing a node share it fairly. Returns the clusters that
+/// started jobs (their starts are to be sent).
+pub(super) fn start_jobs(leases: &mut Leases, free: &mut u32, ctx: &mut Ctx) -> Vec<ClusterId> {
+    let mut started_in = Vec::new();
+    while *free > 0 {
+        let next = leases
+            .0
+            .iter()
+            .filter(|(_, c)| !c.released && !c.runs.queue.is_empty() && (c.runs.running.len() as u32) < c.cpus)
+            .min_by_key(|(_, c)| c.runs.running.len())
+            .map(|(id, _)| *id);
+        let Some(id) = next else { break };
+        let Some(lease) = leases.0.get_mut(&id) else { break };
+        let Some(job) = lease.runs.queue.pop_front() else { break };
+        *free -= 1;
+        start(id, lease, job, ctx);
+        started_in.push(id);
     }
+    started_in.dedup();
+    started_in
 }
 
-/// Starts a function worker in its own directory holding the cluster's files.
-pub(super) fn start_worker(
-    store: &Store,
-    files: &[FileEntry],
-    dir: &std::path::Path,
-    program: &str,
-    function: &str,
-    token: Option<&str>,
-) -> std::result::Result<Box<workers::Worker>, String> {
-    prepare_dir(store, dir, files, "worker")?;
-    workers::Worker::spawn(&dir.join(program), dir, function, token)
-        .map(Box::new)
-        .map_err(|e| format!("cannot start a worker for {function}: {e}"))
+/// Starts one job of `lease` in a slot already taken.
+fn start(id: ClusterId, lease: &mut Lease, job: JobSpec, ctx: &mut Ctx) {
+    let (kill_tx, kill_rx) = oneshot::channel();
+    let runs = &mut lease.runs;
+    runs.running.insert(job.id, kill_tx);
+    lease.outbox.job_started(job.id);
+    let done = ctx.done.clone();
+    let job_id = job.id;
+    // Debug level: at the default level the span is not even built (it cost ~3 % of
+    // the node's time per `/bin/true` job).
+    let span = debug_span!("job", cluster = %id, job = %job_id);
+    let max_output = ctx.max_output;
+    if let Some(function) = &lease.function {
+        let worker = match runs.idle_workers.pop() {
+            Some(w) => Ok(w),
+            None => {
+                runs.workers_started += 1;
+                let dir = lease.dir.join(format!("worker-{}", runs.workers_started));
+                let token = ctx.job_token.as_deref();
+                let place = WorkerPlace { files: &lease.files, dir: &dir, program: &lease.program, function, token };
+                ctx.runner.start_worker(place)
+            }
+        };
+        tokio::spawn(
+            async move {
+                let (result, worker) = match worker {
+                    Ok(w) => w.call(job, max_output, kill_rx).await,
+                    Err(why) => (failed_to_start(job_id, why), None),
+                };
+                debug!(outcome = %result.outcome, "job ended");
+                let _ =
+                    done.send(Completion::JobDone(JobDone { cluster: id, result, held_slot: true, worker, dir: None }));
+            }
+            .instrument(span),
+        );
+        return;
+    }
+    let dir = runs.job_dirs.take(&ctx.store, &lease.files, &mut ctx.trash);
+    let spec = executor::RunSpec {
+        program: dir.path.join(&lease.program),
+        args: job.args,
+        dir: dir.path.clone(),
+        timeout: job.timeout_secs.filter(|t| t.is_finite() && *t > 0.0).map(Duration::from_secs_f64),
+        max_output,
+        token: ctx.job_token.clone(),
+    };
+    // Only a fresh directory is filled.
+    let fill = dir.fresh.then(|| lease.files.clone());
+    let run = ctx.runner.run_program(ProgramJob { id: job_id, spec, fill }, kill_rx);
+    tokio::spawn(
+        async move {
+            let result = run.await;
+            debug!(outcome = %result.outcome, "job ended");
+            let done_job = JobDone { cluster: id, result, held_slot: true, worker: None, dir: Some(dir.path) };
+            let _ = done.send(Completion::JobDone(done_job));
+        }
+        .instrument(span),
+    );
+}
+
+/// A job has ended: its slot, directory and worker go back, its result to the outbox.
+/// Returns whether it held a slot.
+pub(super) fn job_done(lease: Option<&mut Lease>, done: JobDone, trash: &mut Trash) -> bool {
+    let JobDone { result, held_slot, worker, dir, .. } = done;
+    let Some(c) = lease else { return held_slot };
+    match dir {
+        Some(dir) if !c.released => c.runs.job_dirs.give_back(dir),
+        Some(dir) => trash.push(dir),
+        None => {}
+    }
+    c.runs.running.remove(&result.id);
+    if !c.released {
+        c.outbox.push_result(result);
+        // A worker of a released cluster is dropped here, which kills it.
+        c.runs.idle_workers.extend(worker);
+    }
+    held_slot
 }

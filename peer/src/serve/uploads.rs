@@ -3,38 +3,64 @@
 //! writes them in order on the blocking pool, holding the early ones meanwhile. Memory
 //! stays bounded by the window, whatever the file's size.
 
-use super::*;
-use dispy_protocol::{CHUNK_SIZE, CHUNKS_IN_FLIGHT, Chunk, ChunkStored};
-use std::collections::BTreeMap;
+use super::store::Upload;
+use super::{Completion, Ctx};
+use crate::net::ReplyTo;
+use dispy_protocol::{
+    CHUNK_SIZE, CHUNKS_IN_FLIGHT, Chunk, ChunkStored, ClusterId, FileEntry, FileHash, Refusal, RefusalKind, Response,
+};
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use tracing::{debug, warn};
+
+/// One lease's files arriving.
+#[derive(Default)]
+pub(super) struct Uploads {
+    uploads: HashMap<FileHash, Incoming>,
+    /// Files this cluster's client sent (they stay cached after a normal release).
+    pub(super) staged: Vec<FileHash>,
+    /// Files refused while arriving, with why: their later chunks are refused too.
+    refused_files: HashMap<FileHash, String>,
+}
 
 /// A file being received.
-#[derive(Debug)]
-pub(super) struct Incoming {
+struct Incoming {
     /// `None` while a chunk is being written.
     upload: Option<Box<Upload>>,
     /// Chunks not written yet, by offset, with where to answer each.
-    waiting: BTreeMap<u64, (Vec<u8>, ResponseChannel<Response>)>,
+    waiting: BTreeMap<u64, (Vec<u8>, ReplyTo)>,
+}
+
+/// A chunk was written (or refused) on the blocking pool.
+pub(super) struct ChunkWritten {
+    pub(super) cluster: ClusterId,
+    hash: FileHash,
+    upload: Box<Upload>,
+    outcome: Result<bool, String>,
+    channel: ReplyTo,
 }
 
 fn bad_file(msg: String) -> Response {
     Response::Refused(Refusal::new(RefusalKind::BadFile, msg))
 }
 
-impl Server {
-    /// Takes a chunk; returns the answer unless the chunk was queued for writing.
+impl Uploads {
+    /// Drops the files still arriving (their partial files go with them).
+    pub(super) fn clear(&mut self) {
+        self.uploads.clear();
+    }
+
+    /// Takes a chunk of one of `files`; returns the answer unless the chunk was queued for
+    /// writing.
     pub(super) fn chunk(
         &mut self,
-        peer: PeerId,
+        cluster: ClusterId,
+        files: &[FileEntry],
         c: Chunk,
-        channel: ResponseChannel<Response>,
-    ) -> Option<(ResponseChannel<Response>, Response)> {
-        let store = self.store.clone();
-        let cluster = match self.owned(peer, c.cluster) {
-            Ok(cluster) => cluster,
-            Err(refusal) => return Some((channel, *refusal)),
-        };
-        let Some(entry) = cluster.files.iter().find(|f| f.hash == c.hash) else {
+        channel: ReplyTo,
+        ctx: &Ctx,
+    ) -> Option<(ReplyTo, Response)> {
+        let Some(entry) = files.iter().find(|f| f.hash == c.hash) else {
             return Some((channel, bad_file(format!("file {} was not declared", c.hash))));
         };
         if c.data.len() > CHUNK_SIZE {
@@ -42,16 +68,16 @@ impl Server {
         }
         // Chunks still on their way when their file was refused, or past its end once it
         // was complete, must not start a new upload that no chunk at offset 0 will finish.
-        if let Some(why) = cluster.refused_files.get(&c.hash) {
+        if let Some(why) = self.refused_files.get(&c.hash) {
             return Some((channel, bad_file(format!("file {} was refused: {why}", entry.name))));
         }
-        if !cluster.uploads.contains_key(&c.hash) && cluster.staged.contains(&c.hash) {
+        if !self.uploads.contains_key(&c.hash) && self.staged.contains(&c.hash) {
             let why = format!("file {} is complete: more bytes than its declared size", entry.name);
             return Some((channel, bad_file(why)));
         }
-        let incoming = match cluster.uploads.entry(c.hash) {
+        let incoming = match self.uploads.entry(c.hash) {
             Entry::Occupied(o) => o.into_mut(),
-            Entry::Vacant(v) => match store.begin(c.hash, entry.size) {
+            Entry::Vacant(v) => match ctx.store.begin(c.hash, entry.size) {
                 Ok(u) => v.insert(Incoming { upload: Some(Box::new(u)), waiting: BTreeMap::new() }),
                 Err(e) => {
                     let why = format!("cannot store the file: {e}");
@@ -64,13 +90,13 @@ impl Server {
             return Some((channel, bad_file(why)));
         }
         incoming.waiting.insert(c.offset, (c.data, channel));
-        self.write_next_chunk(c.cluster, c.hash);
+        self.write_next_chunk(cluster, c.hash, ctx);
         None
     }
 
     /// Writes a file's next chunk if it has arrived and no write of the file is under way.
-    fn write_next_chunk(&mut self, cluster: ClusterId, hash: FileHash) {
-        let Some(incoming) = self.clusters.get_mut(&cluster).and_then(|c| c.uploads.get_mut(&hash)) else { return };
+    fn write_next_chunk(&mut self, cluster: ClusterId, hash: FileHash, ctx: &Ctx) {
+        let Some(incoming) = self.uploads.get_mut(&hash) else { return };
         let (Some(upload), Some((&offset, _))) = (&incoming.upload, incoming.waiting.first_key_value()) else {
             return;
         };
@@ -83,51 +109,44 @@ impl Server {
         else {
             return;
         };
-        let tx = self.internal_tx.clone();
+        let done = ctx.done.clone();
         tokio::task::spawn_blocking(move || {
             let outcome = upload.write(offset, &data);
-            let _ = tx.send(Internal::ChunkDone { cluster, hash, upload, outcome, channel });
+            let _ = done.send(Completion::ChunkWritten(ChunkWritten { cluster, hash, upload, outcome, channel }));
         });
     }
 
     /// A chunk was written (or refused): answers it and goes on with the file.
-    pub(super) fn chunk_done(
-        &mut self,
-        cluster: ClusterId,
-        hash: FileHash,
-        upload: Box<Upload>,
-        outcome: std::result::Result<bool, String>,
-        channel: ResponseChannel<Response>,
-    ) {
-        let Some(c) = self.clusters.get_mut(&cluster) else { return };
+    pub(super) fn written(&mut self, w: ChunkWritten, ctx: &Ctx) {
+        let ChunkWritten { cluster, hash, upload, outcome, channel } = w;
         // What remains of a file once it is complete, or refused, is refused with it.
         let (response, refused) = match outcome {
             Ok(false) => {
-                if let Some(incoming) = c.uploads.get_mut(&hash) {
+                if let Some(incoming) = self.uploads.get_mut(&hash) {
                     incoming.upload = Some(upload);
                 }
                 (Response::ChunkStored(ChunkStored { hash, complete: false }), None)
             }
             Ok(true) => {
-                c.staged.push(hash);
+                self.staged.push(hash);
                 debug!(%cluster, %hash, "file staged");
                 let extra = format!("more bytes than the declared size of {}", upload.size());
                 (Response::ChunkStored(ChunkStored { hash, complete: true }), Some(extra))
             }
             Err(msg) => {
                 warn!(%cluster, %hash, cause = %msg, "refused a file");
-                c.refused_files.insert(hash, msg.clone());
+                self.refused_files.insert(hash, msg.clone());
                 (bad_file(msg.clone()), Some(msg))
             }
         };
-        match refused.and_then(|why| c.uploads.remove(&hash).map(|i| (why, i))) {
+        match refused.and_then(|why| self.uploads.remove(&hash).map(|i| (why, i))) {
             Some((why, incoming)) => {
                 for (_, (_, channel)) in incoming.waiting {
-                    self.respond(channel, bad_file(why.clone()));
+                    ctx.respond(channel, bad_file(why.clone()));
                 }
             }
-            None => self.write_next_chunk(cluster, hash),
+            None => self.write_next_chunk(cluster, hash, ctx),
         }
-        self.respond(channel, response);
+        ctx.respond(channel, response);
     }
 }

@@ -7,8 +7,8 @@ mod print;
 use anyhow::{Context, bail};
 use clap::Parser;
 use dispy::{Cluster, LocalMode, NodePattern, Secret};
-use dispy_node::net::{self, NetConfig};
-use dispy_node::serve::{ServeConfig, Server, Stop};
+use dispy_node::net::NetConfig;
+use dispy_node::serve::{self, ServeConfig, Stop};
 use opts::{Cmd, NodesOpt, Opt, SecretOpt, ServeOpt, SubmitOpt};
 use std::io::Write;
 use std::process::ExitCode;
@@ -142,24 +142,23 @@ async fn serve(o: ServeOpt) -> anyhow::Result<()> {
         heartbeat: secs(o.heartbeat, "--heartbeat")?,
         ..NetConfig::default()
     };
-    let (handle, events, event_loop) = net::new(cfg).context("cannot start the node's network")?;
     let serve_cfg = ServeConfig {
-        name: o.name.unwrap_or_else(dispy::host_name),
-        cpus: cpus as u32,
-        dest: dest.clone(),
         max_file_size: o.max_file_size,
         max_output: o.max_output as usize,
         reaper: std::env::current_exe().ok(),
-        job_token: None,
-        private_dest: false,
         drain_timeout: secs(o.drain_timeout, "--drain-timeout")?,
         serve_clusters: o.serve_clusters,
         zombie_interval: secs(o.zombie_interval, "--zombie-interval")?,
         result_ttl: secs(o.result_ttl, "--result-ttl")?,
+        ..ServeConfig::new(o.name.unwrap_or_else(dispy::host_name), cpus as u32, dest.clone())
     };
     tracing::info!(name = %serve_cfg.name, cpus, dest = %dest.display(), "node starting");
-    let server = Server::new(serve_cfg, handle).with_context(|| format!("cannot use dest path {}", dest.display()))?;
-    let net_task = tokio::spawn(event_loop.run());
+    let node = serve::start(cfg, serve_cfg).map_err(|e| match e {
+        dispy_node::Error::DestInUse(_) | dispy_node::Error::Io { .. } => {
+            anyhow::Error::new(e).context(format!("cannot use dest path {}", dest.display()))
+        }
+        e => anyhow::Error::new(e).context("cannot start the node's network"),
+    })?;
     // First SIGTERM/SIGINT: drain. Second: stop now.
     let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -176,14 +175,12 @@ async fn serve(o: ServeOpt) -> anyhow::Result<()> {
             }
         }
     });
-    server
-        .run(events, stop_rx, |addr| {
-            // The readiness line tests and scripts wait for.
-            println!("listening {addr}");
-            let _ = std::io::stdout().flush();
-        })
-        .await?;
-    let _ = net_task.await;
+    node.run(stop_rx, |addr| {
+        // The readiness line tests and scripts wait for.
+        println!("listening {addr}");
+        let _ = std::io::stdout().flush();
+    })
+    .await?;
     Ok(())
 }
 

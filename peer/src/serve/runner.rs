@@ -1,0 +1,152 @@
+//! How a job runs, behind [`Runner`]: the node decides which job runs when and where (in
+//! `slots`); a runner makes it happen. [`ProcessRunner`] is the real one (program jobs through
+//! `executor`, function jobs on `workers`); the unit tests use one whose jobs end when the
+//! test says.
+//!
+//! The cost per job is one boxed future and, for function jobs, a dynamic call: nothing next
+//! to a process spawn or a pipe round trip, and no extra task or thread hop.
+
+use super::executor::{self, RunSpec};
+use super::store::Store;
+use super::workers;
+use dispy_protocol::{FileEntry, JobId, JobOutcome, JobResult, JobSpec};
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use tokio::sync::oneshot;
+
+/// A job's run, to be spawned on the node's runtime.
+pub(crate) type Run<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Starts jobs: program jobs one process each, function jobs on persistent workers.
+pub(crate) trait Runner: Send + Sync {
+    /// Runs a program job until it ends, times out or `cancel` fires (or its sender is
+    /// dropped).
+    fn run_program(&self, job: ProgramJob, cancel: oneshot::Receiver<()>) -> Run<JobResult>;
+
+    /// Starts a function worker for `place` (called on the node's task: it must not block
+    /// long).
+    ///
+    /// # Errors
+    /// Why it could not start, for the job's `FailedToStart`.
+    fn start_worker(&self, place: WorkerPlace<'_>) -> Result<Box<dyn FunctionWorker>, String>;
+}
+
+/// A function worker that can take a job.
+pub(crate) trait FunctionWorker: Send {
+    /// Runs one job until it ends, times out or `cancel` fires. Returns the result and the
+    /// worker if it can take another job (dropping a worker kills it).
+    fn call(
+        self: Box<Self>,
+        job: JobSpec,
+        max_output: usize,
+        cancel: oneshot::Receiver<()>,
+    ) -> Run<(JobResult, Option<Box<dyn FunctionWorker>>)>;
+}
+
+/// A program job placed in its directory.
+#[derive(Debug)]
+pub(crate) struct ProgramJob {
+    pub(crate) id: JobId,
+    pub(crate) spec: RunSpec,
+    /// The cluster's files when `spec.dir` is fresh: made and filled before the run (a
+    /// reused directory holds them already).
+    pub(crate) fill: Option<Vec<FileEntry>>,
+}
+
+/// Where and what a new function worker serves.
+#[derive(Debug)]
+pub(crate) struct WorkerPlace<'a> {
+    pub(crate) files: &'a [FileEntry],
+    pub(crate) dir: &'a Path,
+    pub(crate) program: &'a str,
+    pub(crate) function: &'a str,
+    /// The reaper's token, when the worker does not inherit it.
+    pub(crate) token: Option<&'a str>,
+}
+
+/// Runs jobs as processes, with the cluster's files linked from the store.
+#[derive(Debug)]
+pub(crate) struct ProcessRunner {
+    store: Store,
+}
+
+impl ProcessRunner {
+    pub(crate) fn new(store: Store) -> Self {
+        ProcessRunner { store }
+    }
+}
+
+impl Runner for ProcessRunner {
+    fn run_program(&self, job: ProgramJob, cancel: oneshot::Receiver<()>) -> Run<JobResult> {
+        let store = self.store.clone();
+        Box::pin(async move {
+            let prepared = match &job.fill {
+                Some(files) => prepare_dir(&store, &job.spec.dir, files, "job"),
+                None => Ok(()),
+            };
+            if let Err(why) = prepared {
+                return failed_to_start(job.id, why);
+            }
+            let run = executor::run(job.spec, cancel).await;
+            JobResult {
+                id: job.id,
+                outcome: run.outcome,
+                stdout: run.stdout,
+                stderr: run.stderr,
+                start_us: run.start_us,
+                end_us: run.end_us,
+                value: Vec::new(),
+            }
+        })
+    }
+
+    fn start_worker(&self, place: WorkerPlace<'_>) -> Result<Box<dyn FunctionWorker>, String> {
+        prepare_dir(&self.store, place.dir, place.files, "worker")?;
+        let worker = workers::Worker::spawn(&place.dir.join(place.program), place.dir, place.function, place.token)
+            .map_err(|e| format!("cannot start a worker for {}: {e}", place.function))?;
+        Ok(Box::new(worker))
+    }
+}
+
+impl FunctionWorker for workers::Worker {
+    fn call(
+        self: Box<Self>,
+        job: JobSpec,
+        max_output: usize,
+        cancel: oneshot::Receiver<()>,
+    ) -> Run<(JobResult, Option<Box<dyn FunctionWorker>>)> {
+        Box::pin(async move {
+            let (result, worker) = (*self).call(&job, max_output, cancel).await;
+            (result, worker.map(|w| Box::new(w) as Box<dyn FunctionWorker>))
+        })
+    }
+}
+
+/// Makes a job's or worker's directory (`what`) and links the cluster's files into it.
+fn prepare_dir(store: &Store, dir: &Path, files: &[FileEntry], what: &str) -> Result<(), String> {
+    // The cluster's folder exists after its first job: one mkdir, not a walk up the path.
+    std::fs::create_dir(dir)
+        .or_else(|_| std::fs::create_dir_all(dir))
+        .map_err(|e| format!("cannot create the {what} directory {}: {e}", dir.display()))?;
+    store.link_into(dir, files)
+}
+
+/// The result of a job that could not start.
+pub(crate) fn failed_to_start(id: JobId, why: String) -> JobResult {
+    unrun(id, JobOutcome::FailedToStart(why))
+}
+
+/// The result of a job that ended without running.
+pub(crate) fn unrun(id: JobId, outcome: JobOutcome) -> JobResult {
+    let now = executor::now_us();
+    JobResult {
+        id,
+        outcome,
+        stdout: Default::default(),
+        stderr: Default::default(),
+        start_us: now,
+        end_us: now,
+        value: Vec::new(),
+    }
+}

@@ -1,0 +1,88 @@
+//! A runner whose jobs end when the test says: no process starts.
+
+use crate::serve::runner::{FunctionWorker, ProgramJob, Run, Runner, WorkerPlace};
+use dispy_protocol::{JobId, JobOutcome, JobResult, JobSpec};
+use tokio::sync::{mpsc, oneshot};
+
+/// A job that started; it ends with [`FakeJob::finish`], or `Cancelled` when the node
+/// kills it.
+#[derive(Debug)]
+pub(super) struct FakeJob {
+    pub(super) id: JobId,
+    /// A function job (on a worker) rather than a program job.
+    pub(super) function: bool,
+    finish: oneshot::Sender<JobOutcome>,
+}
+
+impl FakeJob {
+    pub(super) fn finish(self, outcome: JobOutcome) {
+        let _ = self.finish.send(outcome);
+    }
+
+    /// The node has killed it (the run ended and stopped listening).
+    pub(super) fn killed(&self) -> bool {
+        self.finish.is_closed()
+    }
+}
+
+/// Reports each job it starts to the test, which holds its end.
+pub(super) struct FakeRunner {
+    pub(super) started: mpsc::UnboundedSender<FakeJob>,
+}
+
+/// Waits for the test's outcome or the node's cancel.
+fn fake_run(
+    id: JobId,
+    function: bool,
+    started: &mpsc::UnboundedSender<FakeJob>,
+    cancel: oneshot::Receiver<()>,
+) -> Run<JobResult> {
+    let (finish, outcome) = oneshot::channel();
+    let _ = started.send(FakeJob { id, function, finish });
+    Box::pin(async move {
+        let outcome = tokio::select! {
+            o = outcome => o.unwrap_or_else(|_| JobOutcome::Crashed("the test dropped the job".into())),
+            _ = cancel => JobOutcome::Cancelled,
+        };
+        JobResult {
+            id,
+            outcome,
+            stdout: Default::default(),
+            stderr: Default::default(),
+            start_us: 1,
+            end_us: 2,
+            value: Vec::new(),
+        }
+    })
+}
+
+impl Runner for FakeRunner {
+    fn run_program(&self, job: ProgramJob, cancel: oneshot::Receiver<()>) -> Run<JobResult> {
+        fake_run(job.id, false, &self.started, cancel)
+    }
+
+    fn start_worker(&self, _place: WorkerPlace<'_>) -> Result<Box<dyn FunctionWorker>, String> {
+        Ok(Box::new(FakeWorker { started: self.started.clone() }))
+    }
+}
+
+struct FakeWorker {
+    started: mpsc::UnboundedSender<FakeJob>,
+}
+
+impl FunctionWorker for FakeWorker {
+    fn call(
+        self: Box<Self>,
+        job: JobSpec,
+        _max_output: usize,
+        cancel: oneshot::Receiver<()>,
+    ) -> Run<(JobResult, Option<Box<dyn FunctionWorker>>)> {
+        let run = fake_run(job.id, true, &self.started, cancel);
+        Box::pin(async move {
+            let result = run.await;
+            // Like a real worker: one that was cancelled is not reused.
+            let keep = result.outcome != JobOutcome::Cancelled;
+            (result, keep.then_some(self as Box<dyn FunctionWorker>))
+        })
+    }
+}

@@ -1,0 +1,235 @@
+//! A node with a detached network handle and a [`FakeRunner`], driven as a client peer would
+//! (HyperQueue's `TestComm` style): every message in either direction goes through the wire
+//! codec first.
+
+use super::fake::{FakeJob, FakeRunner};
+use crate::error::{Error, Result};
+use crate::net::{Command, NetEvent, NetHandle, ReplyTo};
+use crate::serve::{Node, ServeConfig, Stop};
+use dispy_protocol::{
+    Chunk, ClusterId, FileEntry, FileHash, JobId, JobSpec, Request, Reserve, Response, Results, Submit, decode, encode,
+};
+use libp2p::PeerId;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Longest any wait may take (on the paused clock: a wait that would hang fails instead).
+const WAIT: Duration = Duration::from_secs(600);
+
+/// A message as the peer at the other end would see it.
+pub(super) fn wire<T: Serialize + DeserializeOwned>(msg: &T) -> T {
+    decode(&encode(msg).expect("encodes")).expect("decodes")
+}
+
+/// A file a test cluster sends.
+pub(super) fn file(name: &str, data: &[u8]) -> FileEntry {
+    FileEntry {
+        name: name.into(),
+        hash: FileHash(Sha256::digest(data).into()),
+        size: data.len() as u64,
+        executable: true,
+    }
+}
+
+pub(super) fn job(id: u64) -> JobSpec {
+    JobSpec { id: JobId(id), args: Vec::new(), timeout_secs: None, input: Vec::new() }
+}
+
+pub(super) fn reserve(cluster: u64, files: Vec<FileEntry>) -> Request {
+    Request::Reserve(Reserve { cluster: ClusterId(cluster), cpus: None, program: "prog".into(), function: None, files })
+}
+
+/// A result delivery the node asked for, waiting for the test's answer.
+pub(super) struct Delivery {
+    pub(super) peer: PeerId,
+    pub(super) results: Results,
+    reply: oneshot::Sender<Result<Response>>,
+}
+
+impl Delivery {
+    pub(super) fn ack(self) -> Results {
+        let _ = self.reply.send(Ok(wire(&Response::Ok)));
+        self.results
+    }
+
+    pub(super) fn fail(self) -> Results {
+        let _ = self.reply.send(Err(Error::Request { peer: self.peer.to_string(), reason: "unreachable".into() }));
+        self.results
+    }
+}
+
+/// The test's side of one node.
+pub(super) struct Harness {
+    pub(super) node: JoinHandle<Result<()>>,
+    events: mpsc::UnboundedSender<NetEvent>,
+    commands: mpsc::Receiver<Command>,
+    pub(super) stop: mpsc::UnboundedSender<Stop>,
+    jobs: mpsc::UnboundedReceiver<FakeJob>,
+    replies: HashMap<u64, Response>,
+    deliveries: VecDeque<Delivery>,
+    /// Deliveries to these peers fail at once, as the swarm's would to a peer it lost.
+    pub(super) unreachable: HashSet<PeerId>,
+    next_reply: u64,
+    pub(super) dest: tempfile::TempDir,
+}
+
+impl Harness {
+    /// A node of `cpus` slots, the rest of its configuration set by `tune`.
+    pub(super) fn start(cpus: u32, tune: impl FnOnce(&mut ServeConfig)) -> Harness {
+        let dest = tempfile::tempdir().expect("temp dir");
+        let mut cfg = ServeConfig::new("test-node", cpus, dest.path());
+        tune(&mut cfg);
+        let (net, commands) = NetHandle::detached();
+        let (started, jobs) = mpsc::unbounded_channel();
+        let node = Node::with_runner(cfg, net, |_| Box::new(FakeRunner { started })).expect("node starts");
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = mpsc::unbounded_channel();
+        let node = tokio::spawn(node.run(events_rx, stop_rx, |_| {}));
+        Harness {
+            node,
+            events,
+            commands,
+            stop,
+            jobs,
+            replies: HashMap::new(),
+            deliveries: VecDeque::new(),
+            unreachable: HashSet::new(),
+            next_reply: 0,
+            dest,
+        }
+    }
+
+    /// Sends a request from `peer`; its answer is collected under the returned number.
+    pub(super) fn send(&mut self, peer: PeerId, request: Request) -> u64 {
+        self.next_reply += 1;
+        let channel = ReplyTo::test(self.next_reply);
+        let _ = self.events.send(NetEvent::Request { peer, request: wire(&request), channel });
+        self.next_reply
+    }
+
+    /// The answer to request `id`.
+    pub(super) async fn answer(&mut self, id: u64) -> Response {
+        loop {
+            if let Some(r) = self.replies.remove(&id) {
+                return r;
+            }
+            self.pump().await;
+        }
+    }
+
+    /// Sends a request and waits for its answer.
+    pub(super) async fn ask(&mut self, peer: PeerId, request: Request) -> Response {
+        let id = self.send(peer, request);
+        self.answer(id).await
+    }
+
+    pub(super) fn connected(&self, peer: PeerId) {
+        let _ = self.events.send(NetEvent::Connected { peer, remote: "/ip4/127.0.0.1/tcp/1".parse().expect("addr") });
+    }
+
+    pub(super) fn disconnected(&mut self, peer: PeerId) {
+        self.unreachable.insert(peer);
+        let _ = self.events.send(NetEvent::Disconnected { peer });
+    }
+
+    /// Takes one command the node gave its network.
+    async fn pump(&mut self) {
+        let cmd = tokio::time::timeout(WAIT, self.commands.recv()).await.expect("the node said nothing");
+        match cmd.expect("the node dropped its network") {
+            Command::Respond { channel, response } => {
+                let id = channel.test_id().expect("a test reply slot");
+                assert!(self.replies.insert(id, wire(&response)).is_none(), "request {id} answered twice");
+            }
+            Command::Request { peer, request, reply } => match wire(&request) {
+                Request::Results(results) => {
+                    let delivery = Delivery { peer, results, reply };
+                    if self.unreachable.contains(&peer) {
+                        delivery.fail();
+                    } else {
+                        self.deliveries.push_back(delivery);
+                    }
+                }
+                other => panic!("the node asked {other:?}"),
+            },
+            Command::Shutdown => {}
+            other => panic!("unexpected command {other:?}"),
+        }
+    }
+
+    /// The next result delivery.
+    pub(super) async fn delivery(&mut self) -> Delivery {
+        loop {
+            if let Some(d) = self.deliveries.pop_front() {
+                return d;
+            }
+            self.pump().await;
+        }
+    }
+
+    /// Acknowledges deliveries until `n` results have come; returns them in order.
+    pub(super) async fn results(&mut self, n: usize) -> Vec<dispy_protocol::JobResult> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            out.extend(self.delivery().await.ack().results);
+        }
+        out
+    }
+
+    /// Whether a delivery comes within `within`.
+    pub(super) async fn quiet_for(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.deliveries.is_empty() {
+            if tokio::time::timeout_at(deadline, self.pump()).await.is_err() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The next job the node starts.
+    pub(super) async fn started(&mut self) -> FakeJob {
+        tokio::time::timeout(WAIT, self.jobs.recv()).await.expect("no job started").expect("runner gone")
+    }
+
+    /// A job started since the last look, if any, once the node has nothing left to do.
+    pub(super) async fn maybe_started(&mut self) -> Option<FakeJob> {
+        settle().await;
+        self.jobs.try_recv().ok()
+    }
+
+    /// Reserves `cluster` for `peer` with `files`, the first being the program, and stages
+    /// them in one chunk each.
+    pub(super) async fn stage(&mut self, peer: PeerId, cluster: u64, files: &[(&str, &[u8])], cpus: Option<u32>) {
+        let entries: Vec<FileEntry> = files.iter().map(|(n, d)| file(n, d)).collect();
+        let mut r = reserve(cluster, entries.clone());
+        if let Request::Reserve(r) = &mut r {
+            r.program = files[0].0.into();
+            r.cpus = cpus;
+        }
+        let Response::Reserved(reserved) = self.ask(peer, r).await else { panic!("not reserved") };
+        for (entry, (_, data)) in entries.iter().zip(files) {
+            if !reserved.missing.contains(&entry.hash) {
+                continue;
+            }
+            let chunk = Chunk { cluster: ClusterId(cluster), hash: entry.hash, offset: 0, data: data.to_vec() };
+            let stored = self.ask(peer, Request::Chunk(chunk)).await;
+            assert!(matches!(&stored, Response::ChunkStored(s) if s.complete), "{stored:?}");
+        }
+    }
+
+    /// Submits jobs `ids` to `cluster`.
+    pub(super) async fn submit(&mut self, peer: PeerId, cluster: u64, ids: impl IntoIterator<Item = u64>) -> Response {
+        let jobs = ids.into_iter().map(job).collect();
+        self.ask(peer, Request::Submit(Submit { cluster: ClusterId(cluster), jobs })).await
+    }
+}
+
+/// Lets every task run until all wait (the paused clock moves on only then).
+pub(super) async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
