@@ -235,14 +235,13 @@ impl<A, R> ClusterBuilder<A, R> {
         // inside the application's.
         let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
         crate::own_thread::spawn("dispy-cluster", "the cluster", ready_tx, move |ready_tx| async move {
-            let (handle, events, event_loop) = match net::new(cfg) {
+            let (handle, events) = match net::spawn(cfg) {
                 Ok(parts) => parts,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.into()));
                     return;
                 }
             };
-            tokio::spawn(event_loop.run());
             let scheduler = Scheduler::new(settings, hooks, handle, up_tx, local);
             let _ = ready_tx.send(Ok(()));
             scheduler.run(events, cmd_rx).await;

@@ -54,8 +54,7 @@ pub async fn discover(opts: DiscoverOptions, wait: Duration) -> Result<Vec<Found
         bootstrap: opts.bootstrap,
         ..NetConfig::default()
     };
-    let (handle, mut events, event_loop) = net::new(cfg)?;
-    tokio::spawn(event_loop.run());
+    let (handle, mut events) = net::spawn(cfg)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(PeerId, Multiaddr, Hello)>();
     let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);

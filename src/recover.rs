@@ -69,8 +69,7 @@ pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<R
     let mut reports = Vec::new();
     if !addrs.is_empty() {
         let cfg = NetConfig { psk: secret.to_psk()?, peers: addrs.iter().cloned().collect(), ..NetConfig::default() };
-        let (handle, mut events, event_loop) = net::new(cfg)?;
-        tokio::spawn(event_loop.run());
+        let (handle, mut events) = net::spawn(cfg)?;
         let deadline = tokio::time::Instant::now() + wait;
         let mut asked = HashSet::new();
         while asked.len() < addrs.len() {
