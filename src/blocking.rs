@@ -28,6 +28,12 @@ pub struct BlockingCluster<A, R> {
     inner: Cluster<A, R>,
 }
 
+impl<A, R> std::fmt::Debug for BlockingCluster<A, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingCluster").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
 impl<A, R> ClusterBuilder<A, R> {
     /// [`ClusterBuilder::start`] for synchronous programs.
     ///

@@ -14,7 +14,8 @@ pub struct FoundNode {
     /// Its name.
     pub name: String,
     /// Its peer id.
-    pub peer_id: String,
+    #[serde(serialize_with = "crate::report::as_text")]
+    pub peer_id: PeerId,
     /// The address it was reached at.
     pub addr: String,
     /// CPU slots it serves.
@@ -74,10 +75,10 @@ pub async fn discover(opts: DiscoverOptions, wait: Duration) -> Result<Vec<Found
                 }
             }
             Some((peer, remote, h)) = rx.recv() => {
-                if h.role == Role::Node && !found.iter().any(|f| f.peer_id == peer.to_string()) {
+                if h.role == Role::Node && !found.iter().any(|f| f.peer_id == peer) {
                     found.push(FoundNode {
                         name: h.name,
-                        peer_id: peer.to_string(),
+                        peer_id: peer,
                         addr: remote.to_string(),
                         cpus: h.cpus,
                         free_cpus: h.free_cpus,

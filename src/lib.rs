@@ -39,6 +39,7 @@
 //! The node side and the peer runtime live in `dispy-node`; the wire in `dispy-protocol`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs)]
+#![warn(missing_debug_implementations)]
 
 pub mod blocking;
 mod cluster;

@@ -19,7 +19,7 @@ pub struct NodeRef {
 }
 
 /// Serializes a value as its `Display` text (peer ids have no serde of their own here).
-fn as_text<T: fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn as_text<T: fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
 

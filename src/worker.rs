@@ -39,6 +39,12 @@ pub struct Function {
     call: Call,
 }
 
+impl std::fmt::Debug for Function {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Function").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
 impl Function {
     /// Registers `f`. Use [`crate::worker!`] rather than calling this.
     pub fn new<A, R, F>(f: F) -> Function
