@@ -169,9 +169,14 @@ impl<A, R> ClusterBuilder<A, R> {
     /// scheduler run on a thread of their own, so they keep answering nodes' heartbeats even
     /// while the application blocks its runtime.
     ///
+    /// Cancel safety: dropping the future before it completes stops what was started (the
+    /// cluster's thread ends with its command channel; a local node started with
+    /// [`LocalMode::Always`] stops with it).
+    ///
     /// # Errors
     /// [`Error::File`] for a missing or unreadable program or file (no node is contacted),
-    /// [`Error::Config`] / [`Error::Node`] for a bad secret or network setup.
+    /// [`Error::Config`] / [`Error::Node`] for a bad secret or network setup,
+    /// [`Error::Start`] when its thread cannot start.
     pub async fn start(self) -> Result<Cluster<A, R>> {
         let files = self.files.clone();
         let program = self.program.clone();
@@ -538,6 +543,8 @@ impl<A, R> Cluster<A, R> {
 
     /// Cancels every job not ended yet (dispy's `cancel` of each pending job).
     ///
+    /// Cancel safety: as [`Cluster::cancel_ids`].
+    ///
     /// # Errors
     /// [`Error::Closed`] if the scheduler stopped.
     pub async fn cancel_all(&self) -> Result<()> {
@@ -546,6 +553,8 @@ impl<A, R> Cluster<A, R> {
 
     /// Cancels one job (see [`Cluster::cancel_ids`]): a running one is killed with its whole
     /// process group (for functions: its worker, which a fresh one replaces).
+    ///
+    /// Cancel safety: as [`Cluster::cancel_ids`].
     ///
     /// # Errors
     /// [`Error::Closed`] if the scheduler stopped.

@@ -45,6 +45,8 @@ pub struct DiscoverOptions {
 
 /// Lists the nodes that answer within `wait`, sorted by name.
 ///
+/// Cancel safety: safe; dropping the future stops the search and its peer.
+///
 /// # Errors
 /// A bad secret or network setup.
 pub async fn discover(opts: DiscoverOptions, wait: Duration) -> Result<Vec<FoundNode>> {

@@ -27,6 +27,10 @@ pub struct Recovery {
 /// Reads a journal, collects from its nodes the results of the jobs it had not seen end,
 /// and lists the rest as lost. The nodes delete what was collected.
 ///
+/// Cancel safety: dropping the future stops the collection; results already collected
+/// from a node may then be deleted there without having been returned (run it again for
+/// the rest, and resubmit what it lists as lost).
+///
 /// # Errors
 /// [`Error::File`] / [`Error::Config`] for an unreadable or malformed journal; network
 /// setup errors.
