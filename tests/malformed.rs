@@ -243,7 +243,16 @@ async fn ask(peer: &mut RawPeer, request: &Request) -> Response {
 async fn reserve(peer: &mut RawPeer, cluster: ClusterId, program: &[u8]) -> FileHash {
     let hash = FileHash(sha2::Sha256::digest(program).into());
     let file = FileEntry { name: "job.sh".into(), hash, size: program.len() as u64, executable: true };
-    let reserve = Reserve { cluster, cpus: None, program: "job.sh".into(), function: None, files: vec![file] };
+    let reserve = Reserve {
+        cluster,
+        cpus: None,
+        program: "job.sh".into(),
+        function: None,
+        files: vec![file],
+        setup: None,
+        cleanup: None,
+        setup_timeout_secs: None,
+    };
     let answer = ask(peer, &Request::Reserve(reserve)).await;
     assert!(matches!(answer, Response::Reserved(_)), "{answer:?}");
     hash

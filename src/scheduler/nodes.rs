@@ -96,6 +96,9 @@ impl Core {
             program: self.s.program.clone(),
             function: self.s.function.clone(),
             files: self.s.files.iter().map(|f| f.entry.clone()).collect(),
+            setup: self.s.setup.clone(),
+            cleanup: self.s.cleanup.clone(),
+            setup_timeout_secs: self.s.setup.as_ref().and(self.s.timeout_secs),
         });
         self.out.push(Effect::Ask { peer, request, asked: Asked::Reserve });
     }

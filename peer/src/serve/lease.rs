@@ -5,7 +5,7 @@
 
 use super::delivery::Outbox;
 use super::slots::Runs;
-use super::store::{Store, check_name};
+use super::store::{Store, check_names};
 use super::uploads::Uploads;
 use super::{Node, ServeConfig};
 use dispy_protocol::{
@@ -103,11 +103,11 @@ impl Leases {
     /// Takes a lease for `peer`, or resumes the one it holds (a client that reconnected).
     pub(super) fn reserve(&mut self, cfg: &ServeConfig, store: &Store, peer: PeerId, r: Reserve) -> Response {
         let refuse = |kind, msg: String| Response::Refused(Refusal::new(kind, msg));
+        if let Err(e) = check_names(&r.files) {
+            warn!(client = %peer, cause = %e, "refused a file name");
+            return refuse(RefusalKind::BadPath, e.to_string());
+        }
         for f in &r.files {
-            if let Err(e) = check_name(&f.name) {
-                warn!(client = %peer, cause = %e, "refused a file name");
-                return refuse(RefusalKind::BadPath, e.to_string());
-            }
             if let Some(max) = cfg.max_file_size
                 && f.size > max
             {

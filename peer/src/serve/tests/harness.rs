@@ -41,7 +41,16 @@ pub(super) fn job(id: u64) -> JobSpec {
 }
 
 pub(super) fn reserve(cluster: u64, files: Vec<FileEntry>) -> Request {
-    Request::Reserve(Reserve { cluster: ClusterId(cluster), cpus: None, program: "prog".into(), function: None, files })
+    Request::Reserve(Reserve {
+        cluster: ClusterId(cluster),
+        cpus: None,
+        program: "prog".into(),
+        function: None,
+        files,
+        setup: None,
+        cleanup: None,
+        setup_timeout_secs: None,
+    })
 }
 
 /// A result delivery the node asked for, waiting for the test's answer.

@@ -3,6 +3,7 @@
 
 mod fake;
 mod harness;
+mod nested;
 
 use dispy_protocol::{
     CHUNK_SIZE, CHUNKS_IN_FLIGHT, Cancel, Chunk, ClusterId, Forget, Hello, JobId, JobOutcome, Recover, RefusalKind,
