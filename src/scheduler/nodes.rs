@@ -20,6 +20,16 @@ impl Core {
         self.requeue_from(peer);
     }
 
+    /// A node gave jobs back unrun (it is draining, or the cluster's setup failed there):
+    /// it takes no more of this cluster's jobs, and the user is told why once.
+    pub(super) fn gave_back(&mut self, peer: PeerId, why: &str) {
+        let Some(node) = self.nodes.get_mut(&peer).filter(|n| n.phase == Phase::Ready) else { return };
+        warn!(node = %node.name, %peer, reason = %why, "node not used");
+        node.phase = Phase::Unusable(why.to_string());
+        let node = node.node_ref(&peer);
+        self.cluster_event(ClusterEvent::NodeUnusable { node, reason: why.to_string() });
+    }
+
     pub(super) fn node_infos(&self) -> Vec<NodeInfo> {
         self.order
             .iter()
