@@ -229,7 +229,7 @@ mod tests {
         std::fs::write(data.join("a.txt"), "a").unwrap();
         std::fs::write(data.join("sub/c.bin"), "c").unwrap();
         std::fs::write(data.join("sub/deeper/d"), "d").unwrap();
-        let (_, files) = describe(&[&prog], &[data.clone()]).unwrap();
+        let (_, files) = describe(&[&prog], std::slice::from_ref(&data)).unwrap();
         let names: Vec<&str> = files.iter().map(|f| f.entry.name.as_str()).collect();
         assert_eq!(names, ["run.sh", "data/a.txt", "data/b.txt", "data/sub/c.bin", "data/sub/deeper/d"]);
         assert!(files[1..].iter().all(|f| !f.entry.executable));
@@ -241,7 +241,7 @@ mod tests {
         assert!(err.to_string().contains("\"data\""), "{err}");
 
         std::os::unix::fs::symlink("../a.txt", data.join("sub/x")).unwrap();
-        let err = describe(&[&prog], &[data.clone()]).unwrap_err();
+        let err = describe(&[&prog], std::slice::from_ref(&data)).unwrap_err();
         let want = format!("{}: is a symbolic link; dispy-peer sends regular files only", data.join("sub/x").display());
         assert_eq!(err.to_string(), want);
     }
