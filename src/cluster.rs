@@ -38,6 +38,8 @@ pub struct ClusterBuilder<A, R> {
     on_cluster: Option<ClusterCallback>,
     node_filter: Option<NodeFilter>,
     files: Vec<PathBuf>,
+    setup: Option<PathBuf>,
+    cleanup: Option<PathBuf>,
     peers: Vec<Multiaddr>,
     bootstrap: Vec<Multiaddr>,
     patterns: Vec<NodePattern>,
@@ -54,9 +56,32 @@ pub struct ClusterBuilder<A, R> {
 }
 
 impl<A, R> ClusterBuilder<A, R> {
-    /// Adds a dependency file, present in every job's directory under its base name.
+    /// Adds a dependency file, present in every job's directory under its base name. A
+    /// directory brings the tree of its regular files under its base name (`data/a.txt`,
+    /// `data/sub/b.bin`; empty directories are not sent, a symbolic link inside is an error).
     pub fn file(mut self, path: impl Into<PathBuf>) -> Self {
         self.files.push(path.into());
+        self
+    }
+
+    /// A program run once on each node before the cluster's first job there (dispy's
+    /// `setup`), in the cluster's directory on that node, whose path it and every job get in
+    /// `DISPY_CLUSTER_DIR` (beside the cluster's files, which it holds too; the node's name is
+    /// in `DISPY_NODE_NAME`). Jobs start on a node only after its setup exited 0; a setup
+    /// that fails (or runs past [`Self::timeout`]) makes that node unusable for the cluster,
+    /// with the exit status and the end of its stderr as the reason, and its jobs go to the
+    /// other nodes. Program clusters only.
+    pub fn setup(mut self, program: impl Into<PathBuf>) -> Self {
+        self.setup = Some(program.into());
+        self
+    }
+
+    /// A program run on each node where the cluster was set up when the cluster releases
+    /// it (closing, or the node deciding its client is gone), in `DISPY_CLUSTER_DIR`, for at
+    /// most 30 s, before the cluster's directories are deleted (dispy's `cleanup`). Its
+    /// failure is logged by the node. Program clusters only.
+    pub fn cleanup(mut self, program: impl Into<PathBuf>) -> Self {
+        self.cleanup = Some(program.into());
         self
     }
 
@@ -178,11 +203,21 @@ impl<A, R> ClusterBuilder<A, R> {
     /// [`Error::Config`] / [`Error::Node`] for a bad secret or network setup,
     /// [`Error::Start`] when its thread cannot start.
     pub async fn start(self) -> Result<Cluster<A, R>> {
+        if self.function.is_some() && (self.setup.is_some() || self.cleanup.is_some()) {
+            return Err(Error::Config("setup and cleanup programs are for program clusters".into()));
+        }
         let files = self.files.clone();
-        let program = self.program.clone();
-        let (program_name, files) = tokio::task::spawn_blocking(move || stage::describe(&program, &files))
-            .await
-            .map_err(|e| Error::Start(format!("hashing files: {e}")))??;
+        let executables: Vec<PathBuf> =
+            std::iter::once(&self.program).chain(&self.setup).chain(&self.cleanup).cloned().collect();
+        let (mut names, files) = tokio::task::spawn_blocking(move || {
+            let executables: Vec<&std::path::Path> = executables.iter().map(PathBuf::as_path).collect();
+            stage::describe(&executables, &files)
+        })
+        .await
+        .map_err(|e| Error::Start(format!("hashing files: {e}")))??;
+        let cleanup_name = self.cleanup.is_some().then(|| names.pop()).flatten();
+        let setup_name = self.setup.is_some().then(|| names.pop()).flatten();
+        let program_name = names.pop().unwrap_or_default();
         let psk = self.secret.to_psk()?;
         let local = match self.local {
             LocalMode::Always => Some(LocalNode::start(psk).await?),
@@ -215,6 +250,8 @@ impl<A, R> ClusterBuilder<A, R> {
             job_events: self.on_job.is_some(),
             cluster_events: self.on_cluster.is_some(),
             program: program_name,
+            setup: setup_name,
+            cleanup: cleanup_name,
             files,
             patterns: self.patterns,
             cpus_per_node: self.cpus_per_node,
@@ -370,6 +407,8 @@ impl<A, R> ClusterBuilder<A, R> {
             on_cluster: None,
             node_filter: None,
             files: Vec::new(),
+            setup: None,
+            cleanup: None,
             peers: Vec::new(),
             bootstrap: Vec::new(),
             patterns: Vec::new(),
@@ -596,6 +635,8 @@ impl<A, R> std::fmt::Debug for ClusterBuilder<A, R> {
             .field("program", &self.program)
             .field("function", &self.function)
             .field("files", &self.files)
+            .field("setup", &self.setup)
+            .field("cleanup", &self.cleanup)
             .field("peers", &self.peers)
             .field("bootstrap", &self.bootstrap)
             .field("patterns", &self.patterns)

@@ -5,11 +5,13 @@
 use crate::error::{Error, Result};
 use crate::hashcache::HashCache;
 use dispy_node::net::NetHandle;
+use dispy_node::serve::store::check_names;
 use dispy_protocol::{CHUNK_SIZE, CHUNKS_IN_FLIGHT, Chunk, ClusterId, FileEntry, FileHash, Request, Response};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncReadExt;
@@ -21,30 +23,68 @@ pub(crate) struct LocalFile {
     pub(crate) entry: FileEntry,
 }
 
-/// Hashes the program and dependency files. Each is named in the job directory by its
-/// base name. Fails before any node is contacted if a file is missing or unreadable.
-pub(crate) fn describe(program: &Path, files: &[PathBuf]) -> Result<(String, Vec<LocalFile>)> {
-    let mut out: Vec<LocalFile> = Vec::new();
-    let mut cache = HashCache::open();
-    let mut program_name = String::new();
-    for (i, path) in std::iter::once(program).chain(files.iter().map(PathBuf::as_path)).enumerate() {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| Error::Config(format!("{} has no usable file name", path.display())))?
-            .to_string();
-        let file_err = |source| Error::File { path: path.to_path_buf(), source };
-        let meta = std::fs::metadata(path).map_err(file_err)?;
-        if !meta.is_file() {
+/// Hashes the executables (the program, then setup and cleanup programs) and the
+/// dependency files; returns the executables' names on the nodes and every file. A file is
+/// named in the job directory by its base name; a directory is sent as the tree of its
+/// regular files under its base name (`data/a.txt`, `data/sub/b.bin`; empty directories
+/// are not sent). A symbolic link or any other non-regular file inside a tree is refused: the
+/// node would either leak what it points to or not know what to make of it (a link named
+/// on the command line is followed, like any path the user types). Fails before any node is
+/// contacted.
+pub(crate) fn describe(executables: &[&Path], files: &[PathBuf]) -> Result<(Vec<String>, Vec<LocalFile>)> {
+    let mut set = FileSet { cache: HashCache::open(), files: Vec::new(), by_name: HashMap::new() };
+    let mut names = Vec::with_capacity(executables.len());
+    for path in executables {
+        let name = base_name(path)?;
+        if !std::fs::metadata(path).map_err(file_err(path))?.is_file() {
             return Err(Error::Config(format!("{} is not a regular file", path.display())));
         }
-        let (hash, size) = cache.hash(path, hash_file).map_err(file_err)?;
-        if i == 0 {
-            program_name = name.clone();
+        set.add(path, name.clone(), true)?;
+        names.push(name);
+    }
+    for path in files {
+        let name = base_name(path)?;
+        let meta = std::fs::metadata(path).map_err(file_err(path))?;
+        if meta.is_dir() {
+            set.add_tree(path, &name)?;
+        } else if meta.is_file() {
+            set.add(path, name, false)?;
+        } else {
+            return Err(Error::Config(format!("{} is not a regular file or a directory", path.display())));
         }
-        if let Some(other) = out.iter().find(|f| f.entry.name == name) {
+    }
+    let entries: Vec<FileEntry> = set.files.iter().map(|f| f.entry.clone()).collect();
+    check_names(&entries).map_err(|e| Error::Config(format!("cannot send these files: {e}")))?;
+    set.cache.save();
+    Ok((names, set.files))
+}
+
+fn file_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::File { path: path.to_path_buf(), source }
+}
+
+fn base_name(path: &Path) -> Result<String> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .ok_or_else(|| Error::Config(format!("{} has no usable file name", path.display())))
+}
+
+/// The files described so far, by name on the nodes.
+struct FileSet {
+    cache: HashCache,
+    files: Vec<LocalFile>,
+    by_name: HashMap<String, usize>,
+}
+
+impl FileSet {
+    /// Adds a file as `name`; the same content twice under one name is sent once.
+    fn add(&mut self, path: &Path, name: String, executable: bool) -> Result<()> {
+        let (hash, size) = self.cache.hash(path, hash_file).map_err(file_err(path))?;
+        if let Some(&i) = self.by_name.get(&name) {
+            let other = &self.files[i];
             if other.entry.hash == hash {
-                continue;
+                return Ok(());
             }
             return Err(Error::Config(format!(
                 "{} and {} would both be named {name} on the nodes",
@@ -52,10 +92,49 @@ pub(crate) fn describe(program: &Path, files: &[PathBuf]) -> Result<(String, Vec
                 path.display()
             )));
         }
-        out.push(LocalFile { path: path.to_path_buf(), entry: FileEntry { name, hash, size, executable: i == 0 } });
+        self.by_name.insert(name.clone(), self.files.len());
+        self.files.push(LocalFile { path: path.to_path_buf(), entry: FileEntry { name, hash, size, executable } });
+        Ok(())
     }
-    cache.save();
-    Ok((program_name, out))
+
+    /// Adds the regular files under `root` as `name/...`, each directory's files before its
+    /// sub-directories, in name order (files sharing a directory arrive together, which is
+    /// what the node's linking is quickest with).
+    fn add_tree(&mut self, root: &Path, name: &str) -> Result<()> {
+        let mut pending = vec![(root.to_path_buf(), name.to_string())];
+        while let Some((dir, prefix)) = pending.pop() {
+            let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(&dir)
+                .and_then(|list| list.collect::<std::io::Result<_>>())
+                .map_err(file_err(&dir))?;
+            entries.sort_by_key(|e| e.file_name());
+            let mut subdirs = Vec::new();
+            for entry in entries {
+                let path = entry.path();
+                let Some(part) = entry.file_name().to_str().map(str::to_string) else {
+                    return Err(Error::Config(format!("{}: the name is not UTF-8", path.display())));
+                };
+                let kind = entry.file_type().map_err(file_err(&path))?;
+                let name = format!("{prefix}/{part}");
+                if kind.is_symlink() {
+                    return Err(Error::Config(format!(
+                        "{}: is a symbolic link; dispy-peer sends regular files only",
+                        path.display()
+                    )));
+                } else if kind.is_dir() {
+                    subdirs.push((path, name));
+                } else if kind.is_file() {
+                    self.add(&path, name, false)?;
+                } else {
+                    return Err(Error::Config(format!(
+                        "{}: is not a regular file; dispy-peer sends regular files only",
+                        path.display()
+                    )));
+                }
+            }
+            pending.extend(subdirs.into_iter().rev());
+        }
+        Ok(())
+    }
 }
 
 fn hash_file(path: &Path) -> std::io::Result<(FileHash, u64)> {
@@ -126,15 +205,44 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let prog = dir.path().join("run.sh");
         std::fs::write(&prog, "#!/bin/sh\n").unwrap();
-        let err = describe(&prog, &[dir.path().join("nope.bin")]).unwrap_err();
+        let err = describe(&[&prog], &[dir.path().join("nope.bin")]).unwrap_err();
         assert!(err.to_string().contains("nope.bin"), "{err}");
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::fs::write(dir.path().join("sub/run.sh"), "other").unwrap();
-        let err = describe(&prog, &[dir.path().join("sub/run.sh")]).unwrap_err();
+        let err = describe(&[&prog], &[dir.path().join("sub/run.sh")]).unwrap_err();
         assert!(err.to_string().contains("both be named run.sh"), "{err}");
-        let (name, files) = describe(&prog, &[]).unwrap();
-        assert_eq!(name, "run.sh");
+        let (names, files) = describe(&[&prog], &[]).unwrap();
+        assert_eq!(names, ["run.sh"]);
         assert_eq!(files[0].entry.size, 10);
         assert!(files[0].entry.executable);
+    }
+
+    #[test]
+    fn a_directory_is_sent_as_its_tree_of_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let prog = dir.path().join("run.sh");
+        std::fs::write(&prog, "#!/bin/sh\n").unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("sub/deeper")).unwrap();
+        std::fs::create_dir_all(data.join("empty")).unwrap();
+        std::fs::write(data.join("b.txt"), "b").unwrap();
+        std::fs::write(data.join("a.txt"), "a").unwrap();
+        std::fs::write(data.join("sub/c.bin"), "c").unwrap();
+        std::fs::write(data.join("sub/deeper/d"), "d").unwrap();
+        let (_, files) = describe(&[&prog], std::slice::from_ref(&data)).unwrap();
+        let names: Vec<&str> = files.iter().map(|f| f.entry.name.as_str()).collect();
+        assert_eq!(names, ["run.sh", "data/a.txt", "data/b.txt", "data/sub/c.bin", "data/sub/deeper/d"]);
+        assert!(files[1..].iter().all(|f| !f.entry.executable));
+
+        // A file named like the tree clashes with it.
+        std::fs::create_dir(dir.path().join("other")).unwrap();
+        std::fs::write(dir.path().join("other/data"), "x").unwrap();
+        let err = describe(&[&prog], &[data.clone(), dir.path().join("other/data")]).unwrap_err();
+        assert!(err.to_string().contains("\"data\""), "{err}");
+
+        std::os::unix::fs::symlink("../a.txt", data.join("sub/x")).unwrap();
+        let err = describe(&[&prog], std::slice::from_ref(&data)).unwrap_err();
+        let want = format!("{}: is a symbolic link; dispy-peer sends regular files only", data.join("sub/x").display());
+        assert_eq!(err.to_string(), want);
     }
 }

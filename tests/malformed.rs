@@ -243,7 +243,16 @@ async fn ask(peer: &mut RawPeer, request: &Request) -> Response {
 async fn reserve(peer: &mut RawPeer, cluster: ClusterId, program: &[u8]) -> FileHash {
     let hash = FileHash(sha2::Sha256::digest(program).into());
     let file = FileEntry { name: "job.sh".into(), hash, size: program.len() as u64, executable: true };
-    let reserve = Reserve { cluster, cpus: None, program: "job.sh".into(), function: None, files: vec![file] };
+    let reserve = Reserve {
+        cluster,
+        cpus: None,
+        program: "job.sh".into(),
+        function: None,
+        files: vec![file],
+        setup: None,
+        cleanup: None,
+        setup_timeout_secs: None,
+    };
     let answer = ask(peer, &Request::Reserve(reserve)).await;
     assert!(matches!(answer, Response::Reserved(_)), "{answer:?}");
     hash
@@ -359,4 +368,38 @@ async fn chunks_out_of_order_are_written_in_order_within_a_bounded_window() {
     let stale = ask(&mut peer, &lie(CHUNK_SIZE, CHUNK_SIZE)).await;
     assert!(matches!(&stale, Response::Refused(r) if r.message.contains("was refused")), "{stale:?}");
     assert_eq!(ask(&mut peer, &Request::Release(Release { cluster: liar })).await, Response::Ok);
+}
+
+/// File names that would land outside the job directory, however they are nested, are
+/// refused at Reserve: nothing is staged, no lease is taken.
+#[tokio::test(flavor = "multi_thread")]
+async fn names_escaping_the_job_directory_are_refused() {
+    let dir = tempdir();
+    let node = Node::start(dir.path(), NodeOpts::new("paths"));
+    let mut peer = RawPeer::connect(&node.addr.parse().unwrap()).await.unwrap();
+    let program = b"#!/bin/sh\n".to_vec();
+    let hash = FileHash(sha2::Sha256::digest(&program).into());
+    let file = |name: &str| FileEntry { name: name.into(), hash, size: program.len() as u64, executable: true };
+    for (i, bad) in ["../x", "a/../../x", "data/sub/../../../x", "/etc/x", "a//b", "a/./b"].into_iter().enumerate() {
+        let cluster = ClusterId(0xbad0 + i as u64);
+        let reserve = Reserve {
+            cluster,
+            cpus: None,
+            program: "job.sh".into(),
+            function: None,
+            files: vec![file("job.sh"), file(bad)],
+            setup: None,
+            cleanup: None,
+            setup_timeout_secs: None,
+        };
+        let answer = ask(&mut peer, &Request::Reserve(reserve)).await;
+        assert!(
+            matches!(&answer, Response::Refused(r) if r.kind == dispy_protocol::RefusalKind::BadPath && r.message.contains(bad)),
+            "{bad}: {answer:?}"
+        );
+        let jobs = vec![JobSpec { id: JobId(1), args: vec![], timeout_secs: None, input: vec![] }];
+        let submit = ask(&mut peer, &Request::Submit(Submit { cluster, jobs })).await;
+        assert!(matches!(submit, Response::Refused(_)), "{bad}: a lease was taken: {submit:?}");
+    }
+    assert!(!dir.path().join("x").exists() && !dir.path().join("node-paths/x").exists());
 }

@@ -14,3 +14,4 @@ mod lan;
 mod local;
 mod malformed;
 mod psk;
+mod setup;

@@ -13,7 +13,7 @@
 //! - [`net`]: transport (TCP → pnet → noise → yamux), behaviours, event loop, handle;
 //!   [`net::spawn`] builds and starts it.
 //! - [`psk`]: the cluster secret as a private-network key.
-//! - [`serve`]: the node: leases, uploads, CPU slots, delivery, lifecycle, store, runners.
+//! - [`serve`]: the node: leases, uploads, CPU slots, setup/cleanup, delivery, lifecycle, store, runners.
 //! - [`error`]: [`Error`] and [`Result`].
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]

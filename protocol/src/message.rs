@@ -157,6 +157,19 @@ pub struct Reserve {
     pub function: Option<String>,
     /// Every file each job directory holds (the program included).
     pub files: Vec<FileEntry>,
+    /// A program among `files` run once on the node before the cluster's first job, in the
+    /// cluster's own directory (`DISPY_CLUSTER_DIR`); jobs start only after it exited 0.
+    /// Program clusters only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<String>,
+    /// A program among `files` run when the cluster releases the node, in the same
+    /// directory, before it is deleted. Program clusters only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<String>,
+    /// Seconds the setup may run before the node kills it (the cluster's job timeout);
+    /// `None` = no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup_timeout_secs: Option<f64>,
 }
 
 /// The node's grant.
@@ -272,6 +285,9 @@ pub enum RefusalKind {
     ShuttingDown,
     /// The node failed (disk full, ...); the message says how.
     Internal,
+    /// The cluster's setup program failed on this node; the message has its exit status
+    /// and the end of its stderr. Retrying on this node will not help.
+    SetupFailed,
 }
 
 /// A refusal, with a message for people.
@@ -341,6 +357,9 @@ mod tests {
                 program: "p.sh".into(),
                 function: Some("demo::square".into()),
                 files: vec![FileEntry { name: "p.sh".into(), hash: h, size: 5, executable: true }],
+                setup: Some("p.sh".into()),
+                cleanup: None,
+                setup_timeout_secs: Some(2.5),
             }),
             Request::Chunk(Chunk { cluster: c, hash: h, offset: 9, data: vec![1, 2, 3] }),
             Request::Submit(Submit {

@@ -38,6 +38,9 @@ pub enum LocalMode {
 pub(crate) struct Settings {
     pub(crate) cluster: ClusterId,
     pub(crate) program: String,
+    /// The setup and cleanup programs' names among `files` (program clusters).
+    pub(crate) setup: Option<String>,
+    pub(crate) cleanup: Option<String>,
     pub(crate) files: Vec<LocalFile>,
     pub(crate) patterns: Vec<NodePattern>,
     pub(crate) cpus_per_node: Option<u32>,

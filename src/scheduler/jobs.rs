@@ -120,10 +120,8 @@ impl Core {
                 self.queue.push_front(r.id);
                 if let Some(node) = self.nodes.get_mut(&peer) {
                     node.in_flight.remove(&r.id);
-                    if node.phase == Phase::Ready {
-                        node.phase = Phase::Unusable(why.clone());
-                    }
                 }
+                self.gave_back(peer, why);
                 continue;
             }
             // Its start notice may travel in another message and arrive after the result:

@@ -20,6 +20,16 @@ impl Core {
         self.requeue_from(peer);
     }
 
+    /// A node gave jobs back unrun (it is draining, or the cluster's setup failed there):
+    /// it takes no more of this cluster's jobs, and the user is told why once.
+    pub(super) fn gave_back(&mut self, peer: PeerId, why: &str) {
+        let Some(node) = self.nodes.get_mut(&peer).filter(|n| n.phase == Phase::Ready) else { return };
+        warn!(node = %node.name, %peer, reason = %why, "node not used");
+        node.phase = Phase::Unusable(why.to_string());
+        let node = node.node_ref(&peer);
+        self.cluster_event(ClusterEvent::NodeUnusable { node, reason: why.to_string() });
+    }
+
     pub(super) fn node_infos(&self) -> Vec<NodeInfo> {
         self.order
             .iter()
@@ -96,6 +106,9 @@ impl Core {
             program: self.s.program.clone(),
             function: self.s.function.clone(),
             files: self.s.files.iter().map(|f| f.entry.clone()).collect(),
+            setup: self.s.setup.clone(),
+            cleanup: self.s.cleanup.clone(),
+            setup_timeout_secs: self.s.setup.as_ref().and(self.s.timeout_secs),
         });
         self.out.push(Effect::Ask { peer, request, asked: Asked::Reserve });
     }

@@ -48,6 +48,8 @@ fn settings() -> Settings {
     Settings {
         cluster: CLUSTER,
         program: "prog".into(),
+        setup: None,
+        cleanup: None,
         files: vec![file("prog", 1, 100), file("data.txt", 2, 5000)],
         patterns: Vec::new(),
         cpus_per_node: None,

@@ -24,7 +24,13 @@ pub(crate) struct RunSpec {
     pub(crate) max_output: usize,
     /// The reaper's token, when the job does not inherit it (see `ServeConfig::job_token`).
     pub(crate) token: Option<std::sync::Arc<str>>,
+    /// Variables added to the environment (a cluster with a setup or cleanup program: see
+    /// `setup`); `None` for the others, whose spawns then keep the node's environment as is.
+    pub(crate) env: Option<Env>,
 }
+
+/// Environment variables for a cluster's processes, shared by its jobs.
+pub(crate) type Env = std::sync::Arc<[(&'static str, std::ffi::OsString)]>;
 
 /// How it went.
 #[derive(Debug)]
@@ -34,6 +40,13 @@ pub(crate) struct RunOutcome {
     pub(crate) stderr: Output,
     pub(crate) start_us: u64,
     pub(crate) end_us: u64,
+}
+
+impl RunOutcome {
+    /// A run that ended before any process ran, with `outcome`.
+    pub(crate) fn unrun(outcome: JobOutcome, start_us: u64) -> RunOutcome {
+        RunOutcome { outcome, stdout: Output::default(), stderr: Output::default(), start_us, end_us: now_us() }
+    }
 }
 
 pub(crate) fn now_us() -> u64 {
@@ -59,16 +72,14 @@ pub(crate) async fn run(spec: RunSpec, cancel: oneshot::Receiver<()>) -> RunOutc
     if let Some(token) = &spec.token {
         cmd.env(super::reaper::TOKEN_ENV, &**token);
     }
+    for (key, value) in spec.env.iter().flat_map(|env| env.iter()) {
+        cmd.env(key, value);
+    }
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
-            return RunOutcome {
-                outcome: JobOutcome::FailedToStart(format!("cannot execute {}: {e}", spec.program.display())),
-                stdout: Output::default(),
-                stderr: Output::default(),
-                start_us,
-                end_us: now_us(),
-            };
+            let why = format!("cannot execute {}: {e}", spec.program.display());
+            return RunOutcome::unrun(JobOutcome::FailedToStart(why), start_us);
         }
     };
     let pgid = child.id().unwrap_or(0);
@@ -156,6 +167,7 @@ mod tests {
             timeout: None,
             max_output: 10,
             token: None,
+            env: None,
         }
     }
 

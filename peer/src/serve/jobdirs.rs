@@ -2,21 +2,34 @@
 //! files. Making one costs an ext4 inode (mkdir, a link per file, later a removal): the
 //! largest share of the node's own CPU per short job. So a directory whose job has ended is
 //! handed to a later job of the cluster if, when it is handed out, it holds what it held at
-//! the start (the same names, linked to the same stored files); any other goes to the trash,
-//! removed in batches off the path between jobs.
+//! the start (the same names, linked to the same stored files, in the same sub-directories);
+//! any other goes to the trash, removed in batches off the path between jobs.
+//!
+//! The check lists each directory of the tree once (one `getdents` for a flat cluster, as
+//! before sub-directories were allowed) and stats only sub-directories, for their mode.
 
 use super::store::Store;
 use dispy_protocol::FileEntry;
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::os::unix::fs::{DirEntryExt, MetadataExt};
+use std::os::unix::fs::{DirEntryExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Finished job directories removed together: one hop to the blocking pool per batch.
 const TRASH_BATCH: usize = 32;
 
-/// What a pristine job directory holds: each name and the inode it links to.
-type Layout = HashMap<OsString, u64>;
+/// What a pristine job directory (or one of its sub-directories) holds, by name.
+#[derive(Debug, Default, PartialEq)]
+struct Layout(HashMap<OsString, Entry>);
+
+/// One name in a [`Layout`].
+#[derive(Debug, PartialEq)]
+enum Entry {
+    /// A file: the inode of the stored file it links to.
+    File(u64),
+    /// A sub-directory the node made.
+    Dir(Layout),
+}
 
 /// One cluster's job directories.
 #[derive(Debug)]
@@ -25,8 +38,8 @@ pub(super) struct JobDirs {
     made: u64,
     /// Directories whose jobs ended, not checked yet.
     returned: Vec<PathBuf>,
-    /// `None` until known; `Some(None)` when directories are never reused (a file in a
-    /// subdirectory, whose contents a job could change unseen by one listing).
+    /// `None` until known; `Some(None)` when directories are never reused (names that do
+    /// not fit in one tree: their directories fail to fill anyway).
     layout: Option<Option<Layout>>,
 }
 
@@ -68,32 +81,58 @@ impl JobDirs {
     }
 }
 
-/// The layout of `files` in a job directory, if they all sit at its top level and are
-/// stored; `None` when not yet known (a file not stored yet).
+/// The layout of `files` in a job directory, if they are all stored; `None` when not yet
+/// known (a file not stored yet).
 fn layout(store: &Store, files: &[FileEntry]) -> Option<Option<Layout>> {
-    let mut names = HashMap::with_capacity(files.len());
+    let mut top = Layout(HashMap::with_capacity(files.len()));
     for f in files {
-        if f.name.contains('/') {
-            return Some(None);
-        }
         let ino = std::fs::metadata(store.path(&f.hash)).ok()?.ino();
-        names.insert(OsString::from(&f.name), ino);
+        let mut parts = f.name.split('/').peekable();
+        let mut dir = &mut top;
+        while let Some(part) = parts.next() {
+            let last = parts.peek().is_none();
+            let new = || if last { Entry::File(ino) } else { Entry::Dir(Layout::default()) };
+            match dir.0.entry(OsString::from(part)).or_insert_with(new) {
+                Entry::Dir(sub) if !last => dir = sub,
+                Entry::File(i) if last && *i == ino => break,
+                _ => return Some(None),
+            }
+        }
     }
-    Some(Some(names))
+    Some(Some(top))
 }
 
-/// Whether `dir` holds exactly what `layout` says: no file added, removed or replaced.
+/// Whether `dir` holds exactly what `layout` says: no file added, removed or replaced, in
+/// it or in any sub-directory, and every sub-directory still open to its owner. Walks with
+/// a stack, not recursion: a deep tree cannot exhaust the task's stack.
 fn is_pristine(dir: &Path, layout: &Layout) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else { return false };
-    let mut seen = 0;
-    for entry in entries {
-        let Ok(entry) = entry else { return false };
-        if layout.get(&entry.file_name()) != Some(&entry.ino()) {
+    let mut pending = vec![(dir.to_path_buf(), layout)];
+    while let Some((dir, layout)) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { return false };
+        let mut seen = 0;
+        for entry in entries {
+            let Ok(entry) = entry else { return false };
+            match layout.0.get(&entry.file_name()) {
+                Some(Entry::File(ino)) if *ino == entry.ino() => {}
+                Some(Entry::Dir(sub)) => {
+                    // `file_type` comes with the listing; the mode costs a stat, paid only by
+                    // sub-directories (a job that made one unwritable leaves it dirty).
+                    let is_open_dir = entry.file_type().is_ok_and(|t| t.is_dir())
+                        && entry.metadata().is_ok_and(|m| m.permissions().mode() & 0o700 == 0o700);
+                    if !is_open_dir {
+                        return false;
+                    }
+                    pending.push((entry.path(), sub));
+                }
+                _ => return false,
+            }
+            seen += 1;
+        }
+        if seen != layout.0.len() {
             return false;
         }
-        seen += 1;
     }
-    seen == layout.len()
+    true
 }
 
 /// Directories to delete, across clusters.
@@ -127,8 +166,8 @@ mod tests {
         let job = dir.path().join("job");
         std::fs::create_dir(&job).unwrap();
         std::fs::hard_link(&stored, job.join("prog")).unwrap();
-        let layout: HashMap<OsString, u64> =
-            [(OsString::from("prog"), std::fs::metadata(&stored).unwrap().ino())].into_iter().collect();
+        let ino = std::fs::metadata(&stored).unwrap().ino();
+        let layout = Layout([(OsString::from("prog"), Entry::File(ino))].into_iter().collect());
         assert!(is_pristine(&job, &layout));
 
         std::fs::write(job.join("out.txt"), b"left behind").unwrap();
@@ -143,5 +182,57 @@ mod tests {
         std::fs::remove_file(job.join("prog")).unwrap();
         assert!(!is_pristine(&job, &layout), "a removed file");
         assert!(!is_pristine(&dir.path().join("gone"), &layout), "a missing directory");
+    }
+
+    #[test]
+    fn a_tree_is_pristine_only_as_it_was_made() {
+        let dest = tempfile::tempdir().unwrap();
+        let store = Store::open(dest.path()).unwrap();
+        use sha2::Digest;
+        let entry = |name: &str, data: &[u8]| {
+            let hash = dispy_protocol::FileHash(sha2::Sha256::digest(data).into());
+            if !store.has(&hash, data.len() as u64) {
+                store.begin(hash, data.len() as u64).unwrap().write(0, data).unwrap();
+            }
+            FileEntry { name: name.into(), hash, size: data.len() as u64, executable: false }
+        };
+        let files = vec![entry("prog", b"p"), entry("data/a.txt", b"a"), entry("data/sub/b.bin", b"b")];
+        let tree = layout(&store, &files).unwrap().expect("one tree");
+        let fresh = |n: usize| {
+            let job = dest.path().join(format!("job{n}"));
+            std::fs::create_dir(&job).unwrap();
+            store.link_into(&job, &files).unwrap();
+            assert!(is_pristine(&job, &tree), "as made");
+            job
+        };
+        let job = fresh(0);
+        std::fs::write(job.join("data/sub/out"), b"left").unwrap();
+        assert!(!is_pristine(&job, &tree), "a file added in a sub-directory");
+
+        let job = fresh(1);
+        std::fs::remove_file(job.join("data/sub/b.bin")).unwrap();
+        assert!(!is_pristine(&job, &tree), "a file removed from a sub-directory");
+        std::fs::write(job.join("data/sub/b.bin"), b"b").unwrap();
+        assert!(!is_pristine(&job, &tree), "a file replaced in a sub-directory");
+
+        let job = fresh(2);
+        std::fs::create_dir(job.join("data/sub/new")).unwrap();
+        assert!(!is_pristine(&job, &tree), "a directory added");
+
+        let job = fresh(3);
+        std::fs::remove_dir_all(job.join("data/sub")).unwrap();
+        assert!(!is_pristine(&job, &tree), "a directory removed");
+
+        let job = fresh(4);
+        std::fs::set_permissions(job.join("data/sub"), std::fs::Permissions::from_mode(0o555)).unwrap();
+        assert!(!is_pristine(&job, &tree), "a directory made read-only");
+
+        let job = fresh(5);
+        std::fs::remove_file(job.join("data/a.txt")).unwrap();
+        std::os::unix::fs::symlink(store.path(&files[1].hash), job.join("data/a.txt")).unwrap();
+        assert!(!is_pristine(&job, &tree), "a file replaced by a symlink to it");
+
+        let clash = vec![entry("data", b"a"), entry("data/x", b"b")];
+        assert_eq!(layout(&store, &clash), Some(None), "names that do not fit one tree: never reused");
     }
 }

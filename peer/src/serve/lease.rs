@@ -4,8 +4,9 @@
 //! (its results on their way back).
 
 use super::delivery::Outbox;
+use super::setup::ClusterSetup;
 use super::slots::Runs;
-use super::store::{Store, check_name};
+use super::store::{Store, check_names};
 use super::uploads::Uploads;
 use super::{Node, ServeConfig};
 use dispy_protocol::{
@@ -37,12 +38,15 @@ pub(super) struct Lease {
     pub(super) uploads: Uploads,
     pub(super) runs: Runs,
     pub(super) outbox: Outbox,
+    /// Its setup and cleanup programs, if any.
+    pub(super) setup: ClusterSetup,
 }
 
 impl Lease {
     /// Kills its jobs and drops what waits; it is dropped once they are gone.
     pub(super) fn release(&mut self) {
         self.released = true;
+        self.setup.kill();
         self.uploads.clear();
         self.runs.kill_all();
         self.outbox.clear();
@@ -51,6 +55,9 @@ impl Lease {
     /// Queues jobs, once the cluster's files are all stored; returns those cancelled before
     /// they arrived, or the refusal.
     pub(super) fn submit(&mut self, jobs: Vec<JobSpec>, store: &Store) -> Result<Vec<JobId>, Refusal> {
+        if let Some(why) = self.setup.failed() {
+            return Err(Refusal::new(RefusalKind::SetupFailed, why));
+        }
         // Checked once. A job that later writes to a stored file through its link changes
         // what every cluster already running with that file sees (the link is shared; on
         // dispy's nodes a computation's jobs share their files too), but it does not make
@@ -71,7 +78,7 @@ impl Lease {
 
     /// Released, and no job or delivery of it is left.
     pub(super) fn done(&self) -> bool {
-        self.released && self.runs.is_idle() && self.outbox.is_idle()
+        self.released && self.runs.is_idle() && self.outbox.is_idle() && !self.setup.busy()
     }
 }
 
@@ -103,11 +110,11 @@ impl Leases {
     /// Takes a lease for `peer`, or resumes the one it holds (a client that reconnected).
     pub(super) fn reserve(&mut self, cfg: &ServeConfig, store: &Store, peer: PeerId, r: Reserve) -> Response {
         let refuse = |kind, msg: String| Response::Refused(Refusal::new(kind, msg));
+        if let Err(e) = check_names(&r.files) {
+            warn!(client = %peer, cause = %e, "refused a file name");
+            return refuse(RefusalKind::BadPath, e.to_string());
+        }
         for f in &r.files {
-            if let Err(e) = check_name(&f.name) {
-                warn!(client = %peer, cause = %e, "refused a file name");
-                return refuse(RefusalKind::BadPath, e.to_string());
-            }
             if let Some(max) = cfg.max_file_size
                 && f.size > max
             {
@@ -123,6 +130,11 @@ impl Leases {
         if !r.files.iter().any(|f| f.name == r.program) {
             return refuse(RefusalKind::BadFile, format!("program {} is not among the cluster's files", r.program));
         }
+        let dir = Node::jobs_root(&cfg.dest).join(r.cluster.to_string());
+        let setup = match ClusterSetup::new(&r, &dir, &cfg.name) {
+            Ok(setup) => setup,
+            Err(why) => return refuse(RefusalKind::BadFile, why),
+        };
         let cpus = r.cpus.unwrap_or(cfg.cpus).clamp(1, cfg.cpus.max(1));
         let mut missing: Vec<FileHash> = Vec::new();
         for f in &r.files {
@@ -142,7 +154,6 @@ impl Leases {
             }
         }
         info!(cluster = %r.cluster, client = %peer, cpus, files = r.files.len(), missing = missing.len(), "cluster reserved");
-        let dir = Node::jobs_root(&cfg.dest).join(r.cluster.to_string());
         let lease = Lease {
             client: peer,
             program: r.program,
@@ -156,6 +167,7 @@ impl Leases {
             released: false,
             uploads: Uploads::default(),
             outbox: Outbox::default(),
+            setup,
         };
         self.0.insert(r.cluster, lease);
         Response::Reserved(Reserved { cpus, missing })

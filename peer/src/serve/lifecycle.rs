@@ -78,7 +78,7 @@ impl Node {
             self.release(id);
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.free < self.cfg.cpus {
+        while self.free < self.cfg.cpus || self.leases.0.values().any(|c| c.setup.busy()) {
             match tokio::time::timeout_at(deadline, self.completions.recv()).await {
                 Ok(Some(msg)) => self.on_completion(msg),
                 _ => break,
@@ -165,6 +165,9 @@ impl Node {
 
     /// Drops a released lease whose jobs and deliveries have all ended, with its directory.
     pub(super) fn drop_if_done(&mut self, id: ClusterId) {
+        if self.cleanup_if_due(id) {
+            return;
+        }
         let done = self.leases.0.get(&id).is_some_and(|c| c.done());
         if let Some(c) = done.then(|| self.leases.0.remove(&id)).flatten() {
             self.served += 1;

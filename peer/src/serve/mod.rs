@@ -15,6 +15,7 @@
 //! - `uploads`: a lease's files arriving in chunks (`Uploads`).
 //! - `slots`: a lease's jobs from submit to end (`Runs`), started in CPU slots in
 //!   directories from `jobdirs`, through a `runner`.
+//! - `setup`: a program cluster's setup and cleanup programs, once per cluster.
 //! - `runner`: how a job runs (`Runner`): processes through `executor` and `workers`, or a
 //!   test's stand-in (`tests`, which drive a node with no process and no swarm).
 //! - `delivery`: a lease's results on their way to its client (`Outbox`), retries, results
@@ -32,6 +33,7 @@ mod lease;
 mod lifecycle;
 pub mod reaper;
 mod runner;
+pub mod setup;
 mod slots;
 mod start;
 pub mod store;
@@ -76,6 +78,8 @@ enum Completion {
     JobDone(JobDone),
     ChunkWritten(ChunkWritten),
     ResultsSent(ResultsSent),
+    /// A cluster's setup or cleanup program ended.
+    ClusterTask(setup::TaskDone),
     /// Time to send what waits for the cluster's client (a start that lingered, a retry).
     FlushDue {
         cluster: ClusterId,
@@ -328,6 +332,7 @@ impl Node {
                 }
             }
         }
+        self.start_setup_if_due(s.cluster);
         self.schedule();
         Response::Accepted(dispy_protocol::Accepted { count })
     }
@@ -359,6 +364,7 @@ impl Node {
                     self.drop_if_done(cluster);
                 }
             }
+            Completion::ClusterTask(done) => self.cluster_task_done(done),
             Completion::FlushDue { cluster } => {
                 if let Some(c) = self.leases.0.get_mut(&cluster) {
                     c.outbox.starts_due();

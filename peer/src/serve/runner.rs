@@ -6,12 +6,12 @@
 //! The cost per job is one boxed future and, for function jobs, a dynamic call: nothing next
 //! to a process spawn or a pipe round trip, and no extra task or thread hop.
 
-use super::executor::{self, RunSpec};
+use super::executor::{self, RunOutcome, RunSpec};
 use super::store::Store;
 use super::workers;
 use dispy_protocol::{FileEntry, JobId, JobOutcome, JobResult, JobSpec};
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use tokio::sync::oneshot;
 
@@ -30,6 +30,21 @@ pub(crate) trait Runner: Send + Sync {
     /// # Errors
     /// Why it could not start, for the job's `FailedToStart`.
     fn start_worker(&self, place: WorkerPlace<'_>) -> Result<Box<dyn FunctionWorker>, String>;
+
+    /// Runs a cluster's setup or cleanup program until it ends, times out or `cancel` fires
+    /// (`task.spec` is `None` when the directory is only to be prepared).
+    fn run_cluster_task(&self, task: ClusterTask, cancel: oneshot::Receiver<()>) -> Run<RunOutcome>;
+}
+
+/// A cluster's setup or cleanup program, in the cluster's directory (see `setup`).
+#[derive(Debug)]
+pub(crate) struct ClusterTask {
+    /// The cluster's directory.
+    pub(crate) dir: PathBuf,
+    /// The cluster's files when `dir` is still to be made and filled.
+    pub(crate) fill: Option<Vec<FileEntry>>,
+    /// The program to run there, if any.
+    pub(crate) spec: Option<RunSpec>,
 }
 
 /// A function worker that can take a job.
@@ -106,6 +121,22 @@ impl Runner for ProcessRunner {
         let worker = workers::Worker::spawn(&place.dir.join(place.program), place.dir, place.function, place.token)
             .map_err(|e| format!("cannot start a worker for {}: {e}", place.function))?;
         Ok(Box::new(worker))
+    }
+
+    fn run_cluster_task(&self, task: ClusterTask, cancel: oneshot::Receiver<()>) -> Run<RunOutcome> {
+        let store = self.store.clone();
+        Box::pin(async move {
+            let start_us = executor::now_us();
+            if let Some(files) = &task.fill
+                && let Err(why) = prepare_dir(&store, &task.dir, files, "cluster")
+            {
+                return RunOutcome::unrun(JobOutcome::FailedToStart(why), start_us);
+            }
+            match task.spec {
+                Some(spec) => executor::run(spec, cancel).await,
+                None => RunOutcome::unrun(JobOutcome::Exited(0), start_us),
+            }
+        })
     }
 }
 

@@ -130,6 +130,7 @@ pub(super) fn start_jobs(leases: &mut Leases, free: &mut u32, ctx: &mut Ctx) -> 
             .0
             .iter()
             .filter(|(_, c)| !c.released && !c.runs.queue.is_empty() && (c.runs.running.len() as u32) < c.cpus)
+            .filter(|(_, c)| c.setup.ready())
             .min_by_key(|(_, c)| c.runs.running.len())
             .map(|(id, _)| *id);
         let Some(id) = next else { break };
@@ -188,6 +189,7 @@ fn start(id: ClusterId, lease: &mut Lease, job: JobSpec, ctx: &mut Ctx) {
         timeout: job.timeout_secs.filter(|t| t.is_finite() && *t > 0.0).map(Duration::from_secs_f64),
         max_output,
         token: ctx.job_token.clone(),
+        env: lease.setup.job_env(),
     };
     // Only a fresh directory is filled.
     let fill = dir.fresh.then(|| lease.files.clone());

@@ -9,6 +9,7 @@
 
 use dispy_protocol::{FileEntry, FileHash};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -23,13 +24,23 @@ pub enum PathError {
     /// `/etc/passwd` and friends.
     #[error("file name {0:?} is absolute; names must be relative to the job directory")]
     Absolute(String),
-    /// `..`, `.`, or a Windows prefix.
-    #[error("file name {0:?} escapes the job directory (only plain path components are allowed)")]
+    /// `..`, `.`, an empty component (`a//b`, `a/`), or a Windows prefix.
+    #[error("file name {0:?} escapes the job directory (only plain, non-empty path components are allowed)")]
     Escapes(String),
     /// An existing component of the destination is a symbolic link.
     #[error("file name {0:?} passes through a symbolic link; refusing to write through it")]
     Symlink(String),
+    /// Longer than a path may be.
+    #[error("file name of {0} bytes is longer than the {MAX_NAME_LEN} bytes a path may have")]
+    TooLong(usize),
+    /// Two files with one name, or a name that is both a file and a directory of others.
+    #[error("file name {0:?} is used twice, or both as a file and as a directory holding files")]
+    Clash(String),
 }
+
+/// Longest file name accepted (Linux's `PATH_MAX`): it bounds the work a name costs, and
+/// a longer one could not be created anyway.
+pub const MAX_NAME_LEN: usize = 4096;
 
 /// Checks a file name received from a client: relative, plain components only.
 ///
@@ -47,9 +58,17 @@ pub fn check_name(name: &str) -> Result<PathBuf, PathError> {
     if name.is_empty() {
         return Err(PathError::Empty);
     }
+    if name.len() > MAX_NAME_LEN {
+        return Err(PathError::TooLong(name.len()));
+    }
     let path = Path::new(name);
     if path.is_absolute() {
         return Err(PathError::Absolute(name.to_string()));
+    }
+    // Split by hand: `Path::components` quietly drops empty and interior `.` components,
+    // which must be refused, not normalised.
+    if name.contains('\0') || name.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
+        return Err(PathError::Escapes(name.to_string()));
     }
     let mut out = PathBuf::new();
     for c in path.components() {
@@ -58,10 +77,52 @@ pub fn check_name(name: &str) -> Result<PathBuf, PathError> {
             _ => return Err(PathError::Escapes(name.to_string())),
         }
     }
-    if out.as_os_str().is_empty() || name.contains('\0') {
-        return Err(PathError::Escapes(name.to_string()));
-    }
     Ok(out)
+}
+
+/// Checks a cluster's file names together: each with [`check_name`], and that they fit in
+/// one directory tree (no name used for two different files, none both a file and a
+/// directory of others). The same file listed twice is fine. Costs one pass over the
+/// names' bytes, however deep they nest.
+///
+/// # Errors
+/// The first [`PathError`] found.
+///
+/// # Examples
+/// ```
+/// use dispy_node::serve::store::check_names;
+/// use dispy_protocol::{FileEntry, FileHash};
+/// let f = |name: &str| FileEntry { name: name.into(), hash: FileHash([0; 32]), size: 0, executable: false };
+/// assert!(check_names(&[f("data/a"), f("data/sub/b"), f("prog")]).is_ok());
+/// assert!(check_names(&[f("data"), f("data/a")]).is_err());
+/// ```
+pub fn check_names(files: &[FileEntry]) -> Result<(), PathError> {
+    // A tree of components: (parent node, component) -> node; node 0 is the top.
+    let mut children: HashMap<(usize, &str), usize> = HashMap::with_capacity(files.len());
+    // What each node is: a directory (None) or the file with this hash.
+    let mut kinds: Vec<Option<&FileHash>> = vec![None];
+    for f in files {
+        check_name(&f.name)?;
+        let clash = || PathError::Clash(f.name.clone());
+        let mut parts = f.name.split('/').peekable();
+        let mut node = 0;
+        while let Some(part) = parts.next() {
+            let last = parts.peek().is_none();
+            let next = kinds.len();
+            let id = *children.entry((node, part)).or_insert(next);
+            if id == next {
+                kinds.push(last.then_some(&f.hash));
+            } else {
+                match (kinds[id], last) {
+                    (Some(hash), true) if *hash == f.hash => {}
+                    (None, false) => {}
+                    _ => return Err(clash()),
+                }
+            }
+            node = id;
+        }
+    }
+    Ok(())
 }
 
 /// The modification time of every stored file, as a seal: a write through a job's hard
@@ -117,11 +178,17 @@ impl Store {
     /// # Errors
     /// A message naming the file and the cause.
     pub fn link_into(&self, job_dir: &Path, files: &[FileEntry]) -> Result<(), String> {
+        // Files of a tree come in order: consecutive ones share their directory, checked once.
+        let mut last_parent: Option<PathBuf> = None;
         for f in files {
             let rel = check_name(&f.name).map_err(|e| e.to_string())?;
             let target = job_dir.join(&rel);
-            if let Some(parent) = target.parent() {
+            if let Some(parent) = target.parent()
+                && parent != job_dir
+                && last_parent.as_deref() != Some(parent)
+            {
                 ensure_dir_inside(job_dir, parent, &f.name)?;
+                last_parent = Some(parent.to_path_buf());
             }
             fs::hard_link(self.path(&f.hash), &target)
                 .map_err(|e| format!("cannot place {} in the job directory: {e}", f.name))?;
@@ -217,9 +284,31 @@ mod tests {
         assert_eq!(check_name("a/b.txt").unwrap(), PathBuf::from("a/b.txt"));
         assert_eq!(check_name("./a").unwrap_err(), PathError::Escapes("./a".into()));
         assert!(matches!(check_name("/etc/passwd"), Err(PathError::Absolute(_))));
-        for bad in ["..", "../x", "a/../../x", "a/..", ""] {
+        for bad in ["..", "../x", "a/../../x", "a/..", "", "a/./b", "/a/b"] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
+        assert_eq!(check_name("data/sub/b.bin").unwrap(), PathBuf::from("data/sub/b.bin"));
+        for empty in ["data//a", "data/", "a/./b"] {
+            assert_eq!(check_name(empty).unwrap_err(), PathError::Escapes(empty.into()));
+        }
+        assert_eq!(check_name(&"a/".repeat(3000)).unwrap_err(), PathError::TooLong(6000));
+    }
+
+    #[test]
+    fn names_must_fit_in_one_tree() {
+        let f = |name: &str, byte: u8| FileEntry {
+            name: name.into(),
+            hash: FileHash([byte; 32]),
+            size: 1,
+            executable: false,
+        };
+        assert!(check_names(&[f("prog", 0), f("data/a", 1), f("data/sub/b", 2), f("data/a", 1)]).is_ok());
+        let clash = |files: &[FileEntry]| matches!(check_names(files), Err(PathError::Clash(_)));
+        assert!(clash(&[f("data/a", 1), f("data/a", 2)]), "one name, two files");
+        assert!(clash(&[f("data", 1), f("data/a", 2)]), "a file, then a directory of that name");
+        assert!(clash(&[f("data/a", 2), f("data", 1)]), "a directory, then a file of that name");
+        assert!(clash(&[f("data/a/b", 2), f("data/a", 1)]));
+        assert!(matches!(check_names(&[f("ok", 0), f("a/../../x", 1)]), Err(PathError::Escapes(_))));
     }
 
     fn sha(data: &[u8]) -> FileHash {

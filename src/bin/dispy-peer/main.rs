@@ -204,6 +204,12 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
     for f in &o.files {
         b = b.file(f);
     }
+    if let Some(setup) = &o.setup {
+        b = b.setup(setup);
+    }
+    if let Some(cleanup) = &o.cleanup {
+        b = b.cleanup(cleanup);
+    }
     for p in &o.find.peers {
         b = b.peer(p.clone());
     }

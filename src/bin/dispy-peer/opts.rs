@@ -117,9 +117,19 @@ pub(crate) struct ServeOpt {
 pub(crate) struct SubmitOpt {
     /// The program to run (any executable or script).
     pub(crate) program: PathBuf,
-    /// A dependency file, placed in each job's directory; repeatable.
+    /// A dependency file, placed in each job's directory; repeatable. A directory sends the
+    /// tree of its regular files under its base name (symbolic links inside are refused).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub(crate) files: Vec<PathBuf>,
+    /// A program run once on each node before the cluster's first job there, in the
+    /// cluster's directory (DISPY_CLUSTER_DIR, which jobs get too); a node where it fails is
+    /// not used.
+    #[arg(long, value_name = "PROGRAM")]
+    pub(crate) setup: Option<PathBuf>,
+    /// A program run on each node when the cluster releases it, in DISPY_CLUSTER_DIR (at
+    /// most 30 s).
+    #[arg(long, value_name = "PROGRAM")]
+    pub(crate) cleanup: Option<PathBuf>,
     /// Arguments of one job, split like a shell splits words; repeatable (one job each).
     #[arg(short = 'a', long = "args", value_name = "ARGS", allow_hyphen_values = true)]
     pub(crate) args: Vec<String>,

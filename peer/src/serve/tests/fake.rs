@@ -1,6 +1,7 @@
 //! A runner whose jobs end when the test says: no process starts.
 
-use crate::serve::runner::{FunctionWorker, ProgramJob, Run, Runner, WorkerPlace};
+use crate::serve::executor::RunOutcome;
+use crate::serve::runner::{ClusterTask, FunctionWorker, ProgramJob, Run, Runner, WorkerPlace};
 use dispy_protocol::{JobId, JobOutcome, JobResult, JobSpec};
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,9 +26,27 @@ impl FakeJob {
     }
 }
 
-/// Reports each job it starts to the test, which holds its end.
+/// A setup or cleanup program that started; it ends with [`FakeTask::finish`].
+#[derive(Debug)]
+pub(super) struct FakeTask {
+    /// The program's file name.
+    pub(super) program: String,
+    /// The environment it was given.
+    pub(super) env: Vec<(String, String)>,
+    finish: oneshot::Sender<(JobOutcome, Vec<u8>)>,
+}
+
+impl FakeTask {
+    /// Ends it with `outcome`, having written `stderr`.
+    pub(super) fn finish(self, outcome: JobOutcome, stderr: &[u8]) {
+        let _ = self.finish.send((outcome, stderr.to_vec()));
+    }
+}
+
+/// Reports each job, setup and cleanup it starts to the test, which holds its end.
 pub(super) struct FakeRunner {
     pub(super) started: mpsc::UnboundedSender<FakeJob>,
+    pub(super) tasks: mpsc::UnboundedSender<FakeTask>,
 }
 
 /// Waits for the test's outcome or the node's cancel.
@@ -63,6 +82,25 @@ impl Runner for FakeRunner {
 
     fn start_worker(&self, _place: WorkerPlace<'_>) -> Result<Box<dyn FunctionWorker>, String> {
         Ok(Box::new(FakeWorker { started: self.started.clone() }))
+    }
+
+    fn run_cluster_task(&self, task: ClusterTask, cancel: oneshot::Receiver<()>) -> Run<RunOutcome> {
+        // Making the directory alone ends at once, as it would on a disk.
+        let Some(spec) = task.spec else { return Box::pin(async { RunOutcome::unrun(JobOutcome::Exited(0), 1) }) };
+        let (finish, end) = oneshot::channel();
+        let program = spec.program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let env = spec.env.iter().flat_map(|e| e.iter());
+        let env = env.map(|(k, v)| (k.to_string(), v.to_string_lossy().into_owned())).collect();
+        let _ = self.tasks.send(FakeTask { program, env, finish });
+        Box::pin(async move {
+            let (outcome, stderr) = tokio::select! {
+                end = end => end.unwrap_or_else(|_| (JobOutcome::Crashed("the test dropped it".into()), Vec::new())),
+                _ = cancel => (JobOutcome::Cancelled, Vec::new()),
+            };
+            let mut run = RunOutcome::unrun(outcome, 1);
+            run.stderr.bytes = stderr;
+            run
+        })
     }
 }
 

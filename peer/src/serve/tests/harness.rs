@@ -2,7 +2,7 @@
 //! (HyperQueue's `TestComm` style): every message in either direction goes through the wire
 //! codec first.
 
-use super::fake::{FakeJob, FakeRunner};
+use super::fake::{FakeJob, FakeRunner, FakeTask};
 use crate::error::{Error, Result};
 use crate::net::{Command, NetEvent, NetHandle, ReplyTo};
 use crate::serve::{Node, ServeConfig, Stop};
@@ -41,7 +41,16 @@ pub(super) fn job(id: u64) -> JobSpec {
 }
 
 pub(super) fn reserve(cluster: u64, files: Vec<FileEntry>) -> Request {
-    Request::Reserve(Reserve { cluster: ClusterId(cluster), cpus: None, program: "prog".into(), function: None, files })
+    Request::Reserve(Reserve {
+        cluster: ClusterId(cluster),
+        cpus: None,
+        program: "prog".into(),
+        function: None,
+        files,
+        setup: None,
+        cleanup: None,
+        setup_timeout_secs: None,
+    })
 }
 
 /// A result delivery the node asked for, waiting for the test's answer.
@@ -70,6 +79,7 @@ pub(super) struct Harness {
     commands: mpsc::Receiver<Command>,
     pub(super) stop: mpsc::UnboundedSender<Stop>,
     jobs: mpsc::UnboundedReceiver<FakeJob>,
+    tasks: mpsc::UnboundedReceiver<FakeTask>,
     replies: HashMap<u64, Response>,
     deliveries: VecDeque<Delivery>,
     /// Deliveries to these peers fail at once, as the swarm's would to a peer it lost.
@@ -86,7 +96,9 @@ impl Harness {
         tune(&mut cfg);
         let (net, commands) = NetHandle::detached();
         let (started, jobs) = mpsc::unbounded_channel();
-        let node = Node::with_runner(cfg, net, |_| Box::new(FakeRunner { started })).expect("node starts");
+        let (tasks_tx, tasks) = mpsc::unbounded_channel();
+        let runner = FakeRunner { started, tasks: tasks_tx };
+        let node = Node::with_runner(cfg, net, |_| Box::new(runner)).expect("node starts");
         let (events, events_rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = mpsc::unbounded_channel();
         let node = tokio::spawn(node.run(events_rx, stop_rx, |_| {}));
@@ -96,6 +108,7 @@ impl Harness {
             commands,
             stop,
             jobs,
+            tasks,
             replies: HashMap::new(),
             deliveries: VecDeque::new(),
             unreachable: HashSet::new(),
@@ -196,6 +209,17 @@ impl Harness {
         tokio::time::timeout(WAIT, self.jobs.recv()).await.expect("no job started").expect("runner gone")
     }
 
+    /// The next setup or cleanup program the node starts.
+    pub(super) async fn task(&mut self) -> FakeTask {
+        tokio::time::timeout(WAIT, self.tasks.recv()).await.expect("no setup or cleanup started").expect("runner gone")
+    }
+
+    /// A setup or cleanup started since the last look, if any, once the node is idle.
+    pub(super) async fn maybe_task(&mut self) -> Option<FakeTask> {
+        settle().await;
+        self.tasks.try_recv().ok()
+    }
+
     /// A job started since the last look, if any, once the node has nothing left to do.
     pub(super) async fn maybe_started(&mut self) -> Option<FakeJob> {
         settle().await;
@@ -205,11 +229,22 @@ impl Harness {
     /// Reserves `cluster` for `peer` with `files`, the first being the program, and stages
     /// them in one chunk each.
     pub(super) async fn stage(&mut self, peer: PeerId, cluster: u64, files: &[(&str, &[u8])], cpus: Option<u32>) {
+        self.stage_with(peer, cluster, files, |r| r.cpus = cpus).await;
+    }
+
+    /// [`Harness::stage`], with the Reserve set by `tune`.
+    pub(super) async fn stage_with(
+        &mut self,
+        peer: PeerId,
+        cluster: u64,
+        files: &[(&str, &[u8])],
+        tune: impl FnOnce(&mut Reserve),
+    ) {
         let entries: Vec<FileEntry> = files.iter().map(|(n, d)| file(n, d)).collect();
         let mut r = reserve(cluster, entries.clone());
         if let Request::Reserve(r) = &mut r {
             r.program = files[0].0.into();
-            r.cpus = cpus;
+            tune(r);
         }
         let Response::Reserved(reserved) = self.ask(peer, r).await else { panic!("not reserved") };
         for (entry, (_, data)) in entries.iter().zip(files) {

@@ -3,6 +3,8 @@
 
 mod fake;
 mod harness;
+mod nested;
+mod setup;
 
 use dispy_protocol::{
     CHUNK_SIZE, CHUNKS_IN_FLIGHT, Cancel, Chunk, ClusterId, Forget, Hello, JobId, JobOutcome, Recover, RefusalKind,
