@@ -243,7 +243,8 @@ async fn ask(peer: &mut RawPeer, request: &Request) -> Response {
 async fn reserve(peer: &mut RawPeer, cluster: ClusterId, program: &[u8]) -> FileHash {
     let hash = FileHash(sha2::Sha256::digest(program).into());
     let file = FileEntry { name: "job.sh".into(), hash, size: program.len() as u64, executable: true };
-    let reserve = Reserve { cluster, cpus: None, program: "job.sh".into(), function: None, files: vec![file] };
+    let reserve =
+        Reserve { cluster, cpus: None, program: "job.sh".into(), function: None, files: vec![file], returns: vec![] };
     let answer = ask(peer, &Request::Reserve(reserve)).await;
     assert!(matches!(answer, Response::Reserved(_)), "{answer:?}");
     hash
@@ -252,7 +253,7 @@ async fn reserve(peer: &mut RawPeer, cluster: ClusterId, program: &[u8]) -> File
 /// Submits one job and waits for its result among the node's `Results` (its start must
 /// not be reported if `must_not_start`).
 async fn run_job(peer: &mut RawPeer, node: &Node, cluster: ClusterId, job: JobId, must_not_start: bool) -> JobResult {
-    let spec = JobSpec { id: job, args: vec![], timeout_secs: None, input: vec![] };
+    let spec = JobSpec { id: job, args: vec![], timeout_secs: None, input: vec![], files: vec![] };
     let answer = ask(peer, &Request::Submit(Submit { cluster, jobs: vec![spec] })).await;
     assert!(matches!(answer, Response::Accepted(_)), "{answer:?}");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -96,6 +96,7 @@ impl Core {
             program: self.s.program.clone(),
             function: self.s.function.clone(),
             files: self.s.files.iter().map(|f| f.entry.clone()).collect(),
+            returns: self.s.returns.clone(),
         });
         self.out.push(Effect::Ask { peer, request, asked: Asked::Reserve });
     }
@@ -115,7 +116,7 @@ impl Core {
         node.phase = Phase::Staging;
         let files: Vec<LocalFile> =
             self.s.files.iter().filter(|f| r.missing.contains(&f.entry.hash)).cloned().collect();
-        self.out.push(Effect::Stage { peer, files });
+        self.out.push(Effect::Stage { peer, files, jobs: None });
     }
 
     pub(super) fn ready(&mut self, peer: PeerId, what: &str) {

@@ -4,6 +4,7 @@
 //! (its results on their way back).
 
 use super::delivery::Outbox;
+use super::jobfiles::JobFiles;
 use super::slots::Runs;
 use super::store::{Store, check_name};
 use super::uploads::Uploads;
@@ -37,6 +38,8 @@ pub(super) struct Lease {
     pub(super) uploads: Uploads,
     pub(super) runs: Runs,
     pub(super) outbox: Outbox,
+    /// Its jobs' own files: inputs declared, outputs returned.
+    pub(super) job_files: JobFiles,
 }
 
 impl Lease {
@@ -66,7 +69,13 @@ impl Lease {
             let why = format!("files not staged yet: {}", missing.join(", "));
             return Err(Refusal::new(RefusalKind::BadFile, why));
         }
+        self.job_files.check(&jobs, store)?;
         Ok(self.runs.queue(jobs))
+    }
+
+    /// The declared file `hash`: one of the cluster's or one of its jobs' inputs.
+    pub(super) fn file(&self, hash: &FileHash) -> Option<&FileEntry> {
+        self.files.iter().find(|f| f.hash == *hash).or_else(|| self.job_files.declared(hash))
     }
 
     /// Released, and no job or delivery of it is left.
@@ -96,7 +105,7 @@ impl Leases {
         self.0
             .iter()
             .filter(|(other, c)| **other != except && !c.released)
-            .flat_map(|(_, c)| c.files.iter().map(|f| f.hash))
+            .flat_map(|(_, c)| c.files.iter().map(|f| f.hash).chain(c.job_files.hashes()))
             .collect()
     }
 
@@ -119,6 +128,16 @@ impl Leases {
                     ),
                 );
             }
+        }
+        for g in &r.returns {
+            // A glob is matched against names inside the job directory: one that is absolute
+            // or climbs out could never match, and says the client is confused.
+            if g.contains('\0') || check_name(&g.replace("**", "x").replace(['*', '?'], "x")).is_err() {
+                return refuse(RefusalKind::BadPath, format!("return pattern {g:?} is not a relative path"));
+            }
+        }
+        if r.returns.len() > 64 {
+            return refuse(RefusalKind::TooLarge, "more than 64 return patterns".into());
         }
         if !r.files.iter().any(|f| f.name == r.program) {
             return refuse(RefusalKind::BadFile, format!("program {} is not among the cluster's files", r.program));
@@ -156,6 +175,7 @@ impl Leases {
             released: false,
             uploads: Uploads::default(),
             outbox: Outbox::default(),
+            job_files: JobFiles::new(r.returns),
         };
         self.0.insert(r.cluster, lease);
         Response::Reserved(Reserved { cpus, missing })

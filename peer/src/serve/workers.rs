@@ -92,6 +92,8 @@ impl Worker {
             start_us,
             end_us: 0,
             value: Vec::new(),
+            returned: Vec::new(),
+            return_note: None,
         };
         let keep = match ended {
             Ok(Ok(reply)) => {

@@ -52,6 +52,8 @@ fn fake_run(
             start_us: 1,
             end_us: 2,
             value: Vec::new(),
+            returned: Vec::new(),
+            return_note: None,
         }
     })
 }

@@ -37,11 +37,18 @@ pub(super) fn file(name: &str, data: &[u8]) -> FileEntry {
 }
 
 pub(super) fn job(id: u64) -> JobSpec {
-    JobSpec { id: JobId(id), args: Vec::new(), timeout_secs: None, input: Vec::new() }
+    JobSpec { id: JobId(id), args: Vec::new(), timeout_secs: None, input: Vec::new(), files: Vec::new() }
 }
 
 pub(super) fn reserve(cluster: u64, files: Vec<FileEntry>) -> Request {
-    Request::Reserve(Reserve { cluster: ClusterId(cluster), cpus: None, program: "prog".into(), function: None, files })
+    Request::Reserve(Reserve {
+        cluster: ClusterId(cluster),
+        cpus: None,
+        program: "prog".into(),
+        function: None,
+        files,
+        returns: Vec::new(),
+    })
 }
 
 /// A result delivery the node asked for, waiting for the test's answer.
