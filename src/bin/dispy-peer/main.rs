@@ -206,6 +206,9 @@ fn each_file_jobs(
             .and_then(|n| n.to_str())
             .with_context(|| format!("--each-file {}: no usable file name", f.display()))?
             .to_string();
+        // Checked before any node is contacted.
+        let meta = std::fs::metadata(f).with_context(|| format!("--each-file {}", f.display()))?;
+        anyhow::ensure!(meta.is_file(), "--each-file {}: not a regular file", f.display());
         let args = match template {
             Some(t) if t.iter().any(|w| w.contains("{}")) => t.iter().map(|w| w.replace("{}", &name)).collect(),
             Some(t) => t.iter().cloned().chain(std::iter::once(name)).collect(),
