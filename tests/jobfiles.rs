@@ -16,7 +16,7 @@ fn input(i: usize) -> Vec<u8> {
         7 => 2 * 1024 * 1024 + 17,
         _ => (i * 7919) % 40_000,
     };
-    let body = (0..len).map(|k| if i % 2 == 0 { (k % 7) as u8 } else { ((k * 2654435761usize) >> 13) as u8 });
+    let body = (0..len).map(|k| if i.is_multiple_of(2) { (k % 7) as u8 } else { ((k * 2654435761usize) >> 13) as u8 });
     format!("{i}:").into_bytes().into_iter().chain(body).collect()
 }
 

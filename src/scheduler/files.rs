@@ -76,7 +76,7 @@ impl Core {
         if r.returned.is_empty() {
             return Some(r);
         }
-        let Some(job) = self.jobs.get_mut(&r.id) else { return None };
+        let job = self.jobs.get_mut(&r.id)?;
         let (job_id, files) = (r.id, r.returned.clone());
         job.fetching = Some(Box::new(r));
         let dir = self.s.results_dir.join(job_id.0.to_string());

@@ -3,6 +3,7 @@
 
 mod fake;
 mod harness;
+mod jobfiles;
 
 use dispy_protocol::{
     CHUNK_SIZE, CHUNKS_IN_FLIGHT, Cancel, Chunk, ClusterId, Forget, Hello, JobId, JobOutcome, Recover, RefusalKind,
@@ -12,9 +13,9 @@ use harness::{Harness, file, reserve, settle};
 use libp2p::PeerId;
 use std::time::Duration;
 
-const PROG: &[u8] = b"#!/bin/sh\necho hi\n";
+pub(super) const PROG: &[u8] = b"#!/bin/sh\necho hi\n";
 
-fn refused(r: &Response) -> Option<RefusalKind> {
+pub(super) fn refused(r: &Response) -> Option<RefusalKind> {
     match r {
         Response::Refused(refusal) => Some(refusal.kind),
         _ => None,
