@@ -44,22 +44,65 @@ async fn fetch_file(
     let dest = dir.join(rel);
     let parent = dest.parent().unwrap_or(dir);
     tokio::fs::create_dir_all(parent).await.map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-    let tmp = parent.join(format!(".dispy-part-{:x}", rand::random::<u64>()));
-    let result = receive(net, peer, cluster, f, &tmp).await;
-    match result {
-        Ok(()) => {
-            tokio::fs::rename(&tmp, &dest).await.map_err(|e| format!("cannot save {}: {e}", dest.display()))?;
-            Ok(dest)
+    let tmp = Partial(parent.join(format!(".dispy-part-{:x}", rand::random::<u64>())));
+    let tmp = &tmp.0;
+    let mut result = receive(net, peer, cluster, f, tmp).await;
+    // A connection that broke may come back (a short partition): the file is asked again
+    // from its start, a few times. A node that is gone is noticed meanwhile, and its job
+    // re-run or abandoned, whatever this fetch says then.
+    for wait in RETRY_WAITS {
+        match &result {
+            Err(Failed::Transport(_)) => {
+                tokio::time::sleep(wait).await;
+                result = receive(net, peer, cluster, f, tmp).await;
+            }
+            _ => break,
         }
-        Err(why) => {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            Err(why)
+    }
+    result.map_err(|e| e.to_string())?;
+    tokio::fs::rename(tmp, &dest).await.map_err(|e| format!("cannot save {}: {e}", dest.display()))?;
+    Ok(dest)
+}
+
+/// A file being received: removed unless renamed into place, also when the fetch is
+/// dropped half-way (its job left the node, or the cluster closed).
+struct Partial(PathBuf);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        // After a rename there is nothing left to remove.
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Waits before asking a file again after the connection broke.
+const RETRY_WAITS: [std::time::Duration; 3] =
+    [std::time::Duration::from_secs(1), std::time::Duration::from_secs(2), std::time::Duration::from_secs(4)];
+
+/// Why a file did not arrive.
+enum Failed {
+    /// The request did not get an answer: worth asking again.
+    Transport(String),
+    /// Anything else: asking again would not help.
+    Other(String),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Transport(why) | Failed::Other(why) => f.write_str(why),
         }
     }
 }
 
+impl From<String> for Failed {
+    fn from(why: String) -> Self {
+        Failed::Other(why)
+    }
+}
+
 /// Writes the file's chunks to `tmp` in order and checks its hash.
-async fn receive(net: &NetHandle, peer: PeerId, cluster: ClusterId, f: &FileEntry, tmp: &Path) -> Result<(), String> {
+async fn receive(net: &NetHandle, peer: PeerId, cluster: ClusterId, f: &FileEntry, tmp: &Path) -> Result<(), Failed> {
     let mut out = tokio::fs::File::create(tmp).await.map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     let mut hasher = Sha256::new();
     let mut asked = 0u64;
@@ -75,14 +118,16 @@ async fn receive(net: &NetHandle, peer: PeerId, cluster: ClusterId, f: &FileEntr
         let Some(answer) = in_flight.next().await else { break };
         let data = match answer {
             Ok(Response::Data(d)) if d.hash == f.hash && d.offset == written => d.data,
-            Ok(Response::Data(_)) => return Err("the node sent another chunk than the one asked for".into()),
-            Ok(Response::Refused(r)) => return Err(format!("the node refused: {}", r.message)),
-            Ok(other) => return Err(format!("unexpected answer to a fetch: {other:?}")),
-            Err(e) => return Err(e.to_string()),
+            Ok(Response::Data(_)) => {
+                return Err("the node sent another chunk than the one asked for".to_string().into());
+            }
+            Ok(Response::Refused(r)) => return Err(format!("the node refused: {}", r.message).into()),
+            Ok(other) => return Err(format!("unexpected answer to a fetch: {other:?}").into()),
+            Err(e) => return Err(Failed::Transport(e.to_string())),
         };
         let expected = chunk.min(f.size - written);
         if data.len() as u64 != expected {
-            return Err(format!("a chunk of {} bytes at offset {written}, expected {expected}", data.len()));
+            return Err(format!("a chunk of {} bytes at offset {written}, expected {expected}", data.len()).into());
         }
         hasher.update(&data);
         out.write_all(&data).await.map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
@@ -91,7 +136,7 @@ async fn receive(net: &NetHandle, peer: PeerId, cluster: ClusterId, f: &FileEntr
     out.flush().await.map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     let got: [u8; 32] = hasher.finalize().into();
     if written != f.size || got != f.hash.0 {
-        return Err(format!("the content does not match its hash {}", f.hash));
+        return Err(format!("the content does not match its hash {}", f.hash).into());
     }
     if f.executable {
         use std::os::unix::fs::PermissionsExt;

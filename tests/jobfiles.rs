@@ -151,3 +151,63 @@ fn require_time() {
         "this test measures the client's peak memory with /usr/bin/time: apt-get install time (.ci/run does)"
     );
 }
+
+#[test]
+fn a_node_killed_while_its_files_come_back_reruns_the_job_and_they_arrive_once() {
+    let dir = tempdir();
+    let marks = dir.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    // Each run leaves a mark naming its node (its directory is under the node's dest
+    // path, `node-<name>`), then a file large enough to take a while to come back.
+    let job = format!(
+        "n=${{PWD#*/node-}}; touch {}/${{n%%/*}}; head -c {} /dev/urandom > big.bin; sha256sum big.bin | cut -c1-64",
+        marks.display(),
+        200 << 20
+    );
+    let prog = script(dir.path(), "job.sh", &job);
+    let results = dir.path().join("r");
+    let nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let mut o = NodeOpts::new(n);
+            o.cpus = 1;
+            Node::start(dir.path(), o)
+        })
+        .collect();
+    let mut cmd = submit(&prog);
+    cmd.args(["--reentrant", "--return", "big.bin", "--json"]).arg("--results-dir").arg(&results);
+    for n in &nodes {
+        cmd.args(["--peer", &n.addr]);
+    }
+    let client = Proc::spawn("submit", cmd);
+    // Once a part file shows up, the fetch is under way: kill the node it comes from.
+    let part = || {
+        std::fs::read_dir(results.join("0"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".dispy-part-"))
+    };
+    assert!(wait_until(Duration::from_secs(60), part), "no fetch began\n{}", client.stderr());
+    let first: Vec<String> =
+        std::fs::read_dir(&marks).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(first.len(), 1, "one run so far: {first:?}");
+    let victim = nodes.iter().position(|n| n.proc.name.ends_with(&first[0])).unwrap();
+    signal(nodes[victim].proc.pid(), "KILL");
+    let out = client.wait(Duration::from_secs(120));
+    out.expect_code(0);
+    let lines = out.json_lines();
+    let jobs: Vec<_> = lines.iter().filter(|v| v.get("job").is_some()).collect();
+    assert_eq!(jobs.len(), 1, "reported once: {}", out.stdout);
+    let j = jobs[0];
+    assert_ne!(j["node"].as_str().unwrap(), first[0], "re-run on the other node: {j}");
+    let sum = std::process::Command::new("sha256sum").arg(results.join("0/big.bin")).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&sum.stdout)[..64],
+        *j["stdout"].as_str().unwrap().trim(),
+        "the second run's file"
+    );
+    let left: Vec<_> = std::fs::read_dir(results.join("0")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left.len(), 1, "one file, no part left: {left:?}");
+    drop(nodes);
+}

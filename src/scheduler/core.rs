@@ -77,6 +77,9 @@ pub(crate) enum Effect {
     /// Fetch the files job `job` returned on `peer` into `dir`; the outcome comes back
     /// through [`Core::on_fetched`].
     Fetch { peer: PeerId, job: JobId, files: Vec<FileEntry>, dir: PathBuf },
+    /// Give up that fetch: the job left the node (lost, or re-queued). What it wrote so
+    /// far goes.
+    StopFetch { peer: PeerId, job: JobId },
     /// A job submitted without a handle ended: its report goes to the result stream.
     Report(Box<JobReport>),
     /// The cluster cannot go on.

@@ -108,7 +108,9 @@ pub(crate) struct Scheduler {
     done_rx: mpsc::UnboundedReceiver<Done>,
     local: Option<LocalNode>,
     /// Jobs whose returned files are being fetched at once, at most.
-    fetches: std::sync::Arc<tokio::sync::Semaphore>,
+    fetch_permits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The fetches under way, to stop one whose job left its node, and all at close.
+    fetches: std::collections::HashMap<(PeerId, JobId), tokio::task::AbortHandle>,
 }
 
 /// Jobs whose returned files travel at once: enough to keep a link busy, few enough that
@@ -125,8 +127,9 @@ impl Scheduler {
     ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let core = Core::new(settings, Instant::now(), local.is_some());
-        let fetches = std::sync::Arc::new(tokio::sync::Semaphore::new(FETCHES_AT_ONCE));
-        Scheduler { core, hooks, net, updates, done_tx, done_rx, local, fetches }
+        let fetch_permits = std::sync::Arc::new(tokio::sync::Semaphore::new(FETCHES_AT_ONCE));
+        let fetches = std::collections::HashMap::new();
+        Scheduler { core, hooks, net, updates, done_tx, done_rx, local, fetch_permits, fetches }
     }
 
     /// Runs until the handle closes the cluster (or is dropped, which closes it too).
@@ -175,7 +178,10 @@ impl Scheduler {
         match done {
             Done::Answer(peer, asked, answer) => self.core.on_answer(peer, asked, answer),
             Done::Staged(peer, jobs, outcome) => self.core.on_staged(peer, jobs, outcome),
-            Done::Fetched(peer, job, saved, failed) => self.core.on_fetched(peer, job, saved, failed),
+            Done::Fetched(peer, job, saved, failed) => {
+                self.fetches.remove(&(peer, job));
+                self.core.on_fetched(peer, job, saved, failed)
+            }
             Done::LocalUp(Ok(local)) => {
                 let _ = self.net.dial(local.addr.clone()).await;
                 self.local = Some(local);
@@ -213,13 +219,19 @@ impl Scheduler {
                 }
                 Effect::Fetch { peer, job, files, dir } => {
                     let (net, tx, cluster) = (self.net.clone(), self.done_tx.clone(), self.core.cluster());
-                    let fetches = self.fetches.clone();
-                    tokio::spawn(async move {
+                    let permits = self.fetch_permits.clone();
+                    let task = tokio::spawn(async move {
                         // A few jobs' files at a time: each file has its chunks in flight.
-                        let _permit = fetches.acquire_owned().await;
+                        let _permit = permits.acquire_owned().await;
                         let (saved, failed) = fetch::fetch_all(&net, peer, cluster, &files, &dir).await;
                         let _ = tx.send(Done::Fetched(peer, job, saved, failed));
                     });
+                    self.fetches.insert((peer, job), task.abort_handle());
+                }
+                Effect::StopFetch { peer, job } => {
+                    if let Some(task) = self.fetches.remove(&(peer, job)) {
+                        task.abort();
+                    }
                 }
                 Effect::Report(report) => {
                     let _ = self.updates.send(Update::Job(report));
@@ -261,6 +273,10 @@ impl Scheduler {
     /// then stops the local node and the network.
     async fn close(mut self, reply: Option<oneshot::Sender<Stats>>) {
         let stats = self.core.stats(Instant::now());
+        // Files still on their way are not waited for: their partial copies go.
+        for (_, task) in self.fetches.drain() {
+            task.abort();
+        }
         let releases = self.core.releases().into_iter().map(|(peer, request)| {
             let net = self.net.clone();
             async move { net.request(peer, request).await }

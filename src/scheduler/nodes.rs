@@ -137,6 +137,10 @@ impl Core {
                 && job.is_on(peer)
             {
                 job.state = JobState::Queued;
+                // Files it returned there are out of reach now: it runs again.
+                if job.fetching.take().is_some() {
+                    self.out.push(Effect::StopFetch { peer, job: id });
+                }
                 self.queue.push_front(id);
             }
         }
@@ -164,6 +168,9 @@ impl Core {
             ids.sort();
             for id in ids {
                 let Some(job) = self.jobs.get(&id) else { continue };
+                if job.fetching.is_some() {
+                    self.out.push(Effect::StopFetch { peer, job: id });
+                }
                 let outcome = JobOutcome::Abandoned(format!("node {name} was lost: {why}"));
                 self.finish(JobReport::unrun(id, job.args.clone(), Some(lost.clone()), outcome));
             }

@@ -88,6 +88,7 @@ struct Sim {
     asks: VecDeque<(PeerId, Request, Asked)>,
     stages: Vec<(PeerId, Vec<LocalFile>, Option<Vec<JobId>>)>,
     fetches: Vec<(PeerId, JobId, Vec<FileEntry>, std::path::PathBuf)>,
+    stopped_fetches: Vec<(PeerId, JobId)>,
     reports: Vec<JobReport>,
     failures: Vec<Failure>,
     cluster_events: Vec<ClusterEvent>,
@@ -106,6 +107,7 @@ impl Sim {
             asks: VecDeque::new(),
             stages: Vec::new(),
             fetches: Vec::new(),
+            stopped_fetches: Vec::new(),
             reports: Vec::new(),
             failures: Vec::new(),
             cluster_events: Vec::new(),
@@ -126,6 +128,7 @@ impl Sim {
                 Effect::Ask { peer, request, asked } => self.asks.push_back((peer, wire(&request), asked)),
                 Effect::Stage { peer, files, jobs } => self.stages.push((peer, files, jobs)),
                 Effect::Fetch { peer, job, files, dir } => self.fetches.push((peer, job, files, dir)),
+                Effect::StopFetch { peer, job } => self.stopped_fetches.push((peer, job)),
                 Effect::Report(r) => self.reports.push(*r),
                 Effect::Fail(f) => self.failures.push(f),
                 Effect::JobEvent(ev) => self.job_events.push((ev.id, ev.status)),
@@ -735,12 +738,20 @@ fn a_node_lost_while_its_returns_are_fetched_reruns_the_job_and_the_stale_fetch_
     sim.results(a, vec![ids[0]], vec![JobResult { returned: vec![out], ..exited(ids[0], 0) }]);
     let effects = sim.core.on_disconnected(a);
     sim.absorb(effects);
+    assert_eq!(sim.stopped_fetches, [(a, ids[0])], "the fetch from the lost node stops");
     let effects = sim.core.on_fetched(a, ids[0], Vec::new(), vec!["o: connection closed".into()]);
     sim.absorb(effects);
     assert!(sim.reports.is_empty(), "the job runs again instead");
     let b = sim.node_up(2, 1);
     let submits = sim.submits();
-    assert_eq!((submits[0].0, ids_of(&submits[0].1)), (b, ids));
+    assert_eq!((submits[0].0, ids_of(&submits[0].1)), (b, ids.clone()));
+    // Its new result (with files) is taken, not mistaken for a repeat.
+    let out = FileEntry { name: "o".into(), hash: FileHash([8; 32]), size: 3, executable: false };
+    sim.results(b, vec![ids[0]], vec![JobResult { returned: vec![out], ..exited(ids[0], 0) }]);
+    assert_eq!(sim.fetches.iter().map(|f| f.0).collect::<Vec<_>>(), [a, b], "fetched from the new node");
+    let effects = sim.core.on_fetched(b, ids[0], vec!["results/0/o".into()], Vec::new());
+    sim.absorb(effects);
+    assert_eq!(sim.reports.len(), 1);
 }
 
 #[test]
