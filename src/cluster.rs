@@ -53,6 +53,8 @@ pub struct ClusterBuilder<A, R> {
     max_retries: u32,
     heartbeat: Duration,
     journal: Option<PathBuf>,
+    returns: Vec<String>,
+    results_dir: PathBuf,
 }
 
 impl<A, R> ClusterBuilder<A, R> {
@@ -137,6 +139,21 @@ impl<A, R> ClusterBuilder<A, R> {
     /// is lost, and its jobs re-queued or abandoned.
     pub fn heartbeat(mut self, every: Duration) -> Self {
         self.heartbeat = every;
+        self
+    }
+
+    /// Brings back the files a job leaves that match `glob` (relative to its directory;
+    /// `*` and `?` within a name, `**` for any depth), whatever the job's outcome: they are
+    /// saved as `<results dir>/<job number>/<path>` and listed in its report
+    /// ([`JobReport::returned`]). Repeatable.
+    pub fn returns(mut self, glob: impl Into<String>) -> Self {
+        self.returns.push(glob.into());
+        self
+    }
+
+    /// Where returned files are saved (default `./dispy-results`).
+    pub fn results_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.results_dir = dir.into();
         self
     }
 
@@ -263,6 +280,8 @@ impl<A, R> ClusterBuilder<A, R> {
             searched,
             function: self.function,
             node_filter: self.node_filter,
+            returns: self.returns,
+            results_dir: self.results_dir,
         };
         let hooks = Hooks { on_job: self.on_job, on_cluster: self.on_cluster, journal, psk };
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
@@ -299,6 +318,13 @@ impl<A, R> ClusterBuilder<A, R> {
             _t: PhantomData,
         })
     }
+}
+
+/// Hashes each job's input files on the blocking pool (they may be large).
+async fn describe_inputs(files: Vec<Vec<PathBuf>>) -> Result<Vec<Vec<stage::LocalFile>>> {
+    tokio::task::spawn_blocking(move || stage::describe_inputs(&files))
+        .await
+        .map_err(|e| Error::Start(format!("hashing input files: {e}")))?
 }
 
 fn rand_id() -> u64 {
@@ -422,6 +448,8 @@ impl<A, R> ClusterBuilder<A, R> {
             max_retries: 3,
             heartbeat: dispy_node::net::DEFAULT_HEARTBEAT,
             journal: None,
+            returns: Vec::new(),
+            results_dir: PathBuf::from("dispy-results"),
         }
     }
 }
@@ -442,7 +470,7 @@ impl<A, R> Cluster<A, R> {
         } else {
             (None, None)
         };
-        Ok((NewJob { id, args, input, view, node }, rx))
+        Ok((NewJob { id, args, input, view, node, files: Vec::new() }, rx))
     }
 
     /// Queues a job; returns its handle at once. Await the handle for the result.
@@ -465,6 +493,47 @@ impl<A, R> Cluster<A, R> {
     /// As [`Cluster::submit`].
     pub async fn submit_to(&mut self, peer: libp2p::PeerId, arg: A) -> Result<Job<R>> {
         self.submit_job(arg, Some(peer)).await
+    }
+
+    /// Queues a job with input files of its own (dispy's `dispy_job_depends`): they go only
+    /// to the node that runs the job (content-addressed: bytes a node holds are not sent
+    /// again) and sit in its directory under their base names. Program clusters only.
+    ///
+    /// Cancel safety: as [`Cluster::submit`].
+    ///
+    /// # Errors
+    /// As [`Cluster::submit`], and [`Error::File`] / [`Error::Config`] for a file that is
+    /// missing, unreadable or not a regular file (the job is not queued).
+    pub async fn submit_with(&mut self, arg: A, files: Vec<PathBuf>) -> Result<Job<R>> {
+        let mut inputs = describe_inputs(vec![files]).await?;
+        let (mut job, rx) = self.new_job(&arg, true, None)?;
+        job.files = inputs.pop().unwrap_or_default();
+        let id = job.id;
+        self.cmds.send(Cmd::Submit { jobs: vec![job] }).await.map_err(|_| Error::Closed)?;
+        let rx = rx.ok_or(Error::Closed)?;
+        Ok(Job::new(id, rx, self.decode))
+    }
+
+    /// [`Cluster::submit_all`] for jobs with input files of their own (see
+    /// [`Cluster::submit_with`]); what `dispy-peer submit --each-file` runs.
+    ///
+    /// Cancel safety: as [`Cluster::submit_all`].
+    ///
+    /// # Errors
+    /// As [`Cluster::submit_with`]; no job is queued if a file is bad.
+    pub async fn submit_all_with(&mut self, jobs: Vec<(A, Vec<PathBuf>)>) -> Result<Vec<JobId>> {
+        let (args, files): (Vec<A>, Vec<Vec<PathBuf>>) = jobs.into_iter().unzip();
+        let inputs = describe_inputs(files).await?;
+        let mut batch = Vec::with_capacity(args.len());
+        for (a, files) in args.iter().zip(inputs) {
+            let mut job = self.new_job(a, false, None)?.0;
+            job.files = files;
+            batch.push(job);
+        }
+        let ids: Vec<JobId> = batch.iter().map(|j| j.id).collect();
+        self.outstanding += ids.len();
+        self.cmds.send(Cmd::Submit { jobs: batch }).await.map_err(|_| Error::Closed)?;
+        Ok(ids)
     }
 
     async fn submit_job(&mut self, arg: A, node: Option<libp2p::PeerId>) -> Result<Job<R>> {

@@ -46,6 +46,7 @@ mod cluster;
 mod discover;
 mod error;
 pub mod events;
+mod fetch;
 mod hashcache;
 mod host;
 mod job;

@@ -48,6 +48,12 @@ pub struct JobReport {
     pub end_us: u64,
     /// For a function job that returned: its value, CBOR-encoded.
     pub value: Vec<u8>,
+    /// Files the job left that matched the cluster's return patterns, saved on this machine
+    /// (`<results dir>/<job number>/<path in the job directory>`).
+    pub returned: Vec<std::path::PathBuf>,
+    /// Why files that matched were not returned or saved (over the node's limit, a
+    /// symbolic link, a disk that failed), for people.
+    pub return_note: Option<String>,
 }
 
 impl JobReport {
@@ -66,6 +72,8 @@ impl JobReport {
             start_us: 0,
             end_us: 0,
             value: Vec::new(),
+            returned: Vec::new(),
+            return_note: None,
         }
     }
 
@@ -83,6 +91,8 @@ impl JobReport {
             start_us: r.start_us,
             end_us: r.end_us,
             value: r.value,
+            returned: Vec::new(),
+            return_note: r.return_note,
         }
     }
 

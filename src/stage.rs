@@ -137,6 +137,39 @@ impl FileSet {
     }
 }
 
+/// Describes jobs' own input files (`--each-file`), a list per job: each named by its base
+/// name in its job's directory, hashed (large ones through the hash cache). Fails naming the
+/// first file that is missing, unreadable or not a regular file.
+pub(crate) fn describe_inputs(jobs: &[Vec<PathBuf>]) -> Result<Vec<Vec<LocalFile>>> {
+    let mut cache = HashCache::open();
+    let mut all = Vec::with_capacity(jobs.len());
+    for paths in jobs {
+        let mut out = Vec::with_capacity(paths.len());
+        for path in paths {
+            out.push(describe_input(path, &mut cache)?);
+        }
+        all.push(out);
+    }
+    cache.save();
+    Ok(all)
+}
+
+fn describe_input(path: &Path, cache: &mut HashCache) -> Result<LocalFile> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::Config(format!("{} has no usable file name", path.display())))?
+        .to_string();
+    let file_err = |source| Error::File { path: path.to_path_buf(), source };
+    let meta = std::fs::metadata(path).map_err(file_err)?;
+    if !meta.is_file() {
+        return Err(Error::Config(format!("{} is not a regular file", path.display())));
+    }
+    let (hash, size) = cache.hash(path, hash_file).map_err(file_err)?;
+    let executable = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0;
+    Ok(LocalFile { path: path.to_path_buf(), entry: FileEntry { name, hash, size, executable } })
+}
+
 fn hash_file(path: &Path) -> std::io::Result<(FileHash, u64)> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();

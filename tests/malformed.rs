@@ -252,6 +252,7 @@ async fn reserve(peer: &mut RawPeer, cluster: ClusterId, program: &[u8]) -> File
         setup: None,
         cleanup: None,
         setup_timeout_secs: None,
+        returns: vec![],
     };
     let answer = ask(peer, &Request::Reserve(reserve)).await;
     assert!(matches!(answer, Response::Reserved(_)), "{answer:?}");
@@ -261,7 +262,7 @@ async fn reserve(peer: &mut RawPeer, cluster: ClusterId, program: &[u8]) -> File
 /// Submits one job and waits for its result among the node's `Results` (its start must
 /// not be reported if `must_not_start`).
 async fn run_job(peer: &mut RawPeer, node: &Node, cluster: ClusterId, job: JobId, must_not_start: bool) -> JobResult {
-    let spec = JobSpec { id: job, args: vec![], timeout_secs: None, input: vec![] };
+    let spec = JobSpec { id: job, args: vec![], timeout_secs: None, input: vec![], files: vec![] };
     let answer = ask(peer, &Request::Submit(Submit { cluster, jobs: vec![spec] })).await;
     assert!(matches!(answer, Response::Accepted(_)), "{answer:?}");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -391,13 +392,14 @@ async fn names_escaping_the_job_directory_are_refused() {
             setup: None,
             cleanup: None,
             setup_timeout_secs: None,
+            returns: vec![],
         };
         let answer = ask(&mut peer, &Request::Reserve(reserve)).await;
         assert!(
             matches!(&answer, Response::Refused(r) if r.kind == dispy_protocol::RefusalKind::BadPath && r.message.contains(bad)),
             "{bad}: {answer:?}"
         );
-        let jobs = vec![JobSpec { id: JobId(1), args: vec![], timeout_secs: None, input: vec![] }];
+        let jobs = vec![JobSpec { id: JobId(1), args: vec![], timeout_secs: None, input: vec![], files: vec![] }];
         let submit = ask(&mut peer, &Request::Submit(Submit { cluster, jobs })).await;
         assert!(matches!(submit, Response::Refused(_)), "{bad}: a lease was taken: {submit:?}");
     }

@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod faults;
 mod functions;
+mod jobfiles;
 mod lan;
 mod local;
 mod malformed;

@@ -1,6 +1,7 @@
 //! Jobs: what a client asks a node to run, and what comes back.
 
 use crate::ids::JobId;
+use crate::message::FileEntry;
 use serde::{Deserialize, Serialize};
 
 /// One job: the cluster's program run once with these arguments.
@@ -15,6 +16,27 @@ pub struct JobSpec {
     /// For a function cluster: the argument, CBOR-encoded (empty for programs).
     #[serde(default, with = "serde_bytes")]
     pub input: Vec<u8>,
+    /// The job's own input files (`--each-file`), linked into its directory beside the
+    /// cluster's. Staged to this node only, declared first ([`crate::Declare`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileEntry>,
+}
+
+impl JobSpec {
+    /// Its time limit, if it has one a node can keep: a limit that is not a positive
+    /// number of seconds a `Duration` can hold (NaN, 1e300, negative) counts as none, so a
+    /// hostile or buggy client cannot make the node panic on it.
+    ///
+    /// ```
+    /// # use dispy_protocol::{JobId, JobSpec};
+    /// let mut job = JobSpec { id: JobId(1), args: vec![], timeout_secs: Some(1.5), input: vec![], files: vec![] };
+    /// assert_eq!(job.timeout(), Some(std::time::Duration::from_millis(1500)));
+    /// job.timeout_secs = Some(1e300);
+    /// assert_eq!(job.timeout(), None);
+    /// ```
+    pub fn timeout(&self) -> Option<std::time::Duration> {
+        self.timeout_secs.filter(|t| *t > 0.0).and_then(|t| std::time::Duration::try_from_secs_f64(t).ok())
+    }
 }
 
 /// How a job ended.
@@ -102,11 +124,37 @@ pub struct JobResult {
     /// For a function job that returned: the value, CBOR-encoded.
     #[serde(default, with = "serde_bytes")]
     pub value: Vec<u8>,
+    /// Files the job left that match the cluster's return globs, by path relative to the
+    /// job directory. The node keeps them until the cluster is released; the client fetches
+    /// them ([`crate::Fetch`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub returned: Vec<FileEntry>,
+    /// Why files that matched were not returned (a symbolic link, over the node's
+    /// `--max-return`, ...), for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub return_note: Option<String>,
 }
 
 impl JobResult {
+    /// A result with no output, value or files.
+    pub fn new(id: JobId, outcome: JobOutcome, start_us: u64, end_us: u64) -> Self {
+        JobResult {
+            id,
+            outcome,
+            stdout: Output::default(),
+            stderr: Output::default(),
+            start_us,
+            end_us,
+            value: Vec::new(),
+            returned: Vec::new(),
+            return_note: None,
+        }
+    }
+
     /// Bytes of output carried, to bound result batches.
     pub fn payload_len(&self) -> usize {
-        self.stdout.bytes.len() + self.stderr.bytes.len() + self.value.len()
+        let names: usize = self.returned.iter().map(|f| f.name.len() + 48).sum();
+        let note = self.return_note.as_ref().map_or(0, String::len);
+        self.stdout.bytes.len() + self.stderr.bytes.len() + self.value.len() + names + note
     }
 }

@@ -33,6 +33,10 @@ pub enum Request {
     Recover(Recover),
     /// The recovered results are safe with the client: the node deletes them.
     Forget(Forget),
+    /// Input files of jobs about to be submitted; answered with [`Response::Declared`].
+    Declare(Declare),
+    /// A chunk of a file a job returned; answered with [`Response::Data`].
+    Fetch(Fetch),
 }
 
 /// An answer.
@@ -52,6 +56,10 @@ pub enum Response {
     Ok,
     /// The request was refused; the message says why in words a person can act on.
     Refused(Refusal),
+    /// The declared files the node lacks.
+    Declared(Declared),
+    /// A chunk of a returned file.
+    Data(Data),
 }
 
 /// Which part a peer plays.
@@ -170,6 +178,10 @@ pub struct Reserve {
     /// `None` = no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub setup_timeout_secs: Option<f64>,
+    /// Files a job leaves that match one of these globs (relative to its directory, `*`,
+    /// `?` and `**`) go back to the client with its result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub returns: Vec<String>,
 }
 
 /// The node's grant.
@@ -248,6 +260,47 @@ pub struct Results {
     pub started: Vec<JobId>,
     /// Results in the order the jobs ended.
     pub results: Vec<JobResult>,
+}
+
+/// Names the input files of jobs about to be submitted (`--each-file`), so the node accepts
+/// their chunks; answered with [`Response::Declared`], the ones it lacks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Declare {
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// The files.
+    pub files: Vec<FileEntry>,
+}
+
+/// Which declared files the node lacks: send those before the jobs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Declared {
+    /// The files to send.
+    pub missing: Vec<FileHash>,
+}
+
+/// Asks for a chunk of a file a job returned; answered with [`Response::Data`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fetch {
+    /// The cluster whose job returned it.
+    pub cluster: ClusterId,
+    /// The file.
+    pub hash: FileHash,
+    /// Where the chunk starts.
+    pub offset: u64,
+}
+
+/// A chunk of a returned file: at most [`crate::CHUNK_SIZE`] bytes from `offset` (fewer
+/// only at the file's end).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Data {
+    /// The file.
+    pub hash: FileHash,
+    /// Where the chunk starts.
+    pub offset: u64,
+    /// The bytes.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
 }
 
 /// Asks for a cluster's results after a client crash.
@@ -342,6 +395,8 @@ mod tests {
             start_us: 1,
             end_us: 2,
             value: vec![9],
+            returned: Vec::new(),
+            return_note: None,
         }
     }
 
@@ -360,7 +415,13 @@ mod tests {
                 setup: Some("p.sh".into()),
                 cleanup: None,
                 setup_timeout_secs: Some(2.5),
+                returns: vec!["**/*.gz".into()],
             }),
+            Request::Declare(Declare {
+                cluster: c,
+                files: vec![FileEntry { name: "in.txt".into(), hash: h, size: 5, executable: false }],
+            }),
+            Request::Fetch(Fetch { cluster: c, hash: h, offset: 1 << 20 }),
             Request::Chunk(Chunk { cluster: c, hash: h, offset: 9, data: vec![1, 2, 3] }),
             Request::Submit(Submit {
                 cluster: c,
@@ -369,6 +430,7 @@ mod tests {
                     args: vec!["a b".into()],
                     timeout_secs: Some(1.5),
                     input: vec![1, 2],
+                    files: vec![FileEntry { name: "in/a.txt".into(), hash: h, size: 3, executable: false }],
                 }],
             }),
             Request::Cancel(Cancel { cluster: c, jobs: vec![JobId(1)] }),
@@ -394,6 +456,8 @@ mod tests {
             Response::Recovered(Results { cluster: ClusterId(5), started: vec![], results: vec![result()] }),
             Response::Ok,
             Response::Refused(Refusal::new(RefusalKind::BadPath, "no")),
+            Response::Declared(Declared { missing: vec![h] }),
+            Response::Data(Data { hash: h, offset: 7, data: vec![1, 2] }),
         ];
         for msg in all {
             let bytes = encode(&msg).unwrap();

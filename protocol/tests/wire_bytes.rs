@@ -37,6 +37,7 @@ fn a_submit_travels_as_pinned() {
             args: vec!["-n".into(), "5".into()],
             timeout_secs: Some(1.5),
             input: vec![1, 2],
+            files: Vec::new(),
         }],
     });
     pin(&msg, SUBMIT);
@@ -61,6 +62,8 @@ fn results_travel_as_pinned() {
             start_us: 10,
             end_us: 20,
             value: Vec::new(),
+            returned: Vec::new(),
+            return_note: None,
         }],
     });
     pin(&msg, RESULTS);

@@ -13,11 +13,12 @@ use crate::report::{JobReport, NodeRef, NodeStats, NodeStatus, Stats, node_ref};
 use crate::select::NodePattern;
 use crate::stage::LocalFile;
 use dispy_node::net::remote_ip;
-use dispy_protocol::{ClusterId, Hello, JobId, Refusal, RefusalKind, Release, Request, Response};
+use dispy_protocol::{ClusterId, FileEntry, Hello, JobId, JobResult, Refusal, RefusalKind, Release, Request, Response};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, warn};
@@ -61,6 +62,10 @@ pub(crate) struct Settings {
     /// Emit [`Effect::JobEvent`] / [`Effect::ClusterEvent`] (callbacks are set).
     pub(crate) job_events: bool,
     pub(crate) cluster_events: bool,
+    /// Files a job leaves that match these come back (`--return`)...
+    pub(crate) returns: Vec<String>,
+    /// ...into `<results_dir>/<job number>/`.
+    pub(crate) results_dir: PathBuf,
 }
 
 /// What the driver is asked to do.
@@ -69,8 +74,15 @@ pub(crate) enum Effect {
     /// Send `request` to `peer`; the answer comes back through [`Core::on_answer`] with
     /// `asked` (answers to [`Asked::Cancel`] need not).
     Ask { peer: PeerId, request: Request, asked: Asked },
-    /// Send `files` to `peer` in chunks; the outcome comes back through [`Core::on_staged`].
-    Stage { peer: PeerId, files: Vec<LocalFile> },
+    /// Send `files` to `peer` in chunks: the cluster's (`jobs` is `None`) or these jobs'
+    /// inputs. The outcome comes back through [`Core::on_staged`].
+    Stage { peer: PeerId, files: Vec<LocalFile>, jobs: Option<Vec<JobId>> },
+    /// Fetch the files job `job` returned on `peer` into `dir`; the outcome comes back
+    /// through [`Core::on_fetched`].
+    Fetch { peer: PeerId, job: JobId, files: Vec<FileEntry>, dir: PathBuf },
+    /// Give up that fetch: the job left the node (lost, or re-queued). What it wrote so
+    /// far goes.
+    StopFetch { peer: PeerId, job: JobId },
     /// A job submitted without a handle ended: its report goes to the result stream.
     Report(Box<JobReport>),
     /// The cluster cannot go on.
@@ -92,6 +104,8 @@ pub(crate) enum Asked {
     Reserve,
     /// These jobs.
     Submit(Vec<JobId>),
+    /// These jobs' input files.
+    Declare(Vec<JobId>),
     /// Nothing waits for the answer.
     Cancel,
 }
@@ -191,6 +205,10 @@ pub(super) struct Job {
     pub(super) state: JobState,
     pub(super) view: Option<watch::Sender<JobView>>,
     pub(super) pinned: Option<PeerId>,
+    /// Its own input files (`--each-file`).
+    pub(super) files: Vec<LocalFile>,
+    /// Its result, held while its returned files are fetched.
+    pub(super) fetching: Option<Box<JobResult>>,
 }
 
 /// The scheduler's state; see the module docs.
@@ -375,13 +393,28 @@ impl Core {
                     self.unusable(peer, why);
                 }
             },
+            Asked::Declare(ids) => match answer {
+                Ok(Response::Declared(d)) => self.on_declared(peer, ids, d.missing),
+                Ok(Response::Refused(r)) => self.unusable(peer, r.message),
+                Ok(other) => self.unusable(peer, format!("unexpected answer to declare: {other:?}")),
+                Err(e) => self.lose(peer, &format!("the connection broke while declaring job files: {e}")),
+            },
             Asked::Cancel => {}
         }
         self.effects()
     }
 
-    /// Staging a node ended: bytes sent, or why it failed.
-    pub(crate) fn on_staged(&mut self, peer: PeerId, outcome: Result<u64, String>) -> Vec<Effect> {
+    /// Staging a node ended: bytes sent, or why it failed. `jobs`: as in [`Effect::Stage`].
+    pub(crate) fn on_staged(
+        &mut self,
+        peer: PeerId,
+        jobs: Option<Vec<JobId>>,
+        outcome: Result<u64, String>,
+    ) -> Vec<Effect> {
+        if let Some(jobs) = jobs {
+            self.on_inputs_staged(peer, jobs, outcome);
+            return self.effects();
+        }
         match outcome {
             Ok(sent) => {
                 if let Some(node) = self.nodes.get_mut(&peer) {
@@ -394,6 +427,18 @@ impl Core {
             }
             Err(why) => self.unusable(peer, format!("staging failed: {why}")),
         }
+        self.effects()
+    }
+
+    /// Fetching a job's returned files ended: the paths saved, and why others were not.
+    pub(crate) fn on_fetched(
+        &mut self,
+        peer: PeerId,
+        job: JobId,
+        saved: Vec<PathBuf>,
+        failed: Vec<String>,
+    ) -> Vec<Effect> {
+        self.fetched(peer, job, saved, failed);
         self.effects()
     }
 

@@ -6,7 +6,7 @@ use super::core::{Asked, Core, Effect, Entry, Failure, Job, JobState, Phase};
 use crate::job::JobStatus;
 use crate::policy::{self, Load};
 use crate::report::JobReport;
-use dispy_protocol::{Cancel, JobId, JobOutcome, JobResult, JobSpec, Request, Submit};
+use dispy_protocol::{Cancel, JobId, JobOutcome, JobResult, Request};
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -38,6 +38,8 @@ impl Core {
                     state: JobState::Queued,
                     view: j.view,
                     pinned: j.node,
+                    files: j.files,
+                    fetching: None,
                 },
             );
             self.queue.push_back(j.id);
@@ -124,17 +126,23 @@ impl Core {
                 self.gave_back(peer, why);
                 continue;
             }
+            // A repeated result of a job whose files are being fetched changes nothing.
+            if job.fetching.is_some() {
+                continue;
+            }
             // Its start notice may travel in another message and arrive after the result:
             // a job is seen running before it is seen ending, whatever the order.
             if !job.started && !matches!(r.outcome, JobOutcome::Cancelled) {
                 self.on_started(peer, vec![r.id]);
             }
+            let Some(node) = self.nodes.get_mut(&peer) else { continue };
+            node.jobs_done += 1;
+            node.job_secs += r.end_us.saturating_sub(r.start_us) as f64 / 1e6;
+            let Some(r) = self.fetch_returns(peer, r) else { continue };
             let Some(job) = self.jobs.get(&r.id) else { continue };
             let args = job.args.clone();
             let Some(node) = self.nodes.get_mut(&peer) else { continue };
             node.in_flight.remove(&r.id);
-            node.jobs_done += 1;
-            node.job_secs += r.end_us.saturating_sub(r.start_us) as f64 / 1e6;
             let report = JobReport::from_result(r, args, Some(node.node_ref(&peer)));
             self.finish(report);
         }
@@ -208,12 +216,7 @@ impl Core {
             job.state = JobState::OnNode(peer);
             self.dispatch_seq += 1;
             job.dispatched = self.dispatch_seq;
-            specs.push(JobSpec {
-                id,
-                args: job.args.clone(),
-                timeout_secs: self.s.timeout_secs,
-                input: job.input.clone(),
-            });
+            specs.push(job.spec(id, self.s.timeout_secs));
         }
         for id in skipped.into_iter().rev() {
             self.queue.push_front(id);
@@ -230,8 +233,7 @@ impl Core {
                 self.out.push(Effect::Journal(Entry::Flush));
             }
         }
-        let request = Request::Submit(Submit { cluster: self.s.cluster, jobs: specs });
-        self.out.push(Effect::Ask { peer, request, asked: Asked::Submit(ids) });
+        self.send_jobs(peer, specs);
         pinned_elsewhere
     }
 

@@ -13,6 +13,7 @@
 //! re-queued when the cluster is reentrant, abandoned otherwise).
 
 mod core;
+mod files;
 mod jobs;
 mod nodes;
 #[cfg(test)]
@@ -27,7 +28,7 @@ use crate::job::JobView;
 use crate::journal::Journal;
 use crate::local::LocalNode;
 use crate::report::{JobReport, NodeInfo, Stats};
-use crate::stage;
+use crate::{fetch, stage};
 use dispy_node::net::{NetEvent, NetHandle};
 use dispy_protocol::{JobId, Response};
 use libp2p::PeerId;
@@ -44,6 +45,8 @@ pub(crate) struct NewJob {
     pub(crate) view: Option<watch::Sender<JobView>>,
     /// Only this node may run the job (`submit_to`).
     pub(crate) node: Option<PeerId>,
+    /// Its own input files (`--each-file`, `submit_with`).
+    pub(crate) files: Vec<crate::stage::LocalFile>,
 }
 
 /// Commands from the cluster handle.
@@ -88,7 +91,8 @@ pub(crate) struct Hooks {
 /// Spawned work reporting back to the driver.
 enum Done {
     Answer(PeerId, Asked, Result<Response, String>),
-    Staged(PeerId, Result<u64, String>),
+    Staged(PeerId, Option<Vec<JobId>>, Result<u64, String>),
+    Fetched(PeerId, JobId, Vec<std::path::PathBuf>, Vec<String>),
     LocalUp(crate::Result<LocalNode>),
 }
 
@@ -103,7 +107,15 @@ pub(crate) struct Scheduler {
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     local: Option<LocalNode>,
+    /// Jobs whose returned files are being fetched at once, at most.
+    fetch_permits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The fetches under way, to stop one whose job left its node, and all at close.
+    fetches: std::collections::HashMap<(PeerId, JobId), tokio::task::AbortHandle>,
 }
+
+/// Jobs whose returned files travel at once: enough to keep a link busy, few enough that
+/// memory (chunks in flight per file) and open files stay small.
+const FETCHES_AT_ONCE: usize = 4;
 
 impl Scheduler {
     pub(crate) fn new(
@@ -115,7 +127,9 @@ impl Scheduler {
     ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let core = Core::new(settings, Instant::now(), local.is_some());
-        Scheduler { core, hooks, net, updates, done_tx, done_rx, local }
+        let fetch_permits = std::sync::Arc::new(tokio::sync::Semaphore::new(FETCHES_AT_ONCE));
+        let fetches = std::collections::HashMap::new();
+        Scheduler { core, hooks, net, updates, done_tx, done_rx, local, fetch_permits, fetches }
     }
 
     /// Runs until the handle closes the cluster (or is dropped, which closes it too).
@@ -163,7 +177,11 @@ impl Scheduler {
     async fn on_done(&mut self, done: Done) -> Vec<Effect> {
         match done {
             Done::Answer(peer, asked, answer) => self.core.on_answer(peer, asked, answer),
-            Done::Staged(peer, outcome) => self.core.on_staged(peer, outcome),
+            Done::Staged(peer, jobs, outcome) => self.core.on_staged(peer, jobs, outcome),
+            Done::Fetched(peer, job, saved, failed) => {
+                self.fetches.remove(&(peer, job));
+                self.core.on_fetched(peer, job, saved, failed)
+            }
             Done::LocalUp(Ok(local)) => {
                 let _ = self.net.dial(local.addr.clone()).await;
                 self.local = Some(local);
@@ -185,19 +203,35 @@ impl Scheduler {
                         }
                     });
                 }
-                Effect::Stage { peer, files } => {
+                Effect::Stage { peer, files, jobs } => {
                     let (net, tx, cluster) = (self.net.clone(), self.done_tx.clone(), self.core.cluster());
                     tokio::spawn(async move {
                         let mut sent = 0;
                         for f in &files {
                             if let Err(e) = stage::send_file(&net, peer, cluster, f).await {
-                                let _ = tx.send(Done::Staged(peer, Err(e)));
+                                let _ = tx.send(Done::Staged(peer, jobs, Err(e)));
                                 return;
                             }
                             sent += f.entry.size;
                         }
-                        let _ = tx.send(Done::Staged(peer, Ok(sent)));
+                        let _ = tx.send(Done::Staged(peer, jobs, Ok(sent)));
                     });
+                }
+                Effect::Fetch { peer, job, files, dir } => {
+                    let (net, tx, cluster) = (self.net.clone(), self.done_tx.clone(), self.core.cluster());
+                    let permits = self.fetch_permits.clone();
+                    let task = tokio::spawn(async move {
+                        // A few jobs' files at a time: each file has its chunks in flight.
+                        let _permit = permits.acquire_owned().await;
+                        let (saved, failed) = fetch::fetch_all(&net, peer, cluster, &files, &dir).await;
+                        let _ = tx.send(Done::Fetched(peer, job, saved, failed));
+                    });
+                    self.fetches.insert((peer, job), task.abort_handle());
+                }
+                Effect::StopFetch { peer, job } => {
+                    if let Some(task) = self.fetches.remove(&(peer, job)) {
+                        task.abort();
+                    }
                 }
                 Effect::Report(report) => {
                     let _ = self.updates.send(Update::Job(report));
@@ -239,6 +273,10 @@ impl Scheduler {
     /// then stops the local node and the network.
     async fn close(mut self, reply: Option<oneshot::Sender<Stats>>) {
         let stats = self.core.stats(Instant::now());
+        // Files still on their way are not waited for: their partial copies go.
+        for (_, task) in self.fetches.drain() {
+            task.abort();
+        }
         let releases = self.core.releases().into_iter().map(|(peer, request)| {
             let net = self.net.clone();
             async move { net.request(peer, request).await }

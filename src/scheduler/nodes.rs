@@ -109,6 +109,7 @@ impl Core {
             setup: self.s.setup.clone(),
             cleanup: self.s.cleanup.clone(),
             setup_timeout_secs: self.s.setup.as_ref().and(self.s.timeout_secs),
+            returns: self.s.returns.clone(),
         });
         self.out.push(Effect::Ask { peer, request, asked: Asked::Reserve });
     }
@@ -128,7 +129,7 @@ impl Core {
         node.phase = Phase::Staging;
         let files: Vec<LocalFile> =
             self.s.files.iter().filter(|f| r.missing.contains(&f.entry.hash)).cloned().collect();
-        self.out.push(Effect::Stage { peer, files });
+        self.out.push(Effect::Stage { peer, files, jobs: None });
     }
 
     pub(super) fn ready(&mut self, peer: PeerId, what: &str) {
@@ -149,6 +150,10 @@ impl Core {
                 && job.is_on(peer)
             {
                 job.state = JobState::Queued;
+                // Files it returned there are out of reach now: it runs again.
+                if job.fetching.take().is_some() {
+                    self.out.push(Effect::StopFetch { peer, job: id });
+                }
                 self.queue.push_front(id);
             }
         }
@@ -176,6 +181,9 @@ impl Core {
             ids.sort();
             for id in ids {
                 let Some(job) = self.jobs.get(&id) else { continue };
+                if job.fetching.is_some() {
+                    self.out.push(Effect::StopFetch { peer, job: id });
+                }
                 let outcome = JobOutcome::Abandoned(format!("node {name} was lost: {why}"));
                 self.finish(JobReport::unrun(id, job.args.clone(), Some(lost.clone()), outcome));
             }

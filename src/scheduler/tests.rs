@@ -64,6 +64,8 @@ fn settings() -> Settings {
         journal: true,
         job_events: true,
         cluster_events: true,
+        returns: Vec::new(),
+        results_dir: "results".into(),
     }
 }
 
@@ -76,6 +78,8 @@ fn exited(id: JobId, code: i32) -> JobResult {
         start_us: 1_000_000,
         end_us: 1_500_000,
         value: Vec::new(),
+        returned: Vec::new(),
+        return_note: None,
     }
 }
 
@@ -84,7 +88,9 @@ struct Sim {
     core: Core,
     t0: Instant,
     asks: VecDeque<(PeerId, Request, Asked)>,
-    stages: Vec<(PeerId, Vec<LocalFile>)>,
+    stages: Vec<(PeerId, Vec<LocalFile>, Option<Vec<JobId>>)>,
+    fetches: Vec<(PeerId, JobId, Vec<FileEntry>, std::path::PathBuf)>,
+    stopped_fetches: Vec<(PeerId, JobId)>,
     reports: Vec<JobReport>,
     failures: Vec<Failure>,
     cluster_events: Vec<ClusterEvent>,
@@ -102,6 +108,8 @@ impl Sim {
             t0,
             asks: VecDeque::new(),
             stages: Vec::new(),
+            fetches: Vec::new(),
+            stopped_fetches: Vec::new(),
             reports: Vec::new(),
             failures: Vec::new(),
             cluster_events: Vec::new(),
@@ -120,7 +128,9 @@ impl Sim {
         for e in effects {
             match e {
                 Effect::Ask { peer, request, asked } => self.asks.push_back((peer, wire(&request), asked)),
-                Effect::Stage { peer, files } => self.stages.push((peer, files)),
+                Effect::Stage { peer, files, jobs } => self.stages.push((peer, files, jobs)),
+                Effect::Fetch { peer, job, files, dir } => self.fetches.push((peer, job, files, dir)),
+                Effect::StopFetch { peer, job } => self.stopped_fetches.push((peer, job)),
                 Effect::Report(r) => self.reports.push(*r),
                 Effect::Fail(f) => self.failures.push(f),
                 Effect::JobEvent(ev) => self.job_events.push((ev.id, ev.status)),
@@ -199,7 +209,7 @@ impl Sim {
                 }
                 false => (None, None),
             };
-            jobs.push(NewJob { id, args: vec![id.0.to_string()], input: Vec::new(), view, node });
+            jobs.push(NewJob { id, args: vec![id.0.to_string()], input: Vec::new(), view, node, files: Vec::new() });
             out.push((id, rx));
         }
         let effects = self.core.on_cmd(Cmd::Submit { jobs }, self.t0);
@@ -285,10 +295,11 @@ fn only_missing_files_are_staged_and_the_node_is_ready_after() {
     sim.answer(p, Asked::Reserve, Response::Reserved(Reserved { cpus: 2, missing: vec![FileHash([2; 32])] }));
     assert_eq!(sim.stages.len(), 1);
     let names: Vec<&str> = sim.stages[0].1.iter().map(|f| f.entry.name.as_str()).collect();
+    assert_eq!(sim.stages[0].2, None, "the cluster's files");
     assert_eq!(names, ["data.txt"]);
     sim.submit(1);
     assert!(sim.submits().is_empty(), "jobs wait for staging");
-    let effects = sim.core.on_staged(p, Ok(5000));
+    let effects = sim.core.on_staged(p, None, Ok(5000));
     sim.absorb(effects);
     assert_eq!(sim.status_of(p), NodeStatus::Ready);
     assert_eq!(sim.submits().len(), 1);
@@ -301,7 +312,7 @@ fn a_staging_failure_makes_the_node_unusable_with_the_reason() {
     let mut sim = Sim::new(settings());
     let p = sim.reserving(1, 2);
     sim.answer(p, Asked::Reserve, Response::Reserved(Reserved { cpus: 2, missing: vec![FileHash([1; 32])] }));
-    let effects = sim.core.on_staged(p, Err("file data.txt is over the limit".into()));
+    let effects = sim.core.on_staged(p, None, Err("file data.txt is over the limit".into()));
     sim.absorb(effects);
     assert_eq!(sim.status_of(p), NodeStatus::Unusable("staging failed: file data.txt is over the limit".into()));
 }
@@ -635,4 +646,131 @@ fn requests_a_client_does_not_serve_are_refused() {
     assert!(matches!(response, Response::Refused(_)), "results of another cluster are not taken");
     let (response, _) = sim.core.on_request(p, wire(&Request::Hello(Hello::client("x".into()))));
     assert!(matches!(wire(&response), Response::Hello(h) if h.role == dispy_protocol::Role::Client));
+}
+
+/// Submits jobs, each with its own input file, in one batch.
+fn submit_with_files(sim: &mut Sim, files: &[(&str, u8)]) -> Vec<JobId> {
+    let mut jobs = Vec::new();
+    for (name, byte) in files {
+        let id = JobId(sim.next_job);
+        sim.next_job += 1;
+        let files = vec![file(name, *byte, 10)];
+        jobs.push(NewJob { id, args: vec![name.to_string()], input: Vec::new(), view: None, node: None, files });
+    }
+    let ids = jobs.iter().map(|j| j.id).collect();
+    let effects = sim.core.on_cmd(Cmd::Submit { jobs }, sim.t0);
+    sim.absorb(effects);
+    ids
+}
+
+#[test]
+fn a_jobs_input_is_declared_staged_to_its_node_only_then_the_job_is_sent() {
+    let mut sim = Sim::new(settings());
+    let a = sim.node_up(1, 2);
+    let [x, y] = submit_with_files(&mut sim, &[("x.txt", 7), ("y.txt", 8)])[..] else { panic!("two jobs") };
+    assert!(sim.submits().is_empty(), "not before its files");
+    let (request, asked) = sim.ask_of(a);
+    assert_eq!(asked, Asked::Declare(vec![x, y]));
+    let Request::Declare(d) = request else { panic!("{request:?}") };
+    assert_eq!(d.files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["x.txt", "y.txt"]);
+    // The node holds y.txt already: only x.txt travels.
+    sim.answer(a, asked, Response::Declared(dispy_protocol::Declared { missing: vec![FileHash([7; 32])] }));
+    let (to, files, jobs) = sim.stages.pop().expect("staged");
+    assert_eq!((to, jobs), (a, Some(vec![x, y])));
+    assert_eq!(files.iter().map(|f| f.entry.name.as_str()).collect::<Vec<_>>(), ["x.txt"]);
+    assert!(sim.submits().is_empty(), "not before they arrive");
+    let effects = sim.core.on_staged(a, Some(vec![x, y]), Ok(10));
+    sim.absorb(effects);
+    let submits = sim.submits();
+    assert_eq!(ids_of(&submits[0].1), vec![x, y]);
+    assert_eq!(submits[0].1.jobs[0].files[0].name, "x.txt");
+    assert_eq!(sim.core.stats(sim.at(1.0)).nodes[0].staged_bytes, 10);
+}
+
+#[test]
+fn inputs_that_cannot_be_staged_send_the_jobs_elsewhere() {
+    let mut sim = Sim::new(settings());
+    let a = sim.node_up(1, 1);
+    let x = submit_with_files(&mut sim, &[("x.txt", 7)])[0];
+    let (_, asked) = sim.ask_of(a);
+    sim.answer(a, asked, Response::Declared(dispy_protocol::Declared { missing: vec![FileHash([7; 32])] }));
+    let effects = sim.core.on_staged(a, Some(vec![x]), Err("x.txt changed while being sent".into()));
+    sim.absorb(effects);
+    assert!(matches!(sim.status_of(a), NodeStatus::Unusable(ref w) if w.contains("x.txt changed")));
+    assert!(matches!(sim.core.jobs[&x].state, JobState::Queued));
+    let b = sim.node_up(2, 1);
+    let (request, _) = sim.ask_of(b);
+    assert!(matches!(request, Request::Declare(_)), "declared again to the next node");
+}
+
+#[test]
+fn a_result_with_returned_files_ends_its_job_once_they_are_fetched() {
+    let mut s = settings();
+    s.returns = vec!["*.gz".into()];
+    let mut sim = Sim::new(s);
+    let a = sim.node_up(1, 1);
+    let ids = sim.submit(1);
+    sim.submits();
+    let out = FileEntry { name: "out/a.gz".into(), hash: FileHash([9; 32]), size: 3, executable: false };
+    let result = JobResult { returned: vec![out.clone()], ..exited(ids[0], 0) };
+    sim.results(a, vec![ids[0]], vec![result.clone()]);
+    assert!(sim.reports.is_empty(), "not before its files are here");
+    let (peer, job, files, dir) = sim.fetches.pop().expect("a fetch");
+    assert_eq!((peer, job, files, dir), (a, ids[0], vec![out], std::path::PathBuf::from("results/0")));
+    // A repeated result changes nothing.
+    sim.results(a, Vec::new(), vec![result]);
+    assert!(sim.fetches.is_empty());
+    let saved = vec![std::path::PathBuf::from("results/0/out/a.gz")];
+    let effects = sim.core.on_fetched(a, ids[0], saved.clone(), Vec::new());
+    sim.absorb(effects);
+    assert_eq!(sim.reports.len(), 1);
+    assert_eq!(sim.reports[0].returned, saved);
+}
+
+#[test]
+fn a_node_lost_while_its_returns_are_fetched_reruns_the_job_and_the_stale_fetch_is_dropped() {
+    let mut s = settings();
+    s.reentrant = true;
+    s.returns = vec!["*".into()];
+    let mut sim = Sim::new(s);
+    let a = sim.node_up(1, 1);
+    let ids = sim.submit(1);
+    sim.submits();
+    let out = FileEntry { name: "o".into(), hash: FileHash([9; 32]), size: 3, executable: false };
+    sim.results(a, vec![ids[0]], vec![JobResult { returned: vec![out], ..exited(ids[0], 0) }]);
+    let effects = sim.core.on_disconnected(a);
+    sim.absorb(effects);
+    assert_eq!(sim.stopped_fetches, [(a, ids[0])], "the fetch from the lost node stops");
+    let effects = sim.core.on_fetched(a, ids[0], Vec::new(), vec!["o: connection closed".into()]);
+    sim.absorb(effects);
+    assert!(sim.reports.is_empty(), "the job runs again instead");
+    let b = sim.node_up(2, 1);
+    let submits = sim.submits();
+    assert_eq!((submits[0].0, ids_of(&submits[0].1)), (b, ids.clone()));
+    // Its new result (with files) is taken, not mistaken for a repeat.
+    let out = FileEntry { name: "o".into(), hash: FileHash([8; 32]), size: 3, executable: false };
+    sim.results(b, vec![ids[0]], vec![JobResult { returned: vec![out], ..exited(ids[0], 0) }]);
+    assert_eq!(sim.fetches.iter().map(|f| f.0).collect::<Vec<_>>(), [a, b], "fetched from the new node");
+    let effects = sim.core.on_fetched(b, ids[0], vec!["results/0/o".into()], Vec::new());
+    sim.absorb(effects);
+    assert_eq!(sim.reports.len(), 1);
+}
+
+#[test]
+fn files_that_could_not_be_saved_are_named_in_the_report() {
+    let mut sim = Sim::new(settings());
+    let a = sim.node_up(1, 1);
+    let ids = sim.submit(1);
+    sim.submits();
+    let out = FileEntry { name: "big".into(), hash: FileHash([9; 32]), size: 3, executable: false };
+    let result =
+        JobResult { returned: vec![out], return_note: Some("x: is a symbolic link".into()), ..exited(ids[0], 0) };
+    sim.results(a, vec![ids[0]], vec![result]);
+    let effects = sim.core.on_fetched(a, ids[0], Vec::new(), vec!["big: no space left on device".into()]);
+    sim.absorb(effects);
+    assert_eq!(
+        sim.reports[0].return_note.as_deref(),
+        Some("x: is a symbolic link; not saved: big: no space left on device")
+    );
+    assert_eq!(sim.reports[0].outcome, JobOutcome::Exited(0), "the job's own result is kept");
 }

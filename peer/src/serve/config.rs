@@ -16,6 +16,9 @@ pub struct ServeConfig {
     pub max_file_size: Option<u64>,
     /// Bytes of stdout (and of stderr) kept per job; the rest is counted and dropped.
     pub max_output: usize,
+    /// Bytes of files one job may return, if limited; past it files stay behind, named in
+    /// the job's report.
+    pub max_return: Option<u64>,
     /// An executable that runs [`super::reaper::run_if_reaper`] first in `main` (the node's own):
     /// started as the reaper that kills the jobs if the node dies without cleaning up.
     pub reaper: Option<PathBuf>,
@@ -46,6 +49,7 @@ impl ServeConfig {
             dest: dest.into(),
             max_file_size: None,
             max_output: 1 << 20,
+            max_return: None,
             reaper: None,
             job_token: None,
             private_dest: false,

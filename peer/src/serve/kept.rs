@@ -96,6 +96,8 @@ mod tests {
             start_us: 1,
             end_us: 2,
             value: Vec::new(),
+            returned: Vec::new(),
+            return_note: None,
         };
         kept.save(ClusterId(9), std::slice::from_ref(&r)).unwrap();
         assert_eq!(kept.load(ClusterId(9)), vec![r]);
@@ -115,6 +117,8 @@ mod tests {
             start_us: 0,
             end_us: 0,
             value: Vec::new(),
+            returned: Vec::new(),
+            return_note: None,
         }
     }
 }

@@ -4,9 +4,10 @@
 //! (its results on their way back).
 
 use super::delivery::Outbox;
+use super::jobfiles::JobFiles;
 use super::setup::ClusterSetup;
 use super::slots::Runs;
-use super::store::{Store, check_names};
+use super::store::{Store, check_name, check_names};
 use super::uploads::Uploads;
 use super::{Node, ServeConfig};
 use dispy_protocol::{
@@ -40,6 +41,8 @@ pub(super) struct Lease {
     pub(super) outbox: Outbox,
     /// Its setup and cleanup programs, if any.
     pub(super) setup: ClusterSetup,
+    /// Its jobs' own files: inputs declared, outputs returned.
+    pub(super) job_files: JobFiles,
 }
 
 impl Lease {
@@ -73,7 +76,13 @@ impl Lease {
             let why = format!("files not staged yet: {}", missing.join(", "));
             return Err(Refusal::new(RefusalKind::BadFile, why));
         }
+        self.job_files.check(&jobs, store)?;
         Ok(self.runs.queue(jobs))
+    }
+
+    /// The declared file `hash`: one of the cluster's or one of its jobs' inputs.
+    pub(super) fn file(&self, hash: &FileHash) -> Option<&FileEntry> {
+        self.files.iter().find(|f| f.hash == *hash).or_else(|| self.job_files.declared(hash))
     }
 
     /// Released, and no job or delivery of it is left.
@@ -103,7 +112,7 @@ impl Leases {
         self.0
             .iter()
             .filter(|(other, c)| **other != except && !c.released)
-            .flat_map(|(_, c)| c.files.iter().map(|f| f.hash))
+            .flat_map(|(_, c)| c.files.iter().map(|f| f.hash).chain(c.job_files.hashes()))
             .collect()
     }
 
@@ -126,6 +135,16 @@ impl Leases {
                     ),
                 );
             }
+        }
+        for g in &r.returns {
+            // A glob is matched against names inside the job directory: one that is absolute
+            // or climbs out could never match, and says the client is confused.
+            if g.contains('\0') || check_name(&g.replace("**", "x").replace(['*', '?'], "x")).is_err() {
+                return refuse(RefusalKind::BadPath, format!("return pattern {g:?} is not a relative path"));
+            }
+        }
+        if r.returns.len() > 64 {
+            return refuse(RefusalKind::TooLarge, "more than 64 return patterns".into());
         }
         if !r.files.iter().any(|f| f.name == r.program) {
             return refuse(RefusalKind::BadFile, format!("program {} is not among the cluster's files", r.program));
@@ -168,6 +187,7 @@ impl Leases {
             uploads: Uploads::default(),
             outbox: Outbox::default(),
             setup,
+            job_files: JobFiles::new(r.returns),
         };
         self.0.insert(r.cluster, lease);
         Response::Reserved(Reserved { cpus, missing })

@@ -160,6 +160,19 @@ impl Node {
     pub(super) fn release(&mut self, id: ClusterId) {
         let Some(c) = self.leases.0.get_mut(&id) else { return };
         c.release();
+        // Its jobs' own files (inputs and returns) go, unless another lease holds them: a
+        // job's input is rarely another's, and nobody fetches a released cluster's returns.
+        let mine: Vec<FileHash> = c.job_files.hashes().collect();
+        if !mine.is_empty() {
+            let in_use = self.leases.files_in_use(id);
+            let store = self.ctx.store.clone();
+            let orphans: Vec<FileHash> = mine.into_iter().filter(|h| !in_use.contains(h)).collect();
+            tokio::task::spawn_blocking(move || {
+                for h in orphans {
+                    let _ = std::fs::remove_file(store.path(&h));
+                }
+            });
+        }
         self.drop_if_done(id);
     }
 

@@ -28,6 +28,7 @@ mod config;
 mod delivery;
 pub(crate) mod executor;
 mod jobdirs;
+mod jobfiles;
 mod kept;
 mod lease;
 mod lifecycle;
@@ -99,6 +100,8 @@ struct Ctx {
     trash: Trash,
     /// `cfg.max_output`.
     max_output: usize,
+    /// `cfg.max_return`.
+    max_return: Option<u64>,
     /// `cfg.job_token`, shared by the jobs' specs.
     job_token: Option<Arc<str>>,
 }
@@ -202,6 +205,7 @@ impl Node {
             kept,
             trash: Trash::default(),
             max_output: cfg.max_output,
+            max_return: cfg.max_return,
             job_token: cfg.job_token.as_deref().map(Arc::from),
         };
         Ok(Node {
@@ -273,7 +277,9 @@ impl Node {
                 }
                 Response::Hello(self.hello())
             }
-            Request::Reserve(_) | Request::Submit(_) | Request::Chunk(_) if self.stopping || self.draining => {
+            Request::Reserve(_) | Request::Submit(_) | Request::Chunk(_) | Request::Declare(_)
+                if self.stopping || self.draining =>
+            {
                 refuse(RefusalKind::ShuttingDown, format!("node {} is shutting down", self.cfg.name))
             }
             _ if self.stopping => refuse(RefusalKind::ShuttingDown, format!("node {} is shutting down", self.cfg.name)),
@@ -283,7 +289,8 @@ impl Node {
                     Ok(lease) => lease,
                     Err(refusal) => return Some((channel, *refusal)),
                 };
-                return lease.uploads.chunk(c.cluster, &lease.files, c, channel, &self.ctx);
+                let entry: Vec<_> = lease.file(&c.hash).cloned().into_iter().collect();
+                return lease.uploads.chunk(c.cluster, &entry, c, channel, &self.ctx);
             }
             Request::Submit(s) => self.submit(peer, s),
             Request::Cancel(c) => match self.leases.owned(peer, c.cluster) {
@@ -309,6 +316,36 @@ impl Node {
                 delivery::recover(peer, r, held, &self.ctx.kept, &self.ctx.net, channel);
                 return None;
             }
+            Request::Declare(d) => match self.leases.owned(peer, d.cluster) {
+                Err(refusal) => *refusal,
+                Ok(lease) => lease.job_files.declare(d.files, &self.ctx.store, self.cfg.max_file_size),
+            },
+            Request::Fetch(f) => match self.leases.owned(peer, f.cluster) {
+                Err(refusal) => *refusal,
+                Ok(lease) if !lease.job_files.has_returned(&f.hash) => refuse(
+                    RefusalKind::BadFile,
+                    format!("file {} was not returned by a job of cluster {}", f.hash, f.cluster),
+                ),
+                Ok(_) => {
+                    let (store, net) = (self.ctx.store.clone(), self.ctx.net.clone());
+                    tokio::spawn(async move {
+                        let read = tokio::task::spawn_blocking(move || jobfiles::read_chunk(&store, &f.hash, f.offset));
+                        let response = match read.await {
+                            Ok(Ok(data)) => {
+                                Response::Data(dispy_protocol::Data { hash: f.hash, offset: f.offset, data })
+                            }
+                            Ok(Err(e)) => {
+                                refuse(RefusalKind::Internal, format!("cannot read returned file {}: {e}", f.hash))
+                            }
+                            Err(e) => {
+                                refuse(RefusalKind::Internal, format!("cannot read returned file {}: {e}", f.hash))
+                            }
+                        };
+                        let _ = net.respond(channel, response).await;
+                    });
+                    return None;
+                }
+            },
             Request::Forget(f) => {
                 let outbox = self.leases.0.get_mut(&f.cluster).map(|c| &mut c.outbox);
                 delivery::forget(f, outbox, &self.ctx.kept)

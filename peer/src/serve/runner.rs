@@ -67,6 +67,8 @@ pub(crate) struct ProgramJob {
     /// The cluster's files when `spec.dir` is fresh: made and filled before the run (a
     /// reused directory holds them already).
     pub(crate) fill: Option<Vec<FileEntry>>,
+    /// The job's own input files, linked in after.
+    pub(crate) extra: Vec<FileEntry>,
 }
 
 /// Where and what a new function worker serves.
@@ -100,18 +102,15 @@ impl Runner for ProcessRunner {
                 Some(files) => prepare_dir(&store, &job.spec.dir, files, "job"),
                 None => Ok(()),
             };
+            let prepared = prepared.and_then(|()| store.link_into(&job.spec.dir, &job.extra));
             if let Err(why) = prepared {
                 return failed_to_start(job.id, why);
             }
             let run = executor::run(job.spec, cancel).await;
             JobResult {
-                id: job.id,
-                outcome: run.outcome,
                 stdout: run.stdout,
                 stderr: run.stderr,
-                start_us: run.start_us,
-                end_us: run.end_us,
-                value: Vec::new(),
+                ..JobResult::new(job.id, run.outcome, run.start_us, run.end_us)
             }
         })
     }
@@ -171,13 +170,5 @@ pub(crate) fn failed_to_start(id: JobId, why: String) -> JobResult {
 /// The result of a job that ended without running.
 pub(crate) fn unrun(id: JobId, outcome: JobOutcome) -> JobResult {
     let now = executor::now_us();
-    JobResult {
-        id,
-        outcome,
-        stdout: Default::default(),
-        stderr: Default::default(),
-        start_us: now,
-        end_us: now,
-        value: Vec::new(),
-    }
+    JobResult::new(id, outcome, now, now)
 }

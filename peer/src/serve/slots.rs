@@ -3,13 +3,13 @@
 //! through the node's [`Runner`](super::runner::Runner)), and come back here when they end.
 
 use super::jobdirs::{JobDirs, Trash};
+use super::jobfiles::collect;
 use super::lease::{Lease, Leases};
 use super::runner::{FunctionWorker, ProgramJob, WorkerPlace, failed_to_start, unrun};
 use super::{Completion, Ctx, executor};
 use dispy_protocol::{ClusterId, JobId, JobOutcome, JobResult, JobSpec};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{Instrument, debug, debug_span};
 
@@ -157,6 +157,13 @@ fn start(id: ClusterId, lease: &mut Lease, job: JobSpec, ctx: &mut Ctx) {
     let span = debug_span!("job", cluster = %id, job = %job_id);
     let max_output = ctx.max_output;
     if let Some(function) = &lease.function {
+        if !job.files.is_empty() {
+            // A function's worker serves job after job in one directory: a job's own files
+            // have no place of their own there.
+            let result = failed_to_start(job_id, "a function job cannot have input files of its own".into());
+            ctx.report(Completion::JobDone(JobDone { cluster: id, result, held_slot: true, worker: None, dir: None }));
+            return;
+        }
         let worker = match runs.idle_workers.pop() {
             Some(w) => Ok(w),
             None => {
@@ -182,21 +189,35 @@ fn start(id: ClusterId, lease: &mut Lease, job: JobSpec, ctx: &mut Ctx) {
         return;
     }
     let dir = runs.job_dirs.take(&ctx.store, &lease.files, &mut ctx.trash);
+    let timeout = job.timeout();
     let spec = executor::RunSpec {
         program: dir.path.join(&lease.program),
         args: job.args,
         dir: dir.path.clone(),
-        timeout: job.timeout_secs.filter(|t| t.is_finite() && *t > 0.0).map(Duration::from_secs_f64),
+        timeout,
         max_output,
         token: ctx.job_token.clone(),
         env: lease.setup.job_env(),
     };
-    // Only a fresh directory is filled.
+    // Only a fresh directory is filled; the job's own files join either.
     let fill = dir.fresh.then(|| lease.files.clone());
-    let run = ctx.runner.run_program(ProgramJob { id: job_id, spec, fill }, kill_rx);
+    let run = ctx.runner.run_program(ProgramJob { id: job_id, spec, fill, extra: job.files }, kill_rx);
+    let returns = (!lease.job_files.globs.is_empty()).then(|| {
+        let (globs, store, max) = (lease.job_files.globs.clone(), ctx.store.clone(), ctx.max_return);
+        let path = dir.path.clone();
+        move || collect(&path, &globs, &store, max)
+    });
     tokio::spawn(
         async move {
-            let result = run.await;
+            let mut result = run.await;
+            if let Some(returns) = returns {
+                // Whatever the outcome: a failed job's partial output is what its user wants
+                // to look at.
+                match tokio::task::spawn_blocking(returns).await {
+                    Ok(got) => (result.returned, result.return_note) = (got.files, got.note),
+                    Err(e) => result.return_note = Some(format!("collecting returned files failed: {e}")),
+                }
+            }
             debug!(outcome = %result.outcome, "job ended");
             let done_job = JobDone { cluster: id, result, held_slot: true, worker: None, dir: Some(dir.path) };
             let _ = done.send(Completion::JobDone(done_job));
@@ -216,6 +237,7 @@ pub(super) fn job_done(lease: Option<&mut Lease>, done: JobDone, trash: &mut Tra
         None => {}
     }
     c.runs.running.remove(&result.id);
+    c.job_files.keep(&result.returned);
     if !c.released {
         c.outbox.push_result(result);
         // A worker of a released cluster is dropped here, which kills it.

@@ -126,8 +126,12 @@ pub fn check_names(files: &[FileEntry]) -> Result<(), PathError> {
 }
 
 /// The modification time of every stored file, as a seal: a write through a job's hard
-/// link changes it.
-pub const STORED_MTIME: std::time::SystemTime = std::time::UNIX_EPOCH;
+/// link changes it. Not the epoch itself: tools that read the time a job's input was made
+/// (gzip stores it, and warns with exit status 2 when it is 0) must see a plausible one.
+pub fn stored_mtime() -> std::time::SystemTime {
+    // 2001-09-09: far from any overflow.
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000)
+}
 
 /// The content-addressed store.
 #[derive(Debug, Clone)]
@@ -156,11 +160,11 @@ impl Store {
     /// Whether the store holds this file complete and unchanged. Stored files are
     /// read-only, but jobs run as the node's user, who owns them (or as root): a job can
     /// make one writable and write to it through its hard link. Any write moves the
-    /// modification time off [`STORED_MTIME`], and such a file counts as missing, so the
+    /// modification time off [`stored_mtime`], and such a file counts as missing, so the
     /// next cluster that needs it sends it again.
     pub fn has(&self, hash: &FileHash, size: u64) -> bool {
         fs::metadata(self.path(hash))
-            .is_ok_and(|m| m.is_file() && m.len() == size && m.modified().is_ok_and(|t| t == STORED_MTIME))
+            .is_ok_and(|m| m.is_file() && m.len() == size && m.modified().is_ok_and(|t| t == stored_mtime()))
     }
 
     /// Starts receiving a file.
@@ -259,7 +263,7 @@ impl Upload {
             return Err(format!("content does not match its declared hash {}", self.hash));
         }
         self.file.flush().map_err(|e| e.to_string())?;
-        self.file.set_modified(STORED_MTIME).map_err(|e| format!("cannot seal {}: {e}", self.tmp.display()))?;
+        self.file.set_modified(stored_mtime()).map_err(|e| format!("cannot seal {}: {e}", self.tmp.display()))?;
         fs::set_permissions(&self.tmp, fs::Permissions::from_mode(0o555)).map_err(|e| e.to_string())?;
         fs::rename(&self.tmp, &self.dest).map_err(|e| format!("cannot store {}: {e}", self.dest.display()))?;
         self.stored = true;

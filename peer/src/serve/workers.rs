@@ -60,7 +60,7 @@ impl Worker {
         kill: oneshot::Receiver<()>,
     ) -> (JobResult, Option<Worker>) {
         let start_us = now_us();
-        let timeout = job.timeout_secs.filter(|t| t.is_finite() && *t > 0.0).map(Duration::from_secs_f64);
+        let timeout = job.timeout();
         let sleep = async {
             match timeout {
                 Some(t) => tokio::time::sleep(t).await,
@@ -92,6 +92,8 @@ impl Worker {
             start_us,
             end_us: 0,
             value: Vec::new(),
+            returned: Vec::new(),
+            return_note: None,
         };
         let keep = match ended {
             Ok(Ok(reply)) => {

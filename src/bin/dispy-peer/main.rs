@@ -145,6 +145,7 @@ async fn serve(o: ServeOpt) -> anyhow::Result<()> {
     let serve_cfg = ServeConfig {
         max_file_size: o.max_file_size,
         max_output: o.max_output as usize,
+        max_return: o.max_return,
         reaper: std::env::current_exe().ok(),
         drain_timeout: secs(o.drain_timeout, "--drain-timeout")?,
         serve_clusters: o.serve_clusters,
@@ -184,12 +185,47 @@ async fn serve(o: ServeOpt) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--each-file`: a job per file, its base name appended to the arguments or put in place
+/// of `{}` in the one `-a` template.
+fn each_file_jobs(
+    files: &[std::path::PathBuf],
+    templates: &[Vec<String>],
+) -> anyhow::Result<Vec<(Vec<String>, Vec<std::path::PathBuf>)>> {
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let template = match templates {
+        [] => None,
+        [one] => Some(one),
+        _ => anyhow::bail!("with --each-file, give at most one -a (a template; {{}} stands for the file's name)"),
+    };
+    let mut jobs = Vec::with_capacity(files.len());
+    for f in files {
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("--each-file {}: no usable file name", f.display()))?
+            .to_string();
+        // Checked before any node is contacted.
+        let meta = std::fs::metadata(f).with_context(|| format!("--each-file {}", f.display()))?;
+        anyhow::ensure!(meta.is_file(), "--each-file {}: not a regular file", f.display());
+        let args = match template {
+            Some(t) if t.iter().any(|w| w.contains("{}")) => t.iter().map(|w| w.replace("{}", &name)).collect(),
+            Some(t) => t.iter().cloned().chain(std::iter::once(name)).collect(),
+            None => vec![name],
+        };
+        jobs.push((args, vec![f.clone()]));
+    }
+    Ok(jobs)
+}
+
 async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
     // Usage errors first, before any node is contacted.
     let mut jobs = Vec::new();
     for a in &o.args {
         jobs.push(shell_words::split(a).with_context(|| format!("cannot split -a {a:?} into words"))?);
     }
+    let each_file = each_file_jobs(&o.each_file, &jobs)?;
     if jobs.is_empty() {
         jobs.push(Vec::new());
     }
@@ -228,9 +264,19 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
     if let Some(j) = &o.journal {
         b = b.journal(j);
     }
+    for g in &o.returns {
+        b = b.returns(g.clone());
+    }
+    b = b.results_dir(&o.results_dir);
     let mut cluster = b.start().await?;
-    let total = jobs.len();
-    cluster.submit_all(jobs).await?;
+    let total;
+    if each_file.is_empty() {
+        total = jobs.len();
+        cluster.submit_all(jobs).await?;
+    } else {
+        total = each_file.len();
+        cluster.submit_all_with(each_file).await?;
+    }
     let mut printer = print::Printer::new(o.json);
     let mut failed = 0usize;
     // Ctrl-C once: cancel the remote jobs, print what ends, release the nodes, exit 1.

@@ -94,6 +94,10 @@ pub(crate) struct ServeOpt {
     /// Keep at most this much of each job's stdout and of its stderr.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1M")]
     pub(crate) max_output: u64,
+    /// Return at most this many bytes of files per job (`submit --return`); what is over
+    /// stays behind, named in the job's report.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) max_return: Option<u64>,
     /// Name shown to clients [default: the host name].
     #[arg(long)]
     pub(crate) name: Option<String>,
@@ -131,8 +135,21 @@ pub(crate) struct SubmitOpt {
     #[arg(long, value_name = "PROGRAM")]
     pub(crate) cleanup: Option<PathBuf>,
     /// Arguments of one job, split like a shell splits words; repeatable (one job each).
+    /// With --each-file: the one template, `{}` standing for each file's name.
     #[arg(short = 'a', long = "args", value_name = "ARGS", allow_hyphen_values = true)]
     pub(crate) args: Vec<String>,
+    /// One job per file: the file goes only to the node that runs the job, sits in its
+    /// directory under its base name, and the name is appended to the job's arguments (or
+    /// replaces `{}` in the -a template).
+    #[arg(long = "each-file", value_name = "FILE", num_args = 1..)]
+    pub(crate) each_file: Vec<PathBuf>,
+    /// Bring back the files a job leaves that match GLOB (relative to its directory; `*`,
+    /// `?`, `**`), whatever its outcome; repeatable.
+    #[arg(long = "return", value_name = "GLOB")]
+    pub(crate) returns: Vec<String>,
+    /// Where returned files are saved, as DIR/<job number>/<path>.
+    #[arg(long, value_name = "DIR", default_value = "dispy-results")]
+    pub(crate) results_dir: PathBuf,
     /// Use only nodes matching: IP glob (10.77.0.*), peer id or name; repeatable.
     #[arg(long = "nodes", value_name = "PATTERN")]
     pub(crate) nodes: Vec<String>,

@@ -37,6 +37,8 @@ impl Printer {
                 "stdout_truncated": job.stdout_truncated,
                 "stderr": String::from_utf8_lossy(&job.stderr),
                 "stderr_truncated": job.stderr_truncated,
+                "returned": job.returned,
+                "return_note": job.return_note,
             });
             writeln!(self.out, "{v}")?;
         } else {
@@ -72,6 +74,12 @@ impl Printer {
                         job.stderr_truncated
                     )?;
                 }
+            }
+            for path in &job.returned {
+                writeln!(self.out, "-- returned {}", path.display())?;
+            }
+            if let Some(note) = &job.return_note {
+                writeln!(self.out, "-- not returned: {note}")?;
             }
         }
         self.out.flush()

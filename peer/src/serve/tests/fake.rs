@@ -12,6 +12,9 @@ pub(super) struct FakeJob {
     pub(super) id: JobId,
     /// A function job (on a worker) rather than a program job.
     pub(super) function: bool,
+    /// A program job's directory (made, empty: no file is linked) and own input files.
+    pub(super) dir: Option<std::path::PathBuf>,
+    pub(super) inputs: Vec<String>,
     finish: oneshot::Sender<JobOutcome>,
 }
 
@@ -51,13 +54,13 @@ pub(super) struct FakeRunner {
 
 /// Waits for the test's outcome or the node's cancel.
 fn fake_run(
-    id: JobId,
-    function: bool,
+    job: FakeJobInfo,
     started: &mpsc::UnboundedSender<FakeJob>,
     cancel: oneshot::Receiver<()>,
 ) -> Run<JobResult> {
+    let FakeJobInfo { id, function, dir, inputs } = job;
     let (finish, outcome) = oneshot::channel();
-    let _ = started.send(FakeJob { id, function, finish });
+    let _ = started.send(FakeJob { id, function, dir, inputs, finish });
     Box::pin(async move {
         let outcome = tokio::select! {
             o = outcome => o.unwrap_or_else(|_| JobOutcome::Crashed("the test dropped the job".into())),
@@ -71,13 +74,27 @@ fn fake_run(
             start_us: 1,
             end_us: 2,
             value: Vec::new(),
+            returned: Vec::new(),
+            return_note: None,
         }
     })
 }
 
+/// What a started job tells the test.
+struct FakeJobInfo {
+    id: JobId,
+    function: bool,
+    dir: Option<std::path::PathBuf>,
+    inputs: Vec<String>,
+}
+
 impl Runner for FakeRunner {
     fn run_program(&self, job: ProgramJob, cancel: oneshot::Receiver<()>) -> Run<JobResult> {
-        fake_run(job.id, false, &self.started, cancel)
+        // The directory exists, as a real run's does: a test may leave files in it.
+        let _ = std::fs::create_dir_all(&job.spec.dir);
+        let inputs = job.extra.iter().map(|f| f.name.clone()).collect();
+        let info = FakeJobInfo { id: job.id, function: false, dir: Some(job.spec.dir), inputs };
+        fake_run(info, &self.started, cancel)
     }
 
     fn start_worker(&self, _place: WorkerPlace<'_>) -> Result<Box<dyn FunctionWorker>, String> {
@@ -115,7 +132,8 @@ impl FunctionWorker for FakeWorker {
         _max_output: usize,
         cancel: oneshot::Receiver<()>,
     ) -> Run<(JobResult, Option<Box<dyn FunctionWorker>>)> {
-        let run = fake_run(job.id, true, &self.started, cancel);
+        let info = FakeJobInfo { id: job.id, function: true, dir: None, inputs: Vec::new() };
+        let run = fake_run(info, &self.started, cancel);
         Box::pin(async move {
             let result = run.await;
             // Like a real worker: one that was cancelled is not reused.

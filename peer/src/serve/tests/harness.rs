@@ -37,7 +37,7 @@ pub(super) fn file(name: &str, data: &[u8]) -> FileEntry {
 }
 
 pub(super) fn job(id: u64) -> JobSpec {
-    JobSpec { id: JobId(id), args: Vec::new(), timeout_secs: None, input: Vec::new() }
+    JobSpec { id: JobId(id), args: Vec::new(), timeout_secs: None, input: Vec::new(), files: Vec::new() }
 }
 
 pub(super) fn reserve(cluster: u64, files: Vec<FileEntry>) -> Request {
@@ -50,6 +50,7 @@ pub(super) fn reserve(cluster: u64, files: Vec<FileEntry>) -> Request {
         setup: None,
         cleanup: None,
         setup_timeout_secs: None,
+        returns: Vec::new(),
     })
 }
 

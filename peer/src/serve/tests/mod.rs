@@ -3,6 +3,7 @@
 
 mod fake;
 mod harness;
+mod jobfiles;
 mod nested;
 mod setup;
 
@@ -14,9 +15,9 @@ use harness::{Harness, file, reserve, settle};
 use libp2p::PeerId;
 use std::time::Duration;
 
-const PROG: &[u8] = b"#!/bin/sh\necho hi\n";
+pub(super) const PROG: &[u8] = b"#!/bin/sh\necho hi\n";
 
-fn refused(r: &Response) -> Option<RefusalKind> {
+pub(super) fn refused(r: &Response) -> Option<RefusalKind> {
     match r {
         Response::Refused(refusal) => Some(refusal.kind),
         _ => None,
@@ -365,4 +366,25 @@ async fn serve_n_drains_after_n_clusters() {
     let stopped = tokio::time::timeout(Duration::from_secs(5), &mut h.node).await;
     assert!(matches!(stopped, Ok(Ok(Ok(())))), "stopped after one cluster");
     assert!(!h.dest.path().join("jobs").exists(), "job directories removed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_time_limit_no_duration_can_hold_does_not_take_the_node_down() {
+    let (mut h, client) = ready(2, |_| {}).await;
+    let mut jobs = Vec::new();
+    for (id, t) in [(1, 1e300), (2, f64::NAN), (3, -5.0), (4, f64::INFINITY)] {
+        let mut j = harness::job(id);
+        j.timeout_secs = Some(t);
+        jobs.push(j);
+    }
+    let submit = Request::Submit(dispy_protocol::Submit { cluster: ClusterId(1), jobs });
+    assert!(matches!(h.ask(client, submit).await, Response::Accepted(a) if a.count == 4));
+    let (a, b) = (h.started().await, h.started().await);
+    a.finish(JobOutcome::Exited(0));
+    b.finish(JobOutcome::Exited(0));
+    let (c, d) = (h.started().await, h.started().await);
+    c.finish(JobOutcome::Exited(0));
+    d.finish(JobOutcome::Exited(0));
+    assert_eq!(h.results(4).await.len(), 4, "the node lives on and runs them without a limit");
+    assert!(!h.node.is_finished());
 }

@@ -1,0 +1,319 @@
+//! A job's own files, both ways. Inputs (`--each-file`) are declared for the jobs about to
+//! be submitted, staged through `uploads` like the cluster's files (content-addressed: the
+//! same bytes are stored once) and linked into the job's directory. Files a job leaves that
+//! match the cluster's return globs (`--return`) are moved into the store when it ends,
+//! listed in its result, and served to the client in chunks until the cluster is released.
+
+use super::store::{Store, check_name};
+use dispy_protocol::{CHUNK_SIZE, Declared, FileEntry, FileHash, JobSpec, Refusal, RefusalKind, Response};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// Input files a lease may have declared at once: far more than the jobs a client keeps on
+/// a node, and a bound on the memory a client's declarations cost.
+const MAX_DECLARED: usize = 100_000;
+
+/// Entries of a job directory looked at for returns, at most: a job that leaves millions of
+/// files costs the node a bounded walk.
+const MAX_WALK: usize = 100_000;
+
+/// One lease's job files.
+#[derive(Default)]
+pub(super) struct JobFiles {
+    /// Input files declared for its jobs, by hash.
+    declared: HashMap<FileHash, FileEntry>,
+    /// Files its jobs returned, kept in the store for its client.
+    returned: HashSet<FileHash>,
+    /// Its return globs.
+    pub(super) globs: Vec<String>,
+}
+
+impl JobFiles {
+    pub(super) fn new(globs: Vec<String>) -> Self {
+        JobFiles { globs, ..JobFiles::default() }
+    }
+
+    /// Takes the declaration of jobs' input files; answers with those the store lacks.
+    pub(super) fn declare(&mut self, files: Vec<FileEntry>, store: &Store, max_size: Option<u64>) -> Response {
+        let refuse = |kind, msg: String| Response::Refused(Refusal::new(kind, msg));
+        if self.declared.len() + files.len() > MAX_DECLARED {
+            let why = format!("more than {MAX_DECLARED} job input files declared at once");
+            return refuse(RefusalKind::TooLarge, why);
+        }
+        let mut missing = Vec::new();
+        for f in files {
+            if let Err(e) = check_name(&f.name) {
+                return refuse(RefusalKind::BadPath, e.to_string());
+            }
+            if let Some(max) = max_size
+                && f.size > max
+            {
+                let why =
+                    format!("file {} is {} bytes, over the node's --max-file-size of {max} bytes", f.name, f.size);
+                return refuse(RefusalKind::TooLarge, why);
+            }
+            if !store.has(&f.hash, f.size) && !missing.contains(&f.hash) {
+                missing.push(f.hash);
+            }
+            self.declared.insert(f.hash, f);
+        }
+        Response::Declared(Declared { missing })
+    }
+
+    /// A declared input file, for its chunks.
+    pub(super) fn declared(&self, hash: &FileHash) -> Option<&FileEntry> {
+        self.declared.get(hash)
+    }
+
+    /// Whether every input file of `jobs` was declared and is stored.
+    pub(super) fn check(&self, jobs: &[JobSpec], store: &Store) -> Result<(), Refusal> {
+        for job in jobs {
+            for f in &job.files {
+                if !self.declared.contains_key(&f.hash) || !store.has(&f.hash, f.size) {
+                    let why = format!("input file {} of job {} is not staged", f.name, job.id);
+                    return Err(Refusal::new(RefusalKind::BadFile, why));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Files a job returned are kept for the client.
+    pub(super) fn keep(&mut self, returned: &[FileEntry]) {
+        self.returned.extend(returned.iter().map(|f| f.hash));
+    }
+
+    /// Whether `hash` is a file this lease's jobs returned.
+    pub(super) fn has_returned(&self, hash: &FileHash) -> bool {
+        self.returned.contains(hash)
+    }
+
+    /// Every file this lease holds in the store for its jobs.
+    pub(super) fn hashes(&self) -> impl Iterator<Item = FileHash> + '_ {
+        self.declared.keys().chain(self.returned.iter()).copied()
+    }
+}
+
+/// What a finished job's directory gives back.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Collected {
+    pub(crate) files: Vec<FileEntry>,
+    pub(crate) note: Option<String>,
+}
+
+/// Moves the files `dir` holds that match `globs` into the store (at most `max` bytes in
+/// all) and lists them. Runs on the blocking pool: it reads every byte to hash it.
+pub(crate) fn collect(dir: &Path, globs: &[String], store: &Store, max: Option<u64>) -> Collected {
+    let mut found = Vec::new();
+    let mut notes = Vec::new();
+    let mut seen = 0;
+    walk(dir, "", globs, &mut found, &mut notes, &mut seen);
+    if seen >= MAX_WALK {
+        notes.push(format!("the job left over {MAX_WALK} entries; only those looked at first were considered"));
+    }
+    found.sort();
+    let mut out = Collected::default();
+    let mut total: u64 = 0;
+    let mut over = Vec::new();
+    for (rel, size) in found {
+        if max.is_some_and(|max| total.saturating_add(size) > max) {
+            over.push(rel);
+            continue;
+        }
+        match adopt(&dir.join(&rel), size, store) {
+            Ok((hash, executable)) => {
+                total += size;
+                out.files.push(FileEntry { name: rel, hash, size, executable });
+            }
+            Err(e) => notes.push(format!("{rel}: cannot keep it: {e}")),
+        }
+    }
+    if !over.is_empty() {
+        let max = max.unwrap_or_default();
+        notes.push(format!("over the node's --max-return of {max} bytes, not returned: {}", over.join(", ")));
+    }
+    out.note = (!notes.is_empty()).then(|| notes.join("; "));
+    out
+}
+
+/// Walks `dir` (at `rel` below the job directory) for regular files matching a glob.
+/// Symbolic links are never followed: one that matches is named in a note.
+fn walk(
+    dir: &Path,
+    rel: &str,
+    globs: &[String],
+    found: &mut Vec<(String, u64)>,
+    notes: &mut Vec<String>,
+    seen: &mut usize,
+) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        *seen += 1;
+        if *seen > MAX_WALK {
+            return;
+        }
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+        let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+        let Ok(meta) = entry.path().symlink_metadata() else { continue };
+        let wanted = globs.iter().any(|g| glob_matches(g, &path));
+        if meta.file_type().is_symlink() {
+            if wanted {
+                notes.push(format!("{path}: is a symbolic link; only regular files are returned"));
+            }
+        } else if meta.is_dir() {
+            walk(&entry.path(), &path, globs, found, notes, seen);
+        } else if meta.is_file() && wanted {
+            found.push((path, meta.len()));
+        }
+    }
+}
+
+/// Hashes a file and moves it into the store (sealed and read-only, as staged files are);
+/// returns its hash and whether it is executable.
+fn adopt(path: &Path, size: u64, store: &Store) -> std::io::Result<(FileHash, bool)> {
+    let mut file = fs::File::open(path)?;
+    let executable = file.metadata()?.permissions().mode() & 0o111 != 0;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let hash = FileHash(hasher.finalize().into());
+    if !store.has(&hash, size) {
+        file.set_modified(super::store::stored_mtime())?;
+        fs::set_permissions(path, fs::Permissions::from_mode(if executable { 0o555 } else { 0o444 }))?;
+        fs::rename(path, store.path(&hash))?;
+    }
+    Ok((hash, executable))
+}
+
+/// Reads the chunk of a stored file at `offset` (on the blocking pool).
+pub(crate) fn read_chunk(store: &Store, hash: &FileHash, offset: u64) -> std::io::Result<Vec<u8>> {
+    let mut file = fs::File::open(store.path(hash))?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut data = Vec::with_capacity(CHUNK_SIZE);
+    file.take(CHUNK_SIZE as u64).read_to_end(&mut data)?;
+    Ok(data)
+}
+
+/// Whether `path` (relative, `/`-separated) matches `glob`: `*` and `?` within a name,
+/// `**` for any number of directories.
+///
+/// Linear in the pattern times the path: a hostile pattern costs no more.
+pub(crate) fn glob_matches(glob: &str, path: &str) -> bool {
+    let pat: Vec<&str> = glob.split('/').filter(|s| !s.is_empty()).collect();
+    let parts: Vec<&str> = path.split('/').collect();
+    // reach[j]: the first i pattern segments can match the first j path segments.
+    let mut reach = vec![false; parts.len() + 1];
+    reach[0] = true;
+    for seg in &pat {
+        let mut next = vec![false; parts.len() + 1];
+        if *seg == "**" {
+            let mut any = false;
+            for j in 0..=parts.len() {
+                any |= reach[j];
+                next[j] = any;
+            }
+        } else {
+            for j in 0..parts.len() {
+                if reach[j] && name_matches(seg.as_bytes(), parts[j].as_bytes()) {
+                    next[j + 1] = true;
+                }
+            }
+        }
+        reach = next;
+    }
+    reach[parts.len()]
+}
+
+/// `*` and `?` within one name, iteratively (no backtracking blow-up).
+fn name_matches(pat: &[u8], name: &[u8]) -> bool {
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        if p < pat.len() && (pat[p] == b'?' || pat[p] == name[n]) {
+            p += 1;
+            n += 1;
+        } else if p < pat.len() && pat[p] == b'*' {
+            star = Some((p, n));
+            p += 1;
+        } else if let Some((sp, sn)) = star {
+            p = sp + 1;
+            n = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    while p < pat.len() && pat[p] == b'*' {
+        p += 1;
+    }
+    p == pat.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_names_and_directories() {
+        assert!(glob_matches("*.gz", "a.gz"));
+        assert!(!glob_matches("*.gz", "sub/a.gz"));
+        assert!(glob_matches("**/*.gz", "sub/deep/a.gz"));
+        assert!(glob_matches("**/*.gz", "a.gz"));
+        assert!(glob_matches("out/**", "out/x/y"));
+        assert!(glob_matches("frame-??.png", "frame-07.png"));
+        assert!(!glob_matches("frame-??.png", "frame-7.png"));
+        assert!(glob_matches("*", "anything"));
+        assert!(!glob_matches("a*b*c", "abxxbxxd"));
+        assert!(glob_matches("a*b*c", "abxxbxxc"));
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dest = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dest.path()).expect("store");
+        (dest, store)
+    }
+
+    #[test]
+    fn matching_files_move_into_the_store_and_links_are_named_not_followed() {
+        let (dest, store) = store();
+        let dir = dest.path().join("job");
+        fs::create_dir_all(dir.join("out/deep")).expect("dirs");
+        fs::write(dir.join("out/deep/a.gz"), b"alpha").expect("write");
+        fs::write(dir.join("b.gz"), b"beta").expect("write");
+        fs::write(dir.join("c.txt"), b"not asked for").expect("write");
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("evil.gz")).expect("symlink");
+        let got = collect(&dir, &["**/*.gz".into()], &store, None);
+        let names: Vec<&str> = got.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["b.gz", "out/deep/a.gz"]);
+        assert!(got.note.as_deref().is_some_and(|n| n.contains("evil.gz: is a symbolic link")), "{got:?}");
+        for f in &got.files {
+            assert!(store.has(&f.hash, f.size), "{} stored and sealed", f.name);
+        }
+        assert!(!dir.join("b.gz").exists(), "moved, not copied");
+        assert!(dir.join("c.txt").exists());
+        let chunk = read_chunk(&store, &got.files[0].hash, 1).expect("read");
+        assert_eq!(chunk, b"eta");
+    }
+
+    #[test]
+    fn returns_past_the_limit_stay_behind_with_a_note() {
+        let (dest, store) = store();
+        let dir = dest.path().join("job");
+        fs::create_dir_all(&dir).expect("dir");
+        fs::write(dir.join("a.out"), vec![1; 600]).expect("write");
+        fs::write(dir.join("b.out"), vec![2; 600]).expect("write");
+        let got = collect(&dir, &["*.out".into()], &store, Some(1000));
+        assert_eq!(got.files.len(), 1);
+        assert_eq!(got.note.as_deref(), Some("over the node's --max-return of 1000 bytes, not returned: b.out"));
+    }
+}

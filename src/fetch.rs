@@ -1,0 +1,146 @@
+//! Files a job returned (`--return`): fetched from its node chunk by chunk, a few chunks in
+//! flight (memory stays bounded whatever the size), verified by hash and renamed into place
+//! under the results directory only once whole, so a file is there complete or not at all.
+
+use dispy_node::net::NetHandle;
+use dispy_node::serve::store::check_name;
+use dispy_protocol::{CHUNK_SIZE, CHUNKS_IN_FLIGHT, ClusterId, Fetch, FileEntry, Request, Response};
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use libp2p::PeerId;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
+
+/// Fetches `files` into `dir`; returns the paths saved and, for each file that could not
+/// be, why (a node or a disk that failed, a name that would escape `dir`).
+pub(crate) async fn fetch_all(
+    net: &NetHandle,
+    peer: PeerId,
+    cluster: ClusterId,
+    files: &[FileEntry],
+    dir: &Path,
+) -> (Vec<PathBuf>, Vec<String>) {
+    let mut saved = Vec::new();
+    let mut failed = Vec::new();
+    for f in files {
+        match fetch_file(net, peer, cluster, f, dir).await {
+            Ok(path) => saved.push(path),
+            Err(why) => failed.push(format!("{}: {why}", f.name)),
+        }
+    }
+    (saved, failed)
+}
+
+async fn fetch_file(
+    net: &NetHandle,
+    peer: PeerId,
+    cluster: ClusterId,
+    f: &FileEntry,
+    dir: &Path,
+) -> Result<PathBuf, String> {
+    // The node names the file: it must not climb out of the job's results folder.
+    let rel = check_name(&f.name).map_err(|e| format!("refused: {e}"))?;
+    let dest = dir.join(rel);
+    let parent = dest.parent().unwrap_or(dir);
+    tokio::fs::create_dir_all(parent).await.map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    let tmp = Partial(parent.join(format!(".dispy-part-{:x}", rand::random::<u64>())));
+    let tmp = &tmp.0;
+    let mut result = receive(net, peer, cluster, f, tmp).await;
+    // A connection that broke may come back (a short partition): the file is asked again
+    // from its start, a few times. A node that is gone is noticed meanwhile, and its job
+    // re-run or abandoned, whatever this fetch says then.
+    for wait in RETRY_WAITS {
+        match &result {
+            Err(Failed::Transport(_)) => {
+                tokio::time::sleep(wait).await;
+                result = receive(net, peer, cluster, f, tmp).await;
+            }
+            _ => break,
+        }
+    }
+    result.map_err(|e| e.to_string())?;
+    tokio::fs::rename(tmp, &dest).await.map_err(|e| format!("cannot save {}: {e}", dest.display()))?;
+    Ok(dest)
+}
+
+/// A file being received: removed unless renamed into place, also when the fetch is
+/// dropped half-way (its job left the node, or the cluster closed).
+struct Partial(PathBuf);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        // After a rename there is nothing left to remove.
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Waits before asking a file again after the connection broke.
+const RETRY_WAITS: [std::time::Duration; 3] =
+    [std::time::Duration::from_secs(1), std::time::Duration::from_secs(2), std::time::Duration::from_secs(4)];
+
+/// Why a file did not arrive.
+enum Failed {
+    /// The request did not get an answer: worth asking again.
+    Transport(String),
+    /// Anything else: asking again would not help.
+    Other(String),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Transport(why) | Failed::Other(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<String> for Failed {
+    fn from(why: String) -> Self {
+        Failed::Other(why)
+    }
+}
+
+/// Writes the file's chunks to `tmp` in order and checks its hash.
+async fn receive(net: &NetHandle, peer: PeerId, cluster: ClusterId, f: &FileEntry, tmp: &Path) -> Result<(), Failed> {
+    let mut out = tokio::fs::File::create(tmp).await.map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    let mut hasher = Sha256::new();
+    let mut asked = 0u64;
+    let mut written = 0u64;
+    let mut in_flight = FuturesOrdered::new();
+    let chunk = CHUNK_SIZE as u64;
+    loop {
+        while asked < f.size && in_flight.len() < CHUNKS_IN_FLIGHT {
+            let request = Request::Fetch(Fetch { cluster, hash: f.hash, offset: asked });
+            in_flight.push_back(net.request(peer, request));
+            asked = asked.saturating_add(chunk);
+        }
+        let Some(answer) = in_flight.next().await else { break };
+        let data = match answer {
+            Ok(Response::Data(d)) if d.hash == f.hash && d.offset == written => d.data,
+            Ok(Response::Data(_)) => {
+                return Err("the node sent another chunk than the one asked for".to_string().into());
+            }
+            Ok(Response::Refused(r)) => return Err(format!("the node refused: {}", r.message).into()),
+            Ok(other) => return Err(format!("unexpected answer to a fetch: {other:?}").into()),
+            Err(e) => return Err(Failed::Transport(e.to_string())),
+        };
+        let expected = chunk.min(f.size - written);
+        if data.len() as u64 != expected {
+            return Err(format!("a chunk of {} bytes at offset {written}, expected {expected}", data.len()).into());
+        }
+        hasher.update(&data);
+        out.write_all(&data).await.map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        written += expected;
+    }
+    out.flush().await.map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    let got: [u8; 32] = hasher.finalize().into();
+    if written != f.size || got != f.hash.0 {
+        return Err(format!("the content does not match its hash {}", f.hash).into());
+    }
+    if f.executable {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = tokio::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o755)).await;
+    }
+    Ok(())
+}
