@@ -216,7 +216,8 @@ impl<A, R> ClusterBuilder<A, R> {
     /// [`LocalMode::Always`] stops with it).
     ///
     /// # Errors
-    /// [`Error::File`] for a missing or unreadable program or file (no node is contacted),
+    /// [`Error::File`] for a missing or unreadable program or file, or a results directory
+    /// that cannot be made (no node is contacted),
     /// [`Error::Config`] / [`Error::Node`] for a bad secret or network setup,
     /// [`Error::Start`] when its thread cannot start.
     pub async fn start(self) -> Result<Cluster<A, R>> {
@@ -235,6 +236,11 @@ impl<A, R> ClusterBuilder<A, R> {
         let cleanup_name = self.cleanup.is_some().then(|| names.pop()).flatten();
         let setup_name = self.setup.is_some().then(|| names.pop()).flatten();
         let program_name = names.pop().unwrap_or_default();
+        if !self.returns.is_empty() {
+            // A folder returned files cannot be saved in is known now, not after the jobs ran.
+            let dir = self.results_dir.clone();
+            std::fs::create_dir_all(&dir).map_err(|source| Error::File { path: dir, source })?;
+        }
         let psk = self.secret.to_psk()?;
         let local = match self.local {
             LocalMode::Always => Some(LocalNode::start(psk).await?),

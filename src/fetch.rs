@@ -47,17 +47,15 @@ async fn fetch_file(
     let tmp = Partial(parent.join(format!(".dispy-part-{:x}", rand::random::<u64>())));
     let tmp = &tmp.0;
     let mut result = receive(net, peer, cluster, f, tmp).await;
-    // A connection that broke may come back (a short partition): the file is asked again
-    // from its start, a few times. A node that is gone is noticed meanwhile, and its job
-    // re-run or abandoned, whatever this fetch says then.
-    for wait in RETRY_WAITS {
-        match &result {
-            Err(Failed::Transport(_)) => {
-                tokio::time::sleep(wait).await;
-                result = receive(net, peer, cluster, f, tmp).await;
-            }
-            _ => break,
-        }
+    // A connection that broke may come back (a partition that heals): the file is asked
+    // again from its start, for as long as it takes. A node that is gone is noticed by its
+    // heartbeats meanwhile, and its job re-run or abandoned: that stops this fetch.
+    let mut waits = RETRY_WAITS.iter().chain(std::iter::repeat(&RETRY_WAITS[RETRY_WAITS.len() - 1]));
+    while let Err(Failed::Transport(why)) = &result {
+        let wait = waits.next().copied().unwrap_or(RETRY_WAITS[0]);
+        tracing::debug!(file = %f.name, %peer, cause = %why, ?wait, "fetch failed; asking again");
+        tokio::time::sleep(wait).await;
+        result = receive(net, peer, cluster, f, tmp).await;
     }
     result.map_err(|e| e.to_string())?;
     tokio::fs::rename(tmp, &dest).await.map_err(|e| format!("cannot save {}: {e}", dest.display()))?;
@@ -75,7 +73,7 @@ impl Drop for Partial {
     }
 }
 
-/// Waits before asking a file again after the connection broke.
+/// Waits before asking a file again after the connection broke (the last one repeats).
 const RETRY_WAITS: [std::time::Duration; 3] =
     [std::time::Duration::from_secs(1), std::time::Duration::from_secs(2), std::time::Duration::from_secs(4)];
 

@@ -211,3 +211,16 @@ fn a_node_killed_while_its_files_come_back_reruns_the_job_and_they_arrive_once()
     assert_eq!(left.len(), 1, "one file, no part left: {left:?}");
     drop(nodes);
 }
+
+#[test]
+fn a_results_dir_that_cannot_be_made_is_named_before_any_job_runs() {
+    let dir = tempdir();
+    let prog = script(dir.path(), "job.sh", "touch ran");
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "not a folder").unwrap();
+    let mut cmd = submit(&prog);
+    cmd.args(["--peer", "/ip4/127.0.0.1/tcp/9", "--return", "*"]).arg("--results-dir").arg(blocker.join("r"));
+    let out = run("submit", cmd, Duration::from_secs(30));
+    out.expect_code(2);
+    assert!(out.stderr.contains("a-file/r"), "names the folder: {}", out.stderr);
+}
