@@ -102,7 +102,7 @@ impl Runner for ProcessRunner {
                 Some(files) => prepare_dir(&store, &job.spec.dir, files, "job"),
                 None => Ok(()),
             };
-            let prepared = prepared.and_then(|()| store.link_into(&job.spec.dir, &job.extra));
+            let prepared = prepared.and_then(|()| store.copy_into(&job.spec.dir, &job.extra));
             if let Err(why) = prepared {
                 return failed_to_start(job.id, why);
             }

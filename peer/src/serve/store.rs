@@ -182,6 +182,29 @@ impl Store {
     /// # Errors
     /// A message naming the file and the cause.
     pub fn link_into(&self, job_dir: &Path, files: &[FileEntry]) -> Result<(), String> {
+        self.place(job_dir, files, |from, to| fs::hard_link(from, to))
+    }
+
+    /// Copies files into a job directory under their names: a job's own inputs, which it
+    /// may change, delete or replace as it likes (`gzip FILE` does all three, and refuses a
+    /// file with other hard links). Writable by the job; the stored copy stays sealed.
+    ///
+    /// # Errors
+    /// A message naming the file and the cause.
+    pub fn copy_into(&self, job_dir: &Path, files: &[FileEntry]) -> Result<(), String> {
+        self.place(job_dir, files, |from, to| {
+            fs::copy(from, to)?;
+            let mode = if fs::metadata(from)?.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+            fs::set_permissions(to, fs::Permissions::from_mode(mode))
+        })
+    }
+
+    fn place(
+        &self,
+        job_dir: &Path,
+        files: &[FileEntry],
+        put: impl Fn(&Path, &Path) -> std::io::Result<()>,
+    ) -> Result<(), String> {
         // Files of a tree come in order: consecutive ones share their directory, checked once.
         let mut last_parent: Option<PathBuf> = None;
         for f in files {
@@ -194,7 +217,7 @@ impl Store {
                 ensure_dir_inside(job_dir, parent, &f.name)?;
                 last_parent = Some(parent.to_path_buf());
             }
-            fs::hard_link(self.path(&f.hash), &target)
+            put(&self.path(&f.hash), &target)
                 .map_err(|e| format!("cannot place {} in the job directory: {e}", f.name))?;
         }
         Ok(())
