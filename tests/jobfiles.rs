@@ -226,3 +226,54 @@ fn a_results_dir_that_cannot_be_made_is_named_before_any_job_runs() {
     out.expect_code(2);
     assert!(out.stderr.contains("a-file/r"), "names the folder: {}", out.stderr);
 }
+
+#[test]
+fn a_partition_during_a_return_delays_the_file_but_loses_nothing() {
+    let dir = tempdir();
+    let mut ns = Netns::new();
+    let prefix = ns.prefix.clone();
+    let lan = ns.add_lan("hub");
+    let node_host = ns.add_host("node", &lan, "eth0", "10.81.0.1/24");
+    let client_host = ns.add_host("client", &lan, "eth0", "10.81.0.2/24");
+    let prog = script(
+        dir.path(),
+        "job.sh",
+        &format!("head -c {} /dev/urandom > big.bin; sha256sum big.bin | cut -c1-64", 150 << 20),
+    );
+    let results = dir.path().join("r");
+    {
+        let mut o = NodeOpts::new("far");
+        o.netns = Some(node_host.clone());
+        o.listen = "/ip4/0.0.0.0/tcp/9700".into();
+        o.extra = vec!["--no-mdns".into()];
+        let _node = Node::start(dir.path(), o);
+        let mut cmd = ns.exec(&client_host, bin());
+        cmd.arg("submit").arg(&prog).args(["--json", "--no-mdns", "--secret", "test-secret"]);
+        cmd.args(["--peer", "/ip4/10.81.0.1/tcp/9700", "--return", "big.bin"]).arg("--results-dir").arg(&results);
+        cmd.env("RUST_LOG", "warn,libp2p_kad=error,dispy=debug").env_remove("DISPY_SECRET");
+        let client = Proc::spawn("submit", cmd);
+        let part = || {
+            std::fs::read_dir(results.join("0"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".dispy-part-"))
+        };
+        assert!(wait_until(Duration::from_secs(60), part), "no fetch began\n{}", client.stderr());
+        // Cut off for 3 s mid-transfer: shorter than the heartbeats' patience (about 8 s).
+        ns.ip(&["-n", &node_host, "link", "set", "eth0", "down"]);
+        std::thread::sleep(Duration::from_secs(3));
+        ns.ip(&["-n", &node_host, "link", "set", "eth0", "up"]);
+        let out = client.wait(Duration::from_secs(120));
+        out.expect_code(0);
+        let lines = out.json_lines();
+        let jobs: Vec<_> = lines.iter().filter(|j| j.get("job").is_some()).collect();
+        assert_eq!(jobs.len(), 1, "{}", out.stdout);
+        let got = std::process::Command::new("sha256sum").arg(results.join("0/big.bin")).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&got.stdout)[..64], *jobs[0]["stdout"].as_str().unwrap().trim());
+        let left: Vec<_> = std::fs::read_dir(results.join("0")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left.len(), 1, "no part file left: {left:?}");
+    }
+    drop(ns);
+    assert!(netns_left(&prefix).is_empty(), "namespaces left: {:?}", netns_left(&prefix));
+}
