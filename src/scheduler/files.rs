@@ -108,6 +108,8 @@ impl Core {
             });
         }
         self.finish(report);
+        // Its slot on the node is free now.
+        self.dispatch();
     }
 }
 

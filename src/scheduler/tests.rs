@@ -774,3 +774,26 @@ fn files_that_could_not_be_saved_are_named_in_the_report() {
     );
     assert_eq!(sim.reports[0].outcome, JobOutcome::Exited(0), "the job's own result is kept");
 }
+
+#[test]
+fn a_slot_held_by_a_job_whose_files_are_fetched_is_refilled_once_they_are_here() {
+    let mut s = settings();
+    s.returns = vec!["*".into()];
+    let mut sim = Sim::new(s);
+    let a = sim.node_up(1, 1);
+    let ids = sim.submit(5);
+    let sent: Vec<JobId> = sim.submits().iter().flat_map(|(_, s, _)| ids_of(s)).collect();
+    assert_eq!(sent.len(), 2, "one CPU: one running, one queued on the node");
+    let out = FileEntry { name: "o".into(), hash: FileHash([9; 32]), size: 3, executable: false };
+    let results: Vec<JobResult> =
+        sent.iter().map(|id| JobResult { returned: vec![out.clone()], ..exited(*id, 0) }).collect();
+    sim.results(a, sent.clone(), results);
+    assert!(sim.submits().is_empty(), "their slots are held while their files travel");
+    for id in &sent {
+        let effects = sim.core.on_fetched(a, *id, vec!["x".into()], Vec::new());
+        sim.absorb(effects);
+    }
+    let more: Vec<JobId> = sim.submits().iter().flat_map(|(_, s, _)| ids_of(s)).collect();
+    assert!(!more.is_empty(), "the next jobs go out once the files are here");
+    assert!(more.iter().all(|id| ids.contains(id) && !sent.contains(id)));
+}
