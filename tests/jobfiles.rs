@@ -107,7 +107,7 @@ fn returns_over_the_limit_and_links_stay_behind_named_in_the_report() {
 fn a_large_returned_file_arrives_whole_with_memory_bounded_on_both_sides() {
     require_time();
     let dir = tempdir();
-    const MB: u64 = 300;
+    const MB: u64 = 1024;
     let job = format!("head -c {} /dev/urandom > big.bin && sha256sum big.bin | cut -c1-64", MB << 20);
     let prog = script(dir.path(), "job.sh", &job);
     let node = Node::start(dir.path(), NodeOpts::new("a"));
