@@ -6,6 +6,7 @@
 //! ```
 //! Scenarios: `many N` (N jobs printing and returning squares), `sleepy N MS`, `filter
 //! NAME` (a node filter), `panic`, `cancel`, `timeout`, `crash`, `callbacks`, `blocking`,
+//! `close [MS]` (close waits for running jobs, or cancels them past a close timeout),
 //! `stall` (the application blocks its runtime thread for 3 s while a job runs). mDNS stays off: nodes come from `DISPY_PEERS`.
 
 use dispy::{Cluster, ClusterBuilder, JobError, JobStatus, Secret};
@@ -218,6 +219,29 @@ async fn run(args: &[String]) -> dispy::Result<()> {
             let r = long.wait().await;
             emit(json!({"timed_out": matches!(r, Err(JobError::TimedOut)), "ms": t.elapsed().as_millis()}));
             cluster.close().await?;
+        }
+        Some("close") => {
+            // `close` waits for running jobs (dispy's `close()`); `close MS` gives it a
+            // close timeout, past which they are cancelled.
+            let mut b = configure(Cluster::function(sleeper));
+            if let Some(ms) = args.get(1).and_then(|s| s.parse().ok()) {
+                b = b.close_timeout(Duration::from_millis(ms));
+            }
+            let mut cluster = b.start().await?;
+            let jobs = [cluster.submit(1000).await?, cluster.submit(1000).await?];
+            while jobs.iter().any(|j| j.status() != JobStatus::Running) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let t = Instant::now();
+            let stats = cluster.close().await?;
+            let close_ms = t.elapsed().as_millis();
+            let mut ended = Vec::new();
+            for job in &jobs {
+                let r = job.wait().await;
+                ended.push(json!({"value": r.as_ref().ok(), "cancelled": matches!(r, Err(JobError::Cancelled)),
+                                  "error": r.err().map(|e| e.to_string())}));
+            }
+            emit(json!({"close_ms": close_ms, "jobs": ended, "done": stats.jobs()}));
         }
         Some("callbacks") => {
             let seen: Arc<Mutex<Vec<(u64, &'static str)>>> = Arc::default();

@@ -55,6 +55,7 @@ pub struct ClusterBuilder<A, R> {
     journal: Option<PathBuf>,
     returns: Vec<String>,
     results_dir: PathBuf,
+    close_timeout: Option<Duration>,
 }
 
 impl<A, R> ClusterBuilder<A, R> {
@@ -161,6 +162,13 @@ impl<A, R> ClusterBuilder<A, R> {
     /// [`crate::recover`] can collect the results the nodes still hold.
     pub fn journal(mut self, path: impl Into<PathBuf>) -> Self {
         self.journal = Some(path.into());
+        self
+    }
+
+    /// How long [`Cluster::close`] waits for the jobs not ended yet before it cancels them
+    /// (default: no limit, as dispy's `close()`: it waits as long as they run).
+    pub fn close_timeout(mut self, t: Duration) -> Self {
+        self.close_timeout = Some(t);
         self
     }
 
@@ -319,6 +327,7 @@ impl<A, R> ClusterBuilder<A, R> {
             updates: up_rx,
             next_id: 0,
             outstanding: 0,
+            close_timeout: self.close_timeout,
             encode: self.encode,
             decode: self.decode,
             _t: PhantomData,
@@ -339,10 +348,11 @@ fn rand_id() -> u64 {
 
 /// A cluster running one program on the mesh's nodes.
 ///
-/// Dropping it closes the cluster as [`Cluster::close`] does, without waiting: the nodes
-/// are released (their running jobs killed, the cluster's directories deleted) and the
-/// cluster's peer stops. [`Job`] handles still held then report [`Error::Closed`] if
-/// their jobs had not ended.
+/// Dropping it without [`Cluster::close`] closes the cluster at once, without waiting for
+/// its jobs: the nodes are released (their running jobs killed, the cluster's directories
+/// deleted) and the cluster's peer stops. [`Job`] handles still held then report
+/// [`Error::Closed`] if their jobs had not ended. `close` instead waits for the jobs (see
+/// [`ClusterBuilder::close_timeout`]).
 ///
 /// # Examples
 /// ```no_run
@@ -362,6 +372,7 @@ pub struct Cluster<A = Vec<String>, R = ()> {
     updates: mpsc::UnboundedReceiver<Update>,
     next_id: u64,
     outstanding: usize,
+    close_timeout: Option<Duration>,
     encode: Encoder<A>,
     decode: Decoder<R>,
     _t: PhantomData<fn(A) -> R>,
@@ -456,6 +467,7 @@ impl<A, R> ClusterBuilder<A, R> {
             journal: None,
             returns: Vec::new(),
             results_dir: PathBuf::from("dispy-results"),
+            close_timeout: None,
         }
     }
 }
@@ -688,18 +700,26 @@ impl<A, R> Cluster<A, R> {
         rx.await.map_err(|_| Error::Closed)
     }
 
-    /// Releases the nodes (they delete the cluster's files and kill anything left) and
-    /// returns the final figures. Jobs still running are killed: [`Cluster::wait`] first to
-    /// let them finish.
+    /// Waits for every job not ended yet to end (as dispy's `close()`), then releases the
+    /// nodes (they delete the cluster's files) and returns the final figures. Past the
+    /// builder's [`ClusterBuilder::close_timeout`] the jobs still pending are cancelled:
+    /// their reports say `Cancelled`, then the nodes are released. To stop at once,
+    /// [`Cluster::cancel_all`] first: `close` then waits only for the nodes to confirm.
+    ///
+    /// The jobs' results reach their [`Job`] handles; results of [`Cluster::submit_all`]
+    /// jobs not taken with [`Cluster::next_result`] before closing are dropped. If the
+    /// cluster failed (no node found), `close` does not wait: those jobs can never end.
     ///
     /// Cancel safety: once called, the cluster closes whether or not the future is polled
-    /// to the end (as when it is dropped, below).
+    /// to the end; dropping the future stops the waiting and closes at once, as dropping
+    /// the cluster does (running jobs are killed).
     ///
     /// # Errors
     /// [`Error::Closed`] if the scheduler had already stopped.
     pub async fn close(self) -> Result<Stats> {
         let (reply, rx) = oneshot::channel();
-        self.cmds.send(Cmd::Close { reply }).await.map_err(|_| Error::Closed)?;
+        let timeout = self.close_timeout;
+        self.cmds.send(Cmd::Close { reply, timeout }).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)
     }
 }
@@ -720,6 +740,7 @@ impl<A, R> std::fmt::Debug for ClusterBuilder<A, R> {
             .field("cpus_per_node", &self.cpus_per_node)
             .field("timeout", &self.timeout)
             .field("reentrant", &self.reentrant)
+            .field("close_timeout", &self.close_timeout)
             .finish_non_exhaustive()
     }
 }

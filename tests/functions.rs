@@ -194,3 +194,26 @@ fn an_application_blocking_its_runtime_does_not_silence_the_cluster() {
     assert!(!node.proc.stderr().contains("stopped answering heartbeats"), "{}", node.proc.stderr());
     drop(node);
 }
+
+#[test]
+fn close_waits_for_running_jobs_and_a_close_timeout_cancels_them() {
+    let dir = tempdir();
+    let node = Node::start(dir.path(), NodeOpts::new("cl"));
+    let out = scenario(&[&node], &["close"], &[]);
+    out.expect_code(0);
+    let line = &out.json_lines()[0];
+    assert!(line["close_ms"].as_u64().unwrap() >= 700, "close returned before the jobs ended: {line}");
+    for job in line["jobs"].as_array().unwrap() {
+        assert_eq!(job["value"], 1000, "the real result, not a kill: {line}");
+    }
+    assert_eq!(line["done"], 2, "{line}");
+
+    let out = scenario(&[&node], &["close", "200"], &[]);
+    out.expect_code(0);
+    let line = &out.json_lines()[0];
+    let ms = line["close_ms"].as_u64().unwrap();
+    assert!((150..900).contains(&ms), "close waited its timeout, then cancelled at once: {line}");
+    for job in line["jobs"].as_array().unwrap() {
+        assert_eq!(job["cancelled"], true, "{line}");
+    }
+}

@@ -6,6 +6,7 @@
 
 mod util;
 
+mod args_file;
 mod cli;
 mod cluster;
 mod faults;

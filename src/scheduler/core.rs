@@ -538,6 +538,18 @@ impl Core {
         Stats { nodes, wall_secs: now.saturating_duration_since(self.started).as_secs_f64() }
     }
 
+    /// Jobs submitted and not ended yet (queued, sent or running): a closing cluster waits
+    /// for this to reach 0 before it releases its nodes.
+    pub(crate) fn pending(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Whether the cluster failed (no node in time, no local node): its pending jobs can
+    /// never end, so closing does not wait for them.
+    pub(crate) fn failed(&self) -> bool {
+        self.failure.is_some()
+    }
+
     /// The requests that release every node still reachable (the cluster is closing).
     pub(crate) fn releases(&self) -> Vec<(PeerId, Request)> {
         self.nodes

@@ -35,6 +35,15 @@ use libp2p::PeerId;
 use libp2p::pnet::PreSharedKey;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, warn};
+
+/// Sleeps until `deadline` (forever when `None`; the caller's `select!` guards that branch).
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// A job as the cluster handle submits it.
 pub(crate) struct NewJob {
@@ -68,9 +77,26 @@ pub(crate) enum Cmd {
     Stats {
         reply: oneshot::Sender<Stats>,
     },
+    /// Wait for the pending jobs (at most `timeout`, then cancel them), then release.
     Close {
         reply: oneshot::Sender<Stats>,
+        timeout: Option<Duration>,
     },
+}
+
+/// After a close timeout cancelled the jobs still pending, how long their nodes get to
+/// report them cancelled before the nodes are released anyway: a node kills a job's
+/// process group and answers within milliseconds, so this is only reached when a node
+/// stopped answering (its jobs' handles then see `Error::Closed`).
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
+/// A close the driver is carrying out: it serves on until no job is pending.
+struct Closing {
+    reply: oneshot::Sender<Stats>,
+    /// When the pending jobs are cancelled (`None`: wait as long as they run); once they
+    /// are, when the nodes are released even if some cancellations went unanswered.
+    deadline: Option<Instant>,
+    cancelled: bool,
 }
 
 /// What the scheduler tells the cluster handle.
@@ -133,25 +159,52 @@ impl Scheduler {
     }
 
     /// Runs until the handle closes the cluster (or is dropped, which closes it too).
+    ///
+    /// `Cmd::Close` does not stop the loop at once: as dispy's `close()`, the cluster goes
+    /// on serving (results, heartbeats, dispatch) until no job is pending or the close
+    /// timeout cancelled them, or the cluster failed (its jobs can never end). A handle
+    /// dropped meanwhile (the application gave up on `close`) stops it at once, as a drop
+    /// without `close` does.
     pub(crate) async fn run(mut self, mut events: mpsc::UnboundedReceiver<NetEvent>, mut cmds: mpsc::Receiver<Cmd>) {
         if let Some(local) = &self.local {
             let _ = self.net.dial(local.addr.clone()).await;
         }
         let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let close_reply = loop {
+        let mut closing: Option<Closing> = None;
+        loop {
+            if closing.is_some() && (self.core.pending() == 0 || self.core.failed()) {
+                break;
+            }
+            let deadline = closing.as_ref().and_then(|c| c.deadline);
             let effects = tokio::select! {
                 Some(ev) = events.recv() => self.on_net_event(ev),
                 Some(done) = self.done_rx.recv() => self.on_done(done).await,
                 cmd = cmds.recv() => match cmd {
-                    Some(Cmd::Close { reply }) => break Some(reply),
-                    None => break None,
+                    Some(Cmd::Close { reply, timeout }) => {
+                        let deadline = timeout.map(|t| Instant::now() + t);
+                        closing = Some(Closing { reply, deadline, cancelled: false });
+                        Vec::new()
+                    }
+                    None => break,
                     Some(cmd) => self.core.on_cmd(cmd, Instant::now()),
                 },
                 _ = tick.tick() => self.core.on_tick(Instant::now()),
+                () = sleep_until(deadline), if deadline.is_some() => match closing.as_mut() {
+                    Some(c) if !c.cancelled => {
+                        debug!(pending = self.core.pending(), "close timeout: cancelling the pending jobs");
+                        c.cancelled = true;
+                        c.deadline = Some(Instant::now() + CANCEL_GRACE);
+                        self.core.on_cmd(Cmd::CancelAll, Instant::now())
+                    }
+                    _ => {
+                        warn!(pending = self.core.pending(), "nodes did not confirm cancelled jobs; releasing them");
+                        break;
+                    }
+                },
             };
             self.carry_out(effects);
-        };
-        self.close(close_reply).await;
+        }
+        self.close(closing.map(|c| c.reply)).await;
     }
 
     fn on_net_event(&mut self, ev: NetEvent) -> Vec<Effect> {

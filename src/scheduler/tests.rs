@@ -797,3 +797,27 @@ fn a_slot_held_by_a_job_whose_files_are_fetched_is_refilled_once_they_are_here()
     assert!(!more.is_empty(), "the next jobs go out once the files are here");
     assert!(more.iter().all(|id| ids.contains(id) && !sent.contains(id)));
 }
+
+#[test]
+fn pending_counts_jobs_until_each_ended_however_it_ended() {
+    let mut sim = Sim::new(settings());
+    assert_eq!(sim.core.pending(), 0);
+    let a = sim.node_up(1, 1);
+    let ids = sim.submit(3);
+    assert_eq!(sim.core.pending(), 3, "queued and sent jobs are pending");
+    sim.results(a, vec![ids[0]], vec![exited(ids[0], 0)]);
+    assert_eq!(sim.core.pending(), 2);
+    let effects = sim.core.on_cmd(Cmd::Cancel { ids: vec![ids[1], ids[2]] }, sim.t0);
+    sim.absorb(effects);
+    let sent: Vec<JobId> = sim.submits().iter().flat_map(|(_, s, _)| ids_of(s)).collect();
+    let on_node = ids[1..].iter().filter(|id| sent.contains(id)).count();
+    assert_eq!(sim.core.pending(), on_node, "a queued job ends when cancelled; a sent one when its node says so");
+    let cancelled: Vec<JobResult> = ids[1..]
+        .iter()
+        .filter(|id| sent.contains(id))
+        .map(|&id| JobResult { outcome: JobOutcome::Cancelled, ..exited(id, 0) })
+        .collect();
+    sim.results(a, Vec::new(), cancelled);
+    assert_eq!(sim.core.pending(), 0);
+    assert!(!sim.core.failed());
+}

@@ -39,8 +39,13 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `cmd` with stdout and stderr captured in the background.
-    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    pub fn spawn(name: &str, cmd: Command) -> Proc {
+        Proc::spawn_stdin(name, cmd, Stdio::null())
+    }
+
+    /// As [`Proc::spawn`], with this stdin (`Stdio::piped()`: write to `child.stdin`).
+    pub fn spawn_stdin(name: &str, mut cmd: Command, stdin: Stdio) -> Proc {
+        cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
         // Clients remember large files' hashes in the user's cache: the tests' go here.
         cmd.env("XDG_CACHE_HOME", std::env::temp_dir().join("dispy-peer-tests-cache"));
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));

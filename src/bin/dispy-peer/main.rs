@@ -1,6 +1,8 @@
 //! `dispy-peer`: parse options, set up logging, call the libraries, map errors to exit
-//! codes (0 all jobs succeeded, 1 a job failed, 2 usage or runtime error).
+//! codes (0 all jobs succeeded, 1 a job failed, 2 usage or runtime error, including
+//! `--args-file` lines that ran no job: reported as an error once the other jobs ended).
 
+mod jobs;
 mod opts;
 mod print;
 
@@ -221,13 +223,18 @@ fn each_file_jobs(
 
 async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
     // Usage errors first, before any node is contacted.
-    let mut jobs = Vec::new();
+    let mut first = Vec::new();
     for a in &o.args {
-        jobs.push(shell_words::split(a).with_context(|| format!("cannot split -a {a:?} into words"))?);
+        first.push(shell_words::split(a).with_context(|| format!("cannot split -a {a:?} into words"))?);
     }
-    let each_file = each_file_jobs(&o.each_file, &jobs)?;
-    if jobs.is_empty() {
-        jobs.push(Vec::new());
+    let args_file = o.args_file.as_deref().map(jobs::ArgsFile::open).transpose()?;
+    anyhow::ensure!(
+        o.each_file.is_empty() || args_file.is_none(),
+        "--each-file and --args-file cannot be combined: --each-file makes one job per file (its -a is the template)"
+    );
+    let each_file = each_file_jobs(&o.each_file, &first)?;
+    if first.is_empty() && args_file.is_none() {
+        first.push(Vec::new());
     }
     let mut b = Cluster::program(&o.program)
         .secret(secret(&o.secret))
@@ -269,19 +276,24 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
     }
     b = b.results_dir(&o.results_dir);
     let mut cluster = b.start().await?;
-    let total;
+    let file_name = args_file.as_ref().map(|f| f.name().to_string());
+    let mut more = args_file.map(jobs::ArgsFile::spawn).transpose()?;
+    // Jobs submitted and not reported yet: the args file is read only while there is room.
+    let (mut outstanding, mut total);
     if each_file.is_empty() {
-        total = jobs.len();
-        cluster.submit_all(jobs).await?;
+        (outstanding, total) = (first.len(), first.len());
+        if !first.is_empty() {
+            cluster.submit_all(first).await?;
+        }
     } else {
-        total = each_file.len();
+        (outstanding, total) = (each_file.len(), each_file.len());
         cluster.submit_all_with(each_file).await?;
     }
     let mut printer = print::Printer::new(o.json);
-    let mut failed = 0usize;
-    // Ctrl-C once: cancel the remote jobs, print what ends, release the nodes, exit 1.
-    // Twice, at any point after (closing included): leave at once (the nodes notice the
-    // client is gone and kill its jobs).
+    let (mut failed, mut bad_lines) = (0usize, 0usize);
+    // Ctrl-C once: stop reading, cancel the remote jobs, print what ends, release the
+    // nodes, exit 1. Twice, at any point after (closing included): leave at once (the
+    // nodes notice the client is gone and kill its jobs).
     let (first_tx, mut first_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_err() {
@@ -294,25 +306,50 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
         }
     });
     let mut interrupted = false;
-    loop {
-        let next = tokio::select! {
-            next = cluster.next_result() => next?,
+    while outstanding > 0 || more.is_some() {
+        let room = outstanding + jobs::BATCH <= jobs::MAX_OUTSTANDING;
+        tokio::select! {
+            batch = next_batch(&mut more), if room => match batch {
+                Some(batch) => {
+                    bad_lines += batch.bad_lines;
+                    if !batch.jobs.is_empty() {
+                        (total, outstanding) = (total + batch.jobs.len(), outstanding + batch.jobs.len());
+                        cluster.submit_all(batch.jobs).await?;
+                    }
+                }
+                None => more = None,
+            },
+            next = cluster.next_result(), if outstanding > 0 => {
+                let Some(job) = next? else { break };
+                outstanding -= 1;
+                if !job.succeeded() {
+                    failed += 1;
+                }
+                printer.job(&job)?;
+            }
             Ok(()) = &mut first_rx, if !interrupted => {
                 interrupted = true;
+                more = None;
                 eprintln!("dispy-peer: interrupted; cancelling the remaining jobs (Ctrl-C again to leave at once)");
                 cluster.cancel_all().await?;
-                continue;
             }
-        };
-        let Some(job) = next else { break };
-        if !job.succeeded() {
-            failed += 1;
         }
-        printer.job(&job)?;
     }
     let stats = cluster.close().await?;
-    printer.summary(&stats, total, failed)?;
+    printer.summary(&stats, total, failed, bad_lines)?;
+    if bad_lines > 0 {
+        let file = file_name.unwrap_or_default();
+        bail!("{bad_lines} line(s) of --args-file {file} ran no job (each is named above)");
+    }
     Ok(failed == 0 && !interrupted)
+}
+
+/// The next batch of the args file; never, once it is done (or there is none).
+async fn next_batch(more: &mut Option<tokio::sync::mpsc::Receiver<jobs::Batch>>) -> Option<jobs::Batch> {
+    match more {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn nodes(o: NodesOpt) -> anyhow::Result<()> {

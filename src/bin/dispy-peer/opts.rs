@@ -20,7 +20,7 @@ pub(crate) struct Opt {
 pub(crate) enum Cmd {
     /// Run a node: offer this machine's CPUs to the mesh.
     Serve(ServeOpt),
-    /// Ship a program and its files to the nodes and run it once per -a.
+    /// Ship a program and its files to the nodes and run it once per -a (or args-file line).
     Submit(SubmitOpt),
     /// List the nodes that answer within the discovery timeout.
     Nodes(NodesOpt),
@@ -150,6 +150,13 @@ pub(crate) struct SubmitOpt {
     /// Where returned files are saved, as DIR/<job number>/<path>.
     #[arg(long, value_name = "DIR", default_value = "dispy-results")]
     pub(crate) results_dir: PathBuf,
+    /// A file of jobs' arguments, one job per line, split like -a (`-`: stdin). Blank and
+    /// `#` comment lines are skipped; with -a too, the -a jobs run first. Read as results
+    /// come back, so it may hold millions of lines. A line that cannot be split runs no
+    /// job and is named on stderr (FILE:LINE: why); the other jobs run, and the exit
+    /// status is 2.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) args_file: Option<PathBuf>,
     /// Use only nodes matching: IP glob (10.77.0.*), peer id or name; repeatable.
     #[arg(long = "nodes", value_name = "PATTERN")]
     pub(crate) nodes: Vec<String>,

@@ -104,9 +104,11 @@ impl Printer {
         self.out.flush()
     }
 
-    pub(crate) fn summary(&mut self, stats: &Stats, total: usize, failed: usize) -> io::Result<()> {
+    /// The per-node figures; `bad_lines`: args-file lines that ran no job (already named
+    /// on stderr, so only the JSON summary counts them).
+    pub(crate) fn summary(&mut self, stats: &Stats, total: usize, failed: usize, bad_lines: usize) -> io::Result<()> {
         if self.json {
-            let v = serde_json::json!({ "summary": stats, "jobs": total, "failed": failed });
+            let v = serde_json::json!({ "summary": stats, "jobs": total, "failed": failed, "bad_lines": bad_lines });
             writeln!(self.out, "{v}")?;
         } else {
             writeln!(self.out)?;
