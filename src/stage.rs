@@ -186,16 +186,34 @@ fn hash_file(path: &Path) -> std::io::Result<(FileHash, u64)> {
     Ok((FileHash(hasher.finalize().into()), size))
 }
 
+/// Why a file did not reach a node.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// This machine could not read it (gone, changed, unreadable): the node is not to
+    /// blame, and another node would fare no better.
+    Local(String),
+    /// The node refused it or could not be reached.
+    Remote(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Local(why) | SendError::Remote(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Sends one file to a node, chunk after chunk, with up to [`CHUNKS_IN_FLIGHT`] on their way.
 pub(crate) async fn send_file(
     net: &NetHandle,
     peer: PeerId,
     cluster: ClusterId,
     file: &LocalFile,
-) -> Result<(), String> {
-    let changed = || format!("{} changed while being sent", file.path.display());
-    let mut f =
-        tokio::fs::File::open(&file.path).await.map_err(|e| format!("cannot read {}: {e}", file.path.display()))?;
+) -> Result<(), SendError> {
+    let changed = || SendError::Local(format!("{} changed while being sent", file.path.display()));
+    let unreadable = |e: std::io::Error| SendError::Local(format!("cannot read {}: {e}", file.path.display()));
+    let mut f = tokio::fs::File::open(&file.path).await.map_err(unreadable)?;
     let mut offset = 0u64;
     let mut all_sent = false;
     let mut complete = false;
@@ -203,11 +221,7 @@ pub(crate) async fn send_file(
     loop {
         while !all_sent && in_flight.len() < CHUNKS_IN_FLIGHT {
             let mut data = Vec::with_capacity(CHUNK_SIZE);
-            (&mut f)
-                .take(CHUNK_SIZE as u64)
-                .read_to_end(&mut data)
-                .await
-                .map_err(|e| format!("cannot read {}: {e}", file.path.display()))?;
+            (&mut f).take(CHUNK_SIZE as u64).read_to_end(&mut data).await.map_err(unreadable)?;
             let len = data.len() as u64;
             // An empty file is still sent as one empty chunk, which creates it on the node.
             if offset + len > file.entry.size || (len == 0 && offset < file.entry.size) {
@@ -221,9 +235,11 @@ pub(crate) async fn send_file(
         let Some(answer) = in_flight.next().await else { break };
         match answer {
             Ok(Response::ChunkStored(s)) => complete |= s.complete,
-            Ok(Response::Refused(r)) => return Err(format!("node refused {}: {}", file.entry.name, r.message)),
-            Ok(other) => return Err(format!("unexpected answer to a chunk: {other:?}")),
-            Err(e) => return Err(e.to_string()),
+            Ok(Response::Refused(r)) => {
+                return Err(SendError::Remote(format!("node refused {}: {}", file.entry.name, r.message)));
+            }
+            Ok(other) => return Err(SendError::Remote(format!("unexpected answer to a chunk: {other:?}"))),
+            Err(e) => return Err(SendError::Remote(e.to_string())),
         }
     }
     if complete { Ok(()) } else { Err(changed()) }

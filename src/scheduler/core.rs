@@ -13,7 +13,9 @@ use crate::report::{JobReport, NodeRef, NodeStats, NodeStatus, Stats, node_ref};
 use crate::select::NodePattern;
 use crate::stage::LocalFile;
 use dispy_node::net::remote_ip;
-use dispy_protocol::{ClusterId, FileEntry, Hello, JobId, JobResult, Refusal, RefusalKind, Release, Request, Response};
+use dispy_protocol::{
+    ClusterId, FileEntry, FileHash, Hello, JobId, JobResult, Refusal, RefusalKind, Release, Request, Response,
+};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -427,6 +429,18 @@ impl Core {
             }
             Err(why) => self.unusable(peer, format!("staging failed: {why}")),
         }
+        self.effects()
+    }
+
+    /// Job inputs this machine could not read while staging them to `peer`: the jobs of
+    /// `jobs` that need one fail (the node is not to blame); call before [`Core::on_staged`].
+    pub(crate) fn on_inputs_unreadable(
+        &mut self,
+        peer: PeerId,
+        jobs: &[JobId],
+        unreadable: &[(FileHash, String)],
+    ) -> Vec<Effect> {
+        self.inputs_unreadable(peer, jobs, unreadable);
         self.effects()
     }
 

@@ -5,7 +5,7 @@
 use super::core::{Asked, Core, Effect, Job};
 use crate::report::JobReport;
 use crate::stage::LocalFile;
-use dispy_protocol::{Declare, FileHash, JobId, JobResult, JobSpec, Request, Submit};
+use dispy_protocol::{Declare, FileHash, JobId, JobOutcome, JobResult, JobSpec, Request, Submit};
 use libp2p::PeerId;
 use std::path::PathBuf;
 use tracing::warn;
@@ -67,6 +67,21 @@ impl Core {
             .collect();
         if !specs.is_empty() {
             self.ask_submit(peer, specs);
+        }
+    }
+
+    /// Fails the jobs whose inputs could not be read here; they leave `peer`.
+    pub(super) fn inputs_unreadable(&mut self, peer: PeerId, jobs: &[JobId], unreadable: &[(FileHash, String)]) {
+        for id in jobs {
+            let Some(job) = self.jobs.get(id).filter(|j| j.is_on(peer)) else { continue };
+            let Some((_, why)) = unreadable.iter().find(|(h, _)| job.files.iter().any(|f| f.entry.hash == *h)) else {
+                continue;
+            };
+            let (outcome, args) = (JobOutcome::FailedToStart(format!("its input file: {why}")), job.args.clone());
+            if let Some(node) = self.nodes.get_mut(&peer) {
+                node.in_flight.remove(id);
+            }
+            self.finish(JobReport::unrun(*id, args, None, outcome));
         }
     }
 

@@ -117,7 +117,9 @@ pub(crate) struct Hooks {
 /// Spawned work reporting back to the driver.
 enum Done {
     Answer(PeerId, Asked, Result<Response, String>),
-    Staged(PeerId, Option<Vec<JobId>>, Result<u64, String>),
+    /// Staged: bytes sent, or why staging failed; and the job inputs this machine could
+    /// not read (their jobs fail, the others go on).
+    Staged(PeerId, Option<Vec<JobId>>, Result<u64, String>, Vec<(dispy_protocol::FileHash, String)>),
     Fetched(PeerId, JobId, Vec<std::path::PathBuf>, Vec<String>),
     LocalUp(crate::Result<LocalNode>),
 }
@@ -230,7 +232,14 @@ impl Scheduler {
     async fn on_done(&mut self, done: Done) -> Vec<Effect> {
         match done {
             Done::Answer(peer, asked, answer) => self.core.on_answer(peer, asked, answer),
-            Done::Staged(peer, jobs, outcome) => self.core.on_staged(peer, jobs, outcome),
+            Done::Staged(peer, jobs, outcome, unreadable) => {
+                let mut effects = match &jobs {
+                    Some(ids) if !unreadable.is_empty() => self.core.on_inputs_unreadable(peer, ids, &unreadable),
+                    _ => Vec::new(),
+                };
+                effects.extend(self.core.on_staged(peer, jobs, outcome));
+                effects
+            }
             Done::Fetched(peer, job, saved, failed) => {
                 self.fetches.remove(&(peer, job));
                 self.core.on_fetched(peer, job, saved, failed)
@@ -259,15 +268,21 @@ impl Scheduler {
                 Effect::Stage { peer, files, jobs } => {
                     let (net, tx, cluster) = (self.net.clone(), self.done_tx.clone(), self.core.cluster());
                     tokio::spawn(async move {
-                        let mut sent = 0;
+                        let (mut sent, mut unreadable) = (0, Vec::new());
                         for f in &files {
-                            if let Err(e) = stage::send_file(&net, peer, cluster, f).await {
-                                let _ = tx.send(Done::Staged(peer, jobs, Err(e)));
-                                return;
+                            match stage::send_file(&net, peer, cluster, f).await {
+                                Ok(()) => sent += f.entry.size,
+                                // A job's own input that vanished fails that job only.
+                                Err(stage::SendError::Local(why)) if jobs.is_some() => {
+                                    unreadable.push((f.entry.hash, why));
+                                }
+                                Err(e) => {
+                                    let _ = tx.send(Done::Staged(peer, jobs, Err(e.to_string()), unreadable));
+                                    return;
+                                }
                             }
-                            sent += f.entry.size;
                         }
-                        let _ = tx.send(Done::Staged(peer, jobs, Ok(sent)));
+                        let _ = tx.send(Done::Staged(peer, jobs, Ok(sent), unreadable));
                     });
                 }
                 Effect::Fetch { peer, job, files, dir } => {

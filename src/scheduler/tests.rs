@@ -821,3 +821,28 @@ fn pending_counts_jobs_until_each_ended_however_it_ended() {
     assert_eq!(sim.core.pending(), 0);
     assert!(!sim.core.failed());
 }
+
+#[test]
+fn an_input_that_vanished_here_fails_its_job_only_and_the_node_stays() {
+    let mut sim = Sim::new(settings());
+    let a = sim.node_up(1, 2);
+    let [x, y] = submit_with_files(&mut sim, &[("x.txt", 7), ("y.txt", 8)])[..] else { panic!("two jobs") };
+    let (_, asked) = sim.ask_of(a);
+    let missing = vec![FileHash([7; 32]), FileHash([8; 32])];
+    sim.answer(a, asked, Response::Declared(dispy_protocol::Declared { missing }));
+    let gone = [(FileHash([7; 32]), "cannot read in/x.txt: No such file or directory".to_string())];
+    let effects = sim.core.on_inputs_unreadable(a, &[x, y], &gone);
+    sim.absorb(effects);
+    let effects = sim.core.on_staged(a, Some(vec![x, y]), Ok(10));
+    sim.absorb(effects);
+    assert_eq!(sim.reports.len(), 1);
+    assert_eq!(sim.reports[0].id, x);
+    assert!(
+        matches!(&sim.reports[0].outcome, JobOutcome::FailedToStart(w) if w.contains("in/x.txt: No such file")),
+        "{:?}",
+        sim.reports[0].outcome
+    );
+    assert_eq!(sim.status_of(a), NodeStatus::Ready, "the node is not to blame");
+    let submits = sim.submits();
+    assert_eq!(ids_of(&submits[0].1), vec![y], "the other job goes on");
+}
