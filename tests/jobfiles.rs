@@ -183,14 +183,7 @@ fn a_node_killed_while_its_files_come_back_reruns_the_job_and_they_arrive_once()
     }
     let client = Proc::spawn("submit", cmd);
     // Once a part file shows up, the fetch is under way: kill the node it comes from.
-    let part = || {
-        std::fs::read_dir(results.join("0"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with(".dispy-part-"))
-    };
-    assert!(wait_until(Duration::from_secs(60), part), "no fetch began\n{}", client.stderr());
+    assert!(wait_until(Duration::from_secs(60), || fetch_begun(&results)), "no fetch began\n{}", client.stderr());
     let first: Vec<String> =
         std::fs::read_dir(&marks).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(first.len(), 1, "one run so far: {first:?}");
@@ -252,14 +245,7 @@ fn a_partition_during_a_return_delays_the_file_but_loses_nothing() {
         cmd.args(["--peer", "/ip4/10.81.0.1/tcp/9700", "--return", "big.bin"]).arg("--results-dir").arg(&results);
         cmd.env("RUST_LOG", "warn,libp2p_kad=error,dispy=debug").env_remove("DISPY_SECRET");
         let client = Proc::spawn("submit", cmd);
-        let part = || {
-            std::fs::read_dir(results.join("0"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with(".dispy-part-"))
-        };
-        assert!(wait_until(Duration::from_secs(60), part), "no fetch began\n{}", client.stderr());
+        assert!(wait_until(Duration::from_secs(60), || fetch_begun(&results)), "no fetch began\n{}", client.stderr());
         // Cut off for 3 s mid-transfer: shorter than the heartbeats' patience (about 8 s).
         ns.ip(&["-n", &node_host, "link", "set", "eth0", "down"]);
         std::thread::sleep(Duration::from_secs(3));
@@ -276,4 +262,10 @@ fn a_partition_during_a_return_delays_the_file_but_loses_nothing() {
     }
     drop(ns);
     assert!(netns_left(&prefix).is_empty(), "namespaces left: {:?}", netns_left(&prefix));
+}
+
+/// Whether a returned file of job 0 is on its way into `results` (its part file exists).
+fn fetch_begun(results: &Path) -> bool {
+    let entries = std::fs::read_dir(results.join("0")).into_iter().flatten().flatten();
+    entries.map(|e| e.file_name()).any(|n| n.to_string_lossy().starts_with(".dispy-part-"))
 }
