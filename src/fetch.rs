@@ -44,6 +44,13 @@ async fn fetch_file(
     let dest = dir.join(rel);
     let parent = dest.parent().unwrap_or(dir);
     tokio::fs::create_dir_all(parent).await.map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    // The node says how large the file is: it is fetched only if it fits, with room to
+    // spare, so a job's output never fills this machine's disk.
+    if let Some(free) = free_bytes(parent)
+        && free < f.size.saturating_add(DISK_SPARE)
+    {
+        return Err(format!("{} bytes, but only {free} bytes are free in {}", f.size, parent.display()));
+    }
     let tmp = Partial(parent.join(format!(".dispy-part-{:x}", rand::random::<u64>())));
     let tmp = &tmp.0;
     let mut result = receive(net, peer, cluster, f, tmp).await;
@@ -141,4 +148,38 @@ async fn receive(net: &NetHandle, peer: PeerId, cluster: ClusterId, f: &FileEntr
         let _ = tokio::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o755)).await;
     }
     Ok(())
+}
+
+/// Disk space a fetched file must leave free.
+const DISK_SPARE: u64 = 64 << 20;
+
+/// Bytes free for this user in the file system holding `dir`, if it can be asked.
+#[allow(unsafe_code)]
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a valid NUL-terminated string and `stat` points to writable memory
+    // of the right type; statvfs only writes it, and it is read only when the call succeeded.
+    let stat = unsafe {
+        if libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stat.assume_init()
+    };
+    // The fields are 32 bits wide on some targets.
+    #[allow(clippy::useless_conversion)]
+    u64::from(stat.f_bavail).checked_mul(u64::from(stat.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_is_read_and_a_missing_folder_says_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(free_bytes(dir.path()).is_some_and(|b| b > 0));
+        assert_eq!(free_bytes(&dir.path().join("missing")), None);
+    }
 }
