@@ -5,7 +5,7 @@
 //! listed in its result, and served to the client in chunks until the cluster is released.
 
 use super::store::{Store, check_name};
-use dispy_protocol::{CHUNK_SIZE, Declared, FileEntry, FileHash, JobSpec, Refusal, RefusalKind, Response};
+use dispy_protocol::{CHUNK_SIZE, FileEntry, FileHash, JobId, JobSpec, Refusal, RefusalKind, Response};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -21,11 +21,23 @@ const MAX_DECLARED: usize = 100_000;
 /// files costs the node a bounded walk.
 const MAX_WALK: usize = 100_000;
 
+/// An input file declared for a lease's jobs.
+struct Declared {
+    file: FileEntry,
+    /// Jobs queued or running that need it.
+    jobs: u32,
+    /// Declarations whose jobs have not been submitted yet: it must stay until they are.
+    pins: u32,
+}
+
 /// One lease's job files.
 #[derive(Default)]
 pub(super) struct JobFiles {
-    /// Input files declared for its jobs, by hash.
-    declared: HashMap<FileHash, FileEntry>,
+    /// Input files declared for its jobs, by hash, while a job needs them: a run of a
+    /// million inputs holds only those of the jobs on their way or running.
+    declared: HashMap<FileHash, Declared>,
+    /// The input files of its jobs queued or running, by job.
+    inputs: HashMap<JobId, Vec<FileHash>>,
     /// Files its jobs returned, kept in the store for its client.
     returned: HashSet<FileHash>,
     /// Its return globs.
@@ -45,7 +57,7 @@ impl JobFiles {
             return refuse(RefusalKind::TooLarge, why);
         }
         let mut missing = Vec::new();
-        for f in files {
+        for f in &files {
             if let Err(e) = check_name(&f.name) {
                 return refuse(RefusalKind::BadPath, e.to_string());
             }
@@ -59,14 +71,53 @@ impl JobFiles {
             if !store.has(&f.hash, f.size) && !missing.contains(&f.hash) {
                 missing.push(f.hash);
             }
-            self.declared.insert(f.hash, f);
         }
-        Response::Declared(Declared { missing })
+        let mut seen = HashSet::new();
+        for f in files {
+            if seen.insert(f.hash) {
+                self.declared.entry(f.hash).or_insert(Declared { file: f, jobs: 0, pins: 0 }).pins += 1;
+            }
+        }
+        Response::Declared(dispy_protocol::Declared { missing })
     }
 
     /// A declared input file, for its chunks.
     pub(super) fn declared(&self, hash: &FileHash) -> Option<&FileEntry> {
-        self.declared.get(hash)
+        self.declared.get(hash).map(|d| &d.file)
+    }
+
+    /// Jobs were accepted: their inputs stay until they end, and the declaration that
+    /// announced them is used up.
+    pub(super) fn track(&mut self, jobs: &[JobSpec]) {
+        let mut batch = HashSet::new();
+        for job in jobs.iter().filter(|j| !j.files.is_empty()) {
+            let hashes: Vec<FileHash> = job.files.iter().map(|f| f.hash).collect();
+            for h in &hashes {
+                if let Some(d) = self.declared.get_mut(h) {
+                    d.jobs += 1;
+                    if batch.insert(*h) {
+                        d.pins = d.pins.saturating_sub(1);
+                    }
+                }
+            }
+            self.inputs.insert(job.id, hashes);
+        }
+    }
+
+    /// A job ended: returns its inputs no other job needs any more (to leave the store).
+    pub(super) fn ended(&mut self, job: JobId) -> Vec<FileHash> {
+        let mut unused = Vec::new();
+        for h in self.inputs.remove(&job).unwrap_or_default() {
+            let Some(d) = self.declared.get_mut(&h) else { continue };
+            d.jobs = d.jobs.saturating_sub(1);
+            if d.jobs == 0 && d.pins == 0 {
+                self.declared.remove(&h);
+                if !self.returned.contains(&h) {
+                    unused.push(h);
+                }
+            }
+        }
+        unused
     }
 
     /// Whether every input file of `jobs` was declared and is stored.

@@ -77,6 +77,7 @@ impl Lease {
             return Err(Refusal::new(RefusalKind::BadFile, why));
         }
         self.job_files.check(&jobs, store)?;
+        self.job_files.track(&jobs);
         Ok(self.runs.queue(jobs))
     }
 

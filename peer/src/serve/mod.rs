@@ -50,7 +50,7 @@ pub use start::{RunningNode, start};
 use crate::error::{Error, Result};
 use crate::net::{NetEvent, NetHandle, ReplyTo};
 use delivery::ResultsSent;
-use dispy_protocol::{ClusterId, Hello, JobOutcome, Refusal, RefusalKind, Request, Response, WIRE_VERSION};
+use dispy_protocol::{ClusterId, FileHash, Hello, JobOutcome, Refusal, RefusalKind, Request, Response, WIRE_VERSION};
 use jobdirs::Trash;
 use kept::KeptResults;
 use lease::Leases;
@@ -378,9 +378,11 @@ impl Node {
         match msg {
             Completion::JobDone(done) => {
                 let cluster = done.cluster;
-                if slots::job_done(self.leases.0.get_mut(&cluster), done, &mut self.ctx.trash) {
+                let (held_slot, unused) = slots::job_done(self.leases.0.get_mut(&cluster), done, &mut self.ctx.trash);
+                if held_slot {
                     self.free += 1;
                 }
+                self.delete_unused(cluster, unused);
                 self.flush(cluster);
                 self.drop_if_done(cluster);
                 self.schedule();
@@ -409,6 +411,25 @@ impl Node {
                 self.flush(cluster)
             }
         }
+    }
+
+    /// Deletes jobs' input files no job needs any more, unless a lease holds them as its
+    /// own files: a run of a million inputs keeps only those of its jobs under way.
+    fn delete_unused(&self, cluster: ClusterId, mut unused: Vec<FileHash>) {
+        if unused.is_empty() {
+            return;
+        }
+        let mut in_use = self.leases.files_in_use(cluster);
+        if let Some(c) = self.leases.0.get(&cluster) {
+            in_use.extend(c.files.iter().map(|f| f.hash).chain(c.job_files.hashes()));
+        }
+        unused.retain(|h| !in_use.contains(h));
+        let store = self.ctx.store.clone();
+        tokio::task::spawn_blocking(move || {
+            for h in unused {
+                let _ = std::fs::remove_file(store.path(&h));
+            }
+        });
     }
 
     /// Starts queued jobs in the free slots and sends their starts.

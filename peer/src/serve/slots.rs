@@ -7,7 +7,7 @@ use super::jobfiles::collect;
 use super::lease::{Lease, Leases};
 use super::runner::{FunctionWorker, ProgramJob, WorkerPlace, failed_to_start, unrun};
 use super::{Completion, Ctx, executor};
-use dispy_protocol::{ClusterId, JobId, JobOutcome, JobResult, JobSpec};
+use dispy_protocol::{ClusterId, FileHash, JobId, JobOutcome, JobResult, JobSpec};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use tokio::sync::oneshot;
@@ -227,10 +227,10 @@ fn start(id: ClusterId, lease: &mut Lease, job: JobSpec, ctx: &mut Ctx) {
 }
 
 /// A job has ended: its slot, directory and worker go back, its result to the outbox.
-/// Returns whether it held a slot.
-pub(super) fn job_done(lease: Option<&mut Lease>, done: JobDone, trash: &mut Trash) -> bool {
+/// Returns whether it held a slot, and its input files no other job of the lease needs.
+pub(super) fn job_done(lease: Option<&mut Lease>, done: JobDone, trash: &mut Trash) -> (bool, Vec<FileHash>) {
     let JobDone { result, held_slot, worker, dir, .. } = done;
-    let Some(c) = lease else { return held_slot };
+    let Some(c) = lease else { return (held_slot, Vec::new()) };
     match dir {
         Some(dir) if !c.released => c.runs.job_dirs.give_back(dir),
         Some(dir) => trash.push(dir),
@@ -238,10 +238,11 @@ pub(super) fn job_done(lease: Option<&mut Lease>, done: JobDone, trash: &mut Tra
     }
     c.runs.running.remove(&result.id);
     c.job_files.keep(&result.returned);
+    let unused = c.job_files.ended(result.id);
     if !c.released {
         c.outbox.push_result(result);
         // A worker of a released cluster is dropped here, which kills it.
         c.runs.idle_workers.extend(worker);
     }
-    held_slot
+    (held_slot, unused)
 }

@@ -97,3 +97,42 @@ async fn returned_files_are_listed_and_served_in_chunks_to_the_client_only() {
     }
     assert!(!stored.exists(), "a released cluster's returned file is deleted");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_input_leaves_the_store_when_no_job_needs_it_but_not_while_one_is_announced() {
+    let (mut h, client) = ready_returning(&[]).await;
+    let input = file("in.txt", b"input bytes");
+    let stored = h.dest.path().join("store").join(input.hash.to_hex());
+    let declare = Request::Declare(Declare { cluster: ClusterId(1), files: vec![input.clone()] });
+    let chunk = Chunk { cluster: ClusterId(1), hash: input.hash, offset: 0, data: b"input bytes".to_vec() };
+    let with_input = |id| {
+        let mut spec = job(id);
+        spec.files = vec![input.clone()];
+        Request::Submit(Submit { cluster: ClusterId(1), jobs: vec![spec] })
+    };
+    assert!(matches!(h.ask(client, declare.clone()).await, Response::Declared(_)));
+    assert!(matches!(h.ask(client, Request::Chunk(chunk.clone())).await, Response::ChunkStored(_)));
+    assert!(matches!(h.ask(client, with_input(1)).await, Response::Accepted(_)));
+    let first = h.started().await;
+    // The next job with the same input is announced while the first runs: the input stays.
+    let Response::Declared(d) = h.ask(client, declare.clone()).await else { panic!("not declared") };
+    assert!(d.missing.is_empty());
+    first.finish(JobOutcome::Exited(0));
+    h.results(1).await;
+    assert!(stored.exists(), "announced for job 2");
+    assert!(matches!(h.ask(client, with_input(2)).await, Response::Accepted(_)));
+    h.started().await.finish(JobOutcome::Exited(0));
+    h.results(1).await;
+    // No job needs it now: it goes (on the blocking pool).
+    for _ in 0..10_000 {
+        if !stored.exists() {
+            break;
+        }
+        super::harness::settle().await;
+        std::thread::yield_now();
+    }
+    assert!(!stored.exists(), "an input no job needs leaves the store");
+    // Needed again later: declared as missing, and sent again.
+    let Response::Declared(d) = h.ask(client, declare).await else { panic!("not declared") };
+    assert_eq!(d.missing, vec![input.hash]);
+}
