@@ -415,13 +415,16 @@ impl Node {
 
     /// Deletes jobs' input files no job needs any more, unless a lease holds them as its
     /// own files: a run of a million inputs keeps only those of its jobs under way.
-    fn delete_unused(&self, cluster: ClusterId, mut unused: Vec<FileHash>) {
+    fn delete_unused(&mut self, cluster: ClusterId, mut unused: Vec<FileHash>) {
         if unused.is_empty() {
             return;
         }
         let mut in_use = self.leases.files_in_use(cluster);
-        if let Some(c) = self.leases.0.get(&cluster) {
+        if let Some(c) = self.leases.0.get_mut(&cluster) {
             in_use.extend(c.files.iter().map(|f| f.hash).chain(c.job_files.hashes()));
+            unused.retain(|h| !in_use.contains(h));
+            // Sent and gone again: the same bytes may be sent anew for a later job.
+            c.uploads.staged.retain(|h| !unused.contains(h));
         }
         unused.retain(|h| !in_use.contains(h));
         let store = self.ctx.store.clone();

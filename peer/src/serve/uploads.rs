@@ -10,7 +10,7 @@ use dispy_protocol::{
     CHUNK_SIZE, CHUNKS_IN_FLIGHT, Chunk, ChunkStored, ClusterId, FileEntry, FileHash, Refusal, RefusalKind, Response,
 };
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use tracing::{debug, warn};
 
 /// One lease's files arriving.
@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 pub(super) struct Uploads {
     uploads: HashMap<FileHash, Incoming>,
     /// Files this cluster's client sent (they stay cached after a normal release).
-    pub(super) staged: Vec<FileHash>,
+    pub(super) staged: HashSet<FileHash>,
     /// Files refused while arriving, with why: their later chunks are refused too.
     refused_files: HashMap<FileHash, String>,
 }
@@ -128,7 +128,7 @@ impl Uploads {
                 (Response::ChunkStored(ChunkStored { hash, complete: false }), None)
             }
             Ok(true) => {
-                self.staged.push(hash);
+                self.staged.insert(hash);
                 debug!(%cluster, %hash, "file staged");
                 let extra = format!("more bytes than the declared size of {}", upload.size());
                 (Response::ChunkStored(ChunkStored { hash, complete: true }), Some(extra))
