@@ -73,7 +73,7 @@ pub(crate) fn write_frame<T: Serialize>(msg: &T) -> std::io::Result<()> {
 ///     n
 /// }
 /// ```
-pub fn provisional<T: Serialize + ?Sized>(value: &T) -> Result<()> {
+pub fn provisional<T: Serialize>(value: &T) -> Result<()> {
     let bytes = encode(value).map_err(|e| Error::JobSide(format!("cannot encode the provisional value: {e}")))?;
     if bytes.len() > MAX_PROVISIONAL_BYTES {
         let why = format!("a provisional value is {} bytes encoded, over {MAX_PROVISIONAL_BYTES}", bytes.len());
