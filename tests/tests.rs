@@ -9,6 +9,7 @@ mod util;
 mod cli;
 mod cluster;
 mod faults;
+mod fn_extras;
 mod functions;
 mod jobfiles;
 mod lan;
