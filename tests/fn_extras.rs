@@ -27,7 +27,7 @@ fn a_job_sends_provisional_values_in_order_and_a_file_before_its_result() {
     let out = scenario(&[&node], &["progress", results.to_str().unwrap()]);
     out.expect_code(0);
     let line = &out.json_lines()[0];
-    assert_eq!(line["value"], 5, "{}", out.stdout);
+    assert_eq!(line["value"], serde_json::json!({"Ok": 5}), "{}", out.stdout);
     assert_eq!(line["latest"], "step 2 of 5");
     assert!(line["outside"].as_str().unwrap().contains("only inside a function job"), "{line}");
     let events: Vec<(String, Option<String>)> = line["events"]
@@ -48,7 +48,7 @@ fn a_job_sends_provisional_values_in_order_and_a_file_before_its_result() {
         ],
         "{line}"
     );
-    let saved = results.join("1").join("report-5.txt");
+    let saved = results.join("0").join("report-5.txt");
     assert_eq!(line["returned"], serde_json::json!([saved.to_str().unwrap()]), "{line}");
     assert_eq!(std::fs::read(&saved).unwrap(), report_bytes(5), "byte-exact, as it was when sent");
     assert!(line["note"].is_null(), "{line}");
