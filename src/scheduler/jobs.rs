@@ -3,10 +3,10 @@
 
 use super::NewJob;
 use super::core::{Asked, Core, Effect, Entry, Failure, Job, JobState, Phase};
+use crate::events::JobEvent;
 use crate::job::JobStatus;
 use crate::policy::{self, Load};
 use crate::report::JobReport;
-use crate::events::JobEvent;
 use dispy_protocol::{Cancel, JobId, JobOutcome, JobResult, Provisional, Request};
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet};

@@ -641,7 +641,12 @@ fn requests_a_client_does_not_serve_are_refused() {
     let p = peer(3);
     let (response, _) = sim.core.on_request(p, wire(&Request::Release(dispy_protocol::Release { cluster: CLUSTER })));
     assert!(matches!(wire(&response), Response::Refused(r) if r.kind == RefusalKind::WrongRole));
-    let other = Request::Results(Results { cluster: ClusterId(1), started: Vec::new(), results: Vec::new(), provisional: Vec::new() });
+    let other = Request::Results(Results {
+        cluster: ClusterId(1),
+        started: Vec::new(),
+        results: Vec::new(),
+        provisional: Vec::new(),
+    });
     let (response, _) = sim.core.on_request(p, wire(&other));
     assert!(matches!(response, Response::Refused(_)), "results of another cluster are not taken");
     let (response, _) = sim.core.on_request(p, wire(&Request::Hello(Hello::client("x".into()))));

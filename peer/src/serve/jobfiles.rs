@@ -203,7 +203,10 @@ pub(crate) fn adopt_sent(path: &Path, store: &Store, room: Option<u64>) -> std::
     let taken = if !meta.is_file() {
         Err(std::io::Error::other("not a regular file"))
     } else if room.is_some_and(|room| meta.len() > room) {
-        Err(std::io::Error::other(format!("over what the node's --max-return leaves the job ({} bytes)", room.unwrap_or(0))))
+        Err(std::io::Error::other(format!(
+            "over what the node's --max-return leaves the job ({} bytes)",
+            room.unwrap_or(0)
+        )))
     } else {
         adopt(path, meta.len(), store).map(|(hash, executable)| (hash, meta.len(), executable))
     };

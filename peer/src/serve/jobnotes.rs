@@ -5,9 +5,9 @@
 //! and the job's report names it. Both are bounded per job; what is dropped is said in the
 //! job's note.
 
+use super::Completion;
 use super::jobfiles::{Collected, adopt_sent};
 use super::store::Store;
-use super::Completion;
 use dispy_protocol::worker::MAX_PROVISIONAL_BYTES;
 use dispy_protocol::{ClusterId, FileEntry, JobId, Provisional};
 use std::path::PathBuf;

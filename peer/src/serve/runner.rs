@@ -7,13 +7,13 @@
 //! to a process spawn or a pipe round trip, and no extra task or thread hop.
 
 use super::executor::{self, RunOutcome, RunSpec};
+use super::jobnotes::JobNote;
 use super::store::Store;
 use super::workers;
 use dispy_protocol::{FileEntry, JobId, JobOutcome, JobResult, JobSpec};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use super::jobnotes::JobNote;
 use tokio::sync::{mpsc, oneshot};
 
 /// A job's run, to be spawned on the node's runtime.

@@ -4,13 +4,13 @@
 
 use super::jobdirs::{JobDirs, Trash};
 use super::jobfiles::collect;
+use super::jobnotes::{NOTES_IN_FLIGHT, Relay};
 use super::lease::{Lease, Leases};
 use super::runner::{FunctionWorker, ProgramJob, WorkerPlace, failed_to_start, unrun};
 use super::{Completion, Ctx, executor};
 use dispy_protocol::{ClusterId, JobId, JobOutcome, JobResult, JobSpec};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use super::jobnotes::{NOTES_IN_FLIGHT, Relay};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, debug_span};
 
@@ -176,7 +176,8 @@ fn start(id: ClusterId, lease: &mut Lease, job: JobSpec, ctx: &mut Ctx) {
             }
         };
         let (notes_tx, notes_rx) = mpsc::channel(NOTES_IN_FLIGHT);
-        let relay = Relay { cluster: id, job: job_id, store: ctx.store.clone(), max_bytes: ctx.max_return, done: done.clone() };
+        let relay =
+            Relay { cluster: id, job: job_id, store: ctx.store.clone(), max_bytes: ctx.max_return, done: done.clone() };
         tokio::spawn(
             async move {
                 let call = async move {

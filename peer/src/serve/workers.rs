@@ -8,8 +8,8 @@
 //! files sent back): they go to the job's relay (`jobnotes`) as they come.
 
 use super::executor::now_us;
-use super::sys::kill_group;
 use super::jobnotes::JobNote;
+use super::sys::kill_group;
 use dispy_protocol::worker::{
     CallOutcome, SENT_DIR, WORKER_ENV, WorkerCall, WorkerNote, WorkerReply, decode_frame, encode_frame, frame_len,
 };
