@@ -28,6 +28,8 @@ fn init() -> Result<(), String> {
         return Err("base.txt says fail".into());
     }
     let base = text.parse().map_err(|e| format!("base.txt holds no number: {e}"))?;
+    // Goes to the node's log, never into the worker's pipe to the node.
+    println!("worker setup: base {base}");
     BASE.set(base).map_err(|_| "setup ran twice".to_string())
 }
 

@@ -176,6 +176,8 @@ fn run(f: &Function, setup: Option<Setup>) -> std::io::Result<()> {
         let trace = std::backtrace::Backtrace::force_capture().to_string();
         PANIC.with(|p| *p.borrow_mut() = Some((format!("{message}{location}"), trace)));
     }));
+    // Outside jobs, fd 1 is stderr too: a setup's `println!` must not land in the pipe.
+    redirect(&original_err, 1)?;
     // Its output goes where a crashing worker's does: the node's log.
     let refusal = setup.and_then(|setup| match std::panic::catch_unwind(setup) {
         Ok(Ok(())) => None,
