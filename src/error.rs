@@ -43,6 +43,14 @@ pub enum Error {
     /// The cluster's scheduler task has stopped.
     #[error("the cluster is closed")]
     Closed,
+    /// [`crate::provisional`] or [`crate::send_file`] was called outside a function job
+    /// running on a node (the name says which). Retrying will not help.
+    #[error("dispy::{0} works only inside a function job running on a node")]
+    NotInJob(&'static str),
+    /// A running job could not send something to its node (too large, the pipe to the
+    /// node is gone, the file could not be copied); the text says why. The job may go on.
+    #[error("{0}")]
+    JobSide(String),
 }
 
 /// The result of this crate's operations.

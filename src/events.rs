@@ -15,6 +15,29 @@ pub struct JobEvent {
     pub status: JobStatus,
     /// The node involved, if any.
     pub node: Option<NodeRef>,
+    /// A provisional value the running job sent ([`crate::provisional`]), CBOR-encoded;
+    /// the status is then `Running`. Read it with [`JobEvent::provisional_value`].
+    pub provisional: Option<Vec<u8>>,
+}
+
+impl JobEvent {
+    /// The provisional value this event carries, decoded as the type the job sent; `None`
+    /// for a plain status change.
+    ///
+    /// # Errors
+    /// [`crate::JobError::Decode`] when the value is not a `T`.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn on_status(ev: &dispy::JobEvent) {
+    /// if let Ok(Some(done)) = ev.provisional_value::<u32>() {
+    ///     println!("job {} is {done}% done", ev.id);
+    /// }
+    /// # }
+    /// ```
+    pub fn provisional_value<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, crate::JobError> {
+        crate::job::decode_provisional(self.provisional.as_deref())
+    }
 }
 
 /// Something happened to a node of the cluster.

@@ -115,11 +115,18 @@ pub(crate) struct JobView {
     pub(crate) report: Option<Arc<JobReport>>,
     /// Set when the cluster failed before the job ended.
     pub(crate) cluster_error: Option<String>,
+    /// The latest provisional value the job sent (CBOR).
+    pub(crate) provisional: Option<Vec<u8>>,
+}
+
+/// Decodes a provisional value, if there is one.
+pub(crate) fn decode_provisional<T: serde::de::DeserializeOwned>(value: Option<&[u8]>) -> Result<Option<T>, JobError> {
+    value.map(|v| dispy_protocol::decode(v).map_err(|e| JobError::Decode(e.to_string()))).transpose()
 }
 
 impl JobView {
     pub(crate) fn created() -> Self {
-        JobView { status: JobStatus::Created, node: None, report: None, cluster_error: None }
+        JobView { status: JobStatus::Created, node: None, report: None, cluster_error: None, provisional: None }
     }
 }
 
@@ -170,6 +177,26 @@ impl<R> Job<R> {
     /// panic and trace), start and end times.
     pub fn report(&self) -> Option<Arc<JobReport>> {
         self.view.borrow().report.clone()
+    }
+
+    /// The latest provisional value the job sent while it ran ([`crate::provisional`],
+    /// dispy's provisional result), decoded as `T` (the type the function sent, which need
+    /// not be its result type); `Ok(None)` before the first.
+    ///
+    /// # Errors
+    /// [`JobError::Decode`] when the value is not a `T`.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(mut cluster: dispy::Cluster<u64, u64>) -> dispy::Result<()> {
+    /// let job = cluster.submit(12).await?;
+    /// if let Ok(Some(step)) = job.provisional::<u64>() {
+    ///     println!("job {} reached step {step}", job.id());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn provisional<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, JobError> {
+        decode_provisional(self.view.borrow().provisional.as_deref())
     }
 
     /// What the job wrote to stdout (empty until it ends).

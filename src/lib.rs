@@ -34,7 +34,9 @@
 //!   [`NoNodes`] saying what was searched and found.
 //! - [`blocking`]: [`BlockingCluster`], for programs that are not async.
 //! - [`select`]: `--nodes` patterns; `host`: this machine's name and CPUs.
-//! - [`mod@worker`]: worker mode, which carries Rust functions to the nodes ([`worker!`]).
+//! - [`mod@worker`]: worker mode, which carries Rust functions to the nodes ([`worker!`]);
+//!   `in_job`: what a running function job sends before it returns ([`provisional()`],
+//!   [`send_file()`]).
 //!
 //! The node side and the peer runtime live in `dispy-node`; the wire in `dispy-protocol`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -49,6 +51,7 @@ pub mod events;
 mod fetch;
 mod hashcache;
 mod host;
+mod in_job;
 mod job;
 mod journal;
 mod local;
@@ -69,6 +72,7 @@ pub use dispy_protocol::{JobId, JobOutcome};
 pub use error::{Error, Found, NoNodes, Result, Searched};
 pub use events::{ClusterEvent, JobEvent, NodeFacts};
 pub use host::{DEFAULT_MAX_OUTPUT, available_cpus, host_name};
+pub use in_job::{provisional, send_file};
 pub use job::{Job, JobError, JobStatus};
 pub use recover::{Recovery, recover};
 pub use report::{JobReport, NodeInfo, NodeRef, NodeStats, NodeStatus, Stats};

@@ -21,8 +21,38 @@
 //! Each job's stdout and stderr (fds 1 and 2, so `println!` and child processes alike) are
 //! captured for that job alone; a panic becomes the job's error with its message and
 //! backtrace, and the worker goes on with the next job.
+//!
+//! A job may send its client provisional results and files as it runs
+//! ([`crate::provisional`], [`crate::send_file`]).
+//!
+//! # Setup
+//! State that every job of a worker shares (a table loaded once, a connection) is made by a
+//! setup function, named first: `dispy::worker!(setup = init; square, divisors)`. Each worker
+//! process runs it once, before its first job; jobs read what it left, typically in a
+//! `static OnceLock`. A setup that fails (returns `Err` or panics) makes the worker refuse its
+//! jobs: the node gives them back and the client stops using that node, with the message as
+//! the reason.
+//!
+//! ```no_run
+//! use std::sync::OnceLock;
+//!
+//! static TABLE: OnceLock<Vec<u64>> = OnceLock::new();
+//!
+//! fn init() -> Result<(), String> {
+//!     let table = (0..1000).map(|i| i * i).collect();
+//!     TABLE.set(table).map_err(|_| "set twice".to_string())
+//! }
+//!
+//! fn lookup(i: usize) -> Option<u64> {
+//!     TABLE.get()?.get(i).copied()
+//! }
+//!
+//! fn main() {
+//!     dispy::worker!(setup = init; lookup);
+//! }
+//! ```
 
-use dispy_protocol::worker::{CallOutcome, WORKER_ENV, WorkerCall, WorkerReply, decode_frame, encode_frame, frame_len};
+use dispy_protocol::worker::{CallOutcome, WORKER_ENV, WorkerCall, WorkerReply, decode_frame, frame_len};
 use dispy_protocol::{Output, decode, encode};
 use serde::{Serialize, de::DeserializeOwned};
 use std::cell::RefCell;
@@ -71,14 +101,24 @@ pub(crate) fn name_of<F>() -> &'static str {
     std::any::type_name::<F>()
 }
 
+/// A worker's setup: run once per worker process before its first job; `Err` says why the
+/// worker cannot serve (see [Setup](self#setup)).
+pub type Setup = fn() -> Result<(), String>;
+
 /// Runs the worker loop and exits if this process was started as a worker; returns at once
 /// otherwise. Put it (through [`crate::worker!`]) first in `main`.
 pub fn serve_if_worker(functions: &[Function]) {
+    serve_with_setup(None, functions);
+}
+
+/// [`serve_if_worker`] with a setup function run before the first job.
+/// Use [`crate::worker!`]`(setup = init; f, ...)` rather than calling this.
+pub fn serve_with_setup(setup: Option<Setup>, functions: &[Function]) {
     // The executable may also be started as the reaper of an embedded node's jobs.
     dispy_node::serve::reaper::run_if_reaper();
     let Ok(wanted) = std::env::var(WORKER_ENV) else { return };
     let code = match functions.iter().find(|f| f.name == wanted) {
-        Some(f) => match run(f) {
+        Some(f) => match run(f, setup) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("dispy worker for {wanted}: {e}");
@@ -99,9 +139,17 @@ pub fn serve_if_worker(functions: &[Function]) {
 }
 
 /// Registers the functions a cluster may run and, in worker mode, serves them and exits.
-/// Put it first in `main`: `dispy::worker!(square, divisors);`.
+/// Put it first in `main`: `dispy::worker!(square, divisors);`, or with a setup function
+/// each worker runs before its first job: `dispy::worker!(setup = init; square, divisors);`
+/// (see [Setup](worker/index.html#setup)).
 #[macro_export]
 macro_rules! worker {
+    (setup = $setup:expr; $($f:expr),+ $(,)?) => {
+        $crate::worker::serve_with_setup(
+            Some($setup as $crate::worker::Setup),
+            &[$($crate::worker::Function::new($f)),+],
+        )
+    };
     ($($f:expr),+ $(,)?) => {
         $crate::worker::serve_if_worker(&[$($crate::worker::Function::new($f)),+])
     };
@@ -111,10 +159,10 @@ thread_local! {
     static PANIC: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
 }
 
-fn run(f: &Function) -> std::io::Result<()> {
+fn run(f: &Function, setup: Option<Setup>) -> std::io::Result<()> {
     // The node talks over the original stdout; fd 1 itself is pointed at each job's capture.
     let proto: OwnedFd = std::io::stdout().as_fd().try_clone_to_owned()?;
-    let mut proto = File::from(proto);
+    crate::in_job::install(File::from(proto), &std::env::current_dir()?);
     let original_err: OwnedFd = std::io::stderr().as_fd().try_clone_to_owned()?;
     let mut out = tempfile::tempfile()?;
     let mut err = tempfile::tempfile()?;
@@ -128,6 +176,14 @@ fn run(f: &Function) -> std::io::Result<()> {
         let trace = std::backtrace::Backtrace::force_capture().to_string();
         PANIC.with(|p| *p.borrow_mut() = Some((format!("{message}{location}"), trace)));
     }));
+    // Outside jobs, fd 1 is stderr too: a setup's `println!` must not land in the pipe.
+    redirect(&original_err, 1)?;
+    // Its output goes where a crashing worker's does: the node's log.
+    let refusal = setup.and_then(|setup| match std::panic::catch_unwind(setup) {
+        Ok(Ok(())) => None,
+        Ok(Err(why)) => Some(why),
+        Err(_) => Some(PANIC.with(|p| p.borrow_mut().take()).map_or_else(|| "panicked".into(), |(m, _)| m)),
+    });
     loop {
         let mut header = [0u8; 4];
         match stdin.read_exact(&mut header) {
@@ -140,11 +196,19 @@ fn run(f: &Function) -> std::io::Result<()> {
         let mut body = vec![0u8; len];
         stdin.read_exact(&mut body)?;
         let call: WorkerCall = decode_frame(&body).map_err(std::io::Error::other)?;
+        if let Some(why) = &refusal {
+            let outcome = CallOutcome::SetupFailed(format!("worker setup failed: {why}"));
+            let reply = WorkerReply { job: call.job, outcome, stdout: Output::default(), stderr: Output::default() };
+            crate::in_job::write_frame(&reply)?;
+            continue;
+        }
 
         std::io::stdout().flush()?;
         redirect(&out, 1)?;
         redirect(&err, 2)?;
+        crate::in_job::set_in_job(true);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (f.call)(&call.input)));
+        crate::in_job::set_in_job(false);
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
         redirect(&original_err, 2)?;
@@ -163,9 +227,7 @@ fn run(f: &Function) -> std::io::Result<()> {
             stdout: take_capture(&mut out, call.max_output)?,
             stderr: take_capture(&mut err, call.max_output)?,
         };
-        let frame = encode_frame(&reply).map_err(std::io::Error::other)?;
-        proto.write_all(&frame)?;
-        proto.flush()?;
+        crate::in_job::write_frame(&reply)?;
     }
 }
 

@@ -10,6 +10,7 @@ mod args_file;
 mod cli;
 mod cluster;
 mod faults;
+mod fn_extras;
 mod functions;
 mod jobfiles;
 mod lan;

@@ -260,6 +260,21 @@ pub struct Results {
     pub started: Vec<JobId>,
     /// Results in the order the jobs ended.
     pub results: Vec<JobResult>,
+    /// Provisional results of running function jobs (`dispy::provisional`), in the order
+    /// they were made, ahead of any result in this message. Absent on the wire when empty,
+    /// so older peers read these messages as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provisional: Vec<Provisional>,
+}
+
+/// A value a running function job sent before its result (dispy's provisional result).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provisional {
+    /// Which job.
+    pub job: JobId,
+    /// The value, CBOR-encoded as the job's function chose.
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
 }
 
 /// Names the input files of jobs about to be submitted (`--each-file`), so the node accepts
@@ -435,7 +450,12 @@ mod tests {
             }),
             Request::Cancel(Cancel { cluster: c, jobs: vec![JobId(1)] }),
             Request::Release(Release { cluster: c }),
-            Request::Results(Results { cluster: c, started: vec![JobId(8)], results: vec![result()] }),
+            Request::Results(Results {
+                cluster: c,
+                started: vec![JobId(8)],
+                results: vec![result()],
+                provisional: vec![Provisional { job: JobId(8), value: vec![1, 2] }],
+            }),
             Request::Recover(Recover { cluster: c }),
             Request::Forget(Forget { cluster: c, jobs: vec![JobId(2)] }),
         ];
@@ -453,7 +473,12 @@ mod tests {
             Response::Reserved(Reserved { cpus: 2, missing: vec![h] }),
             Response::ChunkStored(ChunkStored { hash: h, complete: true }),
             Response::Accepted(Accepted { count: 3 }),
-            Response::Recovered(Results { cluster: ClusterId(5), started: vec![], results: vec![result()] }),
+            Response::Recovered(Results {
+                cluster: ClusterId(5),
+                started: vec![],
+                results: vec![result()],
+                provisional: vec![],
+            }),
             Response::Ok,
             Response::Refused(Refusal::new(RefusalKind::BadPath, "no")),
             Response::Declared(Declared { missing: vec![h] }),

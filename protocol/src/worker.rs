@@ -1,6 +1,10 @@
 //! Frames between a node and a function worker process (the client's executable started in
 //! worker mode), over the worker's stdin and stdout: a 4-byte little-endian length, then
-//! CBOR. The node writes one [`WorkerCall`] at a time and reads one [`WorkerReply`] back.
+//! CBOR. The node writes one [`WorkerCall`] at a time and reads one [`WorkerReply`] back,
+//! after any number of [`WorkerNote`]s the job sends while it runs (provisional results,
+//! files sent back). A node reads a frame as a note first and as a reply otherwise: the
+//! two never decode as each other (an enum against a map), so workers that send no notes
+//! speak exactly the protocol they always did.
 
 use crate::codec::{CodecError, decode, encode};
 use crate::ids::JobId;
@@ -36,7 +40,29 @@ pub enum CallOutcome {
     },
     /// The input could not be decoded, or the function is unknown.
     Refused(String),
+    /// The worker's setup function (`dispy::worker!(setup = init; ...)`) failed: this
+    /// worker runs no job, and none of its cluster's on this node would fare better.
+    SetupFailed(String),
 }
+
+/// Something a running job sends before its reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerNote {
+    /// A provisional result (CBOR), for the client as it comes.
+    Provisional(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A file to send back at once: its name in the worker's [`SENT_DIR`], where the
+    /// worker put a copy of it. The node takes only regular files from there, so no path a
+    /// job names makes the node read anything else.
+    SendFile(String),
+}
+
+/// Bytes of one provisional value, at most: it rides in result batches beside other
+/// jobs' results, so a job cannot crowd them out with one value.
+pub const MAX_PROVISIONAL_BYTES: usize = 1 << 20;
+
+/// The directory, inside a worker's own, where files sent by `dispy::send_file` wait for
+/// the node to take them.
+pub const SENT_DIR: &str = ".dispy-sent";
 
 /// A finished call.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,5 +128,12 @@ mod tests {
         let f = encode_frame(&reply).unwrap();
         assert_eq!(decode_frame::<WorkerReply>(&f[4..]).unwrap(), reply);
         assert!(frame_len(u32::MAX.to_le_bytes()).is_err());
+        // A note is never mistaken for a reply, nor a reply for a note.
+        let note = WorkerNote::Provisional(vec![7]);
+        let f = encode_frame(&note).unwrap();
+        assert_eq!(decode_frame::<WorkerNote>(&f[4..]).unwrap(), note);
+        assert!(decode_frame::<WorkerReply>(&f[4..]).is_err());
+        let f = encode_frame(&reply).unwrap();
+        assert!(decode_frame::<WorkerNote>(&f[4..]).is_err());
     }
 }

@@ -65,6 +65,7 @@ fn results_travel_as_pinned() {
             returned: Vec::new(),
             return_note: None,
         }],
+        provisional: Vec::new(),
     });
     pin(&msg, RESULTS);
 }

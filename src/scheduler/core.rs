@@ -349,6 +349,7 @@ impl Core {
         let response = match request {
             Request::Results(r) if r.cluster == self.s.cluster => {
                 self.on_started(peer, r.started);
+                self.on_provisional(peer, r.provisional);
                 self.on_results(peer, r.results);
                 if self.s.journal {
                     self.out.push(Effect::Journal(Entry::Flush));
@@ -575,7 +576,7 @@ impl Core {
 
     pub(super) fn job_event(&mut self, id: JobId, status: JobStatus, node: Option<NodeRef>) {
         if self.s.job_events {
-            self.out.push(Effect::JobEvent(JobEvent { id, status, node }));
+            self.out.push(Effect::JobEvent(JobEvent { id, status, node, provisional: None }));
         }
     }
 

@@ -3,10 +3,11 @@
 
 use super::NewJob;
 use super::core::{Asked, Core, Effect, Entry, Failure, Job, JobState, Phase};
+use crate::events::JobEvent;
 use crate::job::JobStatus;
 use crate::policy::{self, Load};
 use crate::report::JobReport;
-use dispy_protocol::{Cancel, JobId, JobOutcome, JobResult, Request};
+use dispy_protocol::{Cancel, JobId, JobOutcome, JobResult, Provisional, Request};
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -103,6 +104,24 @@ impl Core {
                 });
             }
             self.job_event(id, JobStatus::Running, node.clone());
+        }
+    }
+
+    /// Running jobs sent provisional values: each becomes the job's latest and an event,
+    /// in order. A value from a node the job is not on, or for a job that ended, is stale.
+    pub(super) fn on_provisional(&mut self, peer: PeerId, values: Vec<Provisional>) {
+        for p in values {
+            let Some(job) = self.jobs.get_mut(&p.job).filter(|j| j.is_on(peer) && j.fetching.is_none()) else {
+                continue;
+            };
+            if let Some(view) = &job.view {
+                view.send_modify(|v| v.provisional = Some(p.value.clone()));
+            }
+            if self.s.job_events {
+                let node = self.nodes.get(&peer).map(|n| n.node_ref(&peer));
+                let ev = JobEvent { id: p.job, status: JobStatus::Running, node, provisional: Some(p.value) };
+                self.out.push(Effect::JobEvent(ev));
+            }
         }
     }
 

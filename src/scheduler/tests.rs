@@ -44,6 +44,8 @@ fn file(name: &str, byte: u8, size: u64) -> LocalFile {
     }
 }
 
+mod provisional;
+
 fn settings() -> Settings {
     Settings {
         cluster: CLUSTER,
@@ -95,6 +97,8 @@ struct Sim {
     failures: Vec<Failure>,
     cluster_events: Vec<ClusterEvent>,
     job_events: Vec<(JobId, JobStatus)>,
+    /// Provisional values the job-status callback saw.
+    provisionals: Vec<(JobId, Vec<u8>)>,
     journal: Vec<Entry>,
     local_starts: usize,
     next_job: u64,
@@ -114,6 +118,7 @@ impl Sim {
             failures: Vec::new(),
             cluster_events: Vec::new(),
             job_events: Vec::new(),
+            provisionals: Vec::new(),
             journal: Vec::new(),
             local_starts: 0,
             next_job: 0,
@@ -133,7 +138,10 @@ impl Sim {
                 Effect::StopFetch { peer, job } => self.stopped_fetches.push((peer, job)),
                 Effect::Report(r) => self.reports.push(*r),
                 Effect::Fail(f) => self.failures.push(f),
-                Effect::JobEvent(ev) => self.job_events.push((ev.id, ev.status)),
+                Effect::JobEvent(ev) => {
+                    self.job_events.push((ev.id, ev.status));
+                    self.provisionals.extend(ev.provisional.map(|v| (ev.id, v)));
+                }
                 Effect::ClusterEvent(ev) => self.cluster_events.push(ev),
                 Effect::Journal(entry) => self.journal.push(entry),
                 Effect::StartLocalNode => self.local_starts += 1,
@@ -232,7 +240,7 @@ impl Sim {
 
     /// The node sends starts and results; returns the client's answer.
     fn results(&mut self, from: PeerId, started: Vec<JobId>, results: Vec<JobResult>) -> Response {
-        let request = wire(&Request::Results(Results { cluster: CLUSTER, started, results }));
+        let request = wire(&Request::Results(Results { cluster: CLUSTER, started, results, provisional: Vec::new() }));
         let (response, effects) = self.core.on_request(from, request);
         self.absorb(effects);
         wire(&response)
@@ -641,7 +649,12 @@ fn requests_a_client_does_not_serve_are_refused() {
     let p = peer(3);
     let (response, _) = sim.core.on_request(p, wire(&Request::Release(dispy_protocol::Release { cluster: CLUSTER })));
     assert!(matches!(wire(&response), Response::Refused(r) if r.kind == RefusalKind::WrongRole));
-    let other = Request::Results(Results { cluster: ClusterId(1), started: Vec::new(), results: Vec::new() });
+    let other = Request::Results(Results {
+        cluster: ClusterId(1),
+        started: Vec::new(),
+        results: Vec::new(),
+        provisional: Vec::new(),
+    });
     let (response, _) = sim.core.on_request(p, wire(&other));
     assert!(matches!(response, Response::Refused(_)), "results of another cluster are not taken");
     let (response, _) = sim.core.on_request(p, wire(&Request::Hello(Hello::client("x".into()))));

@@ -8,7 +8,7 @@ use super::kept::KeptResults;
 use super::{Completion, Ctx};
 use crate::net::{NetHandle, ReplyTo};
 use dispy_protocol::{
-    ClusterId, Forget, JobId, JobResult, MAX_RESULT_BATCH_BYTES, Recover, Request, Response, Results,
+    ClusterId, Forget, JobId, JobResult, MAX_RESULT_BATCH_BYTES, Provisional, Recover, Request, Response, Results,
 };
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -35,6 +35,11 @@ pub(super) struct Outbox {
     results: VecDeque<JobResult>,
     /// Jobs started since the last message to the client.
     started: Vec<JobId>,
+    /// Provisional values made since; they ride with starts.
+    provisional: Vec<Provisional>,
+    /// The start-only message in flight carries provisional values: results wait for it,
+    /// so that a job's values reach the client before its result.
+    provisional_in_flight: bool,
     /// Result messages in flight.
     sending: usize,
     /// Start-only messages in flight (at most one): they never hold results back.
@@ -57,6 +62,7 @@ pub(super) struct ResultsSent {
     pub(super) cluster: ClusterId,
     batch: Vec<JobResult>,
     started: Vec<JobId>,
+    provisional: Vec<Provisional>,
     delivered: bool,
     /// The batch's number in the outbox's `delivering`.
     seq: u64,
@@ -65,6 +71,12 @@ pub(super) struct ResultsSent {
 impl Outbox {
     pub(super) fn job_started(&mut self, id: JobId) {
         self.started.push(id);
+        self.starts_since.get_or_insert_with(Instant::now);
+    }
+
+    /// A running job's provisional value: it leaves with the next starts.
+    pub(super) fn push_provisional(&mut self, p: Provisional) {
+        self.provisional.push(p);
         self.starts_since.get_or_insert_with(Instant::now);
     }
 
@@ -118,11 +130,14 @@ impl Outbox {
     /// Sends waiting results to `client`, a batch at a time.
     pub(super) fn flush(&mut self, id: ClusterId, client: PeerId, ctx: &Ctx) {
         loop {
-            let with_results = !self.results.is_empty() && self.sending < RESULT_BATCHES_IN_FLIGHT;
+            let with_results = !self.results.is_empty()
+                && self.sending < RESULT_BATCHES_IN_FLIGHT
+                && !(self.sending_starts > 0 && self.provisional_in_flight);
             // A start travels with the job's result when the job is quick; only a job still
             // running after START_LINGER gets a message of its own.
             let waited = self.starts_since.map(|t| t.elapsed());
-            let mut starts_only = !with_results && !self.started.is_empty() && self.sending_starts == 0;
+            let news = !self.started.is_empty() || !self.provisional.is_empty();
+            let mut starts_only = !with_results && news && self.sending_starts == 0;
             if starts_only && waited.is_some_and(|w| w < START_LINGER) {
                 starts_only = false;
                 if !self.starts_timer {
@@ -146,8 +161,10 @@ impl Outbox {
                 self.sending += 1;
             } else {
                 self.sending_starts += 1;
+                self.provisional_in_flight = !self.provisional.is_empty();
             }
             let started = std::mem::take(&mut self.started);
+            let provisional = self.take_provisional();
             self.starts_since = None;
             self.batch_seq += 1;
             let seq = self.batch_seq;
@@ -156,8 +173,12 @@ impl Outbox {
             }
             let (net, done) = (ctx.net.clone(), ctx.done.clone());
             tokio::spawn(async move {
-                let request =
-                    Request::Results(Results { cluster: id, started: started.clone(), results: batch.clone() });
+                let request = Request::Results(Results {
+                    cluster: id,
+                    started: started.clone(),
+                    results: batch.clone(),
+                    provisional: provisional.clone(),
+                });
                 let delivered = match net.request(client, request).await {
                     Ok(Response::Ok) => true,
                     Ok(other) => {
@@ -169,15 +190,39 @@ impl Outbox {
                         false
                     }
                 };
-                let _ = done.send(Completion::ResultsSent(ResultsSent { cluster: id, batch, started, delivered, seq }));
+                let _ = done.send(Completion::ResultsSent(ResultsSent {
+                    cluster: id,
+                    batch,
+                    started,
+                    provisional,
+                    delivered,
+                    seq,
+                }));
             });
         }
+    }
+
+    /// The provisional values for one message, oldest first: a result batch's worth of
+    /// bytes at most (beside the results, still within a message's size limit).
+    fn take_provisional(&mut self) -> Vec<Provisional> {
+        let mut bytes = 0;
+        let count = self
+            .provisional
+            .iter()
+            .take_while(|p| {
+                bytes += p.value.len();
+                bytes <= MAX_RESULT_BATCH_BYTES
+            })
+            .count()
+            .max(1)
+            .min(self.provisional.len());
+        self.provisional.drain(..count).collect()
     }
 
     /// A delivery has ended. Returns whether to go on at once (flush, maybe drop the lease);
     /// a failed one puts its results back and is retried after [`RETRY_AFTER`].
     pub(super) fn sent(&mut self, sent: ResultsSent, released: bool, ctx: &Ctx) -> bool {
-        let ResultsSent { cluster, batch, started, delivered, seq } = sent;
+        let ResultsSent { cluster, batch, started, provisional, delivered, seq } = sent;
         self.delivering.remove(&seq);
         // Acknowledged: what was kept on disk for it goes.
         if delivered {
@@ -189,6 +234,7 @@ impl Outbox {
         }
         if batch.is_empty() {
             self.sending_starts -= 1;
+            self.provisional_in_flight = false;
         } else {
             self.sending -= 1;
         }
@@ -199,6 +245,7 @@ impl Outbox {
             self.results.push_front(r);
         }
         self.started.splice(0..0, started);
+        self.provisional.splice(0..0, provisional);
         ctx.report_after(RETRY_AFTER, Completion::FlushDue { cluster });
         false
     }
@@ -254,7 +301,7 @@ pub(super) fn recover(
                 bytes <= MAX_RESULT_BATCH_BYTES
             });
             info!(cluster = %r.cluster, %peer, results = results.len(), "results recovered");
-            Response::Recovered(Results { cluster: r.cluster, started: Vec::new(), results })
+            Response::Recovered(Results { cluster: r.cluster, started: Vec::new(), results, provisional: Vec::new() })
         });
         if let Ok(response) = load.await {
             let _ = net.respond(channel, response).await;

@@ -246,6 +246,26 @@ fn adopt(path: &Path, size: u64, store: &Store) -> std::io::Result<(FileHash, bo
     Ok((hash, executable))
 }
 
+/// Takes a file a running job sent (`dispy::send_file`) into the store like a returned
+/// one: only a regular file (never a link), at most `room` bytes. Returns its hash, size and
+/// whether it is executable. Runs on the blocking pool.
+pub(crate) fn adopt_sent(path: &Path, store: &Store, room: Option<u64>) -> std::io::Result<(FileHash, u64, bool)> {
+    let meta = path.symlink_metadata()?;
+    let taken = if !meta.is_file() {
+        Err(std::io::Error::other("not a regular file"))
+    } else if room.is_some_and(|room| meta.len() > room) {
+        Err(std::io::Error::other(format!(
+            "over what the node's --max-return leaves the job ({} bytes)",
+            room.unwrap_or(0)
+        )))
+    } else {
+        adopt(path, meta.len(), store).map(|(hash, executable)| (hash, meta.len(), executable))
+    };
+    // Left behind when the store had it already, or refused: it is no use to the worker.
+    let _ = fs::remove_file(path);
+    taken
+}
+
 /// Reads the chunk of a stored file at `offset` (on the blocking pool).
 pub(crate) fn read_chunk(store: &Store, hash: &FileHash, offset: u64) -> std::io::Result<Vec<u8>> {
     let mut file = fs::File::open(store.path(hash))?;

@@ -29,6 +29,7 @@ mod delivery;
 pub(crate) mod executor;
 mod jobdirs;
 mod jobfiles;
+mod jobnotes;
 mod kept;
 mod lease;
 mod lifecycle;
@@ -79,6 +80,11 @@ enum Completion {
     JobDone(JobDone),
     ChunkWritten(ChunkWritten),
     ResultsSent(ResultsSent),
+    /// A running function job sent a provisional value for its client.
+    Provisional {
+        cluster: ClusterId,
+        provisional: dispy_protocol::Provisional,
+    },
     /// A cluster's setup or cleanup program ended.
     ClusterTask(setup::TaskDone),
     /// Time to send what waits for the cluster's client (a start that lingered, a retry).
@@ -402,6 +408,12 @@ impl Node {
                     self.flush(cluster);
                     self.drop_if_done(cluster);
                 }
+            }
+            Completion::Provisional { cluster, provisional } => {
+                if let Some(c) = self.leases.0.get_mut(&cluster).filter(|c| !c.released) {
+                    c.outbox.push_provisional(provisional);
+                }
+                self.flush(cluster);
             }
             Completion::ClusterTask(done) => self.cluster_task_done(done),
             Completion::FlushDue { cluster } => {

@@ -7,13 +7,14 @@
 //! to a process spawn or a pipe round trip, and no extra task or thread hop.
 
 use super::executor::{self, RunOutcome, RunSpec};
+use super::jobnotes::JobNote;
 use super::store::Store;
 use super::workers;
 use dispy_protocol::{FileEntry, JobId, JobOutcome, JobResult, JobSpec};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// A job's run, to be spawned on the node's runtime.
 pub(crate) type Run<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -49,13 +50,15 @@ pub(crate) struct ClusterTask {
 
 /// A function worker that can take a job.
 pub(crate) trait FunctionWorker: Send {
-    /// Runs one job until it ends, times out or `cancel` fires. Returns the result and the
-    /// worker if it can take another job (dropping a worker kills it).
+    /// Runs one job until it ends, times out or `cancel` fires, passing what the job sends
+    /// meanwhile to `notes` (dropped when the call ends). Returns the result and the worker
+    /// if it can take another job (dropping a worker kills it).
     fn call(
         self: Box<Self>,
         job: JobSpec,
         max_output: usize,
         cancel: oneshot::Receiver<()>,
+        notes: mpsc::Sender<JobNote>,
     ) -> Run<(JobResult, Option<Box<dyn FunctionWorker>>)>;
 }
 
@@ -145,9 +148,10 @@ impl FunctionWorker for workers::Worker {
         job: JobSpec,
         max_output: usize,
         cancel: oneshot::Receiver<()>,
+        notes: mpsc::Sender<JobNote>,
     ) -> Run<(JobResult, Option<Box<dyn FunctionWorker>>)> {
         Box::pin(async move {
-            let (result, worker) = (*self).call(&job, max_output, cancel).await;
+            let (result, worker) = (*self).call(&job, max_output, cancel, notes).await;
             (result, worker.map(|w| Box::new(w) as Box<dyn FunctionWorker>))
         })
     }

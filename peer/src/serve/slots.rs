@@ -4,13 +4,14 @@
 
 use super::jobdirs::{JobDirs, Trash};
 use super::jobfiles::collect;
+use super::jobnotes::{NOTES_IN_FLIGHT, Relay};
 use super::lease::{Lease, Leases};
 use super::runner::{FunctionWorker, ProgramJob, WorkerPlace, failed_to_start, unrun};
 use super::{Completion, Ctx, executor};
 use dispy_protocol::{ClusterId, FileHash, JobId, JobOutcome, JobResult, JobSpec};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, debug_span};
 
 /// Jobs a cluster may have cancelled before they arrived: far more than a client has on
@@ -174,12 +175,22 @@ fn start(id: ClusterId, lease: &mut Lease, job: JobSpec, ctx: &mut Ctx) {
                 ctx.runner.start_worker(place)
             }
         };
+        let (notes_tx, notes_rx) = mpsc::channel(NOTES_IN_FLIGHT);
+        let relay =
+            Relay { cluster: id, job: job_id, store: ctx.store.clone(), max_bytes: ctx.max_return, done: done.clone() };
         tokio::spawn(
             async move {
-                let (result, worker) = match worker {
-                    Ok(w) => w.call(job, max_output, kill_rx).await,
-                    Err(why) => (failed_to_start(job_id, why), None),
+                let call = async move {
+                    match worker {
+                        Ok(w) => w.call(job, max_output, kill_rx, notes_tx).await,
+                        Err(why) => (failed_to_start(job_id, why), None),
+                    }
                 };
+                // The result leaves after every note: the client sees a job's provisional
+                // values before its result, and its sent files among its returned ones.
+                let ((mut result, worker), sent) = tokio::join!(call, relay.run(notes_rx));
+                result.returned.extend(sent.files);
+                result.return_note = sent.note;
                 debug!(outcome = %result.outcome, "job ended");
                 let _ =
                     done.send(Completion::JobDone(JobDone { cluster: id, result, held_slot: true, worker, dir: None }));

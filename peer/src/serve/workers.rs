@@ -3,17 +3,23 @@
 //!
 //! A worker that is cancelled, times out or dies is killed with its whole process group and
 //! dropped; the next job of the cluster starts a fresh one.
+//!
+//! While a job runs, its worker may send notes ahead of the reply (provisional results,
+//! files sent back): they go to the job's relay (`jobnotes`) as they come.
 
 use super::executor::now_us;
+use super::jobnotes::JobNote;
 use super::sys::kill_group;
-use dispy_protocol::worker::{CallOutcome, WORKER_ENV, WorkerCall, WorkerReply, decode_frame, encode_frame, frame_len};
+use dispy_protocol::worker::{
+    CallOutcome, SENT_DIR, WORKER_ENV, WorkerCall, WorkerNote, WorkerReply, decode_frame, encode_frame, frame_len,
+};
 use dispy_protocol::{JobOutcome, JobResult, JobSpec, Output};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// A running worker process.
 #[derive(Debug)]
@@ -52,12 +58,14 @@ impl Worker {
         Ok(Worker { child, stdin, stdout, pgid, dir: dir.to_path_buf() })
     }
 
-    /// Runs one job. Returns the result and the worker if it can take another job.
+    /// Runs one job, passing its notes to `notes` as they come. Returns the result and the
+    /// worker if it can take another job.
     pub(crate) async fn call(
         mut self,
         job: &JobSpec,
         max_output: usize,
         kill: oneshot::Receiver<()>,
+        notes: mpsc::Sender<JobNote>,
     ) -> (JobResult, Option<Worker>) {
         let start_us = now_us();
         let timeout = job.timeout();
@@ -68,16 +76,25 @@ impl Worker {
             }
         };
         let call = WorkerCall { job: job.id, input: job.input.clone(), max_output: max_output as u64 };
+        let sent_dir = self.dir.join(SENT_DIR);
         let exchange = async {
             let frame = encode_frame(&call).map_err(|e| e.to_string())?;
             self.stdin.write_all(&frame).await.map_err(|e| e.to_string())?;
             self.stdin.flush().await.map_err(|e| e.to_string())?;
-            let mut header = [0u8; 4];
-            self.stdout.read_exact(&mut header).await.map_err(|e| e.to_string())?;
-            let len = frame_len(header).map_err(|e| e.to_string())?;
-            let mut body = vec![0u8; len];
-            self.stdout.read_exact(&mut body).await.map_err(|e| e.to_string())?;
-            decode_frame::<WorkerReply>(&body).map_err(|e| e.to_string())
+            loop {
+                let mut header = [0u8; 4];
+                self.stdout.read_exact(&mut header).await.map_err(|e| e.to_string())?;
+                let len = frame_len(header).map_err(|e| e.to_string())?;
+                let mut body = vec![0u8; len];
+                self.stdout.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+                let note = match decode_frame::<WorkerNote>(&body) {
+                    Ok(WorkerNote::Provisional(value)) => JobNote::Provisional(value),
+                    Ok(WorkerNote::SendFile(rel)) => sent_file(&sent_dir, &rel),
+                    Err(_) => return decode_frame::<WorkerReply>(&body).map_err(|e| e.to_string()),
+                };
+                // A relay that is gone (its job's task ended) wants nothing more.
+                let _ = notes.send(note).await;
+            }
         };
         let ended = tokio::select! {
             reply = exchange => Ok(reply),
@@ -106,8 +123,11 @@ impl Worker {
                     }
                     CallOutcome::Panicked { message, trace } => JobOutcome::Panicked { message, trace },
                     CallOutcome::Refused(why) => JobOutcome::FailedToStart(why),
+                    // The job goes back to the client, which stops using this node for the
+                    // cluster with this reason.
+                    CallOutcome::SetupFailed(why) => JobOutcome::Declined(why),
                 };
-                true
+                !matches!(result.outcome, JobOutcome::Declined(_))
             }
             Ok(Err(io)) => {
                 // The worker is gone or talks nonsense: say how it ended if it did.
@@ -128,6 +148,20 @@ impl Worker {
         result.end_us = now_us();
         (result, keep.then_some(self))
     }
+}
+
+/// The file a worker names as sent (`<number>/<name>` in its [`SENT_DIR`]), or why it is
+/// refused: nothing outside that directory is ever taken.
+fn sent_file(sent_dir: &Path, rel: &str) -> JobNote {
+    let refused = || JobNote::Refused(format!("a sent file named {rel:?} was refused: not one dispy::send_file made"));
+    let Some((seq, name)) = rel.split_once('/') else { return refused() };
+    if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) || name.contains('/') {
+        return refused();
+    }
+    if super::store::check_name(name).is_err() {
+        return refused();
+    }
+    JobNote::File { path: sent_dir.join(seq).join(name), name: name.to_string() }
 }
 
 impl Drop for Worker {

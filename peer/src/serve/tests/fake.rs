@@ -1,6 +1,7 @@
 //! A runner whose jobs end when the test says: no process starts.
 
 use crate::serve::executor::RunOutcome;
+use crate::serve::jobnotes::JobNote;
 use crate::serve::runner::{ClusterTask, FunctionWorker, ProgramJob, Run, Runner, WorkerPlace};
 use dispy_protocol::{JobId, JobOutcome, JobResult, JobSpec};
 use tokio::sync::{mpsc, oneshot};
@@ -15,6 +16,8 @@ pub(super) struct FakeJob {
     /// A program job's directory (made, empty: no file is linked) and own input files.
     pub(super) dir: Option<std::path::PathBuf>,
     pub(super) inputs: Vec<String>,
+    /// A function job's way to send notes as its worker would (provisional values, files).
+    pub(super) notes: Option<mpsc::Sender<JobNote>>,
     finish: oneshot::Sender<JobOutcome>,
 }
 
@@ -58,9 +61,9 @@ fn fake_run(
     started: &mpsc::UnboundedSender<FakeJob>,
     cancel: oneshot::Receiver<()>,
 ) -> Run<JobResult> {
-    let FakeJobInfo { id, function, dir, inputs } = job;
+    let FakeJobInfo { id, function, dir, inputs, notes } = job;
     let (finish, outcome) = oneshot::channel();
-    let _ = started.send(FakeJob { id, function, dir, inputs, finish });
+    let _ = started.send(FakeJob { id, function, dir, inputs, notes, finish });
     Box::pin(async move {
         let outcome = tokio::select! {
             o = outcome => o.unwrap_or_else(|_| JobOutcome::Crashed("the test dropped the job".into())),
@@ -86,6 +89,7 @@ struct FakeJobInfo {
     function: bool,
     dir: Option<std::path::PathBuf>,
     inputs: Vec<String>,
+    notes: Option<mpsc::Sender<JobNote>>,
 }
 
 impl Runner for FakeRunner {
@@ -93,7 +97,7 @@ impl Runner for FakeRunner {
         // The directory exists, as a real run's does: a test may leave files in it.
         let _ = std::fs::create_dir_all(&job.spec.dir);
         let inputs = job.extra.iter().map(|f| f.name.clone()).collect();
-        let info = FakeJobInfo { id: job.id, function: false, dir: Some(job.spec.dir), inputs };
+        let info = FakeJobInfo { id: job.id, function: false, dir: Some(job.spec.dir), inputs, notes: None };
         fake_run(info, &self.started, cancel)
     }
 
@@ -131,8 +135,9 @@ impl FunctionWorker for FakeWorker {
         job: JobSpec,
         _max_output: usize,
         cancel: oneshot::Receiver<()>,
+        notes: mpsc::Sender<JobNote>,
     ) -> Run<(JobResult, Option<Box<dyn FunctionWorker>>)> {
-        let info = FakeJobInfo { id: job.id, function: true, dir: None, inputs: Vec::new() };
+        let info = FakeJobInfo { id: job.id, function: true, dir: None, inputs: Vec::new(), notes: Some(notes) };
         let run = fake_run(info, &self.started, cancel);
         Box::pin(async move {
             let result = run.await;

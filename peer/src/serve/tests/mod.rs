@@ -4,6 +4,7 @@
 mod fake;
 mod harness;
 mod jobfiles;
+mod jobnotes;
 mod nested;
 mod setup;
 
