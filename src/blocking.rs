@@ -17,7 +17,8 @@
 //! }
 //! ```
 
-use crate::cluster::{Cluster, ClusterBuilder};
+use crate::builder::ClusterBuilder;
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::report::{NodeInfo, Stats};

@@ -18,7 +18,8 @@
 //! ```
 //!
 //! # Layout
-//! - [`Cluster`] / [`ClusterBuilder`] (`cluster`): the handle users hold; [`Secret`]
+//! - [`Cluster`] (`cluster`): the handle users hold, built and started by [`ClusterBuilder`]
+//!   (`builder`); [`Secret`]
 //!   (`secret`): the cluster's secret as users give it.
 //! - `scheduler`: the task that finds nodes, stages files and keeps CPU slots busy. Its
 //!   decisions are `scheduler::core`, a state machine with no I/O (inputs and the time in,
@@ -44,6 +45,7 @@
 #![warn(missing_debug_implementations)]
 
 pub mod blocking;
+mod builder;
 mod cluster;
 mod discover;
 mod error;
@@ -66,7 +68,8 @@ mod stage;
 pub mod worker;
 
 pub use blocking::BlockingCluster;
-pub use cluster::{Cluster, ClusterBuilder};
+pub use builder::ClusterBuilder;
+pub use cluster::Cluster;
 pub use discover::{DiscoverOptions, FoundNode, discover};
 pub use dispy_protocol::{JobId, JobOutcome};
 pub use error::{Error, Found, NoNodes, Result, Searched};

@@ -21,6 +21,7 @@ use libp2p::{Multiaddr, PeerId};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, warn};
@@ -87,6 +88,11 @@ pub(crate) enum Effect {
     StopFetch { peer: PeerId, job: JobId },
     /// A job submitted without a handle ended: its report goes to the result stream.
     Report(Box<JobReport>),
+    /// A job submitted with a handle ended: its report goes to the handle (after the
+    /// effects before it, callbacks included).
+    Ended { view: watch::Sender<JobView>, report: Arc<JobReport> },
+    /// Answer `Cluster::wait` callers.
+    Answer { waiters: Vec<oneshot::Sender<Result<(), Failure>>>, answer: Result<(), Failure> },
     /// The cluster cannot go on.
     Fail(Failure),
     /// Call the job-status callback.

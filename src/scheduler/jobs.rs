@@ -63,28 +63,22 @@ impl Core {
         if self.s.journal {
             self.out.push(Effect::Journal(Entry::Done(id)));
         }
-        match &job.view {
-            Some(view) => {
-                let report = Arc::new(report);
-                view.send_modify(|v| {
-                    v.status = status;
-                    v.node = report.node.clone();
-                    v.report = Some(report);
-                });
-            }
+        // The status callback runs first: whoever waits on the job or the stream sees its
+        // end only after the callback did.
+        self.job_event(id, status, node);
+        match job.view {
+            Some(view) => self.out.push(Effect::Ended { view, report: Arc::new(report) }),
             None => self.out.push(Effect::Report(Box::new(report))),
         }
-        self.job_event(id, status, node);
         self.answer_waiters();
     }
 
     /// Answers `Cluster::wait` callers once no job is pending, or the cluster failed.
     pub(super) fn answer_waiters(&mut self) {
-        if self.jobs.is_empty() || self.failure.is_some() {
+        if (self.jobs.is_empty() || self.failure.is_some()) && !self.waiters.is_empty() {
             let answer: Result<(), Failure> = self.failure.clone().map_or(Ok(()), Err);
-            for w in self.waiters.drain(..) {
-                let _ = w.send(answer.clone());
-            }
+            let waiters = std::mem::take(&mut self.waiters);
+            self.out.push(Effect::Answer { waiters, answer });
         }
     }
 

@@ -301,6 +301,12 @@ impl Scheduler {
                         task.abort();
                     }
                 }
+                Effect::Ended { view, report } => end_job(&view, report),
+                Effect::Answer { waiters, answer } => {
+                    for w in waiters {
+                        let _ = w.send(answer.clone());
+                    }
+                }
                 Effect::Report(report) => {
                     let _ = self.updates.send(Update::Job(report));
                 }
@@ -361,4 +367,14 @@ impl Scheduler {
             let _ = reply.send(stats);
         }
     }
+}
+
+/// Shows a job's end to its handle.
+pub(crate) fn end_job(view: &watch::Sender<JobView>, report: std::sync::Arc<JobReport>) {
+    let status = crate::job::JobStatus::of(&report.outcome);
+    view.send_modify(|v| {
+        v.status = status;
+        v.node = report.node.clone();
+        v.report = Some(report);
+    });
 }

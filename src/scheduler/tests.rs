@@ -137,6 +137,12 @@ impl Sim {
                 Effect::Fetch { peer, job, files, dir } => self.fetches.push((peer, job, files, dir)),
                 Effect::StopFetch { peer, job } => self.stopped_fetches.push((peer, job)),
                 Effect::Report(r) => self.reports.push(*r),
+                Effect::Ended { view, report } => super::end_job(&view, report),
+                Effect::Answer { waiters, answer } => {
+                    for w in waiters {
+                        let _ = w.send(answer.clone());
+                    }
+                }
                 Effect::Fail(f) => self.failures.push(f),
                 Effect::JobEvent(ev) => {
                     self.job_events.push((ev.id, ev.status));

@@ -1,0 +1,380 @@
+//! [`ClusterBuilder`]: a cluster's options, and [`ClusterBuilder::start`], which hashes its
+//! files, starts its peer and scheduler on a thread of their own and hands back the
+//! [`Cluster`].
+
+use crate::cluster::Cluster;
+use crate::error::{Error, Result, Searched};
+use crate::events::{ClusterCallback, ClusterEvent, JobCallback, JobEvent, NodeFacts, NodeFilter};
+use crate::job::Decoder;
+use crate::local::LocalNode;
+use crate::scheduler::{Hooks, LocalMode, Scheduler, Settings};
+use crate::secret::Secret;
+use crate::select::NodePattern;
+use crate::stage;
+use dispy_node::net::{self, NetConfig};
+use dispy_protocol::ClusterId;
+use libp2p::Multiaddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Turns a job's argument into what travels: program arguments, or CBOR input.
+pub(crate) type Encoder<A> = fn(&A) -> Result<(Vec<String>, Vec<u8>)>;
+
+/// Options of a cluster; see [`Cluster::program`] and [`Cluster::function`].
+#[must_use = "a cluster builder does nothing until `.start()`"]
+pub struct ClusterBuilder<A, R> {
+    program: PathBuf,
+    function: Option<String>,
+    encode: Encoder<A>,
+    decode: Decoder<R>,
+    on_job: Option<JobCallback>,
+    on_cluster: Option<ClusterCallback>,
+    node_filter: Option<NodeFilter>,
+    files: Vec<PathBuf>,
+    setup: Option<PathBuf>,
+    cleanup: Option<PathBuf>,
+    peers: Vec<Multiaddr>,
+    bootstrap: Vec<Multiaddr>,
+    patterns: Vec<NodePattern>,
+    secret: Secret,
+    mdns: bool,
+    discover_timeout: Duration,
+    local: LocalMode,
+    cpus_per_node: Option<u32>,
+    timeout: Option<Duration>,
+    reentrant: bool,
+    max_retries: u32,
+    heartbeat: Duration,
+    journal: Option<PathBuf>,
+    returns: Vec<String>,
+    results_dir: PathBuf,
+    close_timeout: Option<Duration>,
+}
+
+impl<A, R> ClusterBuilder<A, R> {
+    /// Adds a dependency file, present in every job's directory under its base name. A
+    /// directory brings the tree of its regular files under its base name (`data/a.txt`,
+    /// `data/sub/b.bin`; empty directories are not sent, a symbolic link inside is an error).
+    pub fn file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.files.push(path.into());
+        self
+    }
+
+    /// A program run once on each node before the cluster's first job there (dispy's
+    /// `setup`), in the cluster's directory on that node, whose path it and every job get in
+    /// `DISPY_CLUSTER_DIR` (beside the cluster's files, which it holds too; the node's name is
+    /// in `DISPY_NODE_NAME`). Jobs start on a node only after its setup exited 0; a setup
+    /// that fails (or runs past [`Self::timeout`]) makes that node unusable for the cluster,
+    /// with the exit status and the end of its stderr as the reason, and its jobs go to the
+    /// other nodes. Program clusters only.
+    pub fn setup(mut self, program: impl Into<PathBuf>) -> Self {
+        self.setup = Some(program.into());
+        self
+    }
+
+    /// A program run on each node where the cluster was set up when the cluster releases
+    /// it (closing, or the node deciding its client is gone), in `DISPY_CLUSTER_DIR`, for at
+    /// most 30 s, before the cluster's directories are deleted (dispy's `cleanup`). Its
+    /// failure is logged by the node. Program clusters only.
+    pub fn cleanup(mut self, program: impl Into<PathBuf>) -> Self {
+        self.cleanup = Some(program.into());
+        self
+    }
+
+    /// Names a node by address (`/ip4/10.0.0.5/tcp/9700`, optionally with `/p2p/<id>`).
+    pub fn peer(mut self, addr: Multiaddr) -> Self {
+        self.peers.push(addr);
+        self
+    }
+
+    /// A Kademlia bootstrap peer: nodes beyond the LAN are found through it.
+    pub fn bootstrap(mut self, addr: Multiaddr) -> Self {
+        self.bootstrap.push(addr);
+        self
+    }
+
+    /// Uses only nodes matching this pattern (IP glob, peer id or name); repeatable.
+    pub fn nodes(mut self, pattern: NodePattern) -> Self {
+        self.patterns.push(pattern);
+        self
+    }
+
+    /// The cluster's secret (default: none).
+    pub fn secret(mut self, secret: Secret) -> Self {
+        self.secret = secret;
+        self
+    }
+
+    /// Look for nodes on the LAN by multicast DNS (default on).
+    pub fn mdns(mut self, on: bool) -> Self {
+        self.mdns = on;
+        self
+    }
+
+    /// How long to look for a first node before falling back or failing (default 3 s).
+    pub fn discover_timeout(mut self, t: Duration) -> Self {
+        self.discover_timeout = t;
+        self
+    }
+
+    /// When to run an in-process node (default [`LocalMode::Fallback`]).
+    pub fn local(mut self, mode: LocalMode) -> Self {
+        self.local = mode;
+        self
+    }
+
+    /// Uses at most this many CPUs of each node.
+    pub fn cpus_per_node(mut self, cpus: u32) -> Self {
+        self.cpus_per_node = Some(cpus);
+        self
+    }
+
+    /// How often connections are pinged (default 4 s): a node silent for about twice this
+    /// is lost, and its jobs re-queued or abandoned.
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
+    /// Brings back the files a job leaves that match `glob` (relative to its directory;
+    /// `*` and `?` within a name, `**` for any depth), whatever the job's outcome: they are
+    /// saved as `<results dir>/<job number>/<path>` and listed in its report
+    /// ([`JobReport::returned`]). Repeatable.
+    pub fn returns(mut self, glob: impl Into<String>) -> Self {
+        self.returns.push(glob.into());
+        self
+    }
+
+    /// Where returned files are saved (default `./dispy-results`).
+    pub fn results_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.results_dir = dir.into();
+        self
+    }
+
+    /// Records the cluster and its jobs in `path` as they go, so that after a crash
+    /// [`crate::recover`] can collect the results the nodes still hold.
+    pub fn journal(mut self, path: impl Into<PathBuf>) -> Self {
+        self.journal = Some(path.into());
+        self
+    }
+
+    /// How long [`Cluster::close`] waits for the jobs not ended yet before it cancels them
+    /// (default: no limit, as dispy's `close()`: it waits as long as they run).
+    pub fn close_timeout(mut self, t: Duration) -> Self {
+        self.close_timeout = Some(t);
+        self
+    }
+
+    /// Kills a job (its whole process group) that runs longer than this.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+
+    /// Re-runs a lost node's jobs elsewhere instead of abandoning them.
+    pub fn reentrant(mut self, on: bool) -> Self {
+        self.reentrant = on;
+        self
+    }
+
+    /// With [`ClusterBuilder::reentrant`]: a job fails once this many nodes died while it
+    /// ran on them (default 3), so a job that kills its node cannot take the cluster down.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n.max(1);
+        self
+    }
+
+    /// Calls `f` at every job status change (created, running, and how it ended).
+    pub fn on_job_status(mut self, f: impl Fn(&JobEvent) + Send + Sync + 'static) -> Self {
+        self.on_job = Some(Arc::new(f));
+        self
+    }
+
+    /// Uses only nodes for which `f` returns true (name, IP, OS/arch, CPUs, memory).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// let b = dispy::Cluster::program("./job.sh")
+    ///     .node_filter(|n| n.cpus >= 4 && n.memory_bytes.unwrap_or(0) >= 8 << 30);
+    /// ```
+    pub fn node_filter(mut self, f: impl Fn(&NodeFacts) -> bool + Send + Sync + 'static) -> Self {
+        self.node_filter = Some(Arc::new(f));
+        self
+    }
+
+    /// Calls `f` when a node is found, ready, unusable (with the reason) or lost.
+    pub fn on_cluster_status(mut self, f: impl Fn(&ClusterEvent) + Send + Sync + 'static) -> Self {
+        self.on_cluster = Some(Arc::new(f));
+        self
+    }
+
+    /// Hashes the files, joins the mesh and starts looking for nodes. The cluster's peer and
+    /// scheduler run on a thread of their own, so they keep answering nodes' heartbeats even
+    /// while the application blocks its runtime.
+    ///
+    /// Cancel safety: dropping the future before it completes stops what was started (the
+    /// cluster's thread ends with its command channel; a local node started with
+    /// [`LocalMode::Always`] stops with it).
+    ///
+    /// # Errors
+    /// [`Error::File`] for a missing or unreadable program or file, or a results directory
+    /// that cannot be made (no node is contacted),
+    /// [`Error::Config`] / [`Error::Node`] for a bad secret or network setup,
+    /// [`Error::Start`] when its thread cannot start.
+    pub async fn start(self) -> Result<Cluster<A, R>> {
+        if self.function.is_some() && (self.setup.is_some() || self.cleanup.is_some()) {
+            return Err(Error::Config("setup and cleanup programs are for program clusters".into()));
+        }
+        let files = self.files.clone();
+        let executables: Vec<PathBuf> =
+            std::iter::once(&self.program).chain(&self.setup).chain(&self.cleanup).cloned().collect();
+        let (mut names, files) = tokio::task::spawn_blocking(move || {
+            let executables: Vec<&std::path::Path> = executables.iter().map(PathBuf::as_path).collect();
+            stage::describe(&executables, &files)
+        })
+        .await
+        .map_err(|e| Error::Start(format!("hashing files: {e}")))??;
+        let cleanup_name = self.cleanup.is_some().then(|| names.pop()).flatten();
+        let setup_name = self.setup.is_some().then(|| names.pop()).flatten();
+        let program_name = names.pop().unwrap_or_default();
+        if !self.returns.is_empty() {
+            // A folder returned files cannot be saved in is known now, not after the jobs ran.
+            let dir = self.results_dir.clone();
+            std::fs::create_dir_all(&dir).map_err(|source| Error::File { path: dir, source })?;
+        }
+        let psk = self.secret.to_psk()?;
+        let local = match self.local {
+            LocalMode::Always => Some(LocalNode::start(psk).await?),
+            _ => None,
+        };
+        let searched = Searched {
+            mdns: self.mdns,
+            peers: self.peers.clone(),
+            bootstrap: self.bootstrap.clone(),
+            local: local.is_some(),
+            patterns: self.patterns.iter().map(|p| p.as_str().to_string()).collect(),
+        };
+        let cfg = NetConfig {
+            psk,
+            mdns: self.mdns,
+            bootstrap: self.bootstrap.clone(),
+            peers: self.peers.clone(),
+            kad_server: false,
+            heartbeat: self.heartbeat,
+            ..NetConfig::default()
+        };
+        let cluster = ClusterId(rand_id());
+        let journal = match &self.journal {
+            Some(path) => Some(crate::journal::Journal::create(path, cluster, &program_name)?),
+            None => None,
+        };
+        let settings = Settings {
+            cluster,
+            journal: journal.is_some(),
+            job_events: self.on_job.is_some(),
+            cluster_events: self.on_cluster.is_some(),
+            program: program_name,
+            setup: setup_name,
+            cleanup: cleanup_name,
+            files,
+            patterns: self.patterns,
+            cpus_per_node: self.cpus_per_node,
+            timeout_secs: self.timeout.map(|t| t.as_secs_f64()),
+            reentrant: self.reentrant,
+            max_retries: self.max_retries,
+            discover_timeout: self.discover_timeout,
+            local: self.local,
+            searched,
+            function: self.function,
+            node_filter: self.node_filter,
+            returns: self.returns,
+            results_dir: self.results_dir,
+        };
+        let hooks = Hooks { on_job: self.on_job, on_cluster: self.on_cluster, journal, psk };
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        // Unbounded: the scheduler must never wait on an application that is not reading
+        // (heartbeats and other clusters' work would stall). It holds at most one report per
+        // job the application submitted and has not taken yet.
+        let (up_tx, up_rx) = mpsc::unbounded_channel();
+        // The cluster's peer and scheduler run on a thread and single-threaded runtime of
+        // their own: an application that blocks its runtime's workers never delays their
+        // heartbeats, and their tasks never hop between threads. Everything is built there,
+        // so the swarm's sockets belong to that runtime and no runtime is ever dropped
+        // inside the application's.
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
+        crate::own_thread::spawn("dispy-cluster", "the cluster", ready_tx, move |ready_tx| async move {
+            let (handle, events) = match net::spawn(cfg) {
+                Ok(parts) => parts,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            let scheduler = Scheduler::new(settings, hooks, handle, up_tx, local);
+            let _ = ready_tx.send(Ok(()));
+            scheduler.run(events, cmd_rx).await;
+        })?;
+        ready_rx.await.map_err(|_| Error::Start("the cluster's thread stopped while starting".into()))??;
+        Ok(Cluster::from_parts(cmd_tx, up_rx, self.close_timeout, self.encode, self.decode))
+    }
+}
+
+impl<A, R> ClusterBuilder<A, R> {
+    pub(crate) fn new(program: PathBuf, function: Option<String>, encode: Encoder<A>, decode: Decoder<R>) -> Self {
+        ClusterBuilder {
+            program,
+            function,
+            encode,
+            decode,
+            on_job: None,
+            on_cluster: None,
+            node_filter: None,
+            files: Vec::new(),
+            setup: None,
+            cleanup: None,
+            peers: Vec::new(),
+            bootstrap: Vec::new(),
+            patterns: Vec::new(),
+            secret: Secret::None,
+            mdns: true,
+            discover_timeout: Duration::from_secs(3),
+            local: LocalMode::Fallback,
+            cpus_per_node: None,
+            timeout: None,
+            reentrant: false,
+            max_retries: 3,
+            heartbeat: dispy_node::net::DEFAULT_HEARTBEAT,
+            journal: None,
+            returns: Vec::new(),
+            results_dir: PathBuf::from("dispy-results"),
+            close_timeout: None,
+        }
+    }
+}
+
+fn rand_id() -> u64 {
+    rand::random()
+}
+
+impl<A, R> std::fmt::Debug for ClusterBuilder<A, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterBuilder")
+            .field("program", &self.program)
+            .field("function", &self.function)
+            .field("files", &self.files)
+            .field("setup", &self.setup)
+            .field("cleanup", &self.cleanup)
+            .field("peers", &self.peers)
+            .field("bootstrap", &self.bootstrap)
+            .field("patterns", &self.patterns)
+            .field("mdns", &self.mdns)
+            .field("local", &self.local)
+            .field("cpus_per_node", &self.cpus_per_node)
+            .field("timeout", &self.timeout)
+            .field("reentrant", &self.reentrant)
+            .field("close_timeout", &self.close_timeout)
+            .finish_non_exhaustive()
+    }
+}
