@@ -167,6 +167,11 @@ pub(crate) fn collect(dir: &Path, globs: &[String], store: &Store, max: Option<u
         notes.push(format!("the job left over {MAX_WALK} entries; only those looked at first were considered"));
     }
     found.sort();
+    let unmatched: Vec<&str> =
+        globs.iter().filter(|g| !found.iter().any(|(p, _)| glob_matches(g, p))).map(String::as_str).collect();
+    if !unmatched.is_empty() {
+        notes.push(format!("no file matched {}", unmatched.join(", ")));
+    }
     let mut out = Collected::default();
     let mut total: u64 = 0;
     let mut over = Vec::new();
@@ -363,10 +368,11 @@ mod tests {
         fs::write(dir.join("b.gz"), b"beta").expect("write");
         fs::write(dir.join("c.txt"), b"not asked for").expect("write");
         std::os::unix::fs::symlink("/etc/passwd", dir.join("evil.gz")).expect("symlink");
-        let got = collect(&dir, &["**/*.gz".into()], &store, None);
+        let got = collect(&dir, &["**/*.gz".into(), "*.log".into()], &store, None);
         let names: Vec<&str> = got.files.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["b.gz", "out/deep/a.gz"]);
         assert!(got.note.as_deref().is_some_and(|n| n.contains("evil.gz: is a symbolic link")), "{got:?}");
+        assert!(got.note.as_deref().is_some_and(|n| n.contains("no file matched *.log")), "{got:?}");
         for f in &got.files {
             assert!(store.has(&f.hash, f.size), "{} stored and sealed", f.name);
         }
