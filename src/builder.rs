@@ -141,7 +141,7 @@ impl<A, R> ClusterBuilder<A, R> {
     /// Brings back the files a job leaves that match `glob` (relative to its directory;
     /// `*` and `?` within a name, `**` for any depth), whatever the job's outcome: they are
     /// saved as `<results dir>/<job number>/<path>` and listed in its report
-    /// ([`JobReport::returned`]). Repeatable.
+    /// ([`crate::JobReport::returned`]). Repeatable.
     pub fn returns(mut self, glob: impl Into<String>) -> Self {
         self.returns.push(glob.into());
         self

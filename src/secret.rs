@@ -20,7 +20,7 @@ impl Secret {
     /// The private-network key, if any.
     ///
     /// # Errors
-    /// [`Error::Node`] for an unreadable key file or an empty passphrase.
+    /// [`crate::Error::Node`] for an unreadable key file or an empty passphrase.
     pub fn to_psk(&self) -> Result<Option<PreSharedKey>> {
         Ok(match self {
             Secret::None => None,

@@ -3,7 +3,7 @@
 //!
 //! [`Node::run`] is one task reading [`NetEvent`]s and its own completions. It never waits
 //! on the network or the disk itself: job runs, chunk writes and result deliveries are
-//! spawned and report back over a channel as [`Completion`]s, each handled by the file that
+//! spawned and report back over a channel as `Completion`s, each handled by the file that
 //! started the work.
 //!
 //! # Layout

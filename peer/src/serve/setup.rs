@@ -5,11 +5,11 @@
 //! holding its files, whose path its processes find in [`CLUSTER_DIR_ENV`] (and the node's
 //! name in [`NODE_NAME_ENV`]). At the cluster's first Submit the directory is made and the
 //! setup program runs there (bounded by the cluster's job timeout); the cluster's jobs wait
-//! in its queue meanwhile (`slots` starts none before [`ClusterSetup::ready`]). A setup that
+//! in its queue meanwhile (`slots` starts none before `ClusterSetup::ready`). A setup that
 //! fails gives the queued jobs back to the client (`Declined`, with the exit status and the
 //! end of its stderr), and later Submits are refused with the same reason: the client
 //! marks the node unusable and runs the jobs elsewhere. When the cluster is released its
-//! jobs are killed, then cleanup runs in the same directory (at most [`CLEANUP_TIMEOUT`]),
+//! jobs are killed, then cleanup runs in the same directory (at most `CLEANUP_TIMEOUT`),
 //! and only then is the cluster's directory deleted. Setup and cleanup hold no CPU slot:
 //! they run once, and the cluster's jobs cannot run beside its setup anyway.
 //!

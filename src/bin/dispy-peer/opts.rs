@@ -147,7 +147,7 @@ pub(crate) struct SubmitOpt {
     /// `?`, `**`), whatever its outcome; repeatable.
     #[arg(long = "return", value_name = "GLOB")]
     pub(crate) returns: Vec<String>,
-    /// Where returned files are saved, as DIR/<job number>/<path>.
+    /// Where returned files are saved, as `DIR/<job number>/<path>`.
     #[arg(long, value_name = "DIR", default_value = "dispy-results")]
     pub(crate) results_dir: PathBuf,
     /// A file of jobs' arguments, one job per line, split like -a (`-`: stdin). Blank and
