@@ -155,17 +155,12 @@ pub(crate) fn describe_inputs(jobs: &[Vec<PathBuf>]) -> Result<Vec<Vec<LocalFile
 }
 
 fn describe_input(path: &Path, cache: &mut HashCache) -> Result<LocalFile> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::Config(format!("{} has no usable file name", path.display())))?
-        .to_string();
-    let file_err = |source| Error::File { path: path.to_path_buf(), source };
-    let meta = std::fs::metadata(path).map_err(file_err)?;
+    let name = base_name(path)?;
+    let meta = std::fs::metadata(path).map_err(file_err(path))?;
     if !meta.is_file() {
         return Err(Error::Config(format!("{} is not a regular file", path.display())));
     }
-    let (hash, size) = cache.hash(path, hash_file).map_err(file_err)?;
+    let (hash, size) = cache.hash(path, hash_file).map_err(file_err(path))?;
     let executable = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0;
     Ok(LocalFile { path: path.to_path_buf(), entry: FileEntry { name, hash, size, executable } })
 }
