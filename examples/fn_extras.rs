@@ -11,7 +11,9 @@
 //! from BASE_FILE; jobs add it to their argument; a file that says `fail` fails the setup).
 //! mDNS stays off: nodes come from `DISPY_PEERS`.
 
-use dispy::{Cluster, ClusterBuilder, Secret};
+#[path = "support/from_env.rs"]
+mod from_env;
+use dispy::{Cluster, ClusterBuilder};
 use serde_json::json;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -67,15 +69,8 @@ fn main() {
     }
 }
 
-fn configure<A, R>(mut b: ClusterBuilder<A, R>) -> ClusterBuilder<A, R> {
-    b = b.mdns(false).discover_timeout(Duration::from_secs(5)).local(dispy::LocalMode::Never);
-    if let Ok(s) = std::env::var("DISPY_SECRET") {
-        b = b.secret(Secret::Passphrase(s));
-    }
-    for p in std::env::var("DISPY_PEERS").unwrap_or_default().split_whitespace() {
-        b = b.peer(p.parse().expect("DISPY_PEERS holds multiaddrs"));
-    }
-    b
+fn configure<A, R>(b: ClusterBuilder<A, R>) -> ClusterBuilder<A, R> {
+    from_env::configure(b, Duration::from_secs(5))
 }
 
 async fn run(args: &[String]) -> dispy::Result<()> {

@@ -9,7 +9,9 @@
 //! `close [MS]` (close waits for running jobs, or cancels them past a close timeout),
 //! `stall` (the application blocks its runtime thread for 3 s while a job runs). mDNS stays off: nodes come from `DISPY_PEERS`.
 
-use dispy::{Cluster, ClusterBuilder, JobError, JobStatus, Secret};
+#[path = "support/from_env.rs"]
+mod from_env;
+use dispy::{Cluster, ClusterBuilder, JobError, JobStatus};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -92,18 +94,8 @@ fn main() {
     }
 }
 
-fn configure<A, R>(mut b: ClusterBuilder<A, R>) -> ClusterBuilder<A, R> {
-    b = b.mdns(false).discover_timeout(Duration::from_secs(10)).local(dispy::LocalMode::Never);
-    if let Ok(s) = std::env::var("DISPY_SECRET") {
-        b = b.secret(Secret::Passphrase(s));
-    }
-    for p in std::env::var("DISPY_PEERS").unwrap_or_default().split_whitespace() {
-        b = b.peer(p.parse().expect("DISPY_PEERS holds multiaddrs"));
-    }
-    if std::env::var("DISPY_REENTRANT").is_ok() {
-        b = b.reentrant(true);
-    }
-    b
+fn configure<A, R>(b: ClusterBuilder<A, R>) -> ClusterBuilder<A, R> {
+    from_env::configure(b, Duration::from_secs(10))
 }
 
 fn emit(v: serde_json::Value) {

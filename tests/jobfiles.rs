@@ -235,11 +235,7 @@ fn a_partition_during_a_return_delays_the_file_but_loses_nothing() {
     );
     let results = dir.path().join("r");
     {
-        let mut o = NodeOpts::new("far");
-        o.netns = Some(node_host.clone());
-        o.listen = "/ip4/0.0.0.0/tcp/9700".into();
-        o.extra = vec!["--no-mdns".into()];
-        let _node = Node::start(dir.path(), o);
+        let _node = Node::serve_in(&node_host, "far", dir.path(), &["--no-mdns"]);
         let mut cmd = ns.exec(&client_host, bin());
         cmd.arg("submit").arg(&prog).args(["--json", "--no-mdns", "--secret", "test-secret"]);
         cmd.args(["--peer", "/ip4/10.81.0.1/tcp/9700", "--return", "big.bin"]).arg("--results-dir").arg(&results);

@@ -6,16 +6,6 @@ use crate::util::*;
 use std::collections::HashSet;
 use std::time::Duration;
 
-fn serve_in(ns: &Netns, host: &str, name: &str, dir: &std::path::Path, extra: &[&str]) -> Node {
-    let mut o = NodeOpts::new(name);
-    o.netns = Some(host.to_string());
-    o.cpus = 1;
-    o.listen = "/ip4/0.0.0.0/tcp/9700".into();
-    o.extra = extra.iter().map(|s| s.to_string()).collect();
-    let _ = ns;
-    Node::start(dir, o)
-}
-
 fn submit_in(ns: &Netns, host: &str, prog: &std::path::Path, extra: &[&str], jobs: usize) -> Finished {
     let mut cmd = ns.exec(host, bin());
     cmd.arg("submit").arg(prog).args(["--json", "--secret", "test-secret", "--discover-timeout", "10"]);
@@ -42,8 +32,8 @@ fn zero_config_lan_finds_both_nodes_by_mdns() {
     let h3 = ns.add_host("n3", &lan, "eth0", "10.77.0.3/24");
     let prog = script(dir.path(), "job.sh", "sleep 0.05; echo $1");
     {
-        let n1 = serve_in(&ns, &h1, "lan-one", dir.path(), &[]);
-        let n2 = serve_in(&ns, &h2, "lan-two", dir.path(), &[]);
+        let n1 = Node::serve_in(&h1, "lan-one", dir.path(), &[]);
+        let n2 = Node::serve_in(&h2, "lan-two", dir.path(), &[]);
         // No address typed: mDNS on the bridge is the only way to the nodes.
         let out = submit_in(&ns, &h3, &prog, &[], 40);
         out.expect_code(0);
@@ -94,10 +84,10 @@ fn kademlia_finds_a_node_beyond_the_lan() {
     ns.ip(&["-n", &far, "route", "add", "default", "via", "10.78.2.1"]);
     let prog = script(dir.path(), "job.sh", "sleep 0.1; echo $1");
     {
-        let b = serve_in(&ns, &boot, "bootstrap", dir.path(), &["--no-mdns"]);
+        let b = Node::serve_in(&boot, "bootstrap", dir.path(), &["--no-mdns"]);
         let boot_addr = "/ip4/10.78.2.20/tcp/9700".to_string();
         let peer_id = b.addr.rsplit('/').next().unwrap().to_string();
-        let _x = serve_in(&ns, &far, "far-node", dir.path(), &["--no-mdns", "--bootstrap", &boot_addr]);
+        let _x = Node::serve_in(&far, "far-node", dir.path(), &["--no-mdns", "--bootstrap", &boot_addr]);
         // Only the bootstrap node's address: the far node must come from its routing table.
         let boot_full = format!("{boot_addr}/p2p/{peer_id}");
         let out = submit_in(&ns, &client, &prog, &["--bootstrap", &boot_full], 30);
@@ -127,7 +117,7 @@ fn a_node_cut_off_without_a_word_is_noticed_by_heartbeats() {
     let prog = script(dir.path(), "job.sh", "echo started; sleep 30");
     {
         let node =
-            serve_in(&ns, &node_host, "cut", dir.path(), &["--no-mdns", "--heartbeat", "1", "--zombie-interval", "2"]);
+            Node::serve_in(&node_host, "cut", dir.path(), &["--no-mdns", "--heartbeat", "1", "--zombie-interval", "2"]);
         let mut cmd = ns.exec(&client_host, bin());
         cmd.arg("submit").arg(&prog).args(["--json", "--no-mdns", "--secret", "test-secret", "--heartbeat", "1"]);
         cmd.args(["--peer", "/ip4/10.79.0.1/tcp/9700", "-a", "1"]);
@@ -161,7 +151,7 @@ fn results_finished_during_a_partition_arrive_once_it_heals() {
     let client_host = ns.add_host("client", &lan, "eth0", "10.80.0.2/24");
     let prog = script(dir.path(), "job.sh", "sleep 0.5; echo done $1");
     {
-        let node = serve_in(&ns, &node_host, "far", dir.path(), &["--no-mdns"]);
+        let node = Node::serve_in(&node_host, "far", dir.path(), &["--no-mdns"]);
         let mut cmd = ns.exec(&client_host, bin());
         cmd.arg("submit").arg(&prog).args(["--json", "--no-mdns", "--secret", "test-secret"]);
         cmd.args(["--peer", "/ip4/10.80.0.1/tcp/9700"]);

@@ -289,6 +289,16 @@ impl Drop for Node {
 }
 
 impl Node {
+    /// A node of 1 CPU inside the namespace `host`, listening on every address at port 9700.
+    pub fn serve_in(host: &str, name: &str, dir: &Path, extra: &[&str]) -> Node {
+        let mut o = NodeOpts::new(name);
+        o.netns = Some(host.to_string());
+        o.cpus = 1;
+        o.listen = "/ip4/0.0.0.0/tcp/9700".into();
+        o.extra = extra.iter().map(|s| s.to_string()).collect();
+        Node::start(dir, o)
+    }
+
     pub fn start(dir: &Path, o: NodeOpts) -> Node {
         let dest = dir.join(format!("node-{}", o.name));
         let mut cmd = match &o.netns {
