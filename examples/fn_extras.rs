@@ -8,7 +8,8 @@
 //! ```
 //! Scenarios: `progress RESULTS_DIR` (a job sends two provisional values and a file, then
 //! returns), `setup BASE_FILE` (the workers' setup reads the cluster file `base.txt`, made
-//! from BASE_FILE; jobs add it to their argument; a file that says `fail` fails the setup).
+//! from BASE_FILE; jobs add it to their argument; a file that says `fail` fails the setup),
+//! `at-once RESULTS_DIR` (a job sends a file and waits until the client has saved it).
 //! mDNS stays off: nodes come from `DISPY_PEERS`.
 
 #[path = "support/from_env.rs"]
@@ -54,13 +55,28 @@ fn reporter(x: u64) -> Result<u64, String> {
     Ok(x)
 }
 
+/// Sends a file `early.txt`, then waits (up to 30 s) for it to appear at `expected`, where
+/// the client saves it: returns whether it arrived while the job still ran.
+fn sender(expected: String) -> Result<bool, String> {
+    std::fs::write("early.txt", report_bytes(1)).map_err(|e| e.to_string())?;
+    dispy::send_file("early.txt").map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if std::fs::read(&expected).is_ok_and(|b| b == report_bytes(1)) {
+            return Ok(true);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(false)
+}
+
 /// The bytes `reporter(x)` sends (all 256 byte values, so any mangling shows).
 pub fn report_bytes(x: u64) -> Vec<u8> {
     (0..70_000u32).map(|i| (i as u64 * 7 + x) as u8).collect()
 }
 
 fn main() {
-    dispy::worker!(setup = init; reporter, based);
+    dispy::worker!(setup = init; reporter, based, sender);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     if let Err(e) = rt.block_on(run(&args)) {
@@ -96,6 +112,21 @@ async fn run(args: &[String]) -> dispy::Result<()> {
                 "note": report.as_ref().and_then(|r| r.return_note.clone()),
                 "events": seen.lock().expect("lock").clone(),
                 "outside": outside,
+            }));
+            cluster.close().await?;
+        }
+        Some("at-once") => {
+            // The job looks for the file where the client saves it: an absolute path.
+            let dir = std::path::PathBuf::from(args.get(1).cloned().unwrap_or_else(|| "results".into()));
+            let dir = std::env::current_dir().map(|cwd| cwd.join(&dir)).unwrap_or(dir);
+            let mut cluster = configure(Cluster::function(sender)).results_dir(&dir).start().await?;
+            let expected = dir.join("0").join("early.txt");
+            let job = cluster.submit(expected.to_string_lossy().into_owned()).await?;
+            let value = job.wait().await;
+            let report = job.report();
+            emit(json!({
+                "value": value.as_ref().ok(), "error": value.as_ref().err().map(|e| e.to_string()),
+                "returned": report.as_ref().map(|r| r.returned.clone()),
             }));
             cluster.close().await?;
         }

@@ -24,12 +24,24 @@ pub(crate) async fn fetch_all(
     let mut saved = Vec::new();
     let mut failed = Vec::new();
     for f in files {
-        match fetch_file(net, peer, cluster, f, dir).await {
+        match fetch_file(net, peer, cluster, f, dir, true).await {
             Ok(path) => saved.push(path),
             Err(why) => failed.push(format!("{}: {why}", f.name)),
         }
     }
     (saved, failed)
+}
+
+/// Fetches one file into `dir` and gives up at the first failure: for a file a running
+/// job sent, which its result lists again, so a failure costs nothing but a second try then.
+pub(crate) async fn fetch_once(
+    net: &NetHandle,
+    peer: PeerId,
+    cluster: ClusterId,
+    f: &FileEntry,
+    dir: &Path,
+) -> Result<PathBuf, String> {
+    fetch_file(net, peer, cluster, f, dir, false).await
 }
 
 async fn fetch_file(
@@ -38,6 +50,7 @@ async fn fetch_file(
     cluster: ClusterId,
     f: &FileEntry,
     dir: &Path,
+    persist: bool,
 ) -> Result<PathBuf, String> {
     // The node names the file: it must not climb out of the job's results folder.
     let rel = check_name(&f.name).map_err(|e| format!("refused: {e}"))?;
@@ -58,7 +71,7 @@ async fn fetch_file(
     // again from its start, for as long as it takes. A node that is gone is noticed by its
     // heartbeats meanwhile, and its job re-run or abandoned: that stops this fetch.
     let mut waits = RETRY_WAITS.iter().chain(std::iter::repeat(&RETRY_WAITS[RETRY_WAITS.len() - 1]));
-    while let Err(Failed::Transport(why)) = &result {
+    while persist && let Err(Failed::Transport(why)) = &result {
         let wait = waits.next().copied().unwrap_or(RETRY_WAITS[0]);
         tracing::debug!(file = %f.name, %peer, cause = %why, ?wait, "fetch failed; asking again");
         tokio::time::sleep(wait).await;

@@ -55,6 +55,21 @@ fn a_job_sends_provisional_values_in_order_and_a_file_before_its_result() {
 }
 
 #[test]
+fn a_file_sent_arrives_while_its_job_still_runs() {
+    let dir = tempdir();
+    let node = Node::start(dir.path(), NodeOpts::new("early"));
+    let results = dir.path().join("results");
+    let out = scenario(&[&node], &["at-once", results.to_str().unwrap()]);
+    out.expect_code(0);
+    let line = &out.json_lines()[0];
+    // The job saw the client's copy before it returned.
+    assert_eq!(line["value"], serde_json::json!({"Ok": true}), "{}", out.stdout);
+    let saved = results.join("0").join("early.txt");
+    assert_eq!(line["returned"], serde_json::json!([saved.to_str().unwrap()]), "listed once: {line}");
+    assert_eq!(std::fs::read(&saved).unwrap(), report_bytes(1));
+}
+
+#[test]
 fn the_workers_setup_makes_state_the_jobs_read() {
     let dir = tempdir();
     let node = Node::start(dir.path(), NodeOpts::new("su"));

@@ -267,14 +267,31 @@ pub struct Results {
     pub provisional: Vec<Provisional>,
 }
 
-/// A value a running function job sent before its result (dispy's provisional result).
+/// What a running function job sent before its result: a value (dispy's provisional
+/// result) or a file (dispy's `dispy_send_file`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provisional {
     /// Which job.
     pub job: JobId,
-    /// The value, CBOR-encoded as the job's function chose.
+    /// The value, CBOR-encoded as the job's function chose; empty when `file` is set.
     #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
+    /// A file the job sent: stored on the node, to be fetched at once (as a returned file
+    /// is) while the job goes on. Absent on the wire for a value, so values travel as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileEntry>,
+}
+
+impl Provisional {
+    /// A provisional value of `job`.
+    pub fn value(job: JobId, value: Vec<u8>) -> Self {
+        Provisional { job, value, file: None }
+    }
+
+    /// A file `job` sent while it runs.
+    pub fn file(job: JobId, file: FileEntry) -> Self {
+        Provisional { job, value: Vec::new(), file: Some(file) }
+    }
 }
 
 /// Names the input files of jobs about to be submitted (`--each-file`), so the node accepts
@@ -454,7 +471,7 @@ mod tests {
                 cluster: c,
                 started: vec![JobId(8)],
                 results: vec![result()],
-                provisional: vec![Provisional { job: JobId(8), value: vec![1, 2] }],
+                provisional: vec![Provisional::value(JobId(8), vec![1, 2])],
             }),
             Request::Recover(Recover { cluster: c }),
             Request::Forget(Forget { cluster: c, jobs: vec![JobId(2)] }),

@@ -86,6 +86,9 @@ pub(crate) enum Effect {
     /// Give up that fetch: the job left the node (lost, or re-queued). What it wrote so
     /// far goes.
     StopFetch { peer: PeerId, job: JobId },
+    /// Fetch a file job `job` sent while it runs, once (no retry: its result lists the
+    /// file again); the outcome comes back through [`Core::on_sent_fetched`].
+    FetchSent { peer: PeerId, job: JobId, file: FileEntry, dir: PathBuf },
     /// A job submitted without a handle ended: its report goes to the result stream.
     Report(Box<JobReport>),
     /// A job submitted with a handle ended: its report goes to the handle (after the
@@ -217,6 +220,9 @@ pub(super) struct Job {
     pub(super) files: Vec<LocalFile>,
     /// Its result, held while its returned files are fetched.
     pub(super) fetching: Option<Box<JobResult>>,
+    /// Files it sent while running (`dispy::send_file`) that are saved here already, by
+    /// hash and name: the fetch of its returned files skips them.
+    pub(super) sent: HashMap<(FileHash, String), PathBuf>,
 }
 
 /// The scheduler's state; see the module docs.
@@ -460,6 +466,18 @@ impl Core {
         failed: Vec<String>,
     ) -> Vec<Effect> {
         self.fetched(peer, job, saved, failed);
+        self.effects()
+    }
+
+    /// A file a running job sent was fetched (`Ok`, where it was saved) or not.
+    pub(crate) fn on_sent_fetched(
+        &mut self,
+        peer: PeerId,
+        job: JobId,
+        file: FileEntry,
+        saved: Result<PathBuf, String>,
+    ) -> Vec<Effect> {
+        self.sent_fetched(peer, job, file, saved);
         self.effects()
     }
 

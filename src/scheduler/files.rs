@@ -5,10 +5,10 @@
 use super::core::{Asked, Core, Effect, Job};
 use crate::report::JobReport;
 use crate::stage::LocalFile;
-use dispy_protocol::{Declare, FileHash, JobId, JobOutcome, JobResult, JobSpec, Request, Submit};
+use dispy_protocol::{Declare, FileEntry, FileHash, JobId, JobOutcome, JobResult, JobSpec, Request, Submit};
 use libp2p::PeerId;
 use std::path::PathBuf;
-use tracing::warn;
+use tracing::{debug, warn};
 
 impl Core {
     /// Sends `specs` to `peer`: those without input files at once, the others after their
@@ -92,11 +92,32 @@ impl Core {
             return Some(r);
         }
         let job = self.jobs.get_mut(&r.id)?;
-        let (job_id, files) = (r.id, r.returned.clone());
+        // Files it sent while running that are here already are not fetched again.
+        let files: Vec<FileEntry> =
+            r.returned.iter().filter(|f| !job.sent.contains_key(&(f.hash, f.name.clone()))).cloned().collect();
+        let job_id = r.id;
         job.fetching = Some(Box::new(r));
-        let dir = self.s.results_dir.join(job_id.0.to_string());
-        self.out.push(Effect::Fetch { peer, job: job_id, files, dir });
+        if files.is_empty() {
+            self.fetched(peer, job_id, Vec::new(), Vec::new());
+        } else {
+            let dir = self.s.results_dir.join(job_id.0.to_string());
+            self.out.push(Effect::Fetch { peer, job: job_id, files, dir });
+        }
         None
+    }
+
+    /// A file a running job sent was fetched, or not: a failure is not the job's, as its
+    /// result lists the file again and the file is fetched with the others then.
+    pub(super) fn sent_fetched(&mut self, peer: PeerId, id: JobId, file: FileEntry, saved: Result<PathBuf, String>) {
+        let Some(job) = self.jobs.get_mut(&id).filter(|j| j.is_on(peer)) else { return };
+        match saved {
+            Ok(path) => {
+                job.sent.insert((file.hash, file.name), path);
+            }
+            Err(why) => {
+                debug!(job = %id, %peer, file = %file.name, cause = %why, "a file sent is fetched with the result")
+            }
+        }
     }
 
     /// A job's returned files were fetched (or some could not be): it ends now.
@@ -114,7 +135,10 @@ impl Core {
         let Some(node) = self.nodes.get_mut(&peer) else { return };
         node.in_flight.remove(&id);
         let mut report = JobReport::from_result(*result, args, Some(node.node_ref(&peer)));
-        report.returned = saved;
+        let mut returned: Vec<PathBuf> = job.sent.drain().map(|(_, path)| path).collect();
+        returned.sort();
+        returned.extend(saved);
+        report.returned = returned;
         if !failed.is_empty() {
             let note = format!("not saved: {}", failed.join("; "));
             report.return_note = Some(match report.return_note.take() {

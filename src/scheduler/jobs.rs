@@ -41,6 +41,7 @@ impl Core {
                     pinned: j.node,
                     files: j.files,
                     fetching: None,
+                    sent: HashMap::new(),
                 },
             );
             self.queue.push_back(j.id);
@@ -102,12 +103,18 @@ impl Core {
     }
 
     /// Running jobs sent provisional values: each becomes the job's latest and an event,
-    /// in order. A value from a node the job is not on, or for a job that ended, is stale.
+    /// in order; a file sent is fetched at once. A value from a node the job is not on, or
+    /// for a job that ended, is stale.
     pub(super) fn on_provisional(&mut self, peer: PeerId, values: Vec<Provisional>) {
         for p in values {
             let Some(job) = self.jobs.get_mut(&p.job).filter(|j| j.is_on(peer) && j.fetching.is_none()) else {
                 continue;
             };
+            if let Some(file) = p.file {
+                let dir = self.s.results_dir.join(p.job.0.to_string());
+                self.out.push(Effect::FetchSent { peer, job: p.job, file, dir });
+                continue;
+            }
             if let Some(view) = &job.view {
                 view.send_modify(|v| v.provisional = Some(p.value.clone()));
             }

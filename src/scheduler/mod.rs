@@ -30,7 +30,7 @@ use crate::local::LocalNode;
 use crate::report::{JobReport, NodeInfo, Stats};
 use crate::{fetch, stage};
 use dispy_node::net::{NetEvent, NetHandle};
-use dispy_protocol::{JobId, Response};
+use dispy_protocol::{FileEntry, JobId, Response};
 use libp2p::PeerId;
 use libp2p::pnet::PreSharedKey;
 use std::time::{Duration, Instant};
@@ -121,6 +121,8 @@ enum Done {
     /// not read (their jobs fail, the others go on).
     Staged(PeerId, Option<Vec<JobId>>, Result<u64, String>, Vec<(dispy_protocol::FileHash, String)>),
     Fetched(PeerId, JobId, Vec<std::path::PathBuf>, Vec<String>),
+    /// A file a running job sent was fetched (where it was saved) or not.
+    SentFetched(PeerId, JobId, Box<FileEntry>, Result<std::path::PathBuf, String>),
     LocalUp(crate::Result<LocalNode>),
 }
 
@@ -244,6 +246,7 @@ impl Scheduler {
                 self.fetches.remove(&(peer, job));
                 self.core.on_fetched(peer, job, saved, failed)
             }
+            Done::SentFetched(peer, job, file, saved) => self.core.on_sent_fetched(peer, job, *file, saved),
             Done::LocalUp(Ok(local)) => {
                 let _ = self.net.dial(local.addr.clone()).await;
                 self.local = Some(local);
@@ -295,6 +298,16 @@ impl Scheduler {
                         let _ = tx.send(Done::Fetched(peer, job, saved, failed));
                     });
                     self.fetches.insert((peer, job), task.abort_handle());
+                }
+                Effect::FetchSent { peer, job, file, dir } => {
+                    let (net, tx, cluster) = (self.net.clone(), self.done_tx.clone(), self.core.cluster());
+                    let permits = self.fetch_permits.clone();
+                    // Not tracked for StopFetch: it tries once and ends by itself.
+                    tokio::spawn(async move {
+                        let _permit = permits.acquire_owned().await;
+                        let saved = fetch::fetch_once(&net, peer, cluster, &file, &dir).await;
+                        let _ = tx.send(Done::SentFetched(peer, job, Box::new(file), saved));
+                    });
                 }
                 Effect::StopFetch { peer, job } => {
                     if let Some(task) = self.fetches.remove(&(peer, job)) {

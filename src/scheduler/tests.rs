@@ -93,6 +93,8 @@ struct Sim {
     stages: Vec<(PeerId, Vec<LocalFile>, Option<Vec<JobId>>)>,
     fetches: Vec<(PeerId, JobId, Vec<FileEntry>, std::path::PathBuf)>,
     stopped_fetches: Vec<(PeerId, JobId)>,
+    /// Files running jobs sent, to fetch at once.
+    sent_fetches: Vec<(PeerId, JobId, FileEntry, std::path::PathBuf)>,
     reports: Vec<JobReport>,
     failures: Vec<Failure>,
     cluster_events: Vec<ClusterEvent>,
@@ -114,6 +116,7 @@ impl Sim {
             stages: Vec::new(),
             fetches: Vec::new(),
             stopped_fetches: Vec::new(),
+            sent_fetches: Vec::new(),
             reports: Vec::new(),
             failures: Vec::new(),
             cluster_events: Vec::new(),
@@ -136,6 +139,7 @@ impl Sim {
                 Effect::Stage { peer, files, jobs } => self.stages.push((peer, files, jobs)),
                 Effect::Fetch { peer, job, files, dir } => self.fetches.push((peer, job, files, dir)),
                 Effect::StopFetch { peer, job } => self.stopped_fetches.push((peer, job)),
+                Effect::FetchSent { peer, job, file, dir } => self.sent_fetches.push((peer, job, file, dir)),
                 Effect::Report(r) => self.reports.push(*r),
                 Effect::Ended { view, report } => super::end_job(&view, report),
                 Effect::Answer { waiters, answer } => {

@@ -1,8 +1,9 @@
 //! What a running function job sends before its result, on the node: each provisional
 //! value goes on at once to the lease's outbox (ahead of the job's result, through the
 //! node's task like every completion), each file sent is taken into the store exactly like
-//! a `--return` file and listed with the job's returned files, so the client fetches it
-//! and the job's report names it. Both are bounded per job; what is dropped is said in the
+//! a `--return` file and announced the same way, so the client fetches it while the job
+//! runs; it is also listed with the job's returned files, for a client that missed the
+//! note, and the job's report names it. Both are bounded per job; what is dropped is said in the
 //! job's note.
 
 use super::Completion;
@@ -59,7 +60,7 @@ impl Relay {
                         continue;
                     }
                     values += 1;
-                    let p = Provisional { job: self.job, value };
+                    let p = Provisional::value(self.job, value);
                     let _ = self.done.send(Completion::Provisional { cluster: self.cluster, provisional: p });
                 }
                 JobNote::File { path, name } => {
@@ -74,7 +75,13 @@ impl Relay {
                     match adopted {
                         Ok(Ok((hash, size, executable))) => {
                             total += size;
-                            out.files.push(FileEntry { name, hash, size, executable });
+                            let file = FileEntry { name, hash, size, executable };
+                            // The client fetches it now; the job's result lists it too,
+                            // for a client that missed this note (it reconnected, or the
+                            // fetch failed).
+                            let p = Provisional::file(self.job, file.clone());
+                            let _ = self.done.send(Completion::Provisional { cluster: self.cluster, provisional: p });
+                            out.files.push(file);
                         }
                         Ok(Err(e)) => why_not.push(format!("{name}: not sent: {e}")),
                         Err(e) => why_not.push(format!("{name}: not sent: {e}")),

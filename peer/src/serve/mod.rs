@@ -80,7 +80,7 @@ enum Completion {
     JobDone(JobDone),
     ChunkWritten(ChunkWritten),
     ResultsSent(ResultsSent),
-    /// A running function job sent a provisional value for its client.
+    /// A running function job sent a provisional value or a file for its client.
     Provisional {
         cluster: ClusterId,
         provisional: dispy_protocol::Provisional,
@@ -411,6 +411,10 @@ impl Node {
             }
             Completion::Provisional { cluster, provisional } => {
                 if let Some(c) = self.leases.0.get_mut(&cluster).filter(|c| !c.released) {
+                    // A file sent may be fetched from now on.
+                    if let Some(file) = &provisional.file {
+                        c.job_files.keep(std::slice::from_ref(file));
+                    }
                     c.outbox.push_provisional(provisional);
                 }
                 self.flush(cluster);

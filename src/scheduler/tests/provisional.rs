@@ -12,7 +12,7 @@ fn provisional_values_make_events_in_order_and_the_latest_is_the_jobs() {
     let view = view.expect("a handle");
     let (holder, _, _) = sim.submits().remove(0);
     let other = if holder == a { b } else { a };
-    let value = |v: u8| Provisional { job: id, value: encode(&v).expect("encodes") };
+    let value = |v: u8| Provisional::value(id, encode(&v).expect("encodes"));
     let send = |sim: &mut Sim, from, values: Vec<Provisional>, results| {
         let request =
             wire(&Request::Results(Results { cluster: CLUSTER, started: vec![id], results, provisional: values }));
@@ -39,4 +39,70 @@ fn provisional_values_make_events_in_order_and_the_latest_is_the_jobs() {
             (id, JobStatus::Finished)
         ]
     );
+}
+
+#[test]
+fn a_file_a_running_job_sent_is_fetched_at_once_and_not_again_with_its_result() {
+    let mut sim = Sim::new(settings());
+    let a = sim.node_up(1, 1);
+    let ids = sim.submit(2);
+    sim.submits();
+    let file =
+        |name: &str, byte| FileEntry { name: name.into(), hash: FileHash([byte; 32]), size: 3, executable: false };
+    let (sent, other, lost) = (file("sent.txt", 1), file("out.txt", 2), file("lost.txt", 3));
+    let notes = vec![
+        Provisional::file(ids[0], sent.clone()),
+        Provisional::file(ids[0], lost.clone()),
+        Provisional::file(ids[1], file("x", 4)),
+    ];
+    let request = wire(&Request::Results(Results {
+        cluster: CLUSTER,
+        started: ids.clone(),
+        results: Vec::new(),
+        provisional: notes,
+    }));
+    let (response, effects) = sim.core.on_request(a, request);
+    sim.absorb(effects);
+    assert_eq!(response, Response::Ok);
+    let dir = std::path::PathBuf::from("results/0");
+    let asked: Vec<_> = sim.sent_fetches.drain(..).map(|(p, j, f, d)| (p, j, f.name, d)).collect();
+    assert_eq!(asked[..2], [(a, ids[0], "sent.txt".into(), dir.clone()), (a, ids[0], "lost.txt".into(), dir.clone())]);
+    assert!(sim.provisionals.is_empty(), "a file is no provisional value");
+    let here = dir.join("sent.txt");
+    let effects = sim.core.on_sent_fetched(a, ids[0], sent.clone(), Ok(here.clone()));
+    sim.absorb(effects);
+    let effects = sim.core.on_sent_fetched(a, ids[0], lost.clone(), Err("connection closed".into()));
+    sim.absorb(effects);
+    // The result lists all three: only what is not here yet is fetched.
+    let result = JobResult { returned: vec![other.clone(), sent, lost.clone()], ..exited(ids[0], 0) };
+    sim.results(a, Vec::new(), vec![result]);
+    let (_, job, files, _) = sim.fetches.pop().expect("a fetch");
+    assert_eq!((job, files), (ids[0], vec![other, lost]));
+    let rest = vec![dir.join("out.txt"), dir.join("lost.txt")];
+    let effects = sim.core.on_fetched(a, ids[0], rest.clone(), Vec::new());
+    sim.absorb(effects);
+    assert_eq!(sim.reports[0].returned, [vec![here], rest].concat());
+}
+
+#[test]
+fn a_job_whose_returned_files_were_all_sent_ends_without_another_fetch() {
+    let mut sim = Sim::new(settings());
+    let a = sim.node_up(1, 1);
+    let ids = sim.submit(1);
+    sim.submits();
+    let sent = FileEntry { name: "s".into(), hash: FileHash([1; 32]), size: 3, executable: false };
+    let request = wire(&Request::Results(Results {
+        cluster: CLUSTER,
+        started: ids.clone(),
+        results: Vec::new(),
+        provisional: vec![Provisional::file(ids[0], sent.clone())],
+    }));
+    let (_, effects) = sim.core.on_request(a, request);
+    sim.absorb(effects);
+    let effects = sim.core.on_sent_fetched(a, ids[0], sent.clone(), Ok("results/0/s".into()));
+    sim.absorb(effects);
+    sim.results(a, Vec::new(), vec![JobResult { returned: vec![sent], ..exited(ids[0], 0) }]);
+    assert!(sim.fetches.is_empty());
+    assert_eq!(sim.reports.len(), 1);
+    assert_eq!(sim.reports[0].returned, [std::path::PathBuf::from("results/0/s")]);
 }
