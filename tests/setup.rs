@@ -131,3 +131,35 @@ test "$PWD" = "$DISPY_CLUSTER_DIR" && test -f input.txt && echo "prepared by $DI
     }
     drop(nodes);
 }
+
+#[test]
+fn a_setup_that_hangs_is_stopped_by_the_timeout_and_its_node_sidelined_with_the_reason() {
+    let dir = tempdir();
+    let setup = script(
+        dir.path(),
+        "hang.sh",
+        r#"if [ "$DISPY_NODE_NAME" = stuck ]; then echo "waiting for a license server" >&2; exec sleep 600; fi"#,
+    );
+    let prog = script(dir.path(), "job.sh", r#"echo "ran $1""#);
+    let nodes: Vec<Node> = ["fine", "stuck"].iter().map(|n| Node::start(dir.path(), NodeOpts::new(n))).collect();
+    let mut cmd = submit(&prog);
+    cmd.arg("--setup").arg(&setup).args(["--json", "--timeout", "2"]);
+    for n in &nodes {
+        cmd.args(["--peer", &n.addr]);
+    }
+    for i in 0..6 {
+        cmd.args(["-a", &i.to_string()]);
+    }
+    let out = run("submit", cmd, Duration::from_secs(60));
+    out.expect_code(0);
+    let jobs: Vec<_> = out.json_lines().into_iter().filter(|v| v.get("job").is_some()).collect();
+    assert_eq!(jobs.len(), 6, "{}", out.stdout);
+    assert!(jobs.iter().all(|j| j["node"] == "fine"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("setup hang.sh failed on node stuck: ran past the cluster's timeout of 2 s"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("waiting for a license server"), "{}", out.stderr);
+    drop(nodes);
+}
