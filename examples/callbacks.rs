@@ -27,6 +27,7 @@ async fn run() -> dispy::Result<()> {
             ClusterEvent::NodeReady { node, cpus } => eprintln!("node {} ready with {cpus} CPUs", node.name),
             ClusterEvent::NodeUnusable { node, reason } => eprintln!("node {} not used: {reason}", node.name),
             ClusterEvent::NodeLost { node, reason } => eprintln!("node {} lost: {reason}", node.name),
+            ClusterEvent::NodeUnreachable { node, reason } => eprintln!("node {} unreachable: {reason}", node.name),
             ClusterEvent::NodeFound(_) => {}
         })
         .on_job_status(|e| eprintln!("job {} is {}", e.id, e.status.as_str()))

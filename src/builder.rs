@@ -41,6 +41,7 @@ pub struct ClusterBuilder<A, R> {
     secret: Secret,
     mdns: bool,
     discover_timeout: Duration,
+    wait_nodes: Duration,
     local: LocalMode,
     cpus_per_node: Option<u32>,
     timeout: Option<Duration>,
@@ -116,6 +117,26 @@ impl<A, R> ClusterBuilder<A, R> {
     /// How long to look for a first node before falling back or failing (default 3 s).
     pub fn discover_timeout(mut self, t: Duration) -> Self {
         self.discover_timeout = t;
+        self
+    }
+
+    /// Once the cluster has run jobs, how long to wait for a node to come back when every
+    /// node is lost or unreachable (a switch reboot, a Wi-Fi roam), before the pending jobs
+    /// are reported not run and the cluster fails with [`crate::Error::NoNodes`]. Default:
+    /// 60 s, the nodes' zombie interval (how long a node keeps a gone client's jobs).
+    /// [`Self::discover_timeout`] bounds the search for the first node only.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo() -> dispy::Result<()> {
+    /// let cluster = dispy::Cluster::program("./render.sh")
+    ///     .wait_nodes(std::time::Duration::from_secs(300))
+    ///     .start()
+    ///     .await?;
+    /// # drop(cluster); Ok(()) }
+    /// ```
+    pub fn wait_nodes(mut self, t: Duration) -> Self {
+        self.wait_nodes = t;
         self
     }
 
@@ -285,6 +306,7 @@ impl<A, R> ClusterBuilder<A, R> {
             reentrant: self.reentrant,
             max_retries: self.max_retries,
             discover_timeout: self.discover_timeout,
+            wait_nodes: self.wait_nodes,
             local: self.local,
             searched,
             function: self.function,
@@ -340,6 +362,7 @@ impl<A, R> ClusterBuilder<A, R> {
             secret: Secret::None,
             mdns: true,
             discover_timeout: Duration::from_secs(3),
+            wait_nodes: crate::scheduler::NODE_ZOMBIE,
             local: LocalMode::Fallback,
             cpus_per_node: None,
             timeout: None,

@@ -67,6 +67,9 @@ pub struct NoNodes {
     pub searched: Searched,
     /// What answered, and why none of it was usable.
     pub found: Vec<Found>,
+    /// The cluster had run jobs: every node was lost and none came back within `waited`
+    /// (`--wait-nodes`), rather than none found at first (`--discover-timeout`).
+    pub after_run: bool,
 }
 
 /// Where a cluster looks for nodes.
@@ -149,6 +152,7 @@ impl fmt::Display for Found {
                 let state = match status {
                     NodeStatus::Unusable(why) => why.clone(),
                     NodeStatus::Lost => "lost".to_string(),
+                    NodeStatus::Unreachable => "unreachable".to_string(),
                     _ => "usable".to_string(),
                 };
                 write!(f, "node {}{ip}: {state}", node.name)
@@ -160,12 +164,13 @@ impl fmt::Display for Found {
 
 impl fmt::Display for NoNodes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "no usable dispy node found within {:.1} s (--discover-timeout).\n  searched: {}",
-            self.waited.as_secs_f64(),
-            self.searched
-        )?;
+        let secs = self.waited.as_secs_f64();
+        if self.after_run {
+            write!(f, "every node was lost and none came back within {secs:.1} s (--wait-nodes)")?;
+        } else {
+            write!(f, "no usable dispy node found within {secs:.1} s (--discover-timeout)")?;
+        }
+        write!(f, ".\n  searched: {}", self.searched)?;
         if self.found.is_empty() {
             return f.write_str(
                 "\n  found: nothing. Is `dispy-peer serve` running, with the same secret, reachable from here?",

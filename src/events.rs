@@ -67,6 +67,14 @@ pub enum ClusterEvent {
         /// Why.
         reason: String,
     },
+    /// A node that took jobs went silent: it takes no new jobs and is redialled; its
+    /// jobs wait for it (or, reentrant, run elsewhere) until it is back or lost.
+    NodeUnreachable {
+        /// The node.
+        node: NodeRef,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// What a node filter sees of a node (`ClusterBuilder::node_filter`).

@@ -23,6 +23,8 @@ pub enum JobStatus {
     Cancelled,
     /// Its node was lost and the cluster is not reentrant.
     Abandoned,
+    /// It never ran: no node was left to run it, or the run stopped first.
+    NotRun,
 }
 
 impl JobStatus {
@@ -32,6 +34,7 @@ impl JobStatus {
             JobOutcome::Exited(0) | JobOutcome::Returned => JobStatus::Finished,
             JobOutcome::Cancelled => JobStatus::Cancelled,
             JobOutcome::Abandoned(_) => JobStatus::Abandoned,
+            JobOutcome::NotRun(_) => JobStatus::NotRun,
             _ => JobStatus::Failed,
         }
     }
@@ -45,6 +48,7 @@ impl JobStatus {
             JobStatus::Failed => "failed",
             JobStatus::Cancelled => "cancelled",
             JobStatus::Abandoned => "abandoned",
+            JobStatus::NotRun => "not run",
         }
     }
 
@@ -103,6 +107,7 @@ impl JobError {
             JobOutcome::FailedToStart(why) => JobError::NotRun(why.clone()),
             JobOutcome::Crashed(why) => JobError::NotRun(format!("crashed: {why}")),
             JobOutcome::Declined(why) => JobError::NotRun(format!("declined: {why}")),
+            JobOutcome::NotRun(why) => JobError::NotRun(why.clone()),
         })
     }
 }

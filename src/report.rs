@@ -141,6 +141,9 @@ pub enum NodeStatus {
     Unusable(String),
     /// Its connection was lost.
     Lost,
+    /// Silent (its connection broke): it takes no new jobs, and the client redials it
+    /// while its jobs may still be running there, until the node's zombie interval.
+    Unreachable,
 }
 
 impl fmt::Display for NodeStatus {
@@ -150,6 +153,7 @@ impl fmt::Display for NodeStatus {
             NodeStatus::Ready => f.write_str("ready"),
             NodeStatus::Unusable(why) => write!(f, "unusable: {why}"),
             NodeStatus::Lost => f.write_str("lost"),
+            NodeStatus::Unreachable => f.write_str("unreachable"),
         }
     }
 }
@@ -161,6 +165,7 @@ impl PartialEq<&str> for NodeStatus {
             NodeStatus::Ready => *other == "ready",
             NodeStatus::Unusable(why) => other.strip_prefix("unusable: ") == Some(why.as_str()),
             NodeStatus::Lost => *other == "lost",
+            NodeStatus::Unreachable => *other == "unreachable",
         }
     }
 }

@@ -70,6 +70,9 @@ pub enum JobOutcome {
     /// The node gave the job back without running it (it is draining); the client runs it
     /// elsewhere. Never reported to users.
     Declined(String),
+    /// Set by the client, never sent by a node: the job never reached a node that ran it
+    /// (no node was left, or the run was stopped); the text says why.
+    NotRun(String),
 }
 
 impl JobOutcome {
@@ -92,6 +95,7 @@ impl std::fmt::Display for JobOutcome {
             JobOutcome::Panicked { message, .. } => write!(f, "panicked: {message}"),
             JobOutcome::Crashed(why) => write!(f, "crashed: {why}"),
             JobOutcome::Declined(why) => write!(f, "declined: {why}"),
+            JobOutcome::NotRun(why) => write!(f, "not run: {why}"),
         }
     }
 }

@@ -191,6 +191,11 @@ pub struct Reserved {
     pub cpus: u32,
     /// Files whose bytes the node lacks and wants sent, as [`Chunk`]s.
     pub missing: Vec<FileHash>,
+    /// The node held the cluster already (its client reconnected): its queued and running
+    /// jobs and its results are still there. False: the cluster starts afresh on the node
+    /// (e.g. it restarted), so jobs the client had sent there are gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
 }
 
 /// A piece of a file.
@@ -487,7 +492,7 @@ mod tests {
         let h = FileHash([1; 32]);
         let all = vec![
             Response::Hello(hello()),
-            Response::Reserved(Reserved { cpus: 2, missing: vec![h] }),
+            Response::Reserved(Reserved { cpus: 2, missing: vec![h], resumed: false }),
             Response::ChunkStored(ChunkStored { hash: h, complete: true }),
             Response::Accepted(Accepted { count: 3 }),
             Response::Recovered(Results {

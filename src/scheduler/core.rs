@@ -53,6 +53,9 @@ pub(crate) struct Settings {
     /// A reentrant job fails once this many nodes died while it ran there.
     pub(crate) max_retries: u32,
     pub(crate) discover_timeout: Duration,
+    /// Once the cluster has run, how long it waits for a node to come back when every node
+    /// is lost or unreachable, before its pending jobs are reported not run (`--wait-nodes`).
+    pub(crate) wait_nodes: Duration,
     pub(crate) local: LocalMode,
     /// Where nodes are looked for, for the "no nodes" error. Nodes were named (peers,
     /// bootstrap, patterns) when it says so: then a local node is never a fallback.
@@ -106,6 +109,9 @@ pub(crate) enum Effect {
     Journal(Entry),
     /// Start the embedded node; the outcome comes back through [`Core::on_local_node`].
     StartLocalNode,
+    /// Dial a node that went away, to find out whether it is back (the outcome comes back
+    /// as a connection, or not at all).
+    Dial { addr: Multiaddr },
 }
 
 /// What a request was, so its answer can be routed back.
@@ -161,6 +167,9 @@ pub(super) enum Phase {
     Staging,
     Ready,
     Unusable(String),
+    /// Silent since its connection broke: no new jobs, redialled, its jobs kept pending
+    /// until [`super::away::NODE_ZOMBIE`] has passed since `Node::away_since`.
+    Away,
     Lost,
 }
 
@@ -170,6 +179,7 @@ impl Phase {
             Phase::Greeting | Phase::Reserving | Phase::Staging => NodeStatus::Starting,
             Phase::Ready => NodeStatus::Ready,
             Phase::Unusable(why) => NodeStatus::Unusable(why.clone()),
+            Phase::Away => NodeStatus::Unreachable,
             Phase::Lost => NodeStatus::Lost,
         }
     }
@@ -188,6 +198,11 @@ pub(super) struct Node {
     pub(super) jobs_done: u64,
     pub(super) job_secs: f64,
     pub(super) staged_bytes: u64,
+    /// It took jobs once: losing it makes the client wait and redial rather than forget.
+    pub(super) was_ready: bool,
+    /// Since when it has been unreachable (kept while it is greeted again, until it takes
+    /// the cluster back).
+    pub(super) away_since: Option<Instant>,
 }
 
 impl Node {
@@ -223,6 +238,9 @@ pub(super) struct Job {
     /// Files it sent while running (`dispy::send_file`) that are saved here already, by
     /// hash and name: the fetch of its returned files skips them.
     pub(super) sent: HashMap<(FileHash, String), PathBuf>,
+    /// Its node was asked to cancel it: if the node goes away before confirming, it ends
+    /// cancelled here (the node kills it when its zombie interval ends).
+    pub(super) cancel_asked: bool,
 }
 
 /// The scheduler's state; see the module docs.
@@ -250,6 +268,15 @@ pub(crate) struct Core {
     /// `Cluster::wait` callers.
     pub(super) waiters: Vec<oneshot::Sender<Result<(), Failure>>>,
     pub(super) failure: Option<Failure>,
+    /// Some node has been ready: losing them all makes the cluster wait `wait_nodes`
+    /// (rather than `discover_timeout`), saying so once per wait.
+    pub(super) ran: bool,
+    pub(super) wait_said: bool,
+    /// Reentrant jobs re-queued from a node that went away, by that node: if it comes
+    /// back with them still queued here, they carry on there.
+    pub(super) left_behind: HashMap<PeerId, Vec<JobId>>,
+    /// When nodes that went away were last redialled.
+    pub(super) redialled: Option<Instant>,
     /// What the handlers decided, taken by the driver after each input.
     pub(super) out: Vec<Effect>,
 }
@@ -274,6 +301,10 @@ impl Core {
             dispatch_seq: 0,
             waiters: Vec::new(),
             failure: None,
+            ran: false,
+            wait_said: false,
+            left_behind: HashMap::new(),
+            redialled: None,
             out: Vec::new(),
         }
     }
@@ -313,7 +344,7 @@ impl Core {
 
     /// A peer connected (first connection): a new or returning peer is greeted.
     pub(crate) fn on_connected(&mut self, peer: PeerId, remote: &Multiaddr) -> Vec<Effect> {
-        let fresh = self.nodes.get(&peer).is_none_or(|n| n.phase == Phase::Lost);
+        let fresh = self.nodes.get(&peer).is_none_or(|n| matches!(n.phase, Phase::Lost | Phase::Away));
         if self.clients_seen.contains(&peer) || !fresh {
             return self.effects();
         }
@@ -336,6 +367,8 @@ impl Core {
             jobs_done: 0,
             job_secs: 0.0,
             staged_bytes: 0,
+            was_ready: false,
+            away_since: None,
         });
         node.phase = Phase::Greeting;
         node.ip = ip;
@@ -345,9 +378,10 @@ impl Core {
         self.effects()
     }
 
-    /// The last connection to a peer closed.
-    pub(crate) fn on_disconnected(&mut self, peer: PeerId) -> Vec<Effect> {
-        self.lose(peer, "its connection closed");
+    /// The last connection to a peer closed: a node that took jobs is waited for (see
+    /// [`Phase::Away`]), any other is lost.
+    pub(crate) fn on_disconnected(&mut self, peer: PeerId, now: Instant) -> Vec<Effect> {
+        self.went_away(peer, now, "its connection closed");
         self.effects()
     }
 
@@ -495,18 +529,32 @@ impl Core {
         self.effects()
     }
 
-    /// Time passed: with no usable node for the discovery timeout, fall back to a local
-    /// node or fail.
+    /// Time passed: nodes away too long are lost, the others redialled; with no usable
+    /// node for the discovery timeout (or, once the cluster ran, `wait_nodes`), fall back
+    /// to a local node or fail.
     pub(crate) fn on_tick(&mut self, now: Instant) -> Vec<Effect> {
         if self.failure.is_some() {
             return self.effects();
         }
+        self.expire_away(now);
+        self.redial(now);
         if self.has_node() {
             self.nodeless_since = None;
+            self.wait_said = false;
             return self.effects();
         }
         let since = *self.nodeless_since.get_or_insert(now);
-        if now.duration_since(since) < self.s.discover_timeout || self.local_starting {
+        let limit = if self.ran { self.s.wait_nodes } else { self.s.discover_timeout };
+        if self.ran && !self.wait_said && !self.jobs.is_empty() {
+            self.wait_said = true;
+            // On stderr at the CLI's default log level: the user sees why nothing moves.
+            warn!(
+                pending = self.jobs.len(),
+                "every node is lost or unreachable; waiting up to {:.0} s for one to come back (--wait-nodes)",
+                limit.as_secs_f64()
+            );
+        }
+        if now.duration_since(since) < limit || self.local_starting {
             return self.effects();
         }
         let never_found = self.nodes.is_empty() && !self.has_local;
@@ -529,15 +577,13 @@ impl Core {
         self.effects()
     }
 
+    /// The cluster cannot go on: the failure is told first, then every pending job ends
+    /// with a report (not run, or abandoned on the node that had it), so none is forgotten.
     pub(super) fn fail(&mut self, failure: Failure) {
-        let msg = crate::Error::from(failure.clone()).to_string();
-        for job in self.jobs.values() {
-            if let Some(view) = &job.view {
-                view.send_modify(|v| v.cluster_error = Some(msg.clone()));
-            }
-        }
+        let why = failure.why();
         self.out.push(Effect::Fail(failure.clone()));
         self.failure = Some(failure);
+        self.end_pending(&why);
         self.answer_waiters();
     }
 
@@ -556,7 +602,8 @@ impl Core {
         if !self.clients_seen.is_empty() {
             found.push(Found::Clients(self.clients_seen.len()));
         }
-        NoNodes { waited: self.s.discover_timeout, searched: self.s.searched.clone(), found }
+        let waited = if self.ran { self.s.wait_nodes } else { self.s.discover_timeout };
+        NoNodes { waited, searched: self.s.searched.clone(), found, after_run: self.ran }
     }
 
     /// dispy's `stats()` figures as of `now`.
@@ -593,7 +640,7 @@ impl Core {
     pub(crate) fn releases(&self) -> Vec<(PeerId, Request)> {
         self.nodes
             .iter()
-            .filter(|(_, n)| n.phase != Phase::Lost)
+            .filter(|(_, n)| !matches!(n.phase, Phase::Lost | Phase::Away))
             .map(|(peer, _)| (*peer, Request::Release(Release { cluster: self.s.cluster })))
             .collect()
     }

@@ -42,6 +42,7 @@ impl Core {
                     files: j.files,
                     fetching: None,
                     sent: HashMap::new(),
+                    cancel_asked: false,
                 },
             );
             self.queue.push_back(j.id);
@@ -49,6 +50,12 @@ impl Core {
         }
         if self.s.journal {
             self.out.push(Effect::Journal(Entry::Flush));
+        }
+        // Nothing will run them: they end at once, reported not run.
+        if let Some(failure) = &self.failure {
+            let why = failure.why();
+            self.end_pending(&why);
+            return;
         }
         self.dispatch();
     }
@@ -257,17 +264,21 @@ impl Core {
         pinned_elsewhere
     }
 
-    /// Cancels jobs: queued ones end here at once, the others are cancelled on their node.
+    /// Cancels jobs: queued ones end here at once, the others are cancelled on their node
+    /// (those on a node that is away end here at once too: it cannot confirm).
     pub(super) fn cancel(&mut self, ids: Vec<JobId>) {
         let mut per_node: HashMap<PeerId, Vec<JobId>> = HashMap::new();
         let mut queued = HashSet::new();
         for id in ids {
-            let Some(job) = self.jobs.get(&id) else { continue };
+            let Some(job) = self.jobs.get_mut(&id) else { continue };
             match job.state {
                 JobState::Queued => {
                     queued.insert(id);
                 }
-                JobState::OnNode(peer) => per_node.entry(peer).or_default().push(id),
+                JobState::OnNode(peer) => {
+                    job.cancel_asked = true;
+                    per_node.entry(peer).or_default().push(id);
+                }
             }
         }
         // One pass over the queue, however many jobs are cancelled.
@@ -280,6 +291,10 @@ impl Core {
         }
         for (peer, mut jobs) in per_node {
             jobs.sort();
+            if self.nodes.get(&peer).is_some_and(|n| n.phase == Phase::Away) {
+                self.end_cancelled(peer, &jobs);
+                continue;
+            }
             let request = Request::Cancel(Cancel { cluster: self.s.cluster, jobs });
             self.out.push(Effect::Ask { peer, request, asked: Asked::Cancel });
         }

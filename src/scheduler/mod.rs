@@ -12,6 +12,7 @@
 //! the reason kept for error messages; losing its connection makes it Lost (its jobs are
 //! re-queued when the cluster is reentrant, abandoned otherwise).
 
+mod away;
 mod core;
 mod files;
 mod jobs;
@@ -19,6 +20,7 @@ mod nodes;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use self::away::NODE_ZOMBIE;
 pub use self::core::LocalMode;
 pub(crate) use self::core::{Core, Effect, Failure, Settings};
 
@@ -202,6 +204,8 @@ impl Scheduler {
                     }
                     _ => {
                         warn!(pending = self.core.pending(), "nodes did not confirm cancelled jobs; releasing them");
+                        let effects = self.core.on_close_unconfirmed();
+                        self.carry_out(effects);
                         break;
                     }
                 },
@@ -214,7 +218,7 @@ impl Scheduler {
     fn on_net_event(&mut self, ev: NetEvent) -> Vec<Effect> {
         match ev {
             NetEvent::Connected { peer, remote } => self.core.on_connected(peer, &remote),
-            NetEvent::Disconnected { peer } => self.core.on_disconnected(peer),
+            NetEvent::Disconnected { peer } => self.core.on_disconnected(peer, Instant::now()),
             NetEvent::Request { peer, request, channel } => {
                 let (response, effects) = self.core.on_request(peer, request);
                 let net = self.net.clone();
@@ -345,6 +349,12 @@ impl Scheduler {
                             Entry::Flush => journal.flush(),
                         }
                     }
+                }
+                Effect::Dial { addr } => {
+                    let net = self.net.clone();
+                    tokio::spawn(async move {
+                        let _ = net.dial(addr).await;
+                    });
                 }
                 Effect::StartLocalNode => {
                     let (tx, psk) = (self.done_tx.clone(), self.hooks.psk);

@@ -3,7 +3,7 @@
 
 use super::core::{Asked, Core, Effect, JobState, Phase};
 use crate::events::{ClusterEvent, NodeFacts};
-use crate::report::{JobReport, NodeInfo};
+use crate::report::{JobReport, NodeInfo, NodeRef};
 use crate::stage::LocalFile;
 use dispy_protocol::{Hello, JobId, JobOutcome, Request, Reserve, Reserved, Role, WIRE_VERSION};
 use libp2p::PeerId;
@@ -121,20 +121,26 @@ impl Core {
             return;
         }
         node.cpus = r.cpus.min(self.s.cpus_per_node.unwrap_or(u32::MAX)).max(1);
-        if r.missing.is_empty() {
+        let missing = r.missing;
+        self.came_back(peer, r.resumed);
+        if missing.is_empty() {
             self.ready(peer, "node ready");
             self.dispatch();
             return;
         }
-        node.phase = Phase::Staging;
-        let files: Vec<LocalFile> =
-            self.s.files.iter().filter(|f| r.missing.contains(&f.entry.hash)).cloned().collect();
+        if let Some(node) = self.nodes.get_mut(&peer) {
+            node.phase = Phase::Staging;
+        }
+        let files: Vec<LocalFile> = self.s.files.iter().filter(|f| missing.contains(&f.entry.hash)).cloned().collect();
         self.out.push(Effect::Stage { peer, files, jobs: None });
     }
 
     pub(super) fn ready(&mut self, peer: PeerId, what: &str) {
         let Some(node) = self.nodes.get_mut(&peer) else { return };
         node.phase = Phase::Ready;
+        node.was_ready = true;
+        self.ran = true;
+        self.nodeless_since = None;
         info!(node = %node.name, cpus = node.cpus, "{what}");
         let ev = ClusterEvent::NodeReady { node: node.node_ref(&peer), cpus: node.cpus };
         self.cluster_event(ev);
@@ -161,7 +167,9 @@ impl Core {
     }
 
     pub(super) fn lose(&mut self, peer: PeerId, why: &str) {
+        self.left_behind.remove(&peer);
         let Some(node) = self.nodes.get_mut(&peer) else { return };
+        node.away_since = None;
         if matches!(node.phase, Phase::Unusable(_) | Phase::Lost) {
             node.phase = Phase::Lost;
             return;
@@ -175,20 +183,27 @@ impl Core {
             return;
         }
         warn!(node = %name, %peer, reason = why, jobs = in_flight, reentrant = self.s.reentrant, "node lost with jobs on it");
-        let Some(node) = self.nodes.get_mut(&peer) else { return };
-        if !self.s.reentrant {
-            let mut ids: Vec<JobId> = node.in_flight.drain().collect();
-            ids.sort();
-            for id in ids {
-                let Some(job) = self.jobs.get(&id) else { continue };
-                if job.fetching.is_some() {
-                    self.out.push(Effect::StopFetch { peer, job: id });
-                }
-                let outcome = JobOutcome::Abandoned(format!("node {name} was lost: {why}"));
-                self.finish(JobReport::unrun(id, job.args.clone(), Some(lost.clone()), outcome));
-            }
+        if self.s.reentrant {
+            self.rerun_from(peer, &name, &lost, cpus);
             return;
         }
+        let Some(node) = self.nodes.get_mut(&peer) else { return };
+        let mut ids: Vec<JobId> = node.in_flight.drain().collect();
+        ids.sort();
+        for id in ids {
+            let Some(job) = self.jobs.get(&id) else { continue };
+            if job.fetching.is_some() {
+                self.out.push(Effect::StopFetch { peer, job: id });
+            }
+            let outcome = JobOutcome::Abandoned(format!("node {name} was lost: {why}"));
+            self.finish(JobReport::unrun(id, job.args.clone(), Some(lost.clone()), outcome));
+        }
+    }
+
+    /// A reentrant cluster's node died or went away: its jobs go back to the queue (run
+    /// elsewhere), those that were running charged an attempt; returns the ones re-queued.
+    pub(super) fn rerun_from(&mut self, peer: PeerId, name: &str, lost: &NodeRef, cpus: usize) -> Vec<JobId> {
+        let Some(node) = self.nodes.get(&peer) else { return Vec::new() };
         // Jobs that were running count an attempt; one that has now been running on
         // max_retries nodes that all died is suspected of killing them and fails, so a
         // poison job cannot take the whole cluster down.
@@ -220,7 +235,10 @@ impl Core {
             warn!(job = %id, attempts, "giving up on a job whose nodes keep dying");
             self.finish(JobReport::unrun(id, args, Some(lost.clone()), outcome));
         }
+        let requeued: Vec<JobId> =
+            self.nodes.get(&peer).map(|n| n.in_flight.iter().copied().collect()).unwrap_or_default();
         self.requeue_from(peer);
+        requeued
     }
 
     /// Whether some node is usable or on its way to it.

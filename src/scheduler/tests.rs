@@ -59,6 +59,7 @@ fn settings() -> Settings {
         reentrant: false,
         max_retries: 3,
         discover_timeout: Duration::from_secs(3),
+        wait_nodes: Duration::from_secs(60),
         local: LocalMode::Never,
         searched: Searched { mdns: true, ..Searched::default() },
         function: None,
@@ -103,6 +104,8 @@ struct Sim {
     provisionals: Vec<(JobId, Vec<u8>)>,
     journal: Vec<Entry>,
     local_starts: usize,
+    /// Addresses the core asked to dial again.
+    dials: Vec<libp2p::Multiaddr>,
     next_job: u64,
 }
 
@@ -124,6 +127,7 @@ impl Sim {
             provisionals: Vec::new(),
             journal: Vec::new(),
             local_starts: 0,
+            dials: Vec::new(),
             next_job: 0,
         }
     }
@@ -155,6 +159,7 @@ impl Sim {
                 Effect::ClusterEvent(ev) => self.cluster_events.push(ev),
                 Effect::Journal(entry) => self.journal.push(entry),
                 Effect::StartLocalNode => self.local_starts += 1,
+                Effect::Dial { addr } => self.dials.push(addr),
             }
         }
     }
@@ -201,7 +206,7 @@ impl Sim {
         let (request, asked) = self.ask_of(p);
         let Request::Reserve(r) = request else { panic!("expected a reserve, got {request:?}") };
         assert_eq!((r.cluster, r.program.as_str(), r.files.len()), (CLUSTER, "prog", 2));
-        self.answer(p, asked, Response::Reserved(Reserved { cpus, missing: Vec::new() }));
+        self.answer(p, asked, Response::Reserved(Reserved { cpus, missing: Vec::new(), resumed: false }));
         p
     }
 
@@ -310,7 +315,11 @@ fn a_node_holding_every_file_is_ready_and_gets_the_queued_jobs() {
 fn only_missing_files_are_staged_and_the_node_is_ready_after() {
     let mut sim = Sim::new(settings());
     let p = sim.reserving(1, 2);
-    sim.answer(p, Asked::Reserve, Response::Reserved(Reserved { cpus: 2, missing: vec![FileHash([2; 32])] }));
+    sim.answer(
+        p,
+        Asked::Reserve,
+        Response::Reserved(Reserved { cpus: 2, missing: vec![FileHash([2; 32])], resumed: false }),
+    );
     assert_eq!(sim.stages.len(), 1);
     let names: Vec<&str> = sim.stages[0].1.iter().map(|f| f.entry.name.as_str()).collect();
     assert_eq!(sim.stages[0].2, None, "the cluster's files");
@@ -329,7 +338,11 @@ fn only_missing_files_are_staged_and_the_node_is_ready_after() {
 fn a_staging_failure_makes_the_node_unusable_with_the_reason() {
     let mut sim = Sim::new(settings());
     let p = sim.reserving(1, 2);
-    sim.answer(p, Asked::Reserve, Response::Reserved(Reserved { cpus: 2, missing: vec![FileHash([1; 32])] }));
+    sim.answer(
+        p,
+        Asked::Reserve,
+        Response::Reserved(Reserved { cpus: 2, missing: vec![FileHash([1; 32])], resumed: false }),
+    );
     let effects = sim.core.on_staged(p, None, Err("file data.txt is over the limit".into()));
     sim.absorb(effects);
     assert_eq!(sim.status_of(p), NodeStatus::Unusable("staging failed: file data.txt is over the limit".into()));
@@ -431,16 +444,24 @@ fn results_are_reported_once_and_only_from_the_node_holding_the_job() {
 }
 
 #[test]
-fn jobs_of_a_lost_node_are_abandoned_when_the_cluster_is_not_reentrant() {
+fn jobs_of_a_node_away_past_its_zombie_interval_are_abandoned_when_the_cluster_is_not_reentrant() {
     let mut sim = Sim::new(settings());
     let p = sim.node_up(1, 2);
     let ids = sim.submit(2);
     sim.submits();
-    let effects = sim.core.on_disconnected(p);
+    let effects = sim.core.on_disconnected(p, sim.at(1.0));
+    sim.absorb(effects);
+    assert!(sim.reports.is_empty(), "they may still run there");
+    assert_eq!(sim.status_of(p), NodeStatus::Unreachable);
+    let effects = sim.core.on_tick(sim.at(60.9));
+    sim.absorb(effects);
+    assert!(sim.reports.is_empty(), "within the node's zombie interval");
+    let effects = sim.core.on_tick(sim.at(61.0));
     sim.absorb(effects);
     assert_eq!(sim.reports.len(), 2);
     for r in &sim.reports {
-        assert!(matches!(&r.outcome, JobOutcome::Abandoned(w) if w == "node node1 was lost: its connection closed"));
+        let want = "node node1 was lost: unreachable for 60 s, past its zombie interval";
+        assert!(matches!(&r.outcome, JobOutcome::Abandoned(w) if w == want), "{:?}", r.outcome);
     }
     assert_eq!(sim.reports.iter().map(|r| r.id).collect::<Vec<_>>(), ids);
     assert!(sim.cluster_events.iter().any(|e| matches!(e, ClusterEvent::NodeLost { .. })));
@@ -456,7 +477,7 @@ fn a_reentrant_cluster_reruns_a_lost_nodes_jobs_elsewhere() {
     let ids = sim.submit(1);
     assert_eq!(sim.submits()[0].0, a);
     let b = sim.node_up(2, 1);
-    let effects = sim.core.on_disconnected(a);
+    let effects = sim.core.on_disconnected(a, sim.at(1.0));
     sim.absorb(effects);
     assert!(sim.reports.is_empty(), "nothing is lost");
     let submits = sim.submits();
@@ -477,7 +498,7 @@ fn a_job_whose_nodes_keep_dying_fails_after_max_retries() {
         let submits = sim.submits();
         assert_eq!(ids_of(&submits[0].1), ids);
         sim.results(p, vec![ids[0]], Vec::new());
-        let effects = sim.core.on_disconnected(p);
+        let effects = sim.core.on_disconnected(p, sim.at(1.0));
         sim.absorb(effects);
     }
     assert_eq!(sim.reports.len(), 1);
@@ -645,7 +666,7 @@ fn the_journal_records_jobs_where_they_went_and_when_they_ended() {
 fn a_closing_cluster_releases_every_node_not_lost() {
     let mut sim = Sim::new(settings());
     let (a, b) = (sim.node_up(1, 1), sim.node_up(2, 1));
-    let effects = sim.core.on_disconnected(b);
+    let effects = sim.core.on_disconnected(b, sim.at(1.0));
     sim.absorb(effects);
     let releases = sim.core.releases();
     assert_eq!(releases.len(), 1);
@@ -761,7 +782,7 @@ fn a_node_lost_while_its_returns_are_fetched_reruns_the_job_and_the_stale_fetch_
     sim.submits();
     let out = FileEntry { name: "o".into(), hash: FileHash([9; 32]), size: 3, executable: false };
     sim.results(a, vec![ids[0]], vec![JobResult { returned: vec![out], ..exited(ids[0], 0) }]);
-    let effects = sim.core.on_disconnected(a);
+    let effects = sim.core.on_disconnected(a, sim.at(1.0));
     sim.absorb(effects);
     assert_eq!(sim.stopped_fetches, [(a, ids[0])], "the fetch from the lost node stops");
     let effects = sim.core.on_fetched(a, ids[0], Vec::new(), vec!["o: connection closed".into()]);

@@ -170,7 +170,7 @@ impl Leases {
                 // The client reconnected and reserves again: the cluster goes on as it was.
                 existing.gone_since = None;
                 info!(cluster = %r.cluster, client = %peer, "cluster resumed");
-                return Response::Reserved(Reserved { cpus: existing.cpus, missing });
+                return Response::Reserved(Reserved { cpus: existing.cpus, missing, resumed: true });
             }
         }
         info!(cluster = %r.cluster, client = %peer, cpus, files = r.files.len(), missing = missing.len(), "cluster reserved");
@@ -191,6 +191,6 @@ impl Leases {
             job_files: JobFiles::new(r.returns),
         };
         self.0.insert(r.cluster, lease);
-        Response::Reserved(Reserved { cpus, missing })
+        Response::Reserved(Reserved { cpus, missing, resumed: false })
     }
 }

@@ -1,0 +1,254 @@
+//! Nodes that go away and come back, and jobs that must end however the run does.
+//!
+//! A node that took jobs and goes silent is not forgotten at once: a Wi-Fi roam or a
+//! switch reboot lasts seconds, and the node keeps a gone client's jobs and results for
+//! its zombie interval. So the node goes [`Phase::Away`]: it takes no new jobs and is
+//! redialled; a non-reentrant cluster's jobs stay pending on it, a reentrant cluster's run
+//! elsewhere meanwhile. If it comes back holding the cluster (`Reserved::resumed`), its
+//! jobs carry on and its results arrive once (a result only counts from the node its job
+//! is on). Past [`NODE_ZOMBIE`] it is lost, as before.
+//!
+//! Whatever ends a run, every job gets a report ([`Core::end_pending`]).
+
+use super::core::{Core, Effect, Failure, JobState, Phase};
+use crate::events::ClusterEvent;
+use crate::report::JobReport;
+use dispy_protocol::{Cancel, JobId, JobOutcome, Request};
+use libp2p::PeerId;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+use super::core::Asked;
+
+/// How long a node keeps a gone client's jobs (`serve`'s default zombie interval): a node
+/// away this long has ended them, so they are abandoned.
+pub(crate) const NODE_ZOMBIE: Duration = Duration::from_secs(60);
+
+/// How often nodes that went away are redialled while jobs are pending.
+const REDIAL_EVERY: Duration = Duration::from_secs(2);
+
+impl Failure {
+    /// Why the pending jobs did not run, for their reports.
+    pub(super) fn why(&self) -> String {
+        match self {
+            Failure::NoNodes(n) if n.after_run => {
+                format!("every node was lost and none came back within {:.0} s", n.waited.as_secs_f64())
+            }
+            Failure::NoNodes(n) => format!("no usable node found within {:.1} s", n.waited.as_secs_f64()),
+            Failure::LocalNode(why) => why.clone(),
+        }
+    }
+}
+
+impl Core {
+    /// A node's connection closed: a node that took jobs goes away (see the module docs),
+    /// any other is lost.
+    pub(super) fn went_away(&mut self, peer: PeerId, now: Instant, why: &str) {
+        let Some(node) = self.nodes.get_mut(&peer) else { return };
+        let waitable = node.was_ready
+            && matches!(node.phase, Phase::Ready | Phase::Greeting | Phase::Reserving | Phase::Staging | Phase::Away);
+        if !waitable {
+            return self.lose(peer, why);
+        }
+        node.phase = Phase::Away;
+        let first = node.away_since.is_none();
+        node.away_since.get_or_insert(now);
+        let (name, gone, cpus) = (node.name.clone(), node.node_ref(&peer), node.cpus.max(1) as usize);
+        // A cancel it was asked for will not be confirmed: the job ends cancelled here, and
+        // the node kills it when it is back (or when its zombie interval ends).
+        let mut cancelled: Vec<JobId> =
+            node.in_flight.iter().filter(|id| self.jobs.get(id).is_some_and(|j| j.cancel_asked)).copied().collect();
+        cancelled.sort();
+        self.end_cancelled(peer, &cancelled);
+        if !first {
+            return;
+        }
+        let jobs = self.nodes.get(&peer).map_or(0, |n| n.in_flight.len());
+        self.cluster_event(ClusterEvent::NodeUnreachable { node: gone.clone(), reason: why.to_string() });
+        if self.s.reentrant {
+            warn!(node = %name, %peer, reason = why, jobs, "node unreachable; its jobs run elsewhere meanwhile, and it is redialled");
+            let requeued = self.rerun_from(peer, &name, &gone, cpus);
+            if !requeued.is_empty() {
+                self.left_behind.entry(peer).or_default().extend(requeued);
+            }
+        } else {
+            warn!(
+                node = %name, %peer, reason = why, jobs,
+                "node unreachable; its jobs wait for it up to {:.0} s (its zombie interval), and it is redialled",
+                NODE_ZOMBIE.as_secs_f64()
+            );
+        }
+    }
+
+    /// Jobs whose cancel `peer` will not confirm end cancelled now.
+    pub(super) fn end_cancelled(&mut self, peer: PeerId, ids: &[JobId]) {
+        let node = self.nodes.get(&peer).map(|n| n.node_ref(&peer));
+        for &id in ids {
+            if let Some(n) = self.nodes.get_mut(&peer) {
+                n.in_flight.remove(&id);
+            }
+            let Some(job) = self.jobs.get_mut(&id) else { continue };
+            if job.fetching.take().is_some() {
+                self.out.push(Effect::StopFetch { peer, job: id });
+            }
+            let args = job.args.clone();
+            // Killed on the node when it hears of the cluster again: remembered for then.
+            self.left_behind.entry(peer).or_default().push(id);
+            self.finish(JobReport::unrun(id, args, node.clone(), JobOutcome::Cancelled));
+        }
+    }
+
+    /// Nodes away for longer than their zombie interval have ended the cluster's jobs:
+    /// they are lost (non-reentrant jobs still on them are abandoned).
+    pub(super) fn expire_away(&mut self, now: Instant) {
+        let expired: Vec<PeerId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| {
+                n.phase != Phase::Ready && n.away_since.is_some_and(|t| now.duration_since(t) >= NODE_ZOMBIE)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in expired {
+            let why = format!("unreachable for {:.0} s, past its zombie interval", NODE_ZOMBIE.as_secs_f64());
+            self.lose(peer, &why);
+        }
+    }
+
+    /// While jobs are pending, nodes that took jobs and went away are dialled again every
+    /// [`REDIAL_EVERY`]: the peers given are dialled once at the start, and a node back
+    /// on the LAN may not announce itself again soon.
+    pub(super) fn redial(&mut self, now: Instant) {
+        if self.jobs.is_empty() || self.redialled.is_some_and(|t| now.duration_since(t) < REDIAL_EVERY) {
+            return;
+        }
+        self.redialled = Some(now);
+        let addrs: Vec<_> = self
+            .order
+            .iter()
+            .filter_map(|p| self.nodes.get(p))
+            .filter(|n| n.was_ready && matches!(n.phase, Phase::Away | Phase::Lost))
+            .filter_map(|n| n.addr.clone())
+            .collect();
+        self.out.extend(addrs.into_iter().map(|addr| Effect::Dial { addr }));
+    }
+
+    /// A node took the cluster again: `resumed`, it still holds the cluster's jobs and
+    /// results, which carry on; otherwise (it restarted, or its zombie interval ended)
+    /// the jobs it had are gone.
+    pub(super) fn came_back(&mut self, peer: PeerId, resumed: bool) {
+        let Some(node) = self.nodes.get_mut(&peer) else { return };
+        let was_away = node.away_since.take().is_some();
+        let behind = self.left_behind.remove(&peer).unwrap_or_default();
+        if !was_away && behind.is_empty() {
+            return;
+        }
+        let (name, back) = (node.name.clone(), node.node_ref(&peer));
+        if resumed {
+            info!(node = %name, jobs = node.in_flight.len(), "node back; its jobs carry on there");
+            self.reclaim(peer, behind);
+            return;
+        }
+        let mut ids: Vec<JobId> = node.in_flight.drain().collect();
+        ids.sort();
+        if !ids.is_empty() {
+            warn!(node = %name, jobs = ids.len(), "node back without the cluster (it restarted?); its jobs are abandoned");
+        }
+        for id in ids {
+            let Some(job) = self.jobs.get_mut(&id) else { continue };
+            if job.fetching.take().is_some() {
+                self.out.push(Effect::StopFetch { peer, job: id });
+            }
+            let args = job.args.clone();
+            let why =
+                format!("node {name} came back without the cluster's jobs (it restarted, or kept them no longer)");
+            self.finish(JobReport::unrun(id, args, Some(back.clone()), JobOutcome::Abandoned(why)));
+        }
+    }
+
+    /// A reentrant cluster's jobs that ran on `peer` before it went away: those still
+    /// queued here carry on there (it still runs them); the others ran elsewhere, ended or
+    /// were cancelled meanwhile, and are cancelled there, so none is reported twice.
+    fn reclaim(&mut self, peer: PeerId, behind: Vec<JobId>) {
+        let (mut adopt, mut cancel) = (HashSet::new(), Vec::new());
+        for id in behind {
+            match self.jobs.get(&id).map(|j| &j.state) {
+                Some(JobState::Queued) => {
+                    adopt.insert(id);
+                }
+                _ => cancel.push(id),
+            }
+        }
+        if !adopt.is_empty() {
+            // One pass over the queue, however many come back.
+            self.queue.retain(|id| !adopt.contains(id));
+            let mut adopt: Vec<JobId> = adopt.into_iter().collect();
+            adopt.sort();
+            for id in adopt {
+                let Some(job) = self.jobs.get_mut(&id) else { continue };
+                job.state = JobState::OnNode(peer);
+                self.dispatch_seq += 1;
+                job.dispatched = self.dispatch_seq;
+                if let Some(node) = self.nodes.get_mut(&peer) {
+                    node.in_flight.insert(id);
+                }
+            }
+        }
+        if !cancel.is_empty() {
+            cancel.sort();
+            let request = Request::Cancel(Cancel { cluster: self.s.cluster, jobs: cancel });
+            self.out.push(Effect::Ask { peer, request, asked: Asked::Cancel });
+        }
+    }
+
+    /// Ends every pending job with a report: queued ones not run, the others abandoned on
+    /// the node that has them. `why`: what stopped the run.
+    pub(super) fn end_pending(&mut self, why: &str) {
+        self.queue.clear();
+        let mut ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        ids.sort();
+        for id in ids {
+            let Some(job) = self.jobs.get_mut(&id) else { continue };
+            let args = job.args.clone();
+            let (node, outcome) = match job.state {
+                JobState::Queued => (None, JobOutcome::NotRun(why.to_string())),
+                JobState::OnNode(peer) => {
+                    if job.fetching.take().is_some() {
+                        self.out.push(Effect::StopFetch { peer, job: id });
+                    }
+                    let node = self.nodes.get_mut(&peer).map(|n| {
+                        n.in_flight.remove(&id);
+                        n.node_ref(&peer)
+                    });
+                    let name = node.as_ref().map_or_else(|| peer.to_string(), |n| n.name.clone());
+                    (node, JobOutcome::Abandoned(format!("still on node {name} when the run stopped: {why}")))
+                }
+            };
+            self.finish(JobReport::unrun(id, args, node, outcome));
+        }
+    }
+
+    /// Closing: the nodes did not confirm the cancels asked within the grace period (they
+    /// are unreachable): the jobs end cancelled here (their nodes kill them when their
+    /// zombie interval ends).
+    pub(crate) fn on_close_unconfirmed(&mut self) -> Vec<Effect> {
+        let mut ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        ids.sort();
+        let mut per_node: std::collections::HashMap<PeerId, Vec<JobId>> = std::collections::HashMap::new();
+        for id in ids {
+            match self.jobs.get(&id).map(|j| &j.state) {
+                Some(JobState::OnNode(peer)) => per_node.entry(*peer).or_default().push(id),
+                Some(JobState::Queued) => {
+                    let args = self.jobs.get(&id).map(|j| j.args.clone()).unwrap_or_default();
+                    self.finish(JobReport::unrun(id, args, None, JobOutcome::Cancelled));
+                }
+                None => {}
+            }
+        }
+        for (peer, ids) in per_node {
+            self.end_cancelled(peer, &ids);
+        }
+        std::mem::take(&mut self.out)
+    }
+}
