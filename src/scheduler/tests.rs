@@ -44,6 +44,7 @@ fn file(name: &str, byte: u8, size: u64) -> LocalFile {
     }
 }
 
+mod partition;
 mod provisional;
 
 fn settings() -> Settings {
