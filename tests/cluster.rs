@@ -152,7 +152,7 @@ fn failed_jobs_are_reported_and_submit_exits_1() {
     assert!(out.stdout.contains("[exit] on a (127.0.0.1): exit 3"), "{}", out.stdout);
     assert!(out.stdout.contains("[kill] on a (127.0.0.1): killed by signal 9"), "{}", out.stdout);
     assert!(out.stdout.contains("[ok] on a (127.0.0.1): exit 0"), "{}", out.stdout);
-    assert!(out.stdout.contains("2 of 3 jobs failed"), "{}", out.stdout);
+    assert!(out.stdout.contains("2 of 3 jobs did not succeed (2 failed)"), "{}", out.stdout);
 }
 
 #[test]

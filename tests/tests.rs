@@ -16,5 +16,6 @@ mod jobfiles;
 mod lan;
 mod local;
 mod malformed;
+mod partition;
 mod psk;
 mod setup;

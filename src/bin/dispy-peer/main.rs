@@ -242,6 +242,7 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
         .discover_timeout(secs(o.find.discover_timeout, "--discover-timeout")?)
         .heartbeat(secs(o.find.heartbeat, "--heartbeat")?)
         .reentrant(o.reentrant)
+        .wait_nodes(secs(o.wait_nodes, "--wait-nodes")?)
         .max_retries(o.max_retries)
         .local(if o.local { LocalMode::Always } else { LocalMode::Fallback });
     for f in &o.files {
@@ -290,7 +291,11 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
         cluster.submit_all_with(each_file).await?;
     }
     let mut printer = print::Printer::new(o.json);
-    let (mut failed, mut bad_lines) = (0usize, 0usize);
+    let mut bad_lines = 0usize;
+    let mut tally = print::Tally::default();
+    // The cluster failed (no node, or none came back): every pending job is still reported
+    // (not run, abandoned) after the error, so it is kept until they are.
+    let mut fatal: Option<dispy::Error> = None;
     // Ctrl-C once: stop reading, cancel the remote jobs, print what ends, release the
     // nodes, exit 1. Twice, at any point after (closing included): leave at once (the
     // nodes notice the client is gone and kill its jobs).
@@ -319,14 +324,19 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
                 }
                 None => more = None,
             },
-            next = cluster.next_result(), if outstanding > 0 => {
-                let Some(job) = next? else { break };
-                outstanding -= 1;
-                if !job.succeeded() {
-                    failed += 1;
+            next = cluster.next_result(), if outstanding > 0 => match next {
+                Ok(Some(job)) => {
+                    outstanding -= 1;
+                    tally.add(&job);
+                    printer.job(&job)?;
                 }
-                printer.job(&job)?;
-            }
+                Ok(None) => break,
+                Err(e @ (dispy::Error::NoNodes(_) | dispy::Error::LocalNode(_))) if fatal.is_none() => {
+                    more = None;
+                    fatal = Some(e);
+                }
+                Err(e) => return Err(e.into()),
+            },
             Ok(()) = &mut first_rx, if !interrupted => {
                 interrupted = true;
                 more = None;
@@ -336,12 +346,21 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
         }
     }
     let stats = cluster.close().await?;
-    printer.summary(&stats, total, failed, bad_lines)?;
+    printer.summary(&stats, total, &tally, bad_lines)?;
+    if let Some(e) = fatal {
+        // Nothing ran at all: the run itself failed (exit 2); otherwise some jobs did run,
+        // and the ones that did not are in the output and the summary (exit 1).
+        if tally.ran() == 0 {
+            return Err(anyhow::Error::new(e).context(format!("{} job(s) not run", tally.total())));
+        }
+        eprintln!("dispy-peer: error: {e}");
+        return Ok(false);
+    }
     if bad_lines > 0 {
         let file = file_name.unwrap_or_default();
         bail!("{bad_lines} line(s) of --args-file {file} ran no job (each is named above)");
     }
-    Ok(failed == 0 && !interrupted)
+    Ok(tally.all_succeeded() && !interrupted)
 }
 
 /// The next batch of the args file; never, once it is done (or there is none).

@@ -176,6 +176,11 @@ pub(crate) struct SubmitOpt {
     /// Re-run a lost node's jobs elsewhere instead of abandoning them.
     #[arg(long)]
     pub(crate) reentrant: bool,
+    /// Once jobs have run, how long to wait for a node to come back when every node is
+    /// lost or unreachable (a switch reboot, a Wi-Fi roam), before reporting the rest as
+    /// not run. --discover-timeout bounds the search for the first node only.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub(crate) wait_nodes: f64,
     /// With --reentrant: fail a job once this many nodes died while it ran on them.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub(crate) max_retries: u32,

@@ -104,20 +104,66 @@ impl Printer {
         self.out.flush()
     }
 
-    /// The per-node figures; `bad_lines`: args-file lines that ran no job (already named
-    /// on stderr, so only the JSON summary counts them).
-    pub(crate) fn summary(&mut self, stats: &Stats, total: usize, failed: usize, bad_lines: usize) -> io::Result<()> {
+    /// The per-node figures and the jobs counted by how they ended; `total`: jobs
+    /// submitted; `bad_lines`: args-file lines that ran no job (already named on stderr, so
+    /// only the JSON summary counts them).
+    pub(crate) fn summary(&mut self, stats: &Stats, total: usize, tally: &Tally, bad_lines: usize) -> io::Result<()> {
+        let not_ok = tally.total() - tally.count(JobStatus::Finished);
         if self.json {
-            let v = serde_json::json!({ "summary": stats, "jobs": total, "failed": failed, "bad_lines": bad_lines });
+            let statuses: serde_json::Map<String, serde_json::Value> =
+                tally.by_status.iter().map(|(s, n)| (s.as_str().to_string(), (*n).into())).collect();
+            let v = serde_json::json!({
+                "summary": stats,
+                "jobs": total,
+                "reported": tally.total(),
+                "failed": not_ok,
+                "statuses": statuses,
+                "bad_lines": bad_lines,
+            });
             writeln!(self.out, "{v}")?;
         } else {
             writeln!(self.out)?;
             writeln!(self.out, "{stats}")?;
-            if failed > 0 {
-                writeln!(self.out, "{failed} of {total} jobs failed")?;
+            if not_ok > 0 {
+                let parts: Vec<String> = tally
+                    .by_status
+                    .iter()
+                    .filter(|(s, _)| **s != JobStatus::Finished)
+                    .map(|(s, n)| format!("{n} {}", s.as_str()))
+                    .collect();
+                writeln!(self.out, "{not_ok} of {total} jobs did not succeed ({})", parts.join(", "))?;
             }
         }
         self.out.flush()
+    }
+}
+
+/// Jobs reported, counted by how they ended.
+#[derive(Default)]
+pub(crate) struct Tally {
+    by_status: std::collections::BTreeMap<JobStatus, usize>,
+}
+
+impl Tally {
+    pub(crate) fn add(&mut self, job: &JobReport) {
+        *self.by_status.entry(JobStatus::of(&job.outcome)).or_default() += 1;
+    }
+
+    pub(crate) fn count(&self, status: JobStatus) -> usize {
+        self.by_status.get(&status).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn total(&self) -> usize {
+        self.by_status.values().sum()
+    }
+
+    /// Jobs that reached a node and ended there (whatever their outcome).
+    pub(crate) fn ran(&self) -> usize {
+        self.total() - self.count(JobStatus::NotRun) - self.count(JobStatus::Cancelled)
+    }
+
+    pub(crate) fn all_succeeded(&self) -> bool {
+        self.count(JobStatus::Finished) == self.total()
     }
 }
 
