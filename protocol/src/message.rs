@@ -95,6 +95,10 @@ pub struct Hello {
     /// The node's memory in bytes, if known (for node filters).
     #[serde(default)]
     pub memory_bytes: Option<u64>,
+    /// How long the node keeps a silent client's jobs and results (its zombie interval),
+    /// in seconds: a client waits this long for a node that went unreachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zombie_secs: Option<u64>,
 }
 
 impl Hello {
@@ -132,6 +136,7 @@ impl Hello {
             free_cpus: 0,
             max_file_size: None,
             memory_bytes: None,
+            zombie_secs: None,
         }
     }
 }
@@ -420,6 +425,7 @@ mod tests {
             free_cpus: 1,
             max_file_size: Some(10),
             memory_bytes: Some(1 << 30),
+            zombie_secs: Some(60),
         }
     }
 

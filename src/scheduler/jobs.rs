@@ -134,6 +134,7 @@ impl Core {
     }
 
     pub(super) fn on_results(&mut self, peer: PeerId, results: Vec<JobResult>) {
+        self.adopt_early(peer, &results);
         for r in results {
             let Some(job) = self.jobs.get_mut(&r.id) else { continue };
             // Only the node the job is on may finish it: a late or repeated result is

@@ -227,10 +227,7 @@ impl Scheduler {
                 });
                 effects
             }
-            NetEvent::DialFailed { addr, reason, .. } => {
-                self.core.on_dial_failed(addr, reason);
-                Vec::new()
-            }
+            NetEvent::DialFailed { addr, reason, refused, .. } => self.core.on_dial_failed(addr, reason, refused),
             NetEvent::Listening { .. } => Vec::new(),
         }
     }

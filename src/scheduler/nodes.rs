@@ -55,6 +55,7 @@ impl Core {
         let Some(node) = self.nodes.get_mut(&peer) else { return };
         node.name = h.name.clone();
         node.platform = format!("{}/{}", h.os, h.arch);
+        node.zombie = super::away::zombie_of(&h);
         let (found, ip) = (node.node_ref(&peer), node.ip);
         let platform = node.platform.clone();
         self.cluster_event(ClusterEvent::NodeFound(found));

@@ -477,7 +477,11 @@ impl Node {
     }
 
     fn hello(&self) -> Hello {
-        Hello::node(self.cfg.name.clone(), self.cfg.cpus, self.free, self.cfg.max_file_size, memory_bytes())
+        let zombie_secs = Some(self.cfg.zombie_interval.as_secs());
+        Hello {
+            zombie_secs,
+            ..Hello::node(self.cfg.name.clone(), self.cfg.cpus, self.free, self.cfg.max_file_size, memory_bytes())
+        }
     }
 }
 
