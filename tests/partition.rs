@@ -50,14 +50,19 @@ impl Lan {
 
     /// The client's link down for `secs`, from about 1 s into the run.
     fn partition(&self, nodes: &[&Node], secs: f64) {
+        self.cut_when_reserved(nodes);
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        self.link(true);
+    }
+
+    /// The client's link down about 1 s after every node took the cluster.
+    fn cut_when_reserved(&self, nodes: &[&Node]) {
         assert!(
             wait_until(Duration::from_secs(30), || nodes.iter().all(|n| n.proc.stderr().contains("cluster reserved"))),
             "both nodes reserved"
         );
         std::thread::sleep(Duration::from_secs(1));
         self.link(false);
-        std::thread::sleep(Duration::from_secs_f64(secs));
-        self.link(true);
     }
 
     fn link(&self, up: bool) {
@@ -143,11 +148,7 @@ fn past_wait_nodes_every_job_is_reported_with_its_status_and_submit_exits_1() {
         let n1 = Node::serve_in(&lan.hosts[0], "w-one", lan.dir.path(), &[]);
         let n2 = Node::serve_in(&lan.hosts[1], "w-two", lan.dir.path(), &[]);
         let client = lan.submit(&["--wait-nodes", "30"]);
-        assert!(wait_until(Duration::from_secs(30), || [&n1, &n2]
-            .iter()
-            .all(|n| n.proc.stderr().contains("cluster reserved"))));
-        std::thread::sleep(Duration::from_secs(1));
-        lan.link(false);
+        lan.cut_when_reserved(&[&n1, &n2]);
         let cut = Instant::now();
         // A 90 s partition: the link stays down until the client gives up.
         let out = client.wait(Duration::from_secs(90));
@@ -185,11 +186,7 @@ fn ctrl_c_while_the_nodes_are_unreachable_reports_every_job() {
         let n1 = Node::serve_in(&lan.hosts[0], "c-one", lan.dir.path(), &[]);
         let n2 = Node::serve_in(&lan.hosts[1], "c-two", lan.dir.path(), &[]);
         let client = lan.submit(&[]);
-        assert!(wait_until(Duration::from_secs(30), || [&n1, &n2]
-            .iter()
-            .all(|n| n.proc.stderr().contains("cluster reserved"))));
-        std::thread::sleep(Duration::from_secs(1));
-        lan.link(false);
+        lan.cut_when_reserved(&[&n1, &n2]);
         assert!(client.wait_stderr("unreachable", Duration::from_secs(20)), "{}", client.stderr());
         signal(client.pid(), "INT");
         let out = client.wait(Duration::from_secs(30));
@@ -208,11 +205,7 @@ fn restarted_during_a_partition(lan: &Lan, reentrant: bool) -> Finished {
     let mut n1 = Node::serve_in(&lan.hosts[0], "r-one", lan.dir.path(), &[]);
     let n2 = Node::serve_in(&lan.hosts[1], "r-two", lan.dir.path(), &[]);
     let client = lan.submit(if reentrant { &["--reentrant"] } else { &[] });
-    assert!(wait_until(Duration::from_secs(30), || [&n1, &n2]
-        .iter()
-        .all(|n| n.proc.stderr().contains("cluster reserved"))));
-    std::thread::sleep(Duration::from_secs(1));
-    lan.link(false);
+    lan.cut_when_reserved(&[&n1, &n2]);
     signal(n1.proc.pid(), "KILL");
     n1.stop();
     let _n1 = Node::serve_in(&lan.hosts[0], "r-one", lan.dir.path(), &[]);

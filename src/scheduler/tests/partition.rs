@@ -17,6 +17,13 @@ fn away(sim: &mut Sim, p: PeerId, at: f64) {
     sim.absorb(effects);
 }
 
+/// A reentrant cluster's core.
+fn reentrant() -> Sim {
+    let mut s = settings();
+    s.reentrant = true;
+    Sim::new(s)
+}
+
 fn tick(sim: &mut Sim, at: f64) {
     let effects = sim.core.on_tick(sim.at(at));
     sim.absorb(effects);
@@ -70,9 +77,7 @@ fn a_node_back_without_the_cluster_abandons_the_jobs_it_had_when_not_reentrant()
 
 #[test]
 fn a_reentrant_job_left_on_a_silent_node_carries_on_there_when_it_comes_back_before_running_elsewhere() {
-    let mut s = settings();
-    s.reentrant = true;
-    let mut sim = Sim::new(s);
+    let mut sim = reentrant();
     let a = sim.node_up(1, 1);
     let ids = sim.submit(1);
     sim.submits();
@@ -86,9 +91,7 @@ fn a_reentrant_job_left_on_a_silent_node_carries_on_there_when_it_comes_back_bef
 
 #[test]
 fn results_a_node_sends_as_soon_as_it_is_reconnected_count_before_it_takes_the_cluster_back() {
-    let mut s = settings();
-    s.reentrant = true;
-    let mut sim = Sim::new(s);
+    let mut sim = reentrant();
     let a = sim.node_up(1, 1);
     let ids = sim.submit(2);
     assert_eq!(ids_of(&sim.submits()[0].1), ids);
@@ -110,9 +113,7 @@ fn results_a_node_sends_as_soon_as_it_is_reconnected_count_before_it_takes_the_c
 
 #[test]
 fn a_reentrant_job_that_ran_on_both_sides_of_a_partition_is_reported_once() {
-    let mut s = settings();
-    s.reentrant = true;
-    let mut sim = Sim::new(s);
+    let mut sim = reentrant();
     let a = sim.node_up(1, 1);
     let ids = sim.submit(1);
     sim.submits();
