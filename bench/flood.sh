@@ -93,10 +93,10 @@ for mode in none flood; do
   after_fd=$(ls "/proc/$NODE/fd" | wc -l)
   after_rss=$(awk '/^VmRSS/ {print $2}' "/proc/$NODE/status")
   read -r during_fd during_rss <"$W/during"
-  done_jobs=$(grep -c '"job"' "$W/jobs" || true)
+  done_jobs=$(grep -c '"exit_code":0,' "$W/jobs" || true)
   refused=$(grep -c 'refusing incoming connections' "$W/err" || true)
   kill "$NODE"; wait "$NODE" 2>/dev/null || true; NODE=""
   awk -v m="$mode" -v n="$N" -v d="$done_jobs" -v ok="$ok" -v s="$start" -v e="$end" \
       -v df="$during_fd" -v dr="$during_rss" -v af="$after_fd" -v ar="$after_rss" -v r="$RATE" -v rl="$refused" \
-    'BEGIN { printf "{\"flood\":\"%s\",\"rate_per_s\":%s,\"jobs\":%d,\"finished\":%d,\"submit_ok\":%d,\"jobs_per_s\":%.0f,\"node_fds_during\":%d,\"node_rss_kib_during\":%d,\"node_fds_after\":%d,\"node_rss_kib_after\":%d,\"refusal_log_lines\":%d}\n", m, (m=="flood"?r:0), n, d, ok, d/(e-s), df, dr, af, ar, rl }'
+    'BEGIN { printf "{\"flood\":\"%s\",\"rate_per_s\":%s,\"jobs\":%d,\"succeeded\":%d,\"submit_ok\":%d,\"jobs_per_s\":%.0f,\"node_fds_during\":%d,\"node_rss_kib_during\":%d,\"node_fds_after\":%d,\"node_rss_kib_after\":%d,\"refusal_log_lines\":%d}\n", m, (m=="flood"?r:0), n, d, ok, d/(e-s), df, dr, af, ar, rl }'
 done
