@@ -62,9 +62,10 @@ impl ConnLimits {
             pending_outgoing,
             established,
             established_per_peer: 8,
-            // A client keeps far fewer in flight (a submit batch or two, a window of
-            // chunks per file); yamux allows 512 streams per connection.
-            requests_per_peer: 256,
+            // yamux allows 512 streams per connection, so a peer could never have more
+            // than this in flight on one connection anyway; clients keep far fewer (a
+            // submit batch or two, a window of chunks per file being staged).
+            requests_per_peer: 512,
             requests: 4096,
         }
     }
