@@ -2,6 +2,7 @@
 //! log lines per remote, dials per second. Spoofed mDNS answers cost nothing to send and
 //! can name any number of peer ids, so nothing they feed may grow without a bound.
 
+use libp2p::PeerId;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
@@ -77,9 +78,89 @@ impl Budget {
     }
 }
 
+/// Requests waiting for an answer, counted per peer and in all, each bounded: a peer past
+/// its share is refused at once, and only that peer.
+#[derive(Debug)]
+pub(crate) struct Waiting<I> {
+    by_id: HashMap<I, PeerId>,
+    per_peer: HashMap<PeerId, u32>,
+    peer_cap: u32,
+    total_cap: usize,
+}
+
+impl<I: Hash + Eq> Waiting<I> {
+    pub(crate) fn new(peer_cap: u32, total_cap: u32) -> Self {
+        Waiting {
+            by_id: HashMap::new(),
+            per_peer: HashMap::new(),
+            peer_cap,
+            total_cap: usize::try_from(total_cap).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// Counts request `id` of `peer`, or refuses it with a message for that peer.
+    pub(crate) fn take(&mut self, peer: PeerId, id: I) -> Result<(), String> {
+        let mine = self.per_peer.get(&peer).copied().unwrap_or(0);
+        let all = self.by_id.len();
+        if mine >= self.peer_cap || all >= self.total_cap {
+            return Err(format!(
+                "node overloaded: {mine} of this peer's requests ({all} in all) still wait for an answer \
+                 (at most {} per peer, {} in all); retry once they are answered",
+                self.peer_cap, self.total_cap
+            ));
+        }
+        self.by_id.insert(id, peer);
+        *self.per_peer.entry(peer).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// Request `id` was answered or failed; an id never counted is ignored.
+    pub(crate) fn answered(&mut self, id: &I) {
+        let Some(peer) = self.by_id.remove(id) else { return };
+        if let Some(n) = self.per_peer.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_peer.remove(&peer);
+            }
+        }
+    }
+
+    /// The peer is gone: its requests no longer count (their late answers are ignored).
+    pub(crate) fn forget(&mut self, peer: &PeerId) {
+        if self.per_peer.remove(peer).is_some() {
+            self.by_id.retain(|_, p| p != peer);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_past_its_share_is_refused_alone_and_recovers() {
+        let (greedy, other) = (PeerId::random(), PeerId::random());
+        let mut w = Waiting::new(3, 5);
+        for id in 0..3u64 {
+            w.take(greedy, id).unwrap();
+        }
+        let why = w.take(greedy, 3).unwrap_err();
+        assert!(why.contains("overloaded") && why.contains("at most 3 per peer"), "{why}");
+        w.take(other, 10).unwrap();
+        w.take(other, 11).unwrap();
+        assert!(w.take(other, 12).is_err(), "the total holds too");
+        w.answered(&0);
+        w.answered(&0);
+        w.answered(&99);
+        w.take(greedy, 4).unwrap();
+        w.forget(&greedy);
+        assert_eq!(w.by_id.len(), 2);
+        w.answered(&1);
+        for id in 20..23u64 {
+            w.take(greedy, id).unwrap();
+        }
+        assert!(w.per_peer.get(&greedy) == Some(&3));
+    }
 
     #[test]
     fn a_key_passes_once_per_period_and_memory_stays_bounded() {

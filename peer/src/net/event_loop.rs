@@ -2,10 +2,10 @@
 //! [`Command`]s in; policy lives with the node and the scheduler.
 
 use super::behaviour::{Behaviour, BehaviourEvent};
-use super::bounded::Throttle;
+use super::bounded::{Throttle, Waiting};
 use super::discovery::{Backoff, LanDials, ip_of, without_peer, worth_dialing};
 use super::handle::{Command, Reply, ReplyTo};
-use super::limits::{ConnLimits, GREETING_WINDOW};
+use super::limits::ConnLimits;
 use super::{NetConfig, NetEvent, error_chain};
 use crate::error::{Error, Result};
 use dispy_protocol::{KAD_PROTOCOL_NAME, Refusal, RefusalKind, Response};
@@ -61,11 +61,10 @@ pub struct EventLoop {
     /// their connections may idle as long as they like.
     admitted: HashSet<PeerId>,
     /// Inbound connections of peers not admitted yet, with when they were established:
-    /// closed after [`GREETING_WINDOW`].
+    /// closed after `limits.greeting_window`.
     unadmitted: HashMap<ConnectionId, (PeerId, Instant)>,
-    /// Inbound requests handed to the node and not answered yet, and their count per peer.
-    inbound: HashMap<InboundRequestId, PeerId>,
-    inbound_per_peer: HashMap<PeerId, u32>,
+    /// Inbound requests handed to the node and not answered yet.
+    waiting: Waiting<InboundRequestId>,
 }
 
 impl EventLoop {
@@ -113,8 +112,7 @@ impl EventLoop {
             limits: cfg.limits,
             admitted: HashSet::new(),
             unadmitted: HashMap::new(),
-            inbound: HashMap::new(),
-            inbound_per_peer: HashMap::new(),
+            waiting: Waiting::new(cfg.limits.requests_per_peer, cfg.limits.requests),
         }
     }
 
@@ -301,7 +299,7 @@ impl EventLoop {
         let late: Vec<(ConnectionId, PeerId)> = self
             .unadmitted
             .iter()
-            .filter(|(_, (_, since))| now.duration_since(*since) > GREETING_WINDOW)
+            .filter(|(_, (_, since))| now.duration_since(*since) > self.limits.greeting_window)
             .map(|(c, (p, _))| (*c, *p))
             .collect();
         for (connection, peer) in late {
@@ -321,9 +319,7 @@ impl EventLoop {
     /// The peer's last connection closed: what was kept about it goes.
     fn forget_peer(&mut self, peer: PeerId) {
         self.admitted.remove(&peer);
-        if self.inbound_per_peer.remove(&peer).is_some() {
-            self.inbound.retain(|_, p| *p != peer);
-        }
+        self.waiting.forget(&peer);
     }
 
     /// A connection stopped counting; the peer is gone when none is left.
@@ -513,23 +509,14 @@ impl EventLoop {
             self.refuse(channel, RefusalKind::NotAllowed, message);
             return;
         }
-        let mine = self.inbound_per_peer.get(&peer).copied().unwrap_or(0);
-        let all = self.inbound.len();
-        if mine >= self.limits.requests_per_peer || all >= self.limits.requests as usize {
+        if let Err(message) = self.waiting.take(peer, id) {
             if self.refusal_logged.allow(format!("busy:{peer}"), Instant::now()) {
-                warn!(%peer, waiting = mine, in_all = all, "refusing requests: too many wait for an answer");
+                warn!(%peer, %message, "refusing a peer's requests");
             }
-            let message = format!(
-                "node overloaded: {mine} of this peer's requests ({all} in all) still wait for an answer \
-                 (at most {} per peer); retry once they are answered",
-                self.limits.requests_per_peer
-            );
             self.refuse(channel, RefusalKind::Overloaded, message);
             return;
         }
         self.admit(peer);
-        self.inbound.insert(id, peer);
-        *self.inbound_per_peer.entry(peer).or_insert(0) += 1;
         self.emit(NetEvent::Request { peer, request, channel: ReplyTo::swarm(channel) });
     }
 
@@ -542,12 +529,6 @@ impl EventLoop {
 
     /// An inbound request was answered or failed: it no longer counts against its peer.
     fn answered(&mut self, id: InboundRequestId) {
-        let Some(peer) = self.inbound.remove(&id) else { return };
-        if let Some(n) = self.inbound_per_peer.get_mut(&peer) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.inbound_per_peer.remove(&peer);
-            }
-        }
+        self.waiting.answered(&id);
     }
 }

@@ -20,11 +20,6 @@ pub(crate) const INBOUND_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// dial open.
 pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// An inbound connection whose peer, this long after connecting, has sent no request that
-/// was let through and has not shown itself to be a node, is closed: it holds a descriptor
-/// and a connection slot for nothing. Clients greet at once.
-pub(crate) const GREETING_WINDOW: Duration = Duration::from_secs(15);
-
 /// The connection limits of a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnLimits {
@@ -45,6 +40,10 @@ pub struct ConnLimits {
     pub requests_per_peer: u32,
     /// Inbound requests waiting for an answer, in all.
     pub requests: u32,
+    /// An inbound connection whose peer, this long after connecting, has sent no request
+    /// that was let through and has not shown itself to be a node, is closed: it holds a
+    /// descriptor and a connection slot for nothing. Clients greet at once.
+    pub greeting_window: Duration,
 }
 
 impl ConnLimits {
@@ -67,6 +66,7 @@ impl ConnLimits {
             // submit batch or two, a window of chunks per file being staged).
             requests_per_peer: 512,
             requests: 4096,
+            greeting_window: Duration::from_secs(15),
         }
     }
 }

@@ -13,6 +13,8 @@ mod gate;
 mod handle;
 pub mod identity;
 mod limits;
+#[cfg(test)]
+mod tests;
 
 pub use behaviour::transport;
 pub use codec::DispyCodec;
