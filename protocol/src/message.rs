@@ -363,6 +363,12 @@ pub enum RefusalKind {
     Version,
     /// The peer is not a node (or not the cluster's client).
     WrongRole,
+    /// The node admits only peers it was given by id (`serve --allow-peer`, or an embedded
+    /// node, which serves only its own client); the message names the refused peer.
+    NotAllowed,
+    /// The peer has too many requests waiting for the node's answers; retry after the
+    /// earlier ones are answered.
+    Overloaded,
     /// The cluster is not reserved on this node.
     UnknownCluster,
     /// A file name is absolute or escapes the job directory.
@@ -378,12 +384,6 @@ pub enum RefusalKind {
     /// The cluster's setup program failed on this node; the message has its exit status
     /// and the end of its stderr. Retrying on this node will not help.
     SetupFailed,
-    /// The node admits only peers it was given by id (`serve --allow-peer`, or an embedded
-    /// node, which serves only its own client); the message names the refused peer.
-    NotAllowed,
-    /// The peer has too many requests waiting for the node's answers; retry after the
-    /// earlier ones are answered.
-    Overloaded,
 }
 
 /// A refusal, with a message for people.
