@@ -34,6 +34,14 @@ fn a_node_with_an_allow_list_serves_only_those_clients() {
     let out = run("submit (alice)", cmd, Duration::from_secs(60));
     out.expect_code(0);
     assert!(out.stdout.contains("ran 1") && out.stdout.contains("ran 2"), "{}", out.stdout);
+    // `nodes` with the same identity sees the node; with another, it is not listed.
+    for (who, key, listed) in [("alice", &alice, true), ("bob", &bob, false)] {
+        let mut cmd = Command::new(bin());
+        cmd.args(["nodes", "--no-mdns", "--secret", "test-secret", "--discover-timeout", "2", "--peer", &node.addr]);
+        cmd.arg("--identity").arg(key).env_remove("DISPY_SECRET");
+        let out = run(&format!("nodes ({who})"), cmd, Duration::from_secs(30));
+        assert_eq!(out.stdout.contains("gated"), listed, "{who}:\n{}\n{}", out.stdout, out.stderr);
+    }
 
     let mut cmd = submit(&prog);
     cmd.args(["--peer", &node.addr, "--discover-timeout", "3", "-a", "1", "--identity"]).arg(&bob);

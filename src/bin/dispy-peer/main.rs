@@ -153,6 +153,8 @@ async fn serve(o: ServeOpt) -> anyhow::Result<()> {
     if cpus < 1 {
         bail!("--cpus {}: that leaves no CPU to serve (this machine has {all})", o.cpus.unwrap_or(0));
     }
+    let keypair = load_identity(&o.identity)?;
+    let allowed_peers = allowed_peers(&o.allow_peers);
     let psk = secret(&o.secret).to_psk().context("cannot load the cluster secret")?;
     match psk {
         Some(psk) => tracing::info!(fingerprint = %psk.fingerprint(), "private network key loaded"),
@@ -162,20 +164,15 @@ async fn serve(o: ServeOpt) -> anyhow::Result<()> {
         ),
     }
     let dest = o.dest_path.unwrap_or_else(|| std::env::temp_dir().join("dispy-peer").join("node"));
-    let allowed_peers = (!o.allow_peers.is_empty()).then(|| o.allow_peers.iter().copied().collect());
-    if let Some(allowed) = &allowed_peers {
-        let allowed: &std::collections::HashSet<libp2p::PeerId> = allowed;
-        tracing::info!(peers = allowed.len(), "serving only the peers given with --allow-peer");
-    }
     let cfg = NetConfig {
-        keypair: load_identity(&o.identity)?,
-        allowed_peers,
         listen: o.listen.clone(),
         psk,
         mdns: !o.no_mdns,
         bootstrap: o.bootstrap.clone(),
         kad_server: true,
         heartbeat: secs(o.heartbeat, "--heartbeat")?,
+        keypair,
+        allowed_peers,
         ..NetConfig::default()
     };
     let serve_cfg = ServeConfig {
@@ -414,6 +411,7 @@ async fn nodes(o: NodesOpt) -> anyhow::Result<()> {
         peers: o.find.peers,
         bootstrap: o.find.bootstrap,
         secret: secret(&o.secret),
+        identity: load_identity(&o.identity)?,
     };
     let found = dispy::discover(opts, secs(o.find.discover_timeout, "--discover-timeout")?).await?;
     print::nodes(&found, o.json)?;
@@ -433,6 +431,15 @@ async fn recover(o: opts::RecoverOpt) -> anyhow::Result<bool> {
     }
     printer.lost(&found.lost)?;
     Ok(ok)
+}
+
+/// `--allow-peer`s as the network wants them: none given, everyone is served.
+fn allowed_peers(peers: &[libp2p::PeerId]) -> Option<std::collections::HashSet<libp2p::PeerId>> {
+    if peers.is_empty() {
+        return None;
+    }
+    tracing::info!(peers = peers.len(), "serving only the peers given with --allow-peer");
+    Some(peers.iter().copied().collect())
 }
 
 /// The keypair of `--identity FILE`, if given.

@@ -236,6 +236,8 @@ pub(crate) struct NodesOpt {
     pub(crate) find: FindOpt,
     #[command(flatten)]
     pub(crate) secret: SecretOpt,
+    #[command(flatten)]
+    pub(crate) identity: IdentityOpt,
     /// Print JSON lines.
     #[arg(long)]
     pub(crate) json: bool,
