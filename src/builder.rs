@@ -52,6 +52,7 @@ pub struct ClusterBuilder<A, R> {
     returns: Vec<String>,
     results_dir: PathBuf,
     close_timeout: Option<Duration>,
+    identity: Option<libp2p::identity::Keypair>,
 }
 
 impl<A, R> ClusterBuilder<A, R> {
@@ -105,6 +106,14 @@ impl<A, R> ClusterBuilder<A, R> {
     /// The cluster's secret (default: none).
     pub fn secret(mut self, secret: Secret) -> Self {
         self.secret = secret;
+        self
+    }
+
+    /// The client's lasting identity (default: a fresh one each run), for nodes that admit
+    /// clients by peer id (`serve --allow-peer`); see
+    /// [`dispy_node::net::identity::load_or_create`].
+    pub fn identity(mut self, keypair: libp2p::identity::Keypair) -> Self {
+        self.identity = Some(keypair);
         self
     }
 
@@ -266,8 +275,11 @@ impl<A, R> ClusterBuilder<A, R> {
             std::fs::create_dir_all(&dir).map_err(|source| Error::File { path: dir, source })?;
         }
         let psk = self.secret.to_psk()?;
+        // Known before the network starts: the embedded node serves this peer id alone.
+        let keypair = self.identity.clone().unwrap_or_else(libp2p::identity::Keypair::generate_ed25519);
+        let me = keypair.public().to_peer_id();
         let local = match self.local {
-            LocalMode::Always => Some(LocalNode::start(psk).await?),
+            LocalMode::Always => Some(LocalNode::start(psk, me).await?),
             _ => None,
         };
         let searched = Searched {
@@ -278,6 +290,7 @@ impl<A, R> ClusterBuilder<A, R> {
             patterns: self.patterns.iter().map(|p| p.as_str().to_string()).collect(),
         };
         let cfg = NetConfig {
+            keypair: Some(keypair),
             psk,
             mdns: self.mdns,
             bootstrap: self.bootstrap.clone(),
@@ -373,6 +386,7 @@ impl<A, R> ClusterBuilder<A, R> {
             returns: Vec::new(),
             results_dir: PathBuf::from("dispy-results"),
             close_timeout: None,
+            identity: None,
         }
     }
 }

@@ -41,6 +41,9 @@ pub struct DiscoverOptions {
     pub bootstrap: Vec<Multiaddr>,
     /// The cluster secret.
     pub secret: Secret,
+    /// This peer's lasting identity, for nodes that serve only some peers
+    /// (`serve --allow-peer`); a fresh one when `None`.
+    pub identity: Option<libp2p::identity::Keypair>,
 }
 
 /// Lists the nodes that answer within `wait`, sorted by name.
@@ -51,6 +54,7 @@ pub struct DiscoverOptions {
 /// A bad secret or network setup.
 pub async fn discover(opts: DiscoverOptions, wait: Duration) -> Result<Vec<FoundNode>> {
     let cfg = NetConfig {
+        keypair: opts.identity,
         psk: opts.secret.to_psk()?,
         mdns: opts.mdns,
         peers: opts.peers,

@@ -5,8 +5,8 @@ use crate::error::{Error, Result};
 use crate::own_thread;
 use dispy_node::net::NetConfig;
 use dispy_node::serve::{self, ServeConfig, Stop, reaper};
-use libp2p::Multiaddr;
 use libp2p::pnet::PreSharedKey;
+use libp2p::{Multiaddr, PeerId};
 use std::path::PathBuf;
 use tokio::sync::oneshot;
 
@@ -22,11 +22,16 @@ impl LocalNode {
     /// Starts a node on 127.0.0.1 with all this machine's CPUs and a private dest path, on
     /// a thread and single-threaded runtime of its own, as `dispy-peer serve` runs: the
     /// client's tasks and the node's never wait for each other's turn.
-    pub(crate) async fn start(psk: Option<PreSharedKey>) -> Result<LocalNode> {
+    ///
+    /// The node serves `client` alone: any local user can reach a loopback port, and with
+    /// no secret (the default) nothing else would stop them from running programs as this
+    /// user. Noise proves each peer's id, so another peer's requests are refused, named.
+    pub(crate) async fn start(psk: Option<PreSharedKey>, client: PeerId) -> Result<LocalNode> {
         let cfg = NetConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().map_err(|e| Error::Config(format!("{e}")))?],
             psk,
             kad_server: true,
+            allowed_peers: Some(std::iter::once(client).collect()),
             ..NetConfig::default()
         };
         let dest = std::env::temp_dir().join(format!("dispy-peer-local-{}-{:x}", std::process::id(), rand_u32()));
@@ -83,4 +88,51 @@ fn rand_u32() -> u32 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(std::process::id() as u64);
     h.finish() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dispy_node::net::NetHandle;
+    use dispy_protocol::{Hello, RefusalKind, Request, Response};
+    use libp2p::identity::Keypair;
+    use std::time::Duration;
+
+    /// A peer with this identity and no secret, dialled to `addr`: its answer to a Hello.
+    async fn hello_from(keypair: Keypair, addr: &Multiaddr) -> Response {
+        let cfg = NetConfig { keypair: Some(keypair), peers: vec![addr.clone()], ..NetConfig::default() };
+        let (net, mut events): (NetHandle, _) = dispy_node::net::spawn(cfg).expect("network");
+        let peer = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match events.recv().await {
+                    Some(dispy_node::net::NetEvent::Connected { peer, .. }) => return peer,
+                    Some(_) => {}
+                    None => panic!("network stopped"),
+                }
+            }
+        })
+        .await
+        .expect("connected within 10 s");
+        let answer = net.request(peer, Request::Hello(Hello::client("t".into()))).await.expect("an answer");
+        net.shutdown().await;
+        answer
+    }
+
+    #[tokio::test]
+    async fn the_embedded_node_serves_its_own_client_only() {
+        let me = Keypair::generate_ed25519();
+        let node = LocalNode::start(None, me.public().to_peer_id()).await.expect("local node");
+        let addr = node.addr.clone();
+        assert!(matches!(hello_from(me, &addr).await, Response::Hello(_)), "its own client is served");
+        let stranger = Keypair::generate_ed25519();
+        let id = stranger.public().to_peer_id();
+        match hello_from(stranger, &addr).await {
+            Response::Refused(r) => {
+                assert_eq!(r.kind, RefusalKind::NotAllowed);
+                assert!(r.message.contains(&id.to_string()), "the refusal names the peer: {}", r.message);
+            }
+            other => panic!("another local user's peer was served: {other:?}"),
+        }
+        node.stop().await;
+    }
 }

@@ -368,6 +368,12 @@ pub enum RefusalKind {
     Version,
     /// The peer is not a node (or not the cluster's client).
     WrongRole,
+    /// The node admits only peers it was given by id (`serve --allow-peer`, or an embedded
+    /// node, which serves only its own client); the message names the refused peer.
+    NotAllowed,
+    /// The peer has too many requests waiting for the node's answers; retry after the
+    /// earlier ones are answered.
+    Overloaded,
     /// The cluster is not reserved on this node.
     UnknownCluster,
     /// A file name is absolute or escapes the job directory.

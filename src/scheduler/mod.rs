@@ -354,9 +354,9 @@ impl Scheduler {
                     });
                 }
                 Effect::StartLocalNode => {
-                    let (tx, psk) = (self.done_tx.clone(), self.hooks.psk);
+                    let (tx, psk, me) = (self.done_tx.clone(), self.hooks.psk, self.net.local_peer_id());
                     tokio::spawn(async move {
-                        let _ = tx.send(Done::LocalUp(LocalNode::start(psk).await));
+                        let _ = tx.send(Done::LocalUp(LocalNode::start(psk, me).await));
                     });
                 }
             }

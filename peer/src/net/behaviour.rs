@@ -5,20 +5,21 @@
 
 use super::NetConfig;
 use super::codec::DispyCodec;
+use super::gate::Gate;
+use super::limits::{DIAL_TIMEOUT, INBOUND_HANDSHAKE_TIMEOUT};
 use crate::error::{Error, Result};
 use dispy_protocol::{KAD_PROTOCOL_NAME, PROTOCOL_NAME};
 use futures::future::Either;
+use libp2p::core::transport::timeout::TransportTimeout;
 use libp2p::core::upgrade::Version;
 use libp2p::core::{Transport, muxing::StreamMuxerBox, transport::Boxed};
 use libp2p::pnet::PnetConfig;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, behaviour::toggle::Toggle};
-use libp2p::{PeerId, StreamProtocol, Swarm, identify, identity, kad, mdns, noise, ping, tcp, yamux};
+use libp2p::{
+    PeerId, StreamProtocol, Swarm, connection_limits, identify, identity, kad, mdns, noise, ping, tcp, yamux,
+};
 use std::time::Duration;
-
-/// How long the transport upgrade (pnet, noise, yamux) may take. A wrong key often makes the
-/// upgrade hang rather than fail, so this bounds how long such a peer holds a dial open.
-pub(crate) const CONNECTION_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Requests are answered at once by design (long work is acknowledged and reported later),
 /// so a request that takes this long means the peer is in trouble.
@@ -31,6 +32,10 @@ const MAX_CONCURRENT_STREAMS: usize = 1024;
 /// The peer's behaviours; the derive generates `BehaviourEvent`.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    /// First at the door: a few pending-handshake slots per remote IP.
+    gate: Gate,
+    /// Pending and established connections, in all and per peer.
+    limits: connection_limits::Behaviour,
     pub(crate) rr: request_response::Behaviour<DispyCodec>,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(crate) identify: identify::Behaviour,
@@ -38,8 +43,10 @@ pub(crate) struct Behaviour {
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
-/// The transport every dispy peer uses: TCP → pnet (when a key is given) → noise → yamux.
-/// Public so that tools and tests can build a raw peer that speaks to real nodes.
+/// The transport every dispy peer uses: TCP → pnet (when a key is given) → noise → yamux,
+/// with a short deadline on inbound handshakes (a connection that sends nothing holds its
+/// descriptor that long at most). Public so that tools and tests can build a raw peer that
+/// speaks to real nodes.
 ///
 /// # Errors
 /// Noise key setup failures.
@@ -58,12 +65,13 @@ pub fn transport(
             .boxed(),
         None => tcp.map(|socket, _| Either::Right(socket)).map_err(|e| std::io::Error::other(e.to_string())).boxed(),
     };
-    Ok(base
+    let upgraded = base
         .upgrade(Version::V1Lazy)
         .authenticate(noise)
         .multiplex(yamux::Config::default())
-        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-        .boxed())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+    // Dials get the swarm's longer connection timeout on top (see `build_swarm`).
+    Ok(TransportTimeout::with_ingoing_timeout(upgraded, INBOUND_HANDSHAKE_TIMEOUT).boxed())
 }
 
 /// Builds the swarm; nothing runs until the event loop polls it.
@@ -72,6 +80,8 @@ pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result
     let kad_server = cfg.kad_server;
     let mdns_on = cfg.mdns;
     let heartbeat = cfg.heartbeat.max(Duration::from_millis(100));
+    let lim = cfg.limits;
+    let allowed: Vec<PeerId> = cfg.allowed_peers.iter().flatten().copied().collect();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_other_transport(|key| {
@@ -110,13 +120,25 @@ pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result
                 None
             };
             let ping = ping::Behaviour::new(ping::Config::new().with_interval(heartbeat).with_timeout(heartbeat));
-            Ok(Behaviour { rr, kad, identify, ping, mdns: mdns.into() })
+            let mut limits = connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default()
+                    .with_max_pending_incoming(Some(lim.pending_incoming))
+                    .with_max_pending_outgoing(Some(lim.pending_outgoing))
+                    .with_max_established(Some(lim.established))
+                    .with_max_established_per_peer(Some(lim.established_per_peer)),
+            );
+            // The peers a node admits by name are never shut out by strangers' connections.
+            for peer in &allowed {
+                limits.bypass_peer_id(peer);
+            }
+            let gate = Gate::new(lim.pending_per_ip, lim.pending_incoming);
+            Ok(Behaviour { gate, limits, rr, kad, identify, ping, mdns: mdns.into() })
         })
         .map_err(|e| Error::Setup(e.to_string()))?
         // Client-node connections carry long quiet stretches (a job running for hours);
         // liveness comes from connection events, not from idling out.
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
-        .with_connection_timeout(CONNECTION_TIMEOUT)
+        .with_connection_timeout(DIAL_TIMEOUT)
         .build();
     Ok(swarm)
 }

@@ -1,7 +1,9 @@
 //! Pure helpers for finding peers: dial backoff and which addresses to believe.
 
-use libp2p::Multiaddr;
+use super::bounded::Budget;
 use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Exponential backoff for re-dialing an address that failed, so a peer with another
@@ -35,12 +37,62 @@ impl Backoff {
 
     /// Records an attempt in flight: nothing else is tried until it resolves or a while passes.
     pub(crate) fn attempted(&mut self, now: Instant) {
-        self.next = now + super::behaviour::CONNECTION_TIMEOUT + Duration::from_secs(1);
+        self.next = now + super::limits::DIAL_TIMEOUT + Duration::from_secs(1);
     }
 
     /// Back to eager dialing (after a connection that worked).
     pub(crate) fn reset(&mut self, now: Instant) {
         *self = Backoff::new(now);
+    }
+}
+
+/// Which peers found by mDNS to dial. mDNS answers are unauthenticated and free to forge:
+/// a flood of made-up peer ids must cost a bounded map and a few dials a second, never a
+/// dial per answer. Real peers are few and answer again every query interval, so one that
+/// is skipped now is dialed at its next answer.
+#[derive(Debug)]
+pub(crate) struct LanDials {
+    backoff: HashMap<PeerId, Backoff>,
+    budget: Budget,
+}
+
+impl LanDials {
+    /// Peers remembered for backoff.
+    const PEERS: usize = 256;
+    /// A LAN of a few hundred machines comes up within seconds at this pace.
+    const BURST: u32 = 32;
+    const PER_SEC: u32 = 8;
+
+    pub(crate) fn new(now: Instant) -> Self {
+        LanDials { backoff: HashMap::new(), budget: Budget::new(Self::BURST, Self::PER_SEC, now) }
+    }
+
+    /// Whether to dial `peer`, just found on the LAN, now (recorded as an attempt if so).
+    pub(crate) fn may_dial(&mut self, peer: PeerId, now: Instant) -> bool {
+        if self.backoff.len() >= Self::PEERS && !self.backoff.contains_key(&peer) {
+            // Keep the peers whose backoff still runs; the others start afresh if seen again.
+            self.backoff.retain(|_, b| !b.due(now));
+            if self.backoff.len() >= Self::PEERS {
+                return false;
+            }
+        }
+        if !self.backoff.get(&peer).is_none_or(|b| b.due(now)) || !self.budget.take(now) {
+            return false;
+        }
+        self.backoff.entry(peer).or_insert_with(|| Backoff::new(now)).attempted(now);
+        true
+    }
+
+    /// A dial to `peer` failed: it waits longer before the next.
+    pub(crate) fn failed(&mut self, peer: &PeerId, now: Instant) {
+        if let Some(b) = self.backoff.get_mut(peer) {
+            b.failed(now);
+        }
+    }
+
+    /// `peer` is connected: nothing to remember.
+    pub(crate) fn connected(&mut self, peer: &PeerId) {
+        self.backoff.remove(peer);
     }
 }
 
@@ -94,6 +146,30 @@ mod tests {
         assert_eq!(b.failures, 21);
         b.reset(t0);
         assert!(b.due(t0));
+    }
+
+    #[test]
+    fn a_flood_of_spoofed_lan_peers_costs_a_bounded_map_and_few_dials() {
+        let t0 = Instant::now();
+        let mut lan = LanDials::new(t0);
+        let mut dials = 0;
+        // 100 000 made-up peers over 10 s.
+        for i in 0..100_000u64 {
+            let now = t0 + Duration::from_micros(i * 100);
+            if lan.may_dial(PeerId::random(), now) {
+                dials += 1;
+            }
+            assert!(lan.backoff.len() <= LanDials::PEERS);
+        }
+        assert!(dials <= LanDials::BURST + 10 * LanDials::PER_SEC + 1, "{dials} dials");
+        // A real peer found after the flood is still dialed once the budget refills.
+        let later = t0 + Duration::from_secs(60);
+        let real = PeerId::random();
+        assert!(lan.may_dial(real, later));
+        assert!(!lan.may_dial(real, later), "one attempt at a time");
+        lan.failed(&real, later);
+        lan.connected(&real);
+        assert!(!lan.backoff.contains_key(&real));
     }
 
     #[test]

@@ -2,16 +2,18 @@
 //! [`Command`]s in; policy lives with the node and the scheduler.
 
 use super::behaviour::{Behaviour, BehaviourEvent};
-use super::discovery::{Backoff, ip_of, without_peer, worth_dialing};
+use super::bounded::{Throttle, Waiting};
+use super::discovery::{Backoff, LanDials, ip_of, without_peer, worth_dialing};
 use super::handle::{Command, Reply, ReplyTo};
+use super::limits::ConnLimits;
 use super::{NetConfig, NetEvent, error_chain};
 use crate::error::{Error, Result};
-use dispy_protocol::{KAD_PROTOCOL_NAME, Response};
+use dispy_protocol::{KAD_PROTOCOL_NAME, Refusal, RefusalKind, Response};
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
+use libp2p::swarm::{ConnectionId, DialError, ListenError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, kad, mdns, ping};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -47,11 +49,24 @@ pub struct EventLoop {
     last_alive: HashMap<ConnectionId, (PeerId, Instant)>,
     /// No answered ping for this long: the connection is dead.
     silence_limit: Duration,
-    /// Peers found by mDNS whose dials failed: they wait before the next try.
-    mdns_backoff: HashMap<PeerId, Backoff>,
-    /// Handshake failures already logged at warn level (by address or remote IP).
-    handshake_logged: HashSet<String>,
+    /// Dials to peers found by mDNS: backoff per peer and a budget for all, bounded.
+    lan: LanDials,
+    /// Handshake failures logged at warn level (by address or remote IP), once an hour each.
+    handshake_logged: Throttle<String>,
+    /// Refused connections (limits) logged at warn level, once a minute per remote IP.
+    refusal_logged: Throttle<String>,
     fingerprint: String,
+    /// `cfg.allowed_peers`: when set, only these peers' requests reach the node.
+    allowed: Option<HashSet<PeerId>>,
+    limits: ConnLimits,
+    /// Peers that have shown they belong (a request let through, or identified as a node):
+    /// their connections may idle as long as they like.
+    admitted: HashSet<PeerId>,
+    /// Inbound connections of peers not admitted yet, with when they were established:
+    /// closed after `limits.greeting_window`.
+    unadmitted: HashMap<ConnectionId, (PeerId, Instant)>,
+    /// Inbound requests handed to the node and not answered yet.
+    waiting: Waiting<InboundRequestId>,
 }
 
 impl EventLoop {
@@ -92,9 +107,15 @@ impl EventLoop {
             // Two missed pings (libp2p's own failure report can take 10 s more, as opening a
             // new ping stream on a dead link waits for its negotiation timeout).
             silence_limit: cfg.heartbeat.max(Duration::from_millis(100)) * 2 + Duration::from_millis(500),
-            mdns_backoff: HashMap::new(),
-            handshake_logged: HashSet::new(),
+            lan: LanDials::new(now),
+            handshake_logged: Throttle::new(Duration::from_secs(3600), 1024),
+            refusal_logged: Throttle::new(Duration::from_secs(60), 1024),
             fingerprint,
+            allowed: cfg.allowed_peers.clone(),
+            limits: cfg.limits,
+            admitted: HashSet::new(),
+            unadmitted: HashMap::new(),
+            waiting: Waiting::new(cfg.limits.requests_per_peer, cfg.limits.requests),
         }
     }
 
@@ -112,6 +133,7 @@ impl EventLoop {
                 _ = redial.tick() => {
                     self.redial();
                     self.check_heartbeats();
+                    self.close_ungreeted();
                 }
             }
         }
@@ -200,7 +222,7 @@ impl EventLoop {
                 let remote = endpoint.get_remote_address().clone();
                 self.connections.insert(connection_id, remote.clone());
                 self.dials.remove(&connection_id);
-                self.mdns_backoff.remove(&peer_id);
+                self.lan.connected(&peer_id);
                 let now = Instant::now();
                 let mut bootstrap = false;
                 for t in &mut self.targets {
@@ -221,6 +243,9 @@ impl EventLoop {
                 }
                 debug!(peer = %peer_id, %remote, established = num_established.get(), "connection established");
                 self.last_alive.insert(connection_id, (peer_id, Instant::now()));
+                if endpoint.is_listener() && !self.admitted.contains(&peer_id) {
+                    self.unadmitted.insert(connection_id, (peer_id, Instant::now()));
+                }
                 let conns = self.live.entry(peer_id).or_default();
                 conns.insert(connection_id);
                 if conns.len() == 1 {
@@ -229,6 +254,10 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
                 self.connections.remove(&connection_id);
+                self.unadmitted.remove(&connection_id);
+                if num_established == 0 {
+                    self.forget_peer(peer_id);
+                }
                 debug!(peer = %peer_id, cause = ?cause, remaining = num_established, "connection closed");
                 self.connection_gone(peer_id, connection_id);
             }
@@ -237,7 +266,17 @@ impl EventLoop {
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                 let ip = ip_of(&send_back_addr).map(|ip| ip.to_string()).unwrap_or_default();
-                self.log_handshake_failure(format!("in:{ip}"), &send_back_addr.to_string(), &error_chain(&error));
+                if let ListenError::Denied { cause } = &error {
+                    // A limit said no: a flood, or a burst past the node's budget. Each refusal
+                    // cost nothing beyond the accept; one line a minute per address says so.
+                    if self.refusal_logged.allow(ip.clone(), Instant::now()) {
+                        warn!(remote = %send_back_addr, cause = %error_chain(cause), "refusing incoming connections (limit reached)");
+                    } else {
+                        trace!(remote = %send_back_addr, "incoming connection refused (limit)");
+                    }
+                } else {
+                    self.log_handshake_failure(format!("in:{ip}"), &send_back_addr.to_string(), &error_chain(&error));
+                }
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             SwarmEvent::ListenerError { error, .. } => warn!(cause = %error_chain(&error), "listener error"),
@@ -261,6 +300,37 @@ impl EventLoop {
         }
     }
 
+    /// Closes inbound connections whose peer said nothing useful within the greeting window:
+    /// without this, anyone with the secret (or anyone at all, on an open mesh) could hold
+    /// connections, and their descriptors, for the swarm's long idle timeout.
+    fn close_ungreeted(&mut self) {
+        let now = Instant::now();
+        let late: Vec<(ConnectionId, PeerId)> = self
+            .unadmitted
+            .iter()
+            .filter(|(_, (_, since))| now.duration_since(*since) > self.limits.greeting_window)
+            .map(|(c, (p, _))| (*c, *p))
+            .collect();
+        for (connection, peer) in late {
+            debug!(%peer, "closing a connection that sent no request in time");
+            self.unadmitted.remove(&connection);
+            self.swarm.close_connection(connection);
+        }
+    }
+
+    /// The peer belongs: its connections may stay idle.
+    fn admit(&mut self, peer: PeerId) {
+        if self.admitted.insert(peer) {
+            self.unadmitted.retain(|_, (p, _)| *p != peer);
+        }
+    }
+
+    /// The peer's last connection closed: what was kept about it goes.
+    fn forget_peer(&mut self, peer: PeerId) {
+        self.admitted.remove(&peer);
+        self.waiting.forget(&peer);
+    }
+
     /// A connection stopped counting; the peer is gone when none is left.
     fn connection_gone(&mut self, peer: PeerId, connection: ConnectionId) {
         self.last_alive.remove(&connection);
@@ -280,7 +350,7 @@ impl EventLoop {
     /// One warning per remote (address or IP) naming the likely cause; later ones at debug,
     /// so a peer with another secret never floods the log.
     fn log_handshake_failure(&mut self, key: String, remote: &str, cause: &str) {
-        if self.handshake_logged.insert(key) {
+        if self.handshake_logged.allow(key, Instant::now()) {
             warn!(
                 %remote,
                 fingerprint = %self.fingerprint,
@@ -303,10 +373,8 @@ impl EventLoop {
             && !["Connection refused", "No route to host", "Network is unreachable", "Cannot assign"]
                 .iter()
                 .any(|s| cause.contains(s));
-        if let Some(peer) = peer
-            && let Some(b) = self.mdns_backoff.get_mut(&peer)
-        {
-            b.failed(now);
+        if let Some(peer) = peer {
+            self.lan.failed(&peer, now);
         }
         let mut configured = None;
         for t in &mut self.targets {
@@ -337,17 +405,17 @@ impl EventLoop {
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
             BehaviourEvent::Rr(event) => self.on_rr_event(event),
+            BehaviourEvent::Gate(never) | BehaviourEvent::Limits(never) => match never {},
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 let now = Instant::now();
                 for (peer, addr) in found {
                     if self.swarm.is_connected(&peer) {
                         continue;
                     }
-                    let backoff = self.mdns_backoff.entry(peer).or_insert_with(|| Backoff::new(now));
-                    if !backoff.due(now) {
+                    if !self.lan.may_dial(peer, now) {
+                        trace!(%peer, "found on the LAN; not dialing now (backoff or dial budget)");
                         continue;
                     }
-                    backoff.attempted(now);
                     debug!(%peer, %addr, "found on the LAN; dialing");
                     // Discovery is unauthenticated: the peer counts only once a connection
                     // (pnet + noise) is established, never on this event alone.
@@ -364,6 +432,8 @@ impl EventLoop {
                 if !info.protocols.contains(&kad_proto) {
                     return;
                 }
+                // A node (kademlia server) keeps its connection without asking anything.
+                self.admit(peer_id);
                 let over_loopback =
                     self.connections.get(&connection_id).and_then(ip_of).is_some_and(|ip| ip.is_loopback());
                 for addr in info.listen_addrs {
@@ -405,8 +475,8 @@ impl EventLoop {
     fn on_rr_event(&mut self, event: request_response::Event<dispy_protocol::Request, Response>) {
         use request_response::{Event, Message};
         match event {
-            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
-                self.emit(NetEvent::Request { peer, request, channel: ReplyTo::swarm(channel) });
+            Event::Message { peer, message: Message::Request { request_id, request, channel }, .. } => {
+                self.on_request(peer, request_id, request, channel);
             }
             Event::Message { message: Message::Response { request_id, response }, .. } => {
                 if let Some(reply) = self.pending_requests.remove(&request_id) {
@@ -418,12 +488,58 @@ impl EventLoop {
                     let _ = reply.send(Err(Error::Request { peer: peer.to_string(), reason: error_chain(&error) }));
                 }
             }
-            Event::InboundFailure { peer, error, .. } => {
+            Event::InboundFailure { peer, error, request_id, .. } => {
+                self.answered(request_id);
                 // Covers malformed and oversized requests: the peer is told nothing more
                 // than a closed stream, and the node goes on.
                 warn!(%peer, cause = %error_chain(&error), "dropped an inbound request that failed");
             }
-            Event::ResponseSent { .. } => {}
+            Event::ResponseSent { request_id, .. } => self.answered(request_id),
         }
+    }
+
+    /// An inbound request: refused here when the peer is not admitted by id or has too many
+    /// waiting, else handed to the node.
+    fn on_request(
+        &mut self,
+        peer: PeerId,
+        id: InboundRequestId,
+        request: dispy_protocol::Request,
+        channel: ResponseChannel<Response>,
+    ) {
+        if let Some(allowed) = &self.allowed
+            && !allowed.contains(&peer)
+        {
+            if self.refusal_logged.allow(format!("peer:{peer}"), Instant::now()) {
+                warn!(%peer, "refused a request from a peer not on this node's list of allowed peers");
+            }
+            let message = format!(
+                "this node serves only the peers it was told to admit (serve --allow-peer, or the embedded \
+                 node of another client); peer {peer} is not one of them"
+            );
+            self.refuse(channel, RefusalKind::NotAllowed, message);
+            return;
+        }
+        if let Err(message) = self.waiting.take(peer, id) {
+            if self.refusal_logged.allow(format!("busy:{peer}"), Instant::now()) {
+                warn!(%peer, %message, "refusing a peer's requests");
+            }
+            self.refuse(channel, RefusalKind::Overloaded, message);
+            return;
+        }
+        self.admit(peer);
+        self.emit(NetEvent::Request { peer, request, channel: ReplyTo::swarm(channel) });
+    }
+
+    fn refuse(&mut self, channel: ResponseChannel<Response>, kind: RefusalKind, message: String) {
+        let response = Response::Refused(Refusal::new(kind, message));
+        if self.swarm.behaviour_mut().rr.send_response(channel, response).is_err() {
+            debug!("refusal dropped: the asking peer has gone");
+        }
+    }
+
+    /// An inbound request was answered or failed: it no longer counts against its peer.
+    fn answered(&mut self, id: InboundRequestId) {
+        self.waiting.answered(&id);
     }
 }

@@ -5,10 +5,16 @@
 //! Kademlia queries, clients only ask).
 
 mod behaviour;
+mod bounded;
 mod codec;
 pub(crate) mod discovery;
 mod event_loop;
+mod gate;
 mod handle;
+pub mod identity;
+mod limits;
+#[cfg(test)]
+mod tests;
 
 pub use behaviour::transport;
 pub use codec::DispyCodec;
@@ -16,6 +22,7 @@ pub use event_loop::EventLoop;
 #[cfg(test)]
 pub(crate) use handle::Command;
 pub use handle::{NetHandle, ReplyTo};
+pub use limits::{ConnLimits, fd_limit, raise_fd_limit};
 
 use crate::error::{Error, Result};
 use dispy_protocol::Request;
@@ -45,6 +52,12 @@ pub struct NetConfig {
     /// closed, so a peer that vanished without a word (power cut, partition) is noticed
     /// within about twice this.
     pub heartbeat: std::time::Duration,
+    /// When set, only these peers' requests are served; any other peer's are refused with
+    /// a message naming its id (`serve --allow-peer`, and the embedded node, which serves
+    /// only its own client).
+    pub allowed_peers: Option<std::collections::HashSet<PeerId>>,
+    /// Connection and request limits; by default sized from the descriptor limit.
+    pub limits: ConnLimits,
 }
 
 impl Default for NetConfig {
@@ -58,6 +71,8 @@ impl Default for NetConfig {
             peers: Vec::new(),
             kad_server: false,
             heartbeat: DEFAULT_HEARTBEAT,
+            allowed_peers: None,
+            limits: ConnLimits::default(),
         }
     }
 }

@@ -5,6 +5,7 @@
 mod jobs;
 mod opts;
 mod print;
+mod secret_env;
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -19,12 +20,27 @@ use std::time::Duration;
 fn main() -> ExitCode {
     // When started as a node's reaper, this process does only that.
     dispy_node::serve::reaper::run_if_reaper();
+    // Before anything else: the secret must not stay in this process's initial environment,
+    // which its jobs can read in /proc.
+    secret_env::hide_secret_env();
     let opt = Opt::parse();
     forget_secret_env();
     if matches!(opt.cmd, Cmd::Serve(_)) {
         mark_jobs_env();
     }
     init_tracing(&opt);
+    if secret_env::secret_in_argv() {
+        tracing::warn!(
+            "--secret on the command line is visible to every user of this machine (ps); \
+             use --secret-file (see `dispy-peer keygen`) or DISPY_SECRET"
+        );
+    }
+    if matches!(opt.cmd, Cmd::Serve(_) | Cmd::Submit(_)) {
+        // This process may run jobs (a node, or a client's embedded node): they must not
+        // read its memory or environment, and a crash must not dump the secret.
+        secret_env::make_undumpable();
+        raise_fd_limit(matches!(opt.cmd, Cmd::Serve(_)));
+    }
     // A node's CPUs belong to its jobs: its control plane runs on one thread, which also
     // saves the cross-thread wake-ups that dominate its cost per job (measured: +8% jobs/s).
     let runtime = match opt.cmd {
@@ -45,6 +61,7 @@ fn main() -> ExitCode {
             Cmd::Nodes(o) => nodes(o).await.map(|()| true),
             Cmd::Recover(o) => recover(o).await,
             Cmd::Keygen { file } => keygen(&file).map(|()| true),
+            Cmd::Identity { file } => identity(&file).map(|()| true),
         }
     });
     // Don't wait for lingering blocking tasks (a stuck disk read) at exit.
@@ -81,6 +98,16 @@ fn forget_secret_env() {
 fn mark_jobs_env() {
     // SAFETY: called in `main` before the runtime or any other thread exists.
     unsafe { std::env::set_var(dispy_node::serve::reaper::TOKEN_ENV, dispy_node::serve::reaper::new_token()) };
+}
+
+/// Raises the soft descriptor limit to the hard one (a node's connections are then sized
+/// from it, keeping half for jobs and files).
+fn raise_fd_limit(log: bool) {
+    match dispy_node::net::raise_fd_limit() {
+        Ok((old, new)) if log => tracing::info!(old, new, "open-file limit (soft) raised to the hard limit"),
+        Ok((old, new)) => tracing::debug!(old, new, "open-file limit (soft) raised to the hard limit"),
+        Err(e) => tracing::warn!(cause = %e, "could not raise the open-file limit"),
+    }
 }
 
 fn init_tracing(opt: &Opt) {
@@ -126,6 +153,8 @@ async fn serve(o: ServeOpt) -> anyhow::Result<()> {
     if cpus < 1 {
         bail!("--cpus {}: that leaves no CPU to serve (this machine has {all})", o.cpus.unwrap_or(0));
     }
+    let keypair = load_identity(&o.identity)?;
+    let allowed_peers = allowed_peers(&o.allow_peers);
     let psk = secret(&o.secret).to_psk().context("cannot load the cluster secret")?;
     match psk {
         Some(psk) => tracing::info!(fingerprint = %psk.fingerprint(), "private network key loaded"),
@@ -142,6 +171,8 @@ async fn serve(o: ServeOpt) -> anyhow::Result<()> {
         bootstrap: o.bootstrap.clone(),
         kad_server: true,
         heartbeat: secs(o.heartbeat, "--heartbeat")?,
+        keypair,
+        allowed_peers,
         ..NetConfig::default()
     };
     let serve_cfg = ServeConfig {
@@ -245,6 +276,9 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
         .wait_nodes(secs(o.wait_nodes, "--wait-nodes")?)
         .max_retries(o.max_retries)
         .local(if o.local { LocalMode::Always } else { LocalMode::Fallback });
+    if let Some(keypair) = load_identity(&o.identity)? {
+        b = b.identity(keypair);
+    }
     for f in &o.files {
         b = b.file(f);
     }
@@ -377,6 +411,7 @@ async fn nodes(o: NodesOpt) -> anyhow::Result<()> {
         peers: o.find.peers,
         bootstrap: o.find.bootstrap,
         secret: secret(&o.secret),
+        identity: load_identity(&o.identity)?,
     };
     let found = dispy::discover(opts, secs(o.find.discover_timeout, "--discover-timeout")?).await?;
     print::nodes(&found, o.json)?;
@@ -396,6 +431,28 @@ async fn recover(o: opts::RecoverOpt) -> anyhow::Result<bool> {
     }
     printer.lost(&found.lost)?;
     Ok(ok)
+}
+
+/// `--allow-peer`s as the network wants them: none given, everyone is served.
+fn allowed_peers(peers: &[libp2p::PeerId]) -> Option<std::collections::HashSet<libp2p::PeerId>> {
+    if peers.is_empty() {
+        return None;
+    }
+    tracing::info!(peers = peers.len(), "serving only the peers given with --allow-peer");
+    Some(peers.iter().copied().collect())
+}
+
+/// The keypair of `--identity FILE`, if given.
+fn load_identity(o: &opts::IdentityOpt) -> anyhow::Result<Option<libp2p::identity::Keypair>> {
+    o.identity
+        .as_deref()
+        .map(|f| dispy_node::net::identity::load_or_create(f).context("cannot use the --identity file"))
+        .transpose()
+}
+
+fn identity(file: &std::path::Path) -> anyhow::Result<()> {
+    println!("{}", dispy_node::net::identity::peer_id(file)?);
+    Ok(())
 }
 
 fn keygen(file: &std::path::Path) -> anyhow::Result<()> {

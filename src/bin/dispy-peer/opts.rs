@@ -32,12 +32,19 @@ pub(crate) enum Cmd {
         /// Where to write it (refuses to overwrite).
         file: PathBuf,
     },
+    /// Print the peer id of an identity file (made, mode 0600, if missing), for a node's
+    /// `serve --allow-peer`.
+    Identity {
+        /// The identity file, as given to `--identity`.
+        file: PathBuf,
+    },
 }
 
 /// The cluster secret, shared by every node and client of a mesh.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct SecretOpt {
-    /// The cluster's secret passphrase.
+    /// The cluster's secret passphrase. Prefer --secret-file or DISPY_SECRET: every local
+    /// user sees the command line (`ps`).
     #[arg(long, env = "DISPY_SECRET", hide_env_values = true, conflicts_with = "secret_file")]
     pub(crate) secret: Option<String>,
     /// A key file written by `dispy-peer keygen`.
@@ -115,6 +122,21 @@ pub(crate) struct ServeOpt {
     /// Exit (draining) after serving N clusters.
     #[arg(long = "serve", value_name = "N")]
     pub(crate) serve_clusters: Option<u64>,
+    /// Serve only this client (its peer id, from `dispy-peer identity FILE`); repeatable.
+    /// Others are refused with a message naming their id.
+    #[arg(long = "allow-peer", value_name = "PEER_ID")]
+    pub(crate) allow_peers: Vec<libp2p::PeerId>,
+    #[command(flatten)]
+    pub(crate) identity: IdentityOpt,
+}
+
+/// A lasting identity.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct IdentityOpt {
+    /// Keep this peer's identity (its peer id) in FILE, made (mode 0600) if missing; by
+    /// default each run has a fresh one.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) identity: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -190,6 +212,8 @@ pub(crate) struct SubmitOpt {
     /// Record the cluster and its jobs here, for `dispy-peer recover` after a crash.
     #[arg(long, value_name = "FILE")]
     pub(crate) journal: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) identity: IdentityOpt,
 }
 
 #[derive(Args, Debug)]
@@ -212,6 +236,8 @@ pub(crate) struct NodesOpt {
     pub(crate) find: FindOpt,
     #[command(flatten)]
     pub(crate) secret: SecretOpt,
+    #[command(flatten)]
+    pub(crate) identity: IdentityOpt,
     /// Print JSON lines.
     #[arg(long)]
     pub(crate) json: bool,
