@@ -45,6 +45,16 @@ fn bad_file(msg: String) -> Response {
 }
 
 impl Uploads {
+    /// Files arriving now (each holds a partial file open).
+    pub(super) fn open(&self) -> usize {
+        self.uploads.len()
+    }
+
+    /// Whether a chunk of `hash` would start a new upload.
+    pub(super) fn would_open(&self, hash: &FileHash) -> bool {
+        !self.uploads.contains_key(hash) && !self.staged.contains(hash) && !self.refused_files.contains_key(hash)
+    }
+
     /// Drops the files still arriving (their partial files go with them).
     pub(super) fn clear(&mut self) {
         self.uploads.clear();
@@ -134,7 +144,7 @@ impl Uploads {
                 (Response::ChunkStored(ChunkStored { hash, complete: true }), Some(extra))
             }
             Err(msg) => {
-                warn!(%cluster, %hash, cause = %msg, "refused a file");
+                warn!(cluster = %cluster.tag(), %hash, cause = %msg, "refused a file");
                 self.refused_files.insert(hash, msg.clone());
                 (bad_file(msg.clone()), Some(msg))
             }

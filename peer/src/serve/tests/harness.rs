@@ -51,6 +51,7 @@ pub(super) fn reserve(cluster: u64, files: Vec<FileEntry>) -> Request {
         cleanup: None,
         setup_timeout_secs: None,
         returns: Vec::new(),
+        owner: None,
     })
 }
 
@@ -152,7 +153,7 @@ impl Harness {
     }
 
     /// Takes one command the node gave its network.
-    async fn pump(&mut self) {
+    pub(super) async fn pump(&mut self) {
         let cmd = tokio::time::timeout(WAIT, self.commands.recv()).await.expect("the node said nothing");
         match cmd.expect("the node dropped its network") {
             Command::Respond { channel, response } => {
@@ -173,6 +174,11 @@ impl Harness {
             Command::Shutdown => {}
             other => panic!("unexpected command {other:?}"),
         }
+    }
+
+    /// Acknowledges every result delivery that has come; returns how many results they held.
+    pub(super) fn ack_all(&mut self) -> usize {
+        self.deliveries.drain(..).map(|d| d.ack().results.len()).sum()
     }
 
     /// The next result delivery.
