@@ -88,32 +88,62 @@ async fn the_node_survives_arbitrary_requests() {
     let mut h = Harness::start(2, |_| {});
     let peers = [PeerId::random(), PeerId::random()];
     let mut live = ClusterId(1);
+    let (mut sent, mut answers) = (std::collections::BTreeMap::new(), std::collections::BTreeMap::new());
+    let mut results = 0;
+    let mut renew = false;
     h.stage(peers[0], live.0, &[("prog", PROG)], None).await;
     for case in 0..cases {
-        // Now and then a fresh cluster, for when the fuzz released the last one.
-        if case % 50 == 49 {
+        // A fresh cluster when the fuzz released the last one (and now and then anyway).
+        if renew || case % 50 == 49 {
+            // The old one goes first: a client holds only so many clusters.
+            h.ask(peers[0], Request::Release(dispy_protocol::Release { cluster: live })).await;
             live = ClusterId(1000 + case);
             let r = super::harness::reserve(live.0, vec![file("prog", PROG)]);
             let answer = h.ask(peers[0], r).await;
             assert!(matches!(answer, Response::Reserved(_)) || refused(&answer).is_some(), "{answer:?}");
+            renew = false;
         }
         let bytes = random_bytes(&mut rng, 2048);
         let Ok(mut request) = Request::arbitrary(&mut Unstructured::new(&bytes)) else { continue };
-        match rng.gen_range(0..4) {
-            0 => {}
-            1 => aim(&mut request, ClusterId(1)),
-            _ => aim(&mut request, live),
+        // Mostly the live cluster's client speaking of it, with jobs it could have sent
+        // (a time limit is refused otherwise); the rest as they came.
+        let aimed = rng.gen_bool(0.75);
+        let peer = if aimed && rng.gen_bool(0.9) { peers[0] } else { peers[rng.gen_range(0..2)] };
+        if aimed {
+            aim(&mut request, live);
+            if let Request::Submit(s) = &mut request {
+                for job in &mut s.jobs {
+                    job.timeout_secs =
+                        job.timeout_secs.filter(|_| rng.gen_bool(0.2)).or(Some(60.0)).filter(|_| rng.gen_bool(0.8));
+                    job.id = dispy_protocol::JobId(job.id.0 % 64);
+                }
+            }
+            if let Request::Cancel(c) = &mut request {
+                c.jobs.iter_mut().for_each(|j| j.0 %= 64);
+            }
+            renew = matches!(request, Request::Release(_));
+        } else if rng.gen_bool(0.3) {
+            aim(&mut request, ClusterId(1));
         }
         let shown = format!("{request:?}");
-        h.send(peers[rng.gen_range(0..2)], request);
+        *sent.entry(shown.split('(').next().unwrap_or("?").to_string()).or_insert(0u64) += 1;
+        h.send(peer, request);
         // The node handles it (answers, deliveries) on the paused clock.
         while tokio::time::timeout(Duration::from_millis(20), h.pump()).await.is_ok() {}
         while let Some(job) = h.maybe_started().await {
             job.finish(dispy_protocol::JobOutcome::Exited(0));
         }
-        h.ack_all();
+        results += h.ack_all();
+        for answer in h.drain_replies() {
+            let kind = match &answer {
+                Response::Refused(r) => format!("Refused({:?})", r.kind),
+                other => format!("{other:?}").split('(').next().unwrap_or("?").to_string(),
+            };
+            *answers.entry(kind).or_insert(0u64) += 1;
+        }
         assert!(!h.node.is_finished(), "case {case} took the node down: {}", &shown[..shown.len().min(2000)]);
     }
+    eprintln!("node fuzz: sent {sent:?}; answers {answers:?}; results delivered {results}");
     let hello = h.ask(peers[1], Request::Hello(Hello::client("after".into()))).await;
     assert!(matches!(hello, Response::Hello(_)), "{hello:?}");
 }

@@ -176,6 +176,11 @@ impl Harness {
         }
     }
 
+    /// Takes the answers that came and were not asked for by number.
+    pub(super) fn drain_replies(&mut self) -> Vec<Response> {
+        self.replies.drain().map(|(_, r)| r).collect()
+    }
+
     /// Acknowledges every result delivery that has come; returns how many results they held.
     pub(super) fn ack_all(&mut self) -> usize {
         self.deliveries.drain(..).map(|d| d.ack().results.len()).sum()
