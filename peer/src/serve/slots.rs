@@ -9,6 +9,7 @@ use super::lease::{Lease, Leases};
 use super::runner::{FunctionWorker, ProgramJob, WorkerPlace, failed_to_start, unrun};
 use super::{Completion, Ctx, executor};
 use dispy_protocol::{ClusterId, FileHash, JobId, JobOutcome, JobResult, JobSpec};
+use futures::future::Either;
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -227,13 +228,17 @@ fn start(id: ClusterId, lease: &mut Lease, job: JobSpec, ctx: &mut Ctx) {
             return;
         }
         let worker = match runs.idle_workers.pop() {
-            Some(w) => Ok(w),
+            Some(w) => Either::Left(w),
             None => {
                 runs.workers_started += 1;
-                let dir = lease.dir.join(format!("worker-{}", runs.workers_started));
-                let token = ctx.job_token.as_deref();
-                let place = WorkerPlace { files: &lease.files, dir: &dir, program: &lease.program, function, token };
-                ctx.runner.start_worker(place)
+                let place = WorkerPlace {
+                    files: lease.files.clone(),
+                    dir: lease.dir.join(format!("worker-{}", runs.workers_started)),
+                    program: lease.program.clone(),
+                    function: function.clone(),
+                    token: ctx.job_token.clone(),
+                };
+                Either::Right(ctx.runner.start_worker(place))
             }
         };
         let (notes_tx, notes_rx) = mpsc::channel(NOTES_IN_FLIGHT);
@@ -242,6 +247,10 @@ fn start(id: ClusterId, lease: &mut Lease, job: JobSpec, ctx: &mut Ctx) {
         tokio::spawn(
             async move {
                 let call = async move {
+                    let worker = match worker {
+                        Either::Left(idle) => Ok(idle),
+                        Either::Right(starting) => starting.await,
+                    };
                     match worker {
                         Ok(w) => w.call(job, max_output, kill_rx, notes_tx).await,
                         Err(why) => (failed_to_start(job_id, why), None),

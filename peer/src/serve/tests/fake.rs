@@ -101,8 +101,9 @@ impl Runner for FakeRunner {
         fake_run(info, &self.started, cancel)
     }
 
-    fn start_worker(&self, _place: WorkerPlace<'_>) -> Result<Box<dyn FunctionWorker>, String> {
-        Ok(Box::new(FakeWorker { started: self.started.clone() }))
+    fn start_worker(&self, _place: WorkerPlace) -> Run<Result<Box<dyn FunctionWorker>, String>> {
+        let worker: Box<dyn FunctionWorker> = Box::new(FakeWorker { started: self.started.clone() });
+        Box::pin(async move { Ok(worker) })
     }
 
     fn run_cluster_task(&self, task: ClusterTask, cancel: oneshot::Receiver<()>) -> Run<RunOutcome> {
