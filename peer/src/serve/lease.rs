@@ -20,6 +20,7 @@ use dispy_protocol::{
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -30,6 +31,8 @@ pub(super) struct Lease {
     /// For a function cluster, the function its workers serve.
     pub(super) function: Option<String>,
     pub(super) files: Vec<FileEntry>,
+    /// `files` again, shared with the jobs' tasks that fill directories (no copy per job).
+    pub(super) shared_files: Arc<[FileEntry]>,
     /// Index of `files` by hash (a chunk finds its file in O(1)).
     by_hash: HashMap<FileHash, usize>,
     /// The hash of its owner token, if its client sent one (see `owner`).
@@ -211,6 +214,7 @@ impl Leases {
             client: peer,
             program: r.program,
             function: r.function,
+            shared_files: Arc::from(r.files.as_slice()),
             files: r.files,
             by_hash,
             owner: r.owner,

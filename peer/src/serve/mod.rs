@@ -119,7 +119,8 @@ struct Ctx {
     done: mpsc::UnboundedSender<Completion>,
     store: Store,
     kept: KeptResults,
-    runner: Box<dyn Runner>,
+    /// Shared with the jobs' tasks, which start their runs once their directory is settled.
+    runner: Arc<dyn Runner>,
     /// Finished jobs' directories, removed in batches on the blocking pool.
     trash: Trash,
     /// `cfg.max_output`.
@@ -228,7 +229,7 @@ impl Node {
         let ctx = Ctx {
             net,
             done,
-            runner: runner(&store),
+            runner: Arc::from(runner(&store)),
             store,
             kept,
             trash: Trash::default(),

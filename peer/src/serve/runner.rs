@@ -70,7 +70,7 @@ pub(crate) struct ProgramJob {
     pub(crate) spec: RunSpec,
     /// The cluster's files when `spec.dir` is fresh: made and filled before the run (a
     /// reused directory holds them already).
-    pub(crate) fill: Option<Vec<FileEntry>>,
+    pub(crate) fill: Option<Arc<[FileEntry]>>,
     /// The job's own input files, linked in after.
     pub(crate) extra: Vec<FileEntry>,
 }

@@ -269,28 +269,42 @@ fn start(id: ClusterId, lease: &mut Lease, job: JobSpec, ctx: &mut Ctx) {
         );
         return;
     }
-    let dir = runs.job_dirs.take(&ctx.store, &lease.files, &mut ctx.trash);
-    let timeout = job.timeout();
-    let spec = executor::RunSpec {
-        program: dir.path.join(&lease.program),
-        args: job.args,
-        dir: dir.path.clone(),
-        timeout,
-        max_output,
-        token: ctx.job_token.clone(),
-        env: lease.setup.job_env(),
-    };
-    // Only a fresh directory is filled; the job's own files join either.
-    let fill = dir.fresh.then(|| lease.files.clone());
-    let run = ctx.runner.run_program(ProgramJob { id: job_id, spec, fill, extra: job.files }, kill_rx);
-    let returns = (!lease.job_files.globs.is_empty()).then(|| {
-        let (globs, store, max) = (lease.job_files.globs.clone(), ctx.store.clone(), ctx.max_return);
-        let path = dir.path.clone();
-        move || collect(&path, &globs, &store, max)
-    });
+    let dir = runs.job_dirs.take();
+    let (runner, store, files) = (ctx.runner.clone(), ctx.store.clone(), lease.shared_files.clone());
+    let (program, token, env) = (lease.program.clone(), ctx.job_token.clone(), lease.setup.job_env());
+    let globs = (!lease.job_files.globs.is_empty()).then(|| lease.job_files.globs.clone());
+    let max_return = ctx.max_return;
     tokio::spawn(
         async move {
-            let mut result = run.await;
+            // A used directory is checked (and a new one named if it is not clean) on the
+            // blocking pool, never on the node's task.
+            let (path, fresh) = match dir.reuse {
+                None => (dir.path, true),
+                Some(reuse) => {
+                    let (store, files, used) = (store.clone(), files.clone(), dir.path);
+                    let fallback = used.clone();
+                    tokio::task::spawn_blocking(move || reuse.settle(used, &store, &files))
+                        .await
+                        .unwrap_or((fallback, false))
+                }
+            };
+            let timeout = job.timeout();
+            let spec = executor::RunSpec {
+                program: path.join(&program),
+                args: job.args,
+                dir: path.clone(),
+                timeout,
+                max_output,
+                token,
+                env,
+            };
+            // Only a fresh directory is filled; the job's own files join either.
+            let fill = fresh.then(|| files.clone());
+            let mut result = runner.run_program(ProgramJob { id: job_id, spec, fill, extra: job.files }, kill_rx).await;
+            let returns = globs.map(|globs| {
+                let path = path.clone();
+                move || collect(&path, &globs, &store, max_return)
+            });
             if let Some(returns) = returns {
                 // Whatever the outcome: a failed job's partial output is what its user wants
                 // to look at.
@@ -300,7 +314,7 @@ fn start(id: ClusterId, lease: &mut Lease, job: JobSpec, ctx: &mut Ctx) {
                 }
             }
             debug!(outcome = %result.outcome, "job ended");
-            let done_job = JobDone { cluster: id, result, held_slot: true, worker: None, dir: Some(dir.path) };
+            let done_job = JobDone { cluster: id, result, held_slot: true, worker: None, dir: Some(path) };
             let _ = done.send(Completion::JobDone(done_job));
         }
         .instrument(span),
