@@ -174,6 +174,8 @@ pub struct Node {
     pending: HashMap<PeerId, usize>,
     /// Clusters with a recover under way (one at a time each).
     recovering: HashSet<ClusterId>,
+    /// The machine's memory, read once at start (a Hello reads no file on the node's task).
+    memory_bytes: Option<u64>,
 }
 
 impl Node {
@@ -252,6 +254,7 @@ impl Node {
             _lock: lock,
             pending: HashMap::new(),
             recovering: HashSet::new(),
+            memory_bytes: memory_bytes(),
         })
     }
 
@@ -476,7 +479,7 @@ impl Node {
     }
 
     fn hello(&self) -> Hello {
-        Hello::node(self.cfg.name.clone(), self.cfg.cpus, self.free, self.cfg.max_file_size, memory_bytes())
+        Hello::node(self.cfg.name.clone(), self.cfg.cpus, self.free, self.cfg.max_file_size, self.memory_bytes)
     }
 }
 

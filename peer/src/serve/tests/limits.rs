@@ -177,3 +177,21 @@ async fn reserve_and_release_in_a_loop_does_not_end_a_serve_n_node() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!h.node.is_finished(), "clusters that ran nothing are not served");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_over_its_open_uploads_is_refused_while_another_uploads() {
+    let mut h = Harness::start(1, |c| c.limits = PeerLimits { uploads: 1, ..PeerLimits::default() });
+    let (greedy, other) = (PeerId::random(), PeerId::random());
+    let (a, b) = (file("prog", b"#!/bin/sh\nA\n"), file("b.txt", b"bbbb"));
+    assert!(matches!(h.ask(greedy, reserve(1, vec![a.clone(), b.clone()])).await, Response::Reserved(_)));
+    // A chunk past a gap keeps the first file's upload open, unanswered.
+    let held = dispy_protocol::Chunk { cluster: ClusterId(1), hash: a.hash, offset: 2, data: b"in/sh\nA\n".to_vec() };
+    h.send(greedy, Request::Chunk(held));
+    let second = dispy_protocol::Chunk { cluster: ClusterId(1), hash: b.hash, offset: 0, data: b"bbbb".to_vec() };
+    let answer = h.ask(greedy, Request::Chunk(second)).await;
+    let Response::Refused(why) = &answer else { panic!("{answer:?}") };
+    assert_eq!(why.kind, RefusalKind::OverLimit);
+    assert!(why.message.contains("files arriving at once"), "{}", why.message);
+    // Another peer stages its own files meanwhile.
+    h.stage(other, 2, &[("prog", b"#!/bin/sh\nB\n")], None).await;
+}
