@@ -242,6 +242,16 @@ pub(crate) async fn ask(peer: &mut RawPeer, request: &Request) -> Response {
 
 /// Reserves `cluster` with one file, the program `job.sh`.
 pub(crate) async fn reserve(peer: &mut RawPeer, cluster: ClusterId, program: &[u8]) -> FileHash {
+    reserve_owned(peer, cluster, program, None).await
+}
+
+/// [`reserve`], with the hash of the cluster's owner token.
+async fn reserve_owned(
+    peer: &mut RawPeer,
+    cluster: ClusterId,
+    program: &[u8],
+    owner: Option<dispy_protocol::OwnerHash>,
+) -> FileHash {
     let hash = FileHash(sha2::Sha256::digest(program).into());
     let file = FileEntry { name: "job.sh".into(), hash, size: program.len() as u64, executable: true };
     let reserve = Reserve {
@@ -254,7 +264,7 @@ pub(crate) async fn reserve(peer: &mut RawPeer, cluster: ClusterId, program: &[u
         cleanup: None,
         setup_timeout_secs: None,
         returns: vec![],
-        owner: None,
+        owner,
     };
     let answer = ask(peer, &Request::Reserve(reserve)).await;
     assert!(matches!(answer, Response::Reserved(_)), "{answer:?}");
@@ -426,22 +436,7 @@ async fn recover_and_forget_from_another_identity_are_refused() {
     let mut stranger = RawPeer::connect(&addr).await.unwrap();
     let cluster = ClusterId(0x0e1e);
     let token = dispy_protocol::OwnerToken([9; 32]);
-    let program = b"#!/bin/sh\necho mine\n";
-    let hash = FileHash(sha2::Sha256::digest(program).into());
-    let file = FileEntry { name: "job.sh".into(), hash, size: program.len() as u64, executable: true };
-    let reserve = Reserve {
-        cluster,
-        cpus: None,
-        program: "job.sh".into(),
-        function: None,
-        files: vec![file],
-        setup: None,
-        cleanup: None,
-        setup_timeout_secs: None,
-        returns: vec![],
-        owner: Some(token.hash()),
-    };
-    assert!(matches!(ask(&mut owner, &Request::Reserve(reserve)).await, Response::Reserved(_)));
+    reserve_owned(&mut owner, cluster, b"#!/bin/sh\necho mine\n", Some(token.hash())).await;
     for t in [None, Some(dispy_protocol::OwnerToken([1; 32]))] {
         let recover = Request::Recover(dispy_protocol::Recover { cluster, token: t });
         let answer = ask(&mut stranger, &recover).await;

@@ -276,6 +276,18 @@ impl Harness {
     }
 }
 
+/// Lets the node's work (on the blocking pool too) run until `done` holds, for at most 100
+/// turns; says whether it did.
+pub(super) async fn settle_until(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if done() {
+            return true;
+        }
+        settle().await;
+    }
+    done()
+}
+
 /// Lets every task run until all wait (the paused clock moves on only then).
 pub(super) async fn settle() {
     tokio::time::sleep(Duration::from_millis(1)).await;

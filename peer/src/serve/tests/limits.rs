@@ -1,7 +1,7 @@
 //! Per-client limits, ownership of results, and requests too large: each refusal goes to
 //! the peer at fault with a message naming the limit, while other peers are served.
 
-use super::harness::{Harness, file, job, reserve, settle};
+use super::harness::{Harness, file, job, reserve, settle, settle_until};
 use super::{PROG, outcomes, refused};
 use crate::serve::PeerLimits;
 use dispy_protocol::{
@@ -131,13 +131,7 @@ async fn recover_and_forget_are_for_the_clusters_owner_only() {
     // After it, from disk: the same, and a reserve of the id by another owner is refused.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let kept = h.dest.path().join(format!("results/{}/1.cbor", cluster.hidden_name()));
-    for _ in 0..100 {
-        if kept.exists() {
-            break;
-        }
-        settle().await;
-    }
-    assert!(kept.exists(), "the result is kept on disk");
+    assert!(settle_until(|| kept.exists()).await, "the result is kept on disk");
     for t in [None, Some(OwnerToken([8; 32]))] {
         let answer = h.ask(stranger, Request::Recover(Recover { cluster, token: t })).await;
         assert_eq!(refused(&answer), Some(RefusalKind::NotOwner), "{answer:?}");
@@ -156,13 +150,7 @@ async fn recover_and_forget_are_for_the_clusters_owner_only() {
     assert_eq!(outcomes(&r.results), vec![(1, JobOutcome::Exited(0))]);
     let forget = Request::Forget(Forget { cluster, jobs: vec![JobId(1)], token: Some(token) });
     assert_eq!(h.ask(restarted, forget).await, Response::Ok);
-    for _ in 0..100 {
-        if !kept.exists() {
-            break;
-        }
-        settle().await;
-    }
-    assert!(!kept.exists(), "forgotten");
+    assert!(settle_until(|| !kept.exists()).await, "forgotten");
 }
 
 #[tokio::test(start_paused = true)]

@@ -14,7 +14,7 @@ use dispy_protocol::{
     CHUNK_SIZE, CHUNKS_IN_FLIGHT, Cancel, Chunk, ClusterId, Forget, Hello, JobId, JobOutcome, Recover, RefusalKind,
     Release, Request, Response, Role, WIRE_VERSION,
 };
-use harness::{Harness, file, reserve, settle};
+use harness::{Harness, file, reserve, settle, settle_until};
 use libp2p::PeerId;
 use std::time::Duration;
 
@@ -247,13 +247,7 @@ async fn a_client_gone_past_the_zombie_interval_loses_its_jobs_but_not_its_resul
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(running.killed(), "past it");
     let kept = h.dest.path().join(format!("results/{}/1.cbor", ClusterId(1).hidden_name()));
-    for _ in 0..100 {
-        if kept.exists() {
-            break;
-        }
-        settle().await;
-    }
-    assert!(kept.exists(), "the undelivered result is kept on disk");
+    assert!(settle_until(|| kept.exists()).await, "the undelivered result is kept on disk");
     assert!(!kept.with_file_name("2.cbor").exists(), "a killed job leaves no result");
 
     // The client comes back and recovers it; then forgets it.
@@ -266,13 +260,7 @@ async fn a_client_gone_past_the_zombie_interval_loses_its_jobs_but_not_its_resul
     assert_eq!(outcomes(&r.results), vec![(1, JobOutcome::Exited(0))]);
     let forget = Request::Forget(Forget { cluster: ClusterId(1), jobs: vec![JobId(1)], token: None });
     assert_eq!(h.ask(client, forget).await, Response::Ok);
-    for _ in 0..100 {
-        if !kept.exists() {
-            break;
-        }
-        settle().await;
-    }
-    assert!(!kept.exists(), "forgotten");
+    assert!(settle_until(|| !kept.exists()).await, "forgotten");
     let Response::Recovered(r) = h.ask(client, Request::Recover(Recover { cluster: ClusterId(1), token: None })).await
     else {
         panic!()
