@@ -383,6 +383,7 @@ impl Node {
                 if held_slot {
                     self.free += 1;
                 }
+                self.trim_idle_workers();
                 self.delete_unused(cluster, unused);
                 self.flush(cluster);
                 self.drop_if_done(cluster);
@@ -451,6 +452,20 @@ impl Node {
                 let _ = std::fs::remove_file(store.path(&h));
             }
         });
+    }
+
+    /// Keeps at most one idle function worker per CPU slot on the node, over all clusters:
+    /// past that, the cluster holding the most idle workers loses one. (Each cluster keeps
+    /// its workers for its next jobs; without this, many function clusters would keep
+    /// clusters × CPUs processes alive.)
+    fn trim_idle_workers(&mut self) {
+        let cap = self.cfg.cpus as usize;
+        let mut idle: usize = self.leases.0.values().map(|c| c.runs.idle_workers()).sum();
+        while idle > cap {
+            let Some(c) = self.leases.0.values_mut().max_by_key(|c| c.runs.idle_workers()) else { break };
+            c.runs.stop_idle_worker();
+            idle -= 1;
+        }
     }
 
     /// Starts queued jobs in the free slots and sends their starts.

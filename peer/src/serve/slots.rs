@@ -165,6 +165,16 @@ impl Runs {
     pub(super) fn has_queued(&self) -> bool {
         !self.queued.is_empty()
     }
+
+    /// Function workers waiting for a job.
+    pub(super) fn idle_workers(&self) -> usize {
+        self.idle_workers.len()
+    }
+
+    /// Stops one idle worker (a dropped worker is killed).
+    pub(super) fn stop_idle_worker(&mut self) {
+        self.idle_workers.pop();
+    }
 }
 
 /// What a queued job holds in memory, roughly: its arguments and input.

@@ -88,6 +88,8 @@ pub(super) struct Harness {
     pub(super) unreachable: HashSet<PeerId>,
     next_reply: u64,
     pub(super) dest: tempfile::TempDir,
+    /// Function workers alive.
+    pub(super) workers: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Harness {
@@ -99,7 +101,8 @@ impl Harness {
         let (net, commands) = NetHandle::detached();
         let (started, jobs) = mpsc::unbounded_channel();
         let (tasks_tx, tasks) = mpsc::unbounded_channel();
-        let runner = FakeRunner { started, tasks: tasks_tx };
+        let workers = std::sync::Arc::default();
+        let runner = FakeRunner { started, tasks: tasks_tx, workers: std::sync::Arc::clone(&workers) };
         let node = Node::with_runner(cfg, net, |_| Box::new(runner)).expect("node starts");
         let (events, events_rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = mpsc::unbounded_channel();
@@ -116,6 +119,7 @@ impl Harness {
             unreachable: HashSet::new(),
             next_reply: 0,
             dest,
+            workers,
         }
     }
 

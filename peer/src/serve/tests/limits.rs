@@ -183,3 +183,26 @@ async fn a_peer_over_its_open_uploads_is_refused_while_another_uploads() {
     // Another peer stages its own files meanwhile.
     h.stage(other, 2, &[("prog", b"#!/bin/sh\nB\n")], None).await;
 }
+
+/// Idle function workers are kept per cluster for its next jobs, but no more than the
+/// node's CPUs over all clusters: many function clusters do not pile up processes.
+#[tokio::test(start_paused = true)]
+async fn idle_function_workers_are_at_most_the_nodes_cpus() {
+    use std::sync::atomic::Ordering;
+    let mut h = Harness::start(2, |_| {});
+    for cluster in 1..=3 {
+        let client = PeerId::random();
+        h.stage_with(client, cluster, &[("prog", PROG)], |r| r.function = Some("demo::f".into())).await;
+        assert!(matches!(h.submit(client, cluster, [1, 2]).await, Response::Accepted(_)));
+        let (a, b) = (h.started().await, h.started().await);
+        a.finish(JobOutcome::Returned);
+        b.finish(JobOutcome::Returned);
+        h.results(2).await;
+        settle().await;
+        assert!(
+            h.workers.load(Ordering::SeqCst) <= 2,
+            "cluster {cluster}: {} workers",
+            h.workers.load(Ordering::SeqCst)
+        );
+    }
+}
