@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::report::{JobReport, node_ref};
 use crate::secret::Secret;
 use dispy_node::net::{self, NetConfig, NetEvent, remote_ip};
-use dispy_protocol::{ClusterId, Forget, JobId, Recover, Request, Response};
+use dispy_protocol::{ClusterId, Forget, JobId, OwnerToken, Recover, Request, Response};
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::BufRead;
@@ -38,6 +38,7 @@ pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<R
     let file = std::fs::File::open(journal).map_err(|source| Error::File { path: journal.to_path_buf(), source })?;
     let bad = |what: &str| Error::Config(format!("{} is not a dispy journal: {what}", journal.display()));
     let mut cluster: Option<ClusterId> = None;
+    let mut token: Option<OwnerToken> = None;
     let mut args: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     let mut sent: HashMap<u64, (PeerId, Option<Multiaddr>)> = HashMap::new();
     let mut done: HashSet<u64> = HashSet::new();
@@ -47,6 +48,10 @@ pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<R
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
         if let Some(c) = v.get("cluster").and_then(|c| c.as_str()) {
             cluster = Some(ClusterId(u64::from_str_radix(c, 16).map_err(|_| bad("bad cluster id"))?));
+            // Journals of older versions have none: their nodes need none.
+            if let Some(t) = v.get("owner").and_then(|t| t.as_str()) {
+                token = Some(t.parse().map_err(|_| bad("bad owner token"))?);
+            }
         } else if let Some(id) = v.get("job").and_then(|j| j.as_u64()) {
             let a = v.get("args").and_then(|a| serde_json::from_value(a.clone()).ok()).unwrap_or_default();
             args.insert(id, a);
@@ -71,6 +76,7 @@ pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<R
         }
     }
     let mut reports = Vec::new();
+    let mut found: HashSet<JobId> = HashSet::new();
     if !addrs.is_empty() {
         let cfg = NetConfig { psk: secret.to_psk()?, peers: addrs.iter().cloned().collect(), ..NetConfig::default() };
         let (handle, mut events) = net::spawn(cfg)?;
@@ -86,32 +92,44 @@ pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<R
             if !asked.insert(peer) {
                 continue;
             }
-            // Ask until the node has nothing more (answers are bounded in size).
+            // Ask until the node has nothing more (answers are bounded in size), or an answer
+            // brings no pending job not seen yet (a node that cannot forget, or one that
+            // misbehaves): the rounds are at most the pending jobs.
             loop {
-                let answer = handle.request(peer, Request::Recover(Recover { cluster })).await;
-                let Ok(Response::Recovered(r)) = answer else { break };
+                let answer = handle.request(peer, Request::Recover(Recover { cluster, token })).await;
+                let r = match answer {
+                    Ok(Response::Recovered(r)) => r,
+                    Ok(Response::Refused(why)) => {
+                        tracing::warn!(%peer, reason = %why, "the node refused to hand over results");
+                        break;
+                    }
+                    _ => break,
+                };
                 if r.results.is_empty() {
                     break;
                 }
                 let ids: Vec<JobId> = r.results.iter().map(|x| x.id).collect();
+                let before = found.len();
                 for x in r.results {
-                    if !pending.contains(&x.id.0) || reports.iter().any(|p: &JobReport| p.id == x.id) {
+                    if !pending.contains(&x.id.0) || !found.insert(x.id) {
                         continue;
                     }
                     let args = args.get(&x.id.0).cloned().unwrap_or_default();
                     let node = node_ref(&peer.to_string(), &peer, remote_ip(&remote));
                     reports.push(JobReport::from_result(x, args, Some(node)));
                 }
-                let _ = handle.request(peer, Request::Forget(Forget { cluster, jobs: ids })).await;
+                let _ = handle.request(peer, Request::Forget(Forget { cluster, jobs: ids, token })).await;
+                if found.len() == before {
+                    break;
+                }
             }
         }
         handle.shutdown().await;
     }
     reports.sort_by_key(|r| r.id);
-    let found: HashSet<u64> = reports.iter().map(|r| r.id.0).collect();
     let mut lost: Vec<(JobId, Vec<String>)> = pending
         .iter()
-        .filter(|id| !found.contains(id))
+        .filter(|id| !found.contains(&JobId(**id)))
         .map(|id| (JobId(*id), args.get(id).cloned().unwrap_or_default()))
         .collect();
     lost.sort();

@@ -18,6 +18,7 @@ mod jobfiles;
 mod lan;
 mod local;
 mod malformed;
+mod node_limits;
 mod partition;
 mod psk;
 mod setup;

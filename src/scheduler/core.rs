@@ -41,6 +41,9 @@ pub enum LocalMode {
 /// Everything the core needs that is fixed for the cluster's life.
 pub(crate) struct Settings {
     pub(crate) cluster: ClusterId,
+    /// The hash of the cluster's owner token, sent with each Reserve: a recovering client
+    /// proves ownership of the cluster's results with the token (see `journal`).
+    pub(crate) owner: Option<dispy_protocol::OwnerHash>,
     pub(crate) program: String,
     /// The setup and cleanup programs' names among `files` (program clusters).
     pub(crate) setup: Option<String>,

@@ -111,6 +111,7 @@ impl Core {
             cleanup: self.s.cleanup.clone(),
             setup_timeout_secs: self.s.setup.as_ref().and(self.s.timeout_secs),
             returns: self.s.returns.clone(),
+            owner: self.s.owner,
         });
         self.out.push(Effect::Ask { peer, request, asked: Asked::Reserve });
     }

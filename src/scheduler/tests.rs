@@ -49,6 +49,7 @@ mod provisional;
 
 fn settings() -> Settings {
     Settings {
+        owner: None,
         cluster: CLUSTER,
         program: "prog".into(),
         setup: None,

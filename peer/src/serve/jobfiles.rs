@@ -4,6 +4,7 @@
 //! match the cluster's return globs (`--return`) are moved into the store when it ends,
 //! listed in its result, and served to the client in chunks until the cluster is released.
 
+use super::lookup::Stored;
 use super::store::{Store, check_name};
 use dispy_protocol::{CHUNK_SIZE, FileEntry, FileHash, JobId, JobSpec, Refusal, RefusalKind, Response};
 use sha2::{Digest, Sha256};
@@ -49,14 +50,16 @@ impl JobFiles {
         JobFiles { globs, ..JobFiles::default() }
     }
 
-    /// Takes the declaration of jobs' input files; answers with those the store lacks.
-    pub(super) fn declare(&mut self, files: Vec<FileEntry>, store: &Store, max_size: Option<u64>) -> Response {
+    /// Takes the declaration of jobs' input files (looked up in `stored`); answers with
+    /// those the store lacks.
+    pub(super) fn declare(&mut self, files: Vec<FileEntry>, stored: &Stored, max_size: Option<u64>) -> Response {
         let refuse = |kind, msg: String| Response::Refused(Refusal::new(kind, msg));
         if self.declared.len() + files.len() > MAX_DECLARED {
             let why = format!("more than {MAX_DECLARED} job input files declared at once");
             return refuse(RefusalKind::TooLarge, why);
         }
         let mut missing = Vec::new();
+        let mut missing_seen = HashSet::new();
         for f in &files {
             if let Err(e) = check_name(&f.name) {
                 return refuse(RefusalKind::BadPath, e.to_string());
@@ -68,7 +71,7 @@ impl JobFiles {
                     format!("file {} is {} bytes, over the node's --max-file-size of {max} bytes", f.name, f.size);
                 return refuse(RefusalKind::TooLarge, why);
             }
-            if !store.has(&f.hash, f.size) && !missing.contains(&f.hash) {
+            if !stored.has(&f.hash) && missing_seen.insert(f.hash) {
                 missing.push(f.hash);
             }
         }
@@ -120,11 +123,11 @@ impl JobFiles {
         unused
     }
 
-    /// Whether every input file of `jobs` was declared and is stored.
-    pub(super) fn check(&self, jobs: &[JobSpec], store: &Store) -> Result<(), Refusal> {
+    /// Whether every input file of `jobs` was declared and is stored (looked up in `stored`).
+    pub(super) fn check(&self, jobs: &[JobSpec], stored: &Stored) -> Result<(), Refusal> {
         for job in jobs {
             for f in &job.files {
-                if !self.declared.contains_key(&f.hash) || !store.has(&f.hash, f.size) {
+                if !self.declared.contains_key(&f.hash) || !stored.has(&f.hash) {
                     let why = format!("input file {} of job {} is not staged", f.name, job.id);
                     return Err(Refusal::new(RefusalKind::BadFile, why));
                 }
