@@ -12,6 +12,7 @@ mod cluster;
 mod faults;
 mod fn_extras;
 mod functions;
+mod host;
 mod jobfiles;
 mod lan;
 mod local;

@@ -63,6 +63,14 @@ impl JobDirs {
         if self.layout.is_none() {
             self.layout = layout(store, files);
         }
+        // A job of any cluster may have written to a stored file that these directories
+        // link: then none is reused (and the file is sent again, see `Store::has`).
+        if !self.returned.is_empty() && !files.iter().all(|f| store.intact(&f.hash, f.size)) {
+            for path in self.returned.drain(..) {
+                trash.push(path);
+            }
+            self.layout = None;
+        }
         let layout = self.layout.as_ref().and_then(Option::as_ref);
         while let Some(path) = self.returned.pop() {
             if layout.is_some_and(|l| is_pristine(&path, l)) {
@@ -106,6 +114,10 @@ fn layout(store: &Store, files: &[FileEntry]) -> Option<Option<Layout>> {
 /// it or in any sub-directory, and every sub-directory still open to its owner. Walks with
 /// a stack, not recursion: a deep tree cannot exhaust the task's stack.
 fn is_pristine(dir: &Path, layout: &Layout) -> bool {
+    // Listing follows a link: one planted in the directory's place is never reused.
+    if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_dir()) {
+        return false;
+    }
     let mut pending = vec![(dir.to_path_buf(), layout)];
     while let Some((dir, layout)) = pending.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { return false };

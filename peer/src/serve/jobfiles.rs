@@ -244,9 +244,8 @@ fn adopt(path: &Path, size: u64, store: &Store) -> std::io::Result<(FileHash, bo
     }
     let hash = FileHash(hasher.finalize().into());
     if !store.has(&hash, size) {
-        file.set_modified(super::store::stored_mtime())?;
-        fs::set_permissions(path, fs::Permissions::from_mode(if executable { 0o555 } else { 0o444 }))?;
-        fs::rename(path, store.path(&hash))?;
+        drop(file);
+        store.adopt(path, hash)?;
     }
     Ok((hash, executable))
 }

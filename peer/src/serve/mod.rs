@@ -33,6 +33,7 @@ mod jobnotes;
 mod kept;
 mod lease;
 mod lifecycle;
+mod private;
 pub mod reaper;
 mod runner;
 pub mod setup;
@@ -46,6 +47,7 @@ mod uploads;
 mod workers;
 
 pub use config::ServeConfig;
+pub use private::default_dest;
 pub use start::{RunningNode, start};
 
 use crate::error::{Error, Result};
@@ -58,6 +60,7 @@ use lease::Leases;
 use libp2p::PeerId;
 use runner::{ProcessRunner, Runner};
 use slots::JobDone;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -165,10 +168,16 @@ impl Node {
 
     /// [`Node::new`] with the runner `runner` makes from the store.
     fn with_runner(cfg: ServeConfig, net: NetHandle, runner: impl FnOnce(&Store) -> Box<dyn Runner>) -> Result<Node> {
-        std::fs::create_dir_all(&cfg.dest)
-            .map_err(|e| Error::io(format!("cannot create {}", cfg.dest.display()), e))?;
+        private::prepare_dest(&cfg.dest).map_err(|reason| Error::UnsafeDest { path: cfg.dest.clone(), reason })?;
+        if sys::euid() == 0 {
+            // Jobs run as the node's user: say plainly what that means here.
+            warn!(
+                "serving as root: every job runs as root, with no isolation from the host, the node or other clients' jobs; run nodes as an unprivileged user"
+            );
+        }
         let lock_path = cfg.dest.join("node.lock");
         let lock = std::fs::OpenOptions::new()
+            .mode(0o600)
             .create(true)
             .truncate(false)
             .write(true)
@@ -181,8 +190,7 @@ impl Node {
         let jobs_root = Node::jobs_root(&cfg.dest);
         // Job directories of an earlier run are stale: their jobs died with that node.
         let _ = std::fs::remove_dir_all(&jobs_root);
-        std::fs::create_dir_all(&jobs_root)
-            .map_err(|e| Error::io(format!("cannot create {}", jobs_root.display()), e))?;
+        private::private_subdir(&jobs_root).map_err(|reason| Error::UnsafeDest { path: cfg.dest.clone(), reason })?;
         let (done, completions) = mpsc::unbounded_channel();
         let reaper = match &cfg.reaper {
             Some(exe) => {
