@@ -3,12 +3,13 @@
 //! result, and the client would wait forever. So a job that has been running past its
 //! timeout plus a grace (for the node to kill it and deliver the result) costs its node:
 //! the node is lost with that reason, and its jobs run elsewhere (reentrant) or end
-//! abandoned, naming the reason.
+//! abandoned, naming the reason. A node out of reach is left to its zombie interval
+//! (`away`).
 
-use super::core::Core;
+use super::core::{Core, JobState, Phase};
 use dispy_protocol::JobId;
-use libp2p::PeerId;
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 use tracing::warn;
 
@@ -21,9 +22,8 @@ const GRACE: Duration = Duration::from_secs(60);
 pub(super) struct Watchdog {
     /// Reported started since the last tick: their clock starts at that tick.
     started: Vec<JobId>,
-    /// (deadline, job, node, dispatch number), in deadline order: one timeout for the whole
-    /// cluster, so deadlines come in the order the jobs started.
-    due: VecDeque<(Instant, JobId, PeerId, u64)>,
+    /// (deadline, job, dispatch number of the run it is for), earliest first.
+    due: BinaryHeap<Reverse<(Instant, JobId, u64)>>,
 }
 
 impl Watchdog {
@@ -43,31 +43,37 @@ impl Core {
         };
         for id in std::mem::take(&mut self.watchdog.started) {
             let Some(job) = self.jobs.get(&id) else { continue };
-            let super::core::JobState::OnNode(peer) = job.state else { continue };
             // A limit too far off for the clock is no limit.
             if let Some(at) = now.checked_add(limit).and_then(|t| t.checked_add(GRACE)) {
-                self.watchdog.due.push_back((at, id, peer, job.dispatched));
+                self.watchdog.due.push(Reverse((at, id, job.dispatched)));
             }
         }
-        while let Some(&(at, id, peer, dispatched)) = self.watchdog.due.front() {
+        while let Some(&Reverse((at, id, dispatched))) = self.watchdog.due.peek() {
             if at > now {
                 break;
             }
-            self.watchdog.due.pop_front();
-            // Still the same run of the job on that node, with no result yet.
-            let overdue = self
-                .jobs
-                .get(&id)
-                .is_some_and(|j| j.is_on(peer) && j.started && j.dispatched == dispatched && j.fetching.is_none());
-            if overdue {
-                let why = format!(
-                    "it kept job {id} running past its timeout of {:.0} s plus {} s without a result (hung, or not keeping time limits)",
-                    limit.as_secs_f64(),
-                    GRACE.as_secs()
-                );
-                warn!(%peer, job = %id, "{why}");
-                self.lose(peer, &why);
+            self.watchdog.due.pop();
+            // Still the same run of the job, on a node, with no result yet.
+            let Some(job) = self.jobs.get(&id) else { continue };
+            let JobState::OnNode(peer) = job.state else { continue };
+            if !job.started || job.dispatched != dispatched || job.fetching.is_some() {
+                continue;
             }
+            if self.nodes.get(&peer).is_some_and(|n| n.phase == Phase::Away) {
+                // Out of reach: its zombie interval decides. Looked at again after another
+                // grace, in case it comes back still holding the job.
+                if let Some(again) = now.checked_add(GRACE) {
+                    self.watchdog.due.push(Reverse((again, id, dispatched)));
+                }
+                continue;
+            }
+            let why = format!(
+                "it kept job {id} running past its timeout of {:.0} s plus {} s without a result (hung, or not keeping time limits)",
+                limit.as_secs_f64(),
+                GRACE.as_secs()
+            );
+            warn!(%peer, job = %id, "{why}");
+            self.lose(peer, &why);
         }
     }
 }
