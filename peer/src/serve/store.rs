@@ -171,7 +171,7 @@ enum Check {
 }
 
 /// The SHA-256 of a file's content.
-fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
+pub(crate) fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
     let mut file = File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0; 1 << 20];
