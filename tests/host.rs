@@ -84,3 +84,33 @@ fn the_store_and_job_folders_are_private() {
     assert!(!stored.is_empty() && stored.iter().all(|m| *m == 0o500), "{stored:?}");
     drop(node);
 }
+
+/// A node's name (and what it says about a job) reaches a person's terminal with control
+/// characters shown, never acted on: a node cannot rewrite the screen or set the title.
+#[test]
+fn a_nodes_terminal_escapes_are_shown_not_sent_to_the_terminal() {
+    let dir = tempdir();
+    let prog = script(dir.path(), "hello.sh", "echo hi; printf '\\033]0;pwned\\007\\n'");
+    let node = Node::start(dir.path(), NodeOpts::new("evil\x1b[2J"));
+    let mut cmd = submit(&prog);
+    cmd.args(["--peer", &node.addr]);
+    let out = run("submit", cmd, Duration::from_secs(60));
+    out.expect_code(0);
+    assert!(!out.stdout.contains('\x1b') && !out.stdout.contains('\x07'), "{:?}", out.stdout);
+    assert!(out.stdout.contains("evil\\x1b[2J"), "{}", out.stdout);
+    assert!(out.stdout.contains("hi\n\\x1b]0;pwned\\x07\n"), "job output too: {}", out.stdout);
+    drop(node);
+}
+
+/// Jobs run as the node's user; a node started as root says what that means.
+#[test]
+fn a_node_run_as_root_warns() {
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return;
+    }
+    let dir = tempdir();
+    let node = Node::start(dir.path(), NodeOpts::new("root"));
+    assert!(node.proc.wait_stderr("serving as root", Duration::from_secs(10)), "{}", node.proc.stderr());
+    drop(node);
+}
