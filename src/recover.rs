@@ -14,6 +14,10 @@ use std::io::BufRead;
 use std::path::Path;
 use std::time::Duration;
 
+/// Rounds in a row that may bring a node's results for no job the journal waits for (jobs
+/// that ended after all) before `recover` stops asking it.
+const MAX_IDLE_RECOVER_ROUNDS: u32 = 16;
+
 /// What [`recover`] found.
 #[derive(Debug)]
 pub struct Recovery {
@@ -76,7 +80,7 @@ pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<R
         }
     }
     let mut reports = Vec::new();
-    let mut found: HashSet<JobId> = HashSet::new();
+    let mut collected: HashSet<JobId> = HashSet::new();
     if !addrs.is_empty() {
         let cfg = NetConfig { psk: secret.to_psk()?, peers: addrs.iter().cloned().collect(), ..NetConfig::default() };
         let (handle, mut events) = net::spawn(cfg)?;
@@ -92,9 +96,12 @@ pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<R
             if !asked.insert(peer) {
                 continue;
             }
-            // Ask until the node has nothing more (answers are bounded in size), or an answer
-            // brings no pending job not seen yet (a node that cannot forget, or one that
-            // misbehaves): the rounds are at most the pending jobs.
+            // Ask until the node has nothing more (answers are bounded in size), or a round
+            // brings no result not seen before, or too many rounds in a row bring none the
+            // journal waits for: a node that keeps answering the same results (or whose
+            // deletion keeps failing), or endless made-up ones, cannot keep the client
+            // asking forever.
+            let mut rounds = Rounds::default();
             loop {
                 let answer = handle.request(peer, Request::Recover(Recover { cluster, token })).await;
                 let r = match answer {
@@ -108,18 +115,19 @@ pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<R
                 if r.results.is_empty() {
                     break;
                 }
+                let before = collected.len();
                 let ids: Vec<JobId> = r.results.iter().map(|x| x.id).collect();
-                let before = found.len();
                 for x in r.results {
-                    if !pending.contains(&x.id.0) || !found.insert(x.id) {
+                    if !pending.contains(&x.id.0) || !collected.insert(x.id) {
                         continue;
                     }
                     let args = args.get(&x.id.0).cloned().unwrap_or_default();
                     let node = node_ref(&peer.to_string(), &peer, remote_ip(&remote));
                     reports.push(JobReport::from_result(x, args, Some(node)));
                 }
+                let again = rounds.again(&ids, collected.len() - before);
                 let _ = handle.request(peer, Request::Forget(Forget { cluster, jobs: ids, token })).await;
-                if found.len() == before {
+                if !again {
                     break;
                 }
             }
@@ -129,9 +137,42 @@ pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<R
     reports.sort_by_key(|r| r.id);
     let mut lost: Vec<(JobId, Vec<String>)> = pending
         .iter()
-        .filter(|id| !found.contains(&JobId(**id)))
+        .filter(|id| !collected.contains(&JobId(**id)))
         .map(|id| (JobId(*id), args.get(id).cloned().unwrap_or_default()))
         .collect();
     lost.sort();
     Ok(Recovery { reports, lost })
+}
+
+/// Whether to ask a node for more results after a Recover round (see `recover`).
+#[derive(Debug, Default)]
+struct Rounds {
+    seen: HashSet<JobId>,
+    idle: u32,
+}
+
+impl Rounds {
+    /// After a round that answered `ids`, `wanted` of them for jobs the journal waits for.
+    fn again(&mut self, ids: &[JobId], wanted: usize) -> bool {
+        let fresh = ids.iter().filter(|id| self.seen.insert(**id)).count();
+        self.idle = if wanted > 0 { 0 } else { self.idle + 1 };
+        fresh > 0 && self.idle <= MAX_IDLE_RECOVER_ROUNDS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_answering_the_same_or_endless_results_is_not_asked_forever() {
+        let mut r = Rounds::default();
+        assert!(r.again(&[JobId(1), JobId(2)], 2));
+        assert!(!r.again(&[JobId(1), JobId(2)], 0), "the same results again");
+        let mut r = Rounds::default();
+        let rounds = (0..1000u64).take_while(|n| r.again(&[JobId(n + 100)], 0)).count();
+        assert_eq!(rounds, MAX_IDLE_RECOVER_ROUNDS as usize, "made-up results the journal never sent");
+        let mut r = Rounds::default();
+        assert!((0..100u64).all(|n| r.again(&[JobId(n)], 1)), "each round brings a wanted result");
+    }
 }

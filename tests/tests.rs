@@ -14,6 +14,7 @@ mod flood;
 mod fn_extras;
 mod functions;
 mod gate;
+mod host;
 mod jobfiles;
 mod lan;
 mod local;

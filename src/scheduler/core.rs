@@ -284,6 +284,8 @@ pub(crate) struct Core {
     pub(super) redialled: Option<Instant>,
     /// What the handlers decided, taken by the driver after each input.
     pub(super) out: Vec<Effect>,
+    /// Running jobs' deadlines on the client's side (see `watchdog`).
+    pub(super) watchdog: super::watchdog::Watchdog,
 }
 
 impl Core {
@@ -311,6 +313,7 @@ impl Core {
             left_behind: HashMap::new(),
             redialled: None,
             out: Vec::new(),
+            watchdog: Default::default(),
         }
     }
 
@@ -550,6 +553,7 @@ impl Core {
         }
         self.expire_away(now);
         self.redial(now);
+        self.watch_overdue(now);
         if self.has_node() {
             self.nodeless_since = None;
             self.wait_said = false;

@@ -19,6 +19,7 @@ mod jobs;
 mod nodes;
 #[cfg(test)]
 mod tests;
+mod watchdog;
 
 pub(crate) use self::away::NODE_ZOMBIE;
 pub use self::core::LocalMode;

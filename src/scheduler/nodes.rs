@@ -9,6 +9,11 @@ use dispy_protocol::{Hello, JobId, JobOutcome, Request, Reserve, Reserved, Role,
 use libp2p::PeerId;
 use tracing::{info, warn};
 
+/// The most CPUs the client believes a node has, whatever it says: a node that claims more
+/// would otherwise be handed the whole queue, to sit on or to lose (charging each reentrant
+/// job an attempt). Far above any one machine a cluster borrows today.
+pub(super) const MAX_NODE_CPUS: u32 = 1024;
+
 impl Core {
     pub(super) fn unusable(&mut self, peer: PeerId, why: String) {
         if let Some(node) = self.nodes.get_mut(&peer) {
@@ -100,6 +105,8 @@ impl Core {
         }
         if let Some(node) = self.nodes.get_mut(&peer) {
             node.phase = Phase::Reserving;
+            // What it announced bounds what its reservation may grant (see `on_reserved`).
+            node.cpus = h.cpus.min(MAX_NODE_CPUS);
         }
         let request = Request::Reserve(Reserve {
             cluster: self.s.cluster,
@@ -122,7 +129,12 @@ impl Core {
         if node.phase != Phase::Reserving {
             return;
         }
-        node.cpus = r.cpus.min(self.s.cpus_per_node.unwrap_or(u32::MAX)).max(1);
+        // Never more than it announced in its greeting, nor than MAX_NODE_CPUS.
+        let granted = r.cpus.min(node.cpus);
+        if granted < r.cpus {
+            warn!(node = %node.name, %peer, claimed = r.cpus, believed = granted, "node claims more CPUs than it announced or than any node has; using fewer");
+        }
+        node.cpus = granted.min(self.s.cpus_per_node.unwrap_or(u32::MAX)).max(1);
         let missing = r.missing;
         self.came_back(peer, r.resumed);
         if missing.is_empty() {

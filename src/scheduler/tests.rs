@@ -46,6 +46,7 @@ fn file(name: &str, byte: u8, size: u64) -> LocalFile {
 
 mod partition;
 mod provisional;
+mod trust;
 
 fn settings() -> Settings {
     Settings {

@@ -70,6 +70,12 @@ impl Reuse {
     /// out, not when its job ended: whatever a leftover process of that job wrote since is
     /// seen.
     pub(super) fn settle(self, dir: PathBuf, store: &Store, files: &[FileEntry]) -> (PathBuf, bool) {
+        // A job of any cluster may have written to a stored file that this directory
+        // links: then it is not reused (and the file is sent again, see `Store::has`).
+        if !files.iter().all(|f| store.intact(&f.hash, f.size)) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return (self.spare, true);
+        }
         let layout = match self.layout.get() {
             Some(known) => known.as_ref(),
             None => match layout(store, files) {
@@ -133,6 +139,10 @@ fn layout(store: &Store, files: &[FileEntry]) -> Option<Option<Layout>> {
 /// it or in any sub-directory, and every sub-directory still open to its owner. Walks with
 /// a stack, not recursion: a deep tree cannot exhaust the task's stack.
 fn is_pristine(dir: &Path, layout: &Layout) -> bool {
+    // Listing follows a link: one planted in the directory's place is never reused.
+    if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_dir()) {
+        return false;
+    }
     let mut pending = vec![(dir.to_path_buf(), layout)];
     while let Some((dir, layout)) = pending.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { return false };

@@ -7,7 +7,6 @@
 use super::lookup::Stored;
 use super::store::{Store, check_name};
 use dispy_protocol::{CHUNK_SIZE, FileEntry, FileHash, JobId, JobSpec, Refusal, RefusalKind, Response};
-use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
@@ -234,22 +233,10 @@ fn walk(
 /// Hashes a file and moves it into the store (sealed and read-only, as staged files are);
 /// returns its hash and whether it is executable.
 fn adopt(path: &Path, size: u64, store: &Store) -> std::io::Result<(FileHash, bool)> {
-    let mut file = fs::File::open(path)?;
-    let executable = file.metadata()?.permissions().mode() & 0o111 != 0;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    let hash = FileHash(hasher.finalize().into());
+    let executable = fs::metadata(path)?.permissions().mode() & 0o111 != 0;
+    let hash = FileHash(super::store::hash_file(path)?);
     if !store.has(&hash, size) {
-        file.set_modified(super::store::stored_mtime())?;
-        fs::set_permissions(path, fs::Permissions::from_mode(if executable { 0o555 } else { 0o444 }))?;
-        fs::rename(path, store.path(&hash))?;
+        store.adopt(path, hash)?;
     }
     Ok((hash, executable))
 }

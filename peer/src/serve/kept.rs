@@ -11,6 +11,7 @@
 
 use dispy_protocol::{ClusterId, JobId, JobResult, OwnerHash, decode, encode};
 use std::collections::HashSet;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ pub(crate) struct KeptResults {
 impl KeptResults {
     pub(crate) fn open(dest: &std::path::Path) -> std::io::Result<KeptResults> {
         let root = dest.join("results");
-        std::fs::create_dir_all(&root)?;
+        super::private::private_subdir(&root).map_err(std::io::Error::other)?;
         Ok(KeptResults { root })
     }
 
@@ -58,7 +59,10 @@ impl KeptResults {
         for r in results {
             let bytes = encode(r).map_err(std::io::Error::other)?;
             let tmp = dir.join(format!(".{}.tmp", r.id));
-            std::fs::write(&tmp, bytes)?;
+            // Readable by the node's user alone (see `private`).
+            let mut file =
+                std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            std::io::Write::write_all(&mut file, &bytes)?;
             std::fs::rename(&tmp, dir.join(format!("{}.cbor", r.id)))?;
         }
         Ok(())

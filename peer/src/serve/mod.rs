@@ -39,6 +39,7 @@ mod lifecycle;
 mod limits;
 mod lookup;
 mod owner;
+mod private;
 pub mod reaper;
 mod requests;
 mod runner;
@@ -54,6 +55,7 @@ mod workers;
 
 pub use config::ServeConfig;
 pub use limits::PeerLimits;
+pub use private::default_dest;
 pub use start::{RunningNode, start};
 
 use crate::error::{Error, Result};
@@ -67,6 +69,7 @@ use libp2p::PeerId;
 use runner::{ProcessRunner, Runner};
 use slots::JobDone;
 use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -190,10 +193,16 @@ impl Node {
 
     /// [`Node::new`] with the runner `runner` makes from the store.
     fn with_runner(cfg: ServeConfig, net: NetHandle, runner: impl FnOnce(&Store) -> Box<dyn Runner>) -> Result<Node> {
-        std::fs::create_dir_all(&cfg.dest)
-            .map_err(|e| Error::io(format!("cannot create {}", cfg.dest.display()), e))?;
+        private::prepare_dest(&cfg.dest).map_err(|reason| Error::UnsafeDest { path: cfg.dest.clone(), reason })?;
+        if sys::euid() == 0 {
+            // Jobs run as the node's user: say plainly what that means here.
+            warn!(
+                "serving as root: every job runs as root, with no isolation from the host, the node or other clients' jobs; run nodes as an unprivileged user"
+            );
+        }
         let lock_path = cfg.dest.join("node.lock");
         let lock = std::fs::OpenOptions::new()
+            .mode(0o600)
             .create(true)
             .truncate(false)
             .write(true)
@@ -206,8 +215,7 @@ impl Node {
         let jobs_root = Node::jobs_root(&cfg.dest);
         // Job directories of an earlier run are stale: their jobs died with that node.
         let _ = std::fs::remove_dir_all(&jobs_root);
-        std::fs::create_dir_all(&jobs_root)
-            .map_err(|e| Error::io(format!("cannot create {}", jobs_root.display()), e))?;
+        private::private_subdir(&jobs_root).map_err(|reason| Error::UnsafeDest { path: cfg.dest.clone(), reason })?;
         let (done, completions) = mpsc::unbounded_channel();
         let reaper = match &cfg.reaper {
             Some(exe) => {

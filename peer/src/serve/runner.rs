@@ -177,11 +177,33 @@ impl FunctionWorker for workers::Worker {
 
 /// Makes a job's or worker's directory (`what`) and links the cluster's files into it.
 fn prepare_dir(store: &Store, dir: &Path, files: &[FileEntry], what: &str) -> Result<(), String> {
-    // The cluster's folder exists after its first job: one mkdir, not a walk up the path.
-    std::fs::create_dir(dir)
-        .or_else(|_| std::fs::create_dir_all(dir))
-        .map_err(|e| format!("cannot create the {what} directory {}: {e}", dir.display()))?;
+    make_new_dir(dir, what)?;
     store.link_into(dir, files)
+}
+
+/// Makes `dir` (0700) and, if missing, its parent (the cluster's folder) — never through a
+/// symbolic link, and never adopting a `dir` that exists already: the name is new, so
+/// something there was planted, and `create_dir_all` would follow it out of the job root.
+fn make_new_dir(dir: &Path, what: &str) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let make = |d: &Path| std::fs::DirBuilder::new().mode(0o700).create(d);
+    let cannot = |e: std::io::Error| format!("cannot create the {what} directory {}: {e}", dir.display());
+    let parent = dir.parent().ok_or_else(|| format!("the {what} directory {} has no parent", dir.display()))?;
+    if let Err(e) = make(parent)
+        && e.kind() != std::io::ErrorKind::AlreadyExists
+    {
+        return Err(cannot(e));
+    }
+    // One lstat, not a walk up the path: the folders above are the node's own (private).
+    if !std::fs::symlink_metadata(parent).is_ok_and(|m| m.file_type().is_dir()) {
+        return Err(format!("{} is not a plain directory (a symbolic link?); refusing to use it", parent.display()));
+    }
+    make(dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            format!("the new {what} directory {} exists already (planted?); refusing to use it", dir.display())
+        }
+        _ => cannot(e),
+    })
 }
 
 /// The result of a job that could not start.
@@ -193,4 +215,25 @@ pub(crate) fn failed_to_start(id: JobId, why: String) -> JobResult {
 pub(crate) fn unrun(id: JobId, outcome: JobOutcome) -> JobResult {
     let now = executor::now_us();
     JobResult::new(id, outcome, now, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_directory_planted_as_a_link_is_refused_not_followed() {
+        let top = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let cluster = top.path().join("cluster");
+        make_new_dir(&cluster.join("job-1"), "job").expect("parent and directory made");
+        std::os::unix::fs::symlink(outside.path(), cluster.join("job-2")).unwrap();
+        let err = make_new_dir(&cluster.join("job-2"), "job").unwrap_err();
+        assert!(err.contains("exists already"), "{err}");
+        let linked = top.path().join("linked");
+        std::os::unix::fs::symlink(outside.path(), &linked).unwrap();
+        let err = make_new_dir(&linked.join("job-1"), "job").unwrap_err();
+        assert!(err.contains("not a plain directory"), "{err}");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "nothing made outside");
+    }
 }
