@@ -5,10 +5,12 @@
 //! ([`recover`]) and their end ([`forget`]).
 
 use super::kept::KeptResults;
+use super::store::Store;
 use super::{Completion, Ctx};
 use crate::net::{NetHandle, ReplyTo};
 use dispy_protocol::{
-    ClusterId, Forget, JobId, JobResult, MAX_RESULT_BATCH_BYTES, Provisional, Recover, Request, Response, Results,
+    ClusterId, FileHash, Forget, JobId, JobResult, MAX_RESULT_BATCH_BYTES, Provisional, Recover, Request, Response,
+    Results,
 };
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -309,12 +311,22 @@ pub(super) fn recover(
     });
 }
 
-/// Recovered results are safe with their client: they go, from `outbox` and from disk.
-pub(super) fn forget(f: Forget, outbox: Option<&mut Outbox>, kept: &KeptResults) -> Response {
+/// Recovered results are safe with their client: they go, from `outbox` and from disk,
+/// with the returned files only they listed (unless a lease holds them: `in_use`).
+pub(super) fn forget(
+    f: Forget,
+    outbox: Option<&mut Outbox>,
+    kept: &KeptResults,
+    store: &Store,
+    in_use: HashSet<FileHash>,
+) -> Response {
     if let Some(outbox) = outbox {
         outbox.forget(&f.jobs);
     }
-    let kept = kept.clone();
-    tokio::task::spawn_blocking(move || kept.forget(f.cluster, &f.jobs));
+    let (kept, store) = (kept.clone(), store.clone());
+    tokio::task::spawn_blocking(move || {
+        let freed = kept.forget(f.cluster, &f.jobs);
+        kept.drop_files(&store, freed, &in_use);
+    });
     Response::Ok
 }

@@ -326,35 +326,11 @@ impl Node {
                 Err(refusal) => *refusal,
                 Ok(lease) => lease.job_files.declare(d.files, &self.ctx.store, self.cfg.max_file_size),
             },
-            Request::Fetch(f) => match self.leases.owned(peer, f.cluster) {
-                Err(refusal) => *refusal,
-                Ok(lease) if !lease.job_files.has_returned(&f.hash) => refuse(
-                    RefusalKind::BadFile,
-                    format!("file {} was not returned by a job of cluster {}", f.hash, f.cluster),
-                ),
-                Ok(_) => {
-                    let (store, net) = (self.ctx.store.clone(), self.ctx.net.clone());
-                    tokio::spawn(async move {
-                        let read = tokio::task::spawn_blocking(move || jobfiles::read_chunk(&store, &f.hash, f.offset));
-                        let response = match read.await {
-                            Ok(Ok(data)) => {
-                                Response::Data(dispy_protocol::Data { hash: f.hash, offset: f.offset, data })
-                            }
-                            Ok(Err(e)) => {
-                                refuse(RefusalKind::Internal, format!("cannot read returned file {}: {e}", f.hash))
-                            }
-                            Err(e) => {
-                                refuse(RefusalKind::Internal, format!("cannot read returned file {}: {e}", f.hash))
-                            }
-                        };
-                        let _ = net.respond(channel, response).await;
-                    });
-                    return None;
-                }
-            },
+            Request::Fetch(f) => return self.fetch(peer, f, channel),
             Request::Forget(f) => {
+                let in_use = self.leases.all_files_in_use();
                 let outbox = self.leases.0.get_mut(&f.cluster).map(|c| &mut c.outbox);
-                delivery::forget(f, outbox, &self.ctx.kept)
+                delivery::forget(f, outbox, &self.ctx.kept, &self.ctx.store, in_use)
             }
         };
         Some((channel, response))

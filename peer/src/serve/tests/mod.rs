@@ -5,6 +5,7 @@ mod fake;
 mod harness;
 mod jobfiles;
 mod jobnotes;
+mod kept_files;
 mod nested;
 mod setup;
 
