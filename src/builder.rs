@@ -288,7 +288,11 @@ impl<A, R> ClusterBuilder<A, R> {
         };
         let cluster = ClusterId(rand_id());
         let journal = match &self.journal {
-            Some(path) => Some(crate::journal::Journal::create(path, cluster, &program_name)?),
+            Some(path) => {
+                let mut journal = crate::journal::Journal::create(path, cluster, &program_name)?;
+                journal.returns(&self.results_dir, &self.returns);
+                Some(journal)
+            }
             None => None,
         };
         let settings = Settings {

@@ -1,18 +1,21 @@
 //! Crash recovery ([`recover`]) from a client's journal: it asks the nodes the journal
 //! names for the results they still hold (a node keeps a gone client's jobs running for its
-//! zombie interval, then keeps their results on disk for its result TTL), and says which
-//! jobs are lost and need resubmitting.
+//! zombie interval, then keeps their results on disk for its result TTL), fetches the files
+//! those results list as returned into the run's results folder, and says which jobs are
+//! lost and need resubmitting.
 
 use crate::error::{Error, Result};
-use crate::report::{JobReport, node_ref};
+use crate::fetch;
+use crate::report::{JobReport, NodeRef, node_ref};
 use crate::secret::Secret;
-use dispy_node::net::{self, NetConfig, NetEvent, remote_ip};
-use dispy_protocol::{ClusterId, Forget, JobId, Recover, Request, Response};
+use dispy_node::net::{self, NetConfig, NetEvent, NetHandle, remote_ip};
+use dispy_protocol::{ClusterId, Forget, JobId, JobResult, Recover, Request, Response};
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::BufRead;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tracing::warn;
 
 /// What [`recover`] found.
 #[derive(Debug)]
@@ -25,7 +28,11 @@ pub struct Recovery {
 }
 
 /// Reads a journal, collects from its nodes the results of the jobs it had not seen end,
-/// and lists the rest as lost. The nodes delete what was collected.
+/// with the files they returned (saved as the run saved them, `<results dir>/<job>/<path>`,
+/// each renamed into place once whole and verified; [`JobReport::returned`] lists them),
+/// and lists the rest as lost. The nodes delete what was collected; a result whose files
+/// could not all be fetched stays on its node (its report's `return_note` says which and
+/// why), for another `recover`.
 ///
 /// Cancel safety: dropping the future stops the collection; results already collected
 /// from a node may then be deleted there without having been returned (run it again for
@@ -35,38 +42,13 @@ pub struct Recovery {
 /// [`Error::File`] / [`Error::Config`] for an unreadable or malformed journal; network
 /// setup errors.
 pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<Recovery> {
-    let file = std::fs::File::open(journal).map_err(|source| Error::File { path: journal.to_path_buf(), source })?;
-    let bad = |what: &str| Error::Config(format!("{} is not a dispy journal: {what}", journal.display()));
-    let mut cluster: Option<ClusterId> = None;
-    let mut args: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-    let mut sent: HashMap<u64, (PeerId, Option<Multiaddr>)> = HashMap::new();
-    let mut done: HashSet<u64> = HashSet::new();
-    for line in std::io::BufReader::new(file).lines() {
-        let line = line.map_err(|source| Error::File { path: journal.to_path_buf(), source })?;
-        // A crash can cut the last line short: skip what does not parse.
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-        if let Some(c) = v.get("cluster").and_then(|c| c.as_str()) {
-            cluster = Some(ClusterId(u64::from_str_radix(c, 16).map_err(|_| bad("bad cluster id"))?));
-        } else if let Some(id) = v.get("job").and_then(|j| j.as_u64()) {
-            let a = v.get("args").and_then(|a| serde_json::from_value(a.clone()).ok()).unwrap_or_default();
-            args.insert(id, a);
-        } else if let Some(id) = v.get("sent").and_then(|j| j.as_u64()) {
-            let peer = v.get("peer").and_then(|p| p.as_str()).and_then(|p| p.parse().ok());
-            let addr = v.get("addr").and_then(|a| a.as_str()).and_then(|a| a.parse().ok());
-            if let Some(peer) = peer {
-                sent.insert(id, (peer, addr));
-            }
-        } else if let Some(id) = v.get("done").and_then(|j| j.as_u64()) {
-            done.insert(id);
-        }
-    }
-    let cluster = cluster.ok_or_else(|| bad("no cluster line"))?;
-    let pending: HashSet<u64> = args.keys().filter(|id| !done.contains(id)).copied().collect();
+    let record = Record::read(journal)?;
+    let pending: HashSet<u64> = record.args.keys().filter(|id| !record.done.contains(id)).copied().collect();
     // Dialled by address alone: a node restarted since (its results on disk) has a new
     // identity at the same address.
     let mut addrs: HashSet<Multiaddr> = HashSet::new();
     for id in &pending {
-        if let Some((_, Some(addr))) = sent.get(id) {
+        if let Some((_, Some(addr))) = record.sent.get(id) {
             addrs.insert(addr.iter().filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_))).collect());
         }
     }
@@ -86,24 +68,8 @@ pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<R
             if !asked.insert(peer) {
                 continue;
             }
-            // Ask until the node has nothing more (answers are bounded in size).
-            loop {
-                let answer = handle.request(peer, Request::Recover(Recover { cluster })).await;
-                let Ok(Response::Recovered(r)) = answer else { break };
-                if r.results.is_empty() {
-                    break;
-                }
-                let ids: Vec<JobId> = r.results.iter().map(|x| x.id).collect();
-                for x in r.results {
-                    if !pending.contains(&x.id.0) || reports.iter().any(|p: &JobReport| p.id == x.id) {
-                        continue;
-                    }
-                    let args = args.get(&x.id.0).cloned().unwrap_or_default();
-                    let node = node_ref(&peer.to_string(), &peer, remote_ip(&remote));
-                    reports.push(JobReport::from_result(x, args, Some(node)));
-                }
-                let _ = handle.request(peer, Request::Forget(Forget { cluster, jobs: ids })).await;
-            }
+            let node = node_ref(&peer.to_string(), &peer, remote_ip(&remote));
+            collect(&handle, peer, &node, &record, &pending, &mut reports).await;
         }
         handle.shutdown().await;
     }
@@ -112,8 +78,116 @@ pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<R
     let mut lost: Vec<(JobId, Vec<String>)> = pending
         .iter()
         .filter(|id| !found.contains(id))
-        .map(|id| (JobId(*id), args.get(id).cloned().unwrap_or_default()))
+        .map(|id| (JobId(*id), record.args.get(id).cloned().unwrap_or_default()))
         .collect();
     lost.sort();
     Ok(Recovery { reports, lost })
+}
+
+/// Collects from one node the results it holds for the journal's pending jobs, with their
+/// returned files, and has it forget each result whose files are all saved here.
+async fn collect(
+    handle: &NetHandle,
+    peer: PeerId,
+    node: &NodeRef,
+    record: &Record,
+    pending: &HashSet<u64>,
+    reports: &mut Vec<JobReport>,
+) {
+    let cluster = record.cluster;
+    // Ask until the node has nothing new (answers are bounded in size; a result kept
+    // because its files did not arrive comes again and must not loop).
+    let mut seen: HashSet<JobId> = HashSet::new();
+    loop {
+        let answer = handle.request(peer, Request::Recover(Recover { cluster })).await;
+        let Ok(Response::Recovered(r)) = answer else { break };
+        let fresh: Vec<JobResult> = r.results.into_iter().filter(|x| seen.insert(x.id)).collect();
+        if fresh.is_empty() {
+            break;
+        }
+        let mut collected = Vec::new();
+        for x in fresh {
+            let id = x.id;
+            if !pending.contains(&id.0) || reports.iter().any(|p: &JobReport| p.id == id) {
+                collected.push(id);
+                continue;
+            }
+            let files = x.returned.clone();
+            let args = record.args.get(&id.0).cloned().unwrap_or_default();
+            let mut report = JobReport::from_result(x, args, Some(node.clone()));
+            let (saved, failed) = fetch::fetch_all(handle, peer, cluster, &files, &record.job_dir(id), false).await;
+            report.returned = saved;
+            if failed.is_empty() {
+                collected.push(id);
+            } else {
+                warn!(job = %id, %peer, failed = failed.len(), "returned files could not be fetched; the node keeps them");
+                let note = format!(
+                    "not saved: {}; node {} keeps this result and its files until its --result-ttl: run recover again",
+                    failed.join("; "),
+                    node.name
+                );
+                report.return_note = Some(match report.return_note.take() {
+                    Some(n) => format!("{n}; {note}"),
+                    None => note,
+                });
+            }
+            reports.push(report);
+        }
+        // Only now: what is forgotten is safe here.
+        if !collected.is_empty() {
+            let _ = handle.request(peer, Request::Forget(Forget { cluster, jobs: collected })).await;
+        }
+    }
+}
+
+/// What a journal says.
+struct Record {
+    cluster: ClusterId,
+    /// Where the run saved returned files, if it had return patterns.
+    results_dir: Option<PathBuf>,
+    args: BTreeMap<u64, Vec<String>>,
+    sent: HashMap<u64, (PeerId, Option<Multiaddr>)>,
+    done: HashSet<u64>,
+}
+
+impl Record {
+    fn read(journal: &Path) -> Result<Record> {
+        let file =
+            std::fs::File::open(journal).map_err(|source| Error::File { path: journal.to_path_buf(), source })?;
+        let bad = |what: &str| Error::Config(format!("{} is not a dispy journal: {what}", journal.display()));
+        let mut cluster: Option<ClusterId> = None;
+        let mut results_dir = None;
+        let mut args: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        let mut sent: HashMap<u64, (PeerId, Option<Multiaddr>)> = HashMap::new();
+        let mut done: HashSet<u64> = HashSet::new();
+        for line in std::io::BufReader::new(file).lines() {
+            let line = line.map_err(|source| Error::File { path: journal.to_path_buf(), source })?;
+            // A crash can cut the last line short: skip what does not parse.
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+            if let Some(c) = v.get("cluster").and_then(|c| c.as_str()) {
+                cluster = Some(ClusterId(u64::from_str_radix(c, 16).map_err(|_| bad("bad cluster id"))?));
+            } else if let Some(dir) = v.get("results_dir").and_then(|d| d.as_str()) {
+                results_dir = Some(PathBuf::from(dir));
+            } else if let Some(id) = v.get("job").and_then(|j| j.as_u64()) {
+                let a = v.get("args").and_then(|a| serde_json::from_value(a.clone()).ok()).unwrap_or_default();
+                args.insert(id, a);
+            } else if let Some(id) = v.get("sent").and_then(|j| j.as_u64()) {
+                let peer = v.get("peer").and_then(|p| p.as_str()).and_then(|p| p.parse().ok());
+                let addr = v.get("addr").and_then(|a| a.as_str()).and_then(|a| a.parse().ok());
+                if let Some(peer) = peer {
+                    sent.insert(id, (peer, addr));
+                }
+            } else if let Some(id) = v.get("done").and_then(|j| j.as_u64()) {
+                done.insert(id);
+            }
+        }
+        let cluster = cluster.ok_or_else(|| bad("no cluster line"))?;
+        Ok(Record { cluster, results_dir, args, sent, done })
+    }
+
+    /// Where a job's returned files go: as the original run saved them
+    /// (`<results dir>/<job>/`); a journal that names no folder gets `submit`'s default.
+    fn job_dir(&self, id: JobId) -> PathBuf {
+        self.results_dir.clone().unwrap_or_else(|| PathBuf::from("dispy-results")).join(id.0.to_string())
+    }
 }

@@ -18,4 +18,5 @@ mod local;
 mod malformed;
 mod partition;
 mod psk;
+mod recover_files;
 mod setup;

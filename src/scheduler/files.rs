@@ -147,6 +147,11 @@ impl Core {
             });
         }
         self.finish(report);
+        // Its end reaches the journal's disk now, not with the next results: after a crash,
+        // `recover` must not call a job lost whose files are saved.
+        if self.s.journal {
+            self.out.push(Effect::Journal(super::core::Entry::Flush));
+        }
         // Its slot on the node is free now.
         self.dispatch();
     }
