@@ -117,3 +117,43 @@ fn a_returned_file_recover_cannot_fetch_is_named_and_stays_on_the_node_for_anoth
     let again = recover(&journal, elsewhere.path());
     assert!(again.stdout.contains("slow-1 finished") && !again.stdout.contains("slow-2 finished"), "{}", again.stdout);
 }
+
+#[test]
+fn returned_files_in_delivery_survive_a_node_crash_and_are_recovered_after_its_restart() {
+    let dir = tempdir();
+    let prog = script(dir.path(), "job.sh", r#"sleep 0.3; yes "$1" | head -c 2500000 > "$1.out"; echo "result $1""#);
+    let listen = free_loopback_addr();
+    let mut o = NodeOpts::new("crashy");
+    o.listen = listen.clone();
+    let first = Node::start(dir.path(), o);
+    let (journal, results) = (dir.path().join("j"), dir.path().join("out"));
+    let mut cmd = submit(&prog);
+    cmd.args(["--peer", &listen, "--return", "*.out", "-a", "a", "-a", "b", "--journal"]).arg(&journal);
+    cmd.arg("--results-dir").arg(&results);
+    let client = Proc::spawn("submit", cmd);
+    assert!(first.proc.wait_stderr("cluster reserved", Duration::from_secs(20)));
+    // The client freezes: the results wait, and go to the node's disk with their files...
+    signal(client.pid(), "STOP");
+    let kept = first.dest.join("results");
+    let both_on_disk = || {
+        let clusters = std::fs::read_dir(&kept).into_iter().flatten().flatten();
+        clusters.into_iter().any(|c| std::fs::read_dir(c.path().join("returned")).into_iter().flatten().count() >= 2)
+    };
+    assert!(wait_until(Duration::from_secs(10), both_on_disk), "both results' files are recorded on disk");
+    // ...when the node crashes. The client dies too; the node comes back.
+    let second = crash_and_restart(first, client, dir.path(), "crashy", listen);
+    let out = recover(&journal, dir.path());
+    out.expect_code(0);
+    for (job, arg) in [(0, "a"), (1, "b")] {
+        let path = results.join(job.to_string()).join(format!("{arg}.out"));
+        assert!(
+            std::fs::read(&path).is_ok_and(|b| b == content(arg)),
+            "{} is byte-exact\n{}",
+            path.display(),
+            out.stdout
+        );
+        assert!(out.stdout.contains(&format!("-- returned {}", path.display())), "{}", out.stdout);
+    }
+    let gone = wait_until(Duration::from_secs(10), || ["a", "b"].iter().all(|arg| stored(&second, &content(arg)) == 0));
+    assert!(gone, "the restarted node deletes them once collected");
+}
