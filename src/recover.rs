@@ -191,3 +191,28 @@ impl Record {
         self.results_dir.clone().unwrap_or_else(|| PathBuf::from("dispy-results")).join(id.0.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Journal;
+
+    #[test]
+    fn the_journal_names_the_results_folder_absolute_and_a_cut_last_line_is_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j");
+        let mut j = Journal::create(&path, ClusterId(0xab), "prog").expect("journal");
+        j.returns(Path::new("out"), &["*.gz".into()]);
+        j.job(JobId(3), &["x".into()]);
+        j.done(JobId(3));
+        j.flush();
+        drop(j);
+        let mut cut = std::fs::OpenOptions::new().append(true).open(&path).expect("open");
+        std::io::Write::write_all(&mut cut, br#"{"done": "#).expect("write");
+        let record = Record::read(&path).expect("reads");
+        assert_eq!(record.cluster, ClusterId(0xab));
+        let want = std::env::current_dir().expect("cwd").join("out").join("3");
+        assert_eq!(record.job_dir(JobId(3)), want, "where submit saved them, wherever recover runs");
+        assert!(record.done.contains(&3));
+    }
+}
