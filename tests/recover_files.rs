@@ -121,7 +121,14 @@ fn a_returned_file_recover_cannot_fetch_is_named_and_stays_on_the_node_for_anoth
 #[test]
 fn returned_files_in_delivery_survive_a_node_crash_and_are_recovered_after_its_restart() {
     let dir = tempdir();
-    let prog = script(dir.path(), "job.sh", r#"sleep 0.3; yes "$1" | head -c 2500000 > "$1.out"; echo "result $1""#);
+    let go = dir.path().join("go");
+    let body = format!(
+        r#"touch {dir}/started-$1; while [ ! -e {go} ]; do sleep 0.05; done
+           yes "$1" | head -c 2500000 > "$1.out"; echo "result $1""#,
+        go = go.display(),
+        dir = dir.path().display()
+    );
+    let prog = script(dir.path(), "job.sh", &body);
     let listen = free_loopback_addr();
     let mut o = NodeOpts::new("crashy");
     o.listen = listen.clone();
@@ -131,15 +138,26 @@ fn returned_files_in_delivery_survive_a_node_crash_and_are_recovered_after_its_r
     cmd.args(["--peer", &listen, "--return", "*.out", "-a", "a", "-a", "b", "--journal"]).arg(&journal);
     cmd.arg("--results-dir").arg(&results);
     let client = Proc::spawn("submit", cmd);
-    assert!(first.proc.wait_stderr("cluster reserved", Duration::from_secs(20)));
-    // The client freezes: the results wait, and go to the node's disk with their files...
+    let started = || ["a", "b"].iter().all(|a| dir.path().join(format!("started-{a}")).exists());
+    assert!(wait_until(Duration::from_secs(20), started), "{}", first.proc.stderr());
+    // The client freezes before the jobs end: the results wait, and go to the node's disk
+    // with their files...
     signal(client.pid(), "STOP");
+    std::fs::write(&go, b"").unwrap();
     let kept = first.dest.join("results");
+    // A result is written after the record of its files: two results, two files.
     let both_on_disk = || {
         let clusters = std::fs::read_dir(&kept).into_iter().flatten().flatten();
-        clusters.into_iter().any(|c| std::fs::read_dir(c.path().join("returned")).into_iter().flatten().count() >= 2)
+        let results = |c: &Path| std::fs::read_dir(c).into_iter().flatten().flatten();
+        clusters
+            .into_iter()
+            .any(|c| results(&c.path()).filter(|r| r.path().extension().is_some_and(|x| x == "cbor")).count() >= 2)
     };
-    assert!(wait_until(Duration::from_secs(10), both_on_disk), "both results' files are recorded on disk");
+    assert!(
+        wait_until(Duration::from_secs(10), both_on_disk),
+        "both results' files are on disk\n{}",
+        first.proc.stderr()
+    );
     // ...when the node crashes. The client dies too; the node comes back.
     let second = crash_and_restart(first, client, dir.path(), "crashy", listen);
     let out = recover(&journal, dir.path());
