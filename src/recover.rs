@@ -121,15 +121,11 @@ async fn collect(
                 collected.push(id);
             } else {
                 warn!(job = %id, %peer, failed = failed.len(), "returned files could not be fetched; the node keeps them");
-                let note = format!(
-                    "not saved: {}; node {} keeps this result and its files until its --result-ttl: run recover again",
+                report.note_not_saved(&format!(
+                    "{}; node {} keeps this result and its files until its --result-ttl: run recover again",
                     failed.join("; "),
                     node.name
-                );
-                report.return_note = Some(match report.return_note.take() {
-                    Some(n) => format!("{n}; {note}"),
-                    None => note,
-                });
+                ));
             }
             reports.push(report);
         }
@@ -143,7 +139,7 @@ async fn collect(
 /// What a journal says.
 struct Record {
     cluster: ClusterId,
-    /// Where the run saved returned files, if it had return patterns.
+    /// Where the run saved returned files (`None`: a journal from before it was recorded).
     results_dir: Option<PathBuf>,
     args: BTreeMap<u64, Vec<String>>,
     sent: HashMap<u64, (PeerId, Option<Multiaddr>)>,
