@@ -124,3 +124,26 @@ async fn kept_returned_files_survive_a_restart_of_the_node_and_go_at_the_result_
     assert!(!listed(h.dest.path(), &hash));
     assert_eq!(fetch_all(&mut h, rescuer, 1, &entry).await, Err(RefusalKind::BadFile));
 }
+
+#[tokio::test(start_paused = true)]
+async fn files_of_results_on_disk_delivered_after_a_release_still_go_at_the_result_ttl() {
+    let mut h = Harness::start(1, |c| c.result_ttl = Duration::ZERO);
+    let client = PeerId::random();
+    h.stage_with(client, 1, &[("prog", PROG)], |r| r.returns = vec!["*.bin".into()]).await;
+    assert!(matches!(h.submit(client, 1, [1]).await, Response::Accepted(_)));
+    let job = h.started().await;
+    std::fs::write(job.dir.clone().expect("a job directory").join("out.bin"), b"late").expect("the job writes");
+    job.finish(JobOutcome::Exited(0));
+    // The client is slow: the result, still on its way, goes to disk with its file.
+    let delivery = h.delivery().await;
+    let hash = file("out.bin", b"late").hash;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(until(|| listed(h.dest.path(), &hash)).await, "recorded with the result on disk");
+    let release = Request::Release(dispy_protocol::Release { cluster: ClusterId(1) });
+    assert_eq!(h.ask(client, release).await, Response::Ok);
+    delivery.ack();
+    settle().await;
+    let stored = h.dest.path().join("store").join(hash.to_hex());
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert!(until(|| !stored.exists()).await, "no file is left behind in the store");
+}
