@@ -305,7 +305,11 @@ impl<A, R> ClusterBuilder<A, R> {
         // Kept only in the journal: whoever holds it may recover the cluster's results.
         let owner = OwnerToken(random_bytes());
         let journal = match &self.journal {
-            Some(path) => Some(crate::journal::Journal::create(path, cluster, &owner, &program_name)?),
+            Some(path) => {
+                let mut journal = crate::journal::Journal::create(path, cluster, &owner, &program_name)?;
+                journal.returns(&self.results_dir, &self.returns);
+                Some(journal)
+            }
             None => None,
         };
         let settings = Settings {

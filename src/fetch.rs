@@ -14,17 +14,22 @@ use tokio::io::AsyncWriteExt;
 
 /// Fetches `files` into `dir`; returns the paths saved and, for each file that could not
 /// be, why (a node or a disk that failed, a name that would escape `dir`).
+///
+/// `persist`: a file whose connection broke is asked again until it arrives (for a running
+/// cluster, whose heartbeats stop the fetch of a node that is gone); otherwise once (for
+/// `recover`, where nothing would stop it: the files stay on the node to be asked again).
 pub(crate) async fn fetch_all(
     net: &NetHandle,
     peer: PeerId,
     cluster: ClusterId,
     files: &[FileEntry],
     dir: &Path,
+    persist: bool,
 ) -> (Vec<PathBuf>, Vec<String>) {
     let mut saved = Vec::new();
     let mut failed = Vec::new();
     for f in files {
-        match fetch_file(net, peer, cluster, f, dir, true).await {
+        match fetch_file(net, peer, cluster, f, dir, persist).await {
             Ok(path) => saved.push(path),
             Err(why) => failed.push(format!("{}: {why}", f.name)),
         }

@@ -1,8 +1,8 @@
 //! The client's journal (`submit --journal FILE`, [`crate::ClusterBuilder::journal`]).
 //!
-//! The journal is JSON lines, appended as the cluster goes: the cluster id, each job's
-//! arguments, the node each job was sent to, and each job that ended. After a crash,
-//! [`crate::recover`] reads it back.
+//! The journal is JSON lines, appended as the cluster goes: the cluster id, where returned
+//! files are saved, each job's arguments, the node each
+//! job was sent to, and each job that ended. After a crash, [`crate::recover`] reads it back.
 
 use crate::error::{Error, Result};
 use dispy_protocol::{ClusterId, JobId, OwnerToken};
@@ -33,6 +33,15 @@ impl Journal {
         j.line(json!({"cluster": cluster.to_string(), "owner": owner.to_hex(), "program": program}));
         j.flush();
         Ok(j)
+    }
+
+    /// Records where returned files are saved (made absolute: `recover` may run from
+    /// another folder) and the return patterns. Also without patterns: files a function
+    /// job sends (`dispy::send_file`) are saved there too.
+    pub(crate) fn returns(&mut self, results_dir: &Path, globs: &[String]) {
+        let dir = std::path::absolute(results_dir).unwrap_or_else(|_| results_dir.to_path_buf());
+        self.line(json!({"results_dir": dir.to_string_lossy(), "returns": globs}));
+        self.flush();
     }
 
     fn line(&mut self, v: serde_json::Value) {

@@ -96,6 +96,15 @@ impl JobReport {
         }
     }
 
+    /// Adds to [`JobReport::return_note`] why files were not saved here.
+    pub(crate) fn note_not_saved(&mut self, why: &str) {
+        let note = format!("not saved: {why}");
+        self.return_note = Some(match self.return_note.take() {
+            Some(n) => format!("{n}; {note}"),
+            None => note,
+        });
+    }
+
     /// How long the job ran on its node.
     pub fn run_time(&self) -> Duration {
         Duration::from_micros(self.end_us.saturating_sub(self.start_us))

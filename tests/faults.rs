@@ -438,14 +438,7 @@ fn results_in_delivery_survive_a_node_crash_and_are_recovered_after_its_restart(
     }
     assert!(batch_on_disk(), "results in delivery are on disk");
     // ...when the node crashes. The client dies too; the node comes back.
-    signal(first.proc.pid(), "KILL");
-    signal(client.pid(), "KILL");
-    signal(client.pid(), "CONT");
-    drop(client);
-    drop(first);
-    let mut o = NodeOpts::new("crashy");
-    o.listen = listen;
-    let _second = Node::start(dir.path(), o);
+    let _second = crash_and_restart(first, client, dir.path(), "crashy", listen);
     let mut cmd = std::process::Command::new(bin());
     cmd.arg("recover").arg(&journal).args(["--secret", "test-secret"]);
     let out = run("recover", cmd, Duration::from_secs(30));

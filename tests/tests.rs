@@ -22,4 +22,5 @@ mod malformed;
 mod node_limits;
 mod partition;
 mod psk;
+mod recover_files;
 mod setup;

@@ -140,13 +140,14 @@ impl Core {
         returned.extend(saved);
         report.returned = returned;
         if !failed.is_empty() {
-            let note = format!("not saved: {}", failed.join("; "));
-            report.return_note = Some(match report.return_note.take() {
-                Some(n) => format!("{n}; {note}"),
-                None => note,
-            });
+            report.note_not_saved(&failed.join("; "));
         }
         self.finish(report);
+        // Its end reaches the journal's disk now, not with the next results: after a crash,
+        // `recover` must not call a job lost whose files are saved.
+        if self.s.journal {
+            self.out.push(Effect::Journal(super::core::Entry::Flush));
+        }
         // Its slot on the node is free now.
         self.dispatch();
     }

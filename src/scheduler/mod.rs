@@ -296,7 +296,7 @@ impl Scheduler {
                     let task = tokio::spawn(async move {
                         // A few jobs' files at a time: each file has its chunks in flight.
                         let _permit = permits.acquire_owned().await;
-                        let (saved, failed) = fetch::fetch_all(&net, peer, cluster, &files, &dir).await;
+                        let (saved, failed) = fetch::fetch_all(&net, peer, cluster, &files, &dir, true).await;
                         let _ = tx.send(Done::Fetched(peer, job, saved, failed));
                     });
                     self.fetches.insert((peer, job), task.abort_handle());

@@ -772,6 +772,8 @@ fn a_result_with_returned_files_ends_its_job_once_they_are_fetched() {
     sim.absorb(effects);
     assert_eq!(sim.reports.len(), 1);
     assert_eq!(sim.reports[0].returned, saved);
+    let ends: Vec<&Entry> = sim.journal.iter().skip_while(|e| **e != Entry::Done(ids[0])).collect();
+    assert_eq!(ends, [&Entry::Done(ids[0]), &Entry::Flush], "its end is flushed to the journal at once");
 }
 
 #[test]

@@ -342,6 +342,19 @@ impl Node {
     }
 }
 
+/// Kills a node and its frozen client together (a node crash while its results wait for
+/// the client), then starts the node again at `listen` on the same dest path.
+pub fn crash_and_restart(first: Node, client: Proc, dir: &Path, name: &str, listen: String) -> Node {
+    signal(first.proc.pid(), "KILL");
+    signal(client.pid(), "KILL");
+    signal(client.pid(), "CONT");
+    drop(client);
+    drop(first);
+    let mut o = NodeOpts::new(name);
+    o.listen = listen;
+    Node::start(dir, o)
+}
+
 /// A `submit` command line with the test defaults (no mDNS, the test secret).
 pub fn submit(program: &Path) -> Command {
     let mut cmd = Command::new(bin());

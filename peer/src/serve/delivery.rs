@@ -234,8 +234,10 @@ impl Outbox {
     pub(super) fn sent(&mut self, sent: ResultsSent, released: bool, ctx: &Ctx) -> bool {
         let ResultsSent { cluster, batch, started, provisional, delivered, seq } = sent;
         self.delivering.remove(&seq);
-        // Acknowledged: what was kept on disk for it goes.
-        if delivered {
+        // Acknowledged: what was kept on disk for it goes. Not once the lease is released:
+        // its release left the files those results list in the store, and the TTL's sweep
+        // deletes them with the results (forgetting them now would leave the files behind).
+        if delivered && !released {
             let on_disk: Vec<JobId> = batch.iter().map(|r| r.id).filter(|id| self.saved.remove(id)).collect();
             if !on_disk.is_empty() {
                 let kept = ctx.kept.clone();

@@ -2,11 +2,15 @@
 //! be submitted, staged through `uploads` like the cluster's files (content-addressed: the
 //! same bytes are stored once) and linked into the job's directory. Files a job leaves that
 //! match the cluster's return globs (`--return`) are moved into the store when it ends,
-//! listed in its result, and served to the client in chunks until the cluster is released.
+//! listed in its result, and served to the client in chunks ([`Node::fetch`]) until the
+//! cluster is released, and after that to a recovering client while kept results list them.
 
+use super::Node;
 use super::lookup::Stored;
 use super::store::{Store, check_name};
-use dispy_protocol::{CHUNK_SIZE, FileEntry, FileHash, JobId, JobSpec, Refusal, RefusalKind, Response};
+use crate::net::ReplyTo;
+use dispy_protocol::{CHUNK_SIZE, Fetch, FileEntry, FileHash, JobId, JobSpec, Refusal, RefusalKind, Response};
+use libp2p::PeerId;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
@@ -140,6 +144,12 @@ impl JobFiles {
         self.returned.extend(returned.iter().map(|f| f.hash));
     }
 
+    /// Returned files now kept with results that outlive the lease (a gone client's): no
+    /// longer the lease's to delete.
+    pub(super) fn hand_over(&mut self, kept: &HashSet<FileHash>) {
+        self.returned.retain(|h| !kept.contains(h));
+    }
+
     /// Whether `hash` is a file this lease's jobs returned.
     pub(super) fn has_returned(&self, hash: &FileHash) -> bool {
         self.returned.contains(hash)
@@ -148,6 +158,54 @@ impl JobFiles {
     /// Every file this lease holds in the store for its jobs.
     pub(super) fn hashes(&self) -> impl Iterator<Item = FileHash> + '_ {
         self.declared.keys().chain(self.returned.iter()).copied()
+    }
+}
+
+impl Node {
+    /// Serves a chunk of a returned file (answered from the blocking pool): to the
+    /// cluster's client while it holds the lease; to a recovering client while that client
+    /// is gone (within its zombie interval, when `Recover` answers from the lease); and
+    /// once the lease is released, the files that the cluster's kept results list (only
+    /// for that cluster).
+    pub(super) fn fetch(&mut self, peer: PeerId, f: Fetch, channel: ReplyTo) -> Option<(ReplyTo, Response)> {
+        let refuse = |kind, msg: String| Response::Refused(Refusal::new(kind, msg));
+        let (hash, cluster) = (f.hash, f.cluster);
+        let not_returned = move || format!("file {hash} was not returned by a job of cluster {cluster}");
+        // Whether the kept results must list it (checked on the blocking pool).
+        let kept_only = match self.leases.0.get(&f.cluster).filter(|c| !c.released) {
+            Some(c) if c.client == peer || c.gone_since.is_some() => {
+                if !c.job_files.has_returned(&f.hash) {
+                    return Some((channel, refuse(RefusalKind::BadFile, not_returned())));
+                }
+                false
+            }
+            Some(_) => {
+                let why = format!("cluster {} is not reserved on this node by you", f.cluster);
+                return Some((channel, refuse(RefusalKind::UnknownCluster, why)));
+            }
+            None => true,
+        };
+        let (store, kept, net) = (self.ctx.store.clone(), self.ctx.kept.clone(), self.ctx.net.clone());
+        tokio::spawn(async move {
+            let read = tokio::task::spawn_blocking(move || {
+                if kept_only && !kept.lists(f.cluster, &f.hash) {
+                    let why = format!(
+                        "{}, or its results were collected or are past the node's --result-ttl",
+                        not_returned()
+                    );
+                    return refuse(RefusalKind::BadFile, why);
+                }
+                match read_chunk(&store, &f.hash, f.offset) {
+                    Ok(data) => Response::Data(dispy_protocol::Data { hash: f.hash, offset: f.offset, data }),
+                    Err(e) => refuse(RefusalKind::Internal, format!("cannot read returned file {}: {e}", f.hash)),
+                }
+            });
+            let response = read.await.unwrap_or_else(|e| {
+                refuse(RefusalKind::Internal, format!("cannot read returned file {}: {e}", f.hash))
+            });
+            let _ = net.respond(channel, response).await;
+        });
+        None
     }
 }
 

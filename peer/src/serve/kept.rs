@@ -8,8 +8,16 @@
 //! `<hidden>` is [`ClusterId::hidden_name`], not the id, which jobs could read by listing
 //! the folder; beside the results, `owner` holds the hash of the cluster's owner token
 //! (when its client sent one), which a recovering client must match.
+//!
+//! The files those results list as returned stay in the store with them, recorded beside
+//! them as `<dest>/results/<hidden>/returned/<hash>/<job>` (an empty file per job that
+//! lists it): a restarted node still knows which files a released cluster may fetch
+//! ([`KeptResults::lists`]) and deletes them with the last result that lists them, when it
+//! is collected or at the TTL. A directory per hash makes "does any result still list it"
+//! one `rmdir`, whatever the number of results.
 
-use dispy_protocol::{ClusterId, JobId, JobResult, OwnerHash, decode, encode};
+use super::store::Store;
+use dispy_protocol::{ClusterId, FileHash, JobId, JobResult, OwnerHash, decode, encode};
 use std::collections::HashSet;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
@@ -35,6 +43,11 @@ impl KeptResults {
         self.root.join(cluster.hidden_name())
     }
 
+    /// Where a cluster's kept results record the files they list.
+    fn files_dir(&self, cluster: ClusterId) -> PathBuf {
+        self.dir(cluster).join("returned")
+    }
+
     /// Writes results, and their owner's hash if the folder has none yet (blocking: call
     /// off the event thread).
     pub(crate) fn save(
@@ -57,6 +70,13 @@ impl KeptResults {
             }
         }
         for r in results {
+            // Recorded before the result: a result on disk never lists a file that a
+            // restarted node would not keep.
+            for f in &r.returned {
+                let by_hash = self.files_dir(cluster).join(f.hash.to_hex());
+                std::fs::create_dir_all(&by_hash)?;
+                std::fs::File::create(by_hash.join(r.id.to_string()))?;
+            }
             let bytes = encode(r).map_err(std::io::Error::other)?;
             let tmp = dir.join(format!(".{}.tmp", r.id));
             // Readable by the node's user alone (see `private`).
@@ -110,11 +130,26 @@ impl KeptResults {
     }
 
     /// Deletes collected results (and the cluster's folder once no result is left).
-    pub(crate) fn forget(&self, cluster: ClusterId, jobs: &[JobId]) {
+    /// Returns the files they listed that no result of the cluster lists any more: the
+    /// store may drop them ([`KeptResults::drop_files`]) unless a lease holds them.
+    pub(crate) fn forget(&self, cluster: ClusterId, jobs: &[JobId]) -> Vec<FileHash> {
         let dir = self.dir(cluster);
+        let files_dir = self.files_dir(cluster);
+        let mut freed = Vec::new();
         for id in jobs {
-            let _ = std::fs::remove_file(dir.join(format!("{id}.cbor")));
+            let path = dir.join(format!("{id}.cbor"));
+            let listed = std::fs::read(&path).ok().and_then(|b| decode::<JobResult>(&b).ok());
+            let _ = std::fs::remove_file(&path);
+            for f in listed.map(|r| r.returned).unwrap_or_default() {
+                let by_hash = files_dir.join(f.hash.to_hex());
+                let _ = std::fs::remove_file(by_hash.join(id.to_string()));
+                // Fails while another result lists the file.
+                if std::fs::remove_dir(&by_hash).is_ok() {
+                    freed.push(f.hash);
+                }
+            }
         }
+        let _ = std::fs::remove_dir(&files_dir);
         let left = std::fs::read_dir(&dir)
             .map(|mut entries| entries.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "cbor"))))
             .unwrap_or(true);
@@ -122,11 +157,42 @@ impl KeptResults {
             let _ = std::fs::remove_file(dir.join(OWNER_FILE));
             let _ = std::fs::remove_dir(&dir);
         }
+        freed
     }
 
-    /// Deletes the results of clusters kept longer than `ttl`.
-    pub(crate) fn sweep(&self, ttl: Duration) {
-        let Ok(entries) = std::fs::read_dir(&self.root) else { return };
+    /// Whether a kept result of `cluster` lists the file `hash` (a recovering client may
+    /// fetch it).
+    pub(crate) fn lists(&self, cluster: ClusterId, hash: &FileHash) -> bool {
+        self.files_dir(cluster).join(hash.to_hex()).is_dir()
+    }
+
+    /// Whether a kept result of any cluster lists the file `hash`.
+    pub(crate) fn holds(&self, hash: &FileHash) -> bool {
+        let Ok(entries) = std::fs::read_dir(&self.root) else { return false };
+        let hex = hash.to_hex();
+        entries.flatten().any(|e| e.path().join("returned").join(&hex).is_dir())
+    }
+
+    /// Deletes from `store` the files of `hashes` that no kept result lists and no lease
+    /// holds (`in_use`). Blocking.
+    pub(crate) fn drop_files(
+        &self,
+        store: &Store,
+        hashes: impl IntoIterator<Item = FileHash>,
+        in_use: &HashSet<FileHash>,
+    ) {
+        for h in hashes {
+            if !in_use.contains(&h) && !self.holds(&h) {
+                let _ = std::fs::remove_file(store.path(&h));
+            }
+        }
+    }
+
+    /// Deletes the results of clusters kept longer than `ttl`. Returns the files they
+    /// listed, for [`KeptResults::drop_files`].
+    pub(crate) fn sweep(&self, ttl: Duration) -> Vec<FileHash> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else { return Vec::new() };
+        let mut freed = Vec::new();
         for e in entries.flatten() {
             let old = e
                 .metadata()
@@ -135,9 +201,12 @@ impl KeptResults {
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|age| age > ttl);
             if old {
+                let listed = std::fs::read_dir(e.path().join("returned")).into_iter().flatten().flatten();
+                freed.extend(listed.filter_map(|f| f.file_name().to_str()?.parse::<FileHash>().ok()));
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
+        freed
     }
 }
 
@@ -186,6 +255,40 @@ mod tests {
         assert_eq!(kept.load(ClusterId(1), &HashSet::new(), 10).len(), 1, "at least one");
         let skip: HashSet<JobId> = [JobId(1), JobId(2)].into();
         assert_eq!(kept.load(ClusterId(1), &skip, usize::MAX).iter().map(|r| r.id).collect::<Vec<_>>(), [JobId(3)]);
+    }
+
+    #[test]
+    fn returned_files_are_recorded_until_the_last_result_listing_them_goes() {
+        let dest = tempfile::tempdir().unwrap();
+        let kept = KeptResults::open(dest.path()).unwrap();
+        let store = Store::open(dest.path()).unwrap();
+        let (shared, own) = (FileHash([1; 32]), FileHash([2; 32]));
+        let entry = |hash| dispy_protocol::FileEntry { name: "a.out".into(), hash, size: 1, executable: false };
+        for h in [shared, own] {
+            std::fs::write(store.path(&h), b"x").unwrap();
+        }
+        let a = JobResult { id: JobId(1), returned: vec![entry(shared), entry(own)], ..kept_dummy() };
+        let b = JobResult { id: JobId(2), returned: vec![entry(shared)], ..kept_dummy() };
+        kept.save(ClusterId(7), None, &[a, b]).unwrap();
+        assert!(kept.lists(ClusterId(7), &shared) && kept.lists(ClusterId(7), &own));
+        assert!(!kept.lists(ClusterId(8), &own), "only for its cluster");
+        assert!(kept.holds(&own));
+        // Job 2 still lists the shared file.
+        assert_eq!(kept.forget(ClusterId(7), &[JobId(1)]), vec![own]);
+        assert!(kept.lists(ClusterId(7), &shared) && !kept.lists(ClusterId(7), &own));
+        kept.drop_files(&store, [own, shared], &HashSet::new());
+        assert!(!store.path(&own).exists(), "no result lists it");
+        assert!(store.path(&shared).exists(), "a kept result lists it");
+        // A lease that holds a file keeps it in the store whatever the results say.
+        assert_eq!(kept.forget(ClusterId(7), &[JobId(2)]), vec![shared]);
+        kept.drop_files(&store, [shared], &HashSet::from([shared]));
+        assert!(store.path(&shared).exists());
+        assert!(!kept.dir(ClusterId(7)).exists(), "the folder goes");
+        // The TTL ends what was never collected, and names its files.
+        kept.save(ClusterId(9), None, &[JobResult { id: JobId(3), returned: vec![entry(own)], ..kept_dummy() }])
+            .unwrap();
+        assert_eq!(kept.sweep(Duration::ZERO), vec![own]);
+        assert!(!kept.holds(&own));
     }
 
     fn kept_dummy() -> JobResult {

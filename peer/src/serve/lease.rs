@@ -129,9 +129,18 @@ impl Leases {
 
     /// Files of leases other than `except` still held.
     pub(super) fn files_in_use(&self, except: ClusterId) -> HashSet<FileHash> {
+        self.files_held(|id| id != except)
+    }
+
+    /// Files of every lease still held.
+    pub(super) fn all_files_in_use(&self) -> HashSet<FileHash> {
+        self.files_held(|_| true)
+    }
+
+    fn files_held(&self, which: impl Fn(ClusterId) -> bool) -> HashSet<FileHash> {
         self.0
             .iter()
-            .filter(|(other, c)| **other != except && !c.released)
+            .filter(|(id, c)| which(**id) && !c.released)
             .flat_map(|(_, c)| c.files.iter().map(|f| f.hash).chain(c.job_files.hashes()))
             .collect()
     }

@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::net::NetEvent;
 use dispy_protocol::{ClusterId, FileHash, JobOutcome, JobResult};
 use libp2p::{Multiaddr, PeerId};
+use std::collections::HashSet;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -123,32 +124,36 @@ impl Node {
             let Some(c) = self.leases.0.get_mut(&id) else { continue };
             let results: Vec<JobResult> = c.outbox.take_undelivered();
             let owner = c.owner;
-            if !results.is_empty() {
-                info!(cluster = %id.tag(), results = results.len(), ttl = ?self.cfg.result_ttl, "keeping undelivered results");
-                let kept = self.ctx.kept.clone();
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = kept.save(id, owner, &results) {
-                        warn!(cluster = %id.tag(), cause = %e, "cannot keep undelivered results");
-                    }
-                });
-            }
+            // The files those results list stay with them (see `kept`): no longer the
+            // lease's, so its release leaves them.
+            let kept_files: HashSet<FileHash> =
+                results.iter().flat_map(|r| r.returned.iter().map(|f| f.hash)).collect();
+            c.job_files.hand_over(&kept_files);
             // A client that crashed does not come back for its files: those it sent that no
             // other cluster uses are deleted (a normal release keeps them cached).
-            let staged = c.uploads.staged.clone();
+            let staged: Vec<FileHash> = c.uploads.staged.iter().filter(|h| !kept_files.contains(h)).copied().collect();
             let in_use = self.leases.files_in_use(id);
-            let store = self.ctx.store.clone();
-            let orphans: Vec<FileHash> = staged.into_iter().filter(|h| !in_use.contains(h)).collect();
+            let (kept, store) = (self.ctx.kept.clone(), self.ctx.store.clone());
+            if !results.is_empty() {
+                info!(cluster = %id.tag(), results = results.len(), files = kept_files.len(), ttl = ?self.cfg.result_ttl, "keeping undelivered results");
+            }
+            // In this order: a file the results list is recorded before any deletion looks.
             tokio::task::spawn_blocking(move || {
-                for h in orphans {
-                    let _ = std::fs::remove_file(store.path(&h));
+                if let Err(e) = kept.save(id, owner, &results) {
+                    warn!(cluster = %id.tag(), cause = %e, "cannot keep undelivered results");
                 }
+                kept.drop_files(&store, staged, &in_use);
             });
             self.release(id);
         }
         if self.last_sweep.elapsed() > SWEEP_EVERY {
             self.last_sweep = tokio::time::Instant::now();
-            let (kept, ttl) = (self.ctx.kept.clone(), self.cfg.result_ttl);
-            tokio::task::spawn_blocking(move || kept.sweep(ttl));
+            let (kept, ttl, store) = (self.ctx.kept.clone(), self.cfg.result_ttl, self.ctx.store.clone());
+            let in_use = self.leases.all_files_in_use();
+            tokio::task::spawn_blocking(move || {
+                let freed = kept.sweep(ttl);
+                kept.drop_files(&store, freed, &in_use);
+            });
         }
     }
 
@@ -161,18 +166,14 @@ impl Node {
     pub(super) fn release(&mut self, id: ClusterId) {
         let Some(c) = self.leases.0.get_mut(&id) else { return };
         c.release();
-        // Its jobs' own files (inputs and returns) go, unless another lease holds them: a
-        // job's input is rarely another's, and nobody fetches a released cluster's returns.
+        // Its jobs' own files (inputs and returns) go, unless another lease holds them or
+        // kept results list them: a job's input is rarely another's, and only a recovering
+        // client fetches a released cluster's returns (those its kept results list).
         let mine: Vec<FileHash> = c.job_files.hashes().collect();
         if !mine.is_empty() {
             let in_use = self.leases.files_in_use(id);
-            let store = self.ctx.store.clone();
-            let orphans: Vec<FileHash> = mine.into_iter().filter(|h| !in_use.contains(h)).collect();
-            tokio::task::spawn_blocking(move || {
-                for h in orphans {
-                    let _ = std::fs::remove_file(store.path(&h));
-                }
-            });
+            let (kept, store) = (self.ctx.kept.clone(), self.ctx.store.clone());
+            tokio::task::spawn_blocking(move || kept.drop_files(&store, mine, &in_use));
         }
         self.drop_if_done(id);
     }

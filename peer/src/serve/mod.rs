@@ -352,32 +352,7 @@ impl Node {
             Request::Results(_) => refuse(RefusalKind::WrongRole, "this peer is a node; it takes no results".into()),
             Request::Recover(r) => return self.recover(peer, r, channel),
             Request::Declare(d) => return self.look_up(peer, lookup::Waiting::Declare(d), channel),
-            Request::Fetch(f) => match self.leases.owned(peer, f.cluster) {
-                Err(refusal) => *refusal,
-                Ok(lease) if !lease.job_files.has_returned(&f.hash) => refuse(
-                    RefusalKind::BadFile,
-                    format!("file {} was not returned by a job of cluster {}", f.hash, f.cluster),
-                ),
-                Ok(_) => {
-                    let (store, net) = (self.ctx.store.clone(), self.ctx.net.clone());
-                    tokio::spawn(async move {
-                        let read = tokio::task::spawn_blocking(move || jobfiles::read_chunk(&store, &f.hash, f.offset));
-                        let response = match read.await {
-                            Ok(Ok(data)) => {
-                                Response::Data(dispy_protocol::Data { hash: f.hash, offset: f.offset, data })
-                            }
-                            Ok(Err(e)) => {
-                                refuse(RefusalKind::Internal, format!("cannot read returned file {}: {e}", f.hash))
-                            }
-                            Err(e) => {
-                                refuse(RefusalKind::Internal, format!("cannot read returned file {}: {e}", f.hash))
-                            }
-                        };
-                        let _ = net.respond(channel, response).await;
-                    });
-                    return None;
-                }
-            },
+            Request::Fetch(f) => return self.fetch(peer, f, channel),
             Request::Forget(f) => return self.forget(peer, f, channel),
         };
         Some((channel, response))

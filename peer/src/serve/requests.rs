@@ -235,11 +235,15 @@ impl Node {
         if let Err(why) = self.hold(peer) {
             return Some((channel, refused(why)));
         }
-        let (kept, done) = (self.ctx.kept.clone(), self.ctx.done.clone());
+        let (kept, done, store) = (self.ctx.kept.clone(), self.ctx.done.clone(), self.ctx.store.clone());
+        let in_use = self.leases.all_files_in_use();
         tokio::task::spawn_blocking(move || {
             let response = match may_use_kept(f.cluster, access, kept.owner(f.cluster)) {
                 Ok(true) => {
-                    kept.forget(f.cluster, &f.jobs);
+                    // With the returned files only these results listed (unless a lease
+                    // holds them).
+                    let freed = kept.forget(f.cluster, &f.jobs);
+                    kept.drop_files(&store, freed, &in_use);
                     Response::Ok
                 }
                 Ok(false) => Response::Ok,

@@ -24,8 +24,9 @@ pub(crate) enum Cmd {
     Submit(SubmitOpt),
     /// List the nodes that answer within the discovery timeout.
     Nodes(NodesOpt),
-    /// After a crash of `submit --journal FILE`: collect the results the nodes still hold
-    /// and list the jobs that are lost.
+    /// After a crash of `submit --journal FILE`: collect the results the nodes still hold,
+    /// with their returned files (into the run's --results-dir), and list the jobs that are
+    /// lost.
     Recover(RecoverOpt),
     /// Write a fresh random network key for --secret-file (mode 0600).
     Keygen {

@@ -95,7 +95,23 @@ pub(super) struct Harness {
 impl Harness {
     /// A node of `cpus` slots, the rest of its configuration set by `tune`.
     pub(super) fn start(cpus: u32, tune: impl FnOnce(&mut ServeConfig)) -> Harness {
-        let dest = tempfile::tempdir().expect("temp dir");
+        Harness::start_in(tempfile::tempdir().expect("temp dir"), cpus, tune)
+    }
+
+    /// Stops the node at once (as a crash would, but cleanly) and starts a new one on the
+    /// same dest path, configured by `tune`.
+    pub(super) async fn restart(self, cpus: u32, tune: impl FnOnce(&mut ServeConfig)) -> Harness {
+        let Harness { node, stop, dest, mut commands, .. } = self;
+        let _ = stop.send(Stop::Now);
+        // Its last commands (the network's shutdown) need no answer.
+        let drain = tokio::spawn(async move { while commands.recv().await.is_some() {} });
+        let stopped = tokio::time::timeout(WAIT, node).await;
+        assert!(matches!(stopped, Ok(Ok(Ok(())))), "the node stops");
+        drain.abort();
+        Harness::start_in(dest, cpus, tune)
+    }
+
+    fn start_in(dest: tempfile::TempDir, cpus: u32, tune: impl FnOnce(&mut ServeConfig)) -> Harness {
         let mut cfg = ServeConfig::new("test-node", cpus, dest.path());
         tune(&mut cfg);
         let (net, commands) = NetHandle::detached();

@@ -6,6 +6,7 @@ mod fuzz;
 mod harness;
 mod jobfiles;
 mod jobnotes;
+mod kept_files;
 mod limits;
 mod nested;
 mod setup;
