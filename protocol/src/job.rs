@@ -205,9 +205,94 @@ impl JobResult {
     }
 }
 
+impl JobResult {
+    /// Makes the result carry at most about `max` bytes ([`JobResult::payload_len`]), so
+    /// that it always fits one message: output is cut (the cut bytes counted as truncated),
+    /// then long outcome texts, and a value still too large is dropped, the job then
+    /// reported [`JobOutcome::Crashed`] saying why. A result within `max` is unchanged.
+    ///
+    /// ```
+    /// # use dispy_protocol::{JobId, JobOutcome, JobResult};
+    /// let mut r = JobResult::new(JobId(1), JobOutcome::Returned, 0, 0);
+    /// r.value = vec![0; 5000];
+    /// r.fit(1000);
+    /// assert!(r.payload_len() <= 1000 && r.value.is_empty());
+    /// assert!(matches!(r.outcome, JobOutcome::Crashed(_)));
+    /// ```
+    pub fn fit(&mut self, max: usize) {
+        if self.payload_len() <= max {
+            return;
+        }
+        // Output first: each stream keeps its first quarter of the budget.
+        for out in [&mut self.stdout, &mut self.stderr] {
+            let keep = max / 4;
+            if out.bytes.len() > keep {
+                let cut = out.bytes.len() - keep;
+                out.bytes.truncate(keep);
+                out.truncated = out.truncated.saturating_add(u64::try_from(cut).unwrap_or(u64::MAX));
+            }
+        }
+        let cut_text = |s: &mut String, keep: usize| {
+            if s.len() > keep {
+                let mut end = keep;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                s.truncate(end);
+                s.push_str(" [cut: over the size a result may carry]");
+            }
+        };
+        let keep = max / 16;
+        match &mut self.outcome {
+            JobOutcome::FailedToStart(t)
+            | JobOutcome::Abandoned(t)
+            | JobOutcome::Crashed(t)
+            | JobOutcome::Declined(t)
+            | JobOutcome::NotRun(t) => cut_text(t, keep),
+            JobOutcome::Panicked { message, trace } => {
+                cut_text(message, keep);
+                cut_text(trace, keep);
+            }
+            _ => {}
+        }
+        if let Some(note) = &mut self.return_note {
+            cut_text(note, keep);
+        }
+        if self.payload_len() > max && !self.value.is_empty() {
+            let why = format!("its value of {} bytes is over the {max} bytes a result may carry", self.value.len());
+            self.value = Vec::new();
+            self.outcome = JobOutcome::Crashed(why);
+        }
+        if self.payload_len() > max {
+            // Returned files' entries are what is left: the files stay on the node.
+            self.returned.clear();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_result_too_large_is_cut_to_fit_and_says_so() {
+        let mut r = JobResult::new(
+            JobId(1),
+            JobOutcome::Panicked { message: "m".repeat(10_000), trace: "é".repeat(50_000) },
+            0,
+            0,
+        );
+        r.stdout.bytes = vec![b'o'; 100_000];
+        r.fit(40_000);
+        assert!(r.payload_len() <= 40_000, "{}", r.payload_len());
+        assert_eq!((r.stdout.bytes.len(), r.stdout.truncated), (10_000, 90_000));
+        let JobOutcome::Panicked { trace, .. } = &r.outcome else { panic!() };
+        assert!(trace.ends_with("[cut: over the size a result may carry]"));
+        let small = JobResult::new(JobId(2), JobOutcome::Exited(0), 0, 0);
+        let mut same = small.clone();
+        same.fit(1000);
+        assert_eq!(same, small);
+    }
 
     #[test]
     fn a_panics_texts_count_toward_a_batchs_size() {

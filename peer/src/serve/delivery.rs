@@ -82,7 +82,10 @@ impl Outbox {
         self.starts_since.get_or_insert_with(Instant::now);
     }
 
-    pub(super) fn push_result(&mut self, result: JobResult) {
+    pub(super) fn push_result(&mut self, mut result: JobResult) {
+        // A result must fit one message, alone if need be: one that did not was retried
+        // for ever, holding back every later result of its cluster.
+        result.fit(MAX_RESULT_BATCH_BYTES);
         self.results.push_back(result);
         self.unsaved_since.get_or_insert_with(Instant::now);
     }

@@ -71,9 +71,13 @@ impl Uploads {
         !self.uploads.contains_key(hash) && !self.staged.contains(hash) && !self.refused_files.contains_key(hash)
     }
 
-    /// Drops the files still arriving (their partial files go with them).
+    /// Drops the files still arriving (their partial files go with them, removed on the
+    /// blocking pool: a file each).
     pub(super) fn clear(&mut self) {
-        self.uploads.clear();
+        let gone = std::mem::take(&mut self.uploads);
+        if !gone.is_empty() {
+            tokio::task::spawn_blocking(move || drop(gone));
+        }
     }
 
     /// Takes a chunk of one of `files`; returns the answer unless the chunk was queued for

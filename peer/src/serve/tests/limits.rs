@@ -206,3 +206,24 @@ async fn idle_function_workers_are_at_most_the_nodes_cpus() {
         );
     }
 }
+
+/// A cluster released while its results travel, and reserved again under the same id
+/// before they arrive: the old delivery's end must not upset the new lease's counts (it
+/// underflowed, a panic in debug builds).
+#[tokio::test(start_paused = true)]
+async fn a_delivery_ending_after_its_cluster_was_reserved_again_upsets_nothing() {
+    let mut h = Harness::start(1, |_| {});
+    let client = PeerId::random();
+    h.stage(client, 1, &[("prog", PROG)], None).await;
+    h.submit(client, 1, [1]).await;
+    h.started().await.finish(JobOutcome::Exited(0));
+    let travelling = h.delivery().await;
+    assert_eq!(h.ask(client, Request::Release(dispy_protocol::Release { cluster: ClusterId(1) })).await, Response::Ok);
+    h.stage(client, 1, &[("prog", PROG)], None).await;
+    travelling.ack();
+    settle().await;
+    assert!(!h.node.is_finished(), "the node lives on");
+    assert!(matches!(h.submit(client, 1, [2]).await, Response::Accepted(_)));
+    h.started().await.finish(JobOutcome::Exited(0));
+    assert_eq!(outcomes(&h.results(1).await), vec![(2, JobOutcome::Exited(0))]);
+}
