@@ -44,7 +44,8 @@ pub(super) fn access(
     token: Option<OwnerToken>,
 ) -> Result<Access, Refusal> {
     let claim = token.map(|t| t.hash());
-    match lease {
+    // A released lease only finishes delivering: its kept results decide (`may_use_kept`).
+    match lease.filter(|l| !l.released) {
         Some(l) if l.client == peer || (claim.is_some() && claim == l.owner) => Ok(Access::Lease(l.owner)),
         Some(_) => Err(not_owner(cluster)),
         None => Ok(claim.map_or(Access::Anonymous, Access::Token)),

@@ -49,7 +49,7 @@ async fn crashed_client(
     assert!(matches!(h.ask(rescuer, fetch).await, Response::Data(_)), "served while the client is gone");
 
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let kept = h.dest.path().join(format!("results/{}/1.cbor", ClusterId(1)));
+    let kept = h.dest.path().join(format!("results/{}/1.cbor", ClusterId(1).hidden_name()));
     assert!(until(|| kept.exists()).await, "the undelivered result is kept");
     (h, data, hash, stored)
 }
@@ -68,14 +68,14 @@ async fn fetch_all(h: &mut Harness, peer: PeerId, cluster: u64, f: &FileEntry) -
 }
 
 async fn recover(h: &mut Harness, peer: PeerId) -> Vec<dispy_protocol::JobResult> {
-    let Response::Recovered(r) = h.ask(peer, Request::Recover(Recover { cluster: ClusterId(1) })).await else {
-        panic!("not recovered")
-    };
-    r.results
+    match h.ask(peer, Request::Recover(Recover { cluster: ClusterId(1), token: None })).await {
+        Response::Recovered(r) => r.results,
+        other => panic!("not recovered: {other:?}"),
+    }
 }
 
 fn listed(dest: &Path, hash: &FileHash) -> bool {
-    dest.join(format!("results/{}/returned/{}", ClusterId(1), hash.to_hex())).is_dir()
+    dest.join(format!("results/{}/returned/{}", ClusterId(1).hidden_name(), hash.to_hex())).is_dir()
 }
 
 #[tokio::test(start_paused = true)]
@@ -97,7 +97,7 @@ async fn a_crashed_clients_returned_files_stay_with_its_results_until_it_forgets
     let other = FileEntry { hash: FileHash([5; 32]), ..entry.clone() };
     assert_eq!(fetch_all(&mut h, rescuer, 1, &other).await, Err(RefusalKind::BadFile));
 
-    let forget = Request::Forget(Forget { cluster: ClusterId(1), jobs: vec![JobId(1)] });
+    let forget = Request::Forget(Forget { cluster: ClusterId(1), jobs: vec![JobId(1)], token: None });
     assert_eq!(h.ask(rescuer, forget).await, Response::Ok);
     assert!(until(|| !stored.exists()).await, "forgotten with its result");
     assert!(!listed(h.dest.path(), &hash));
