@@ -375,9 +375,15 @@ impl EventLoop {
                 configured = Some(t.addr.clone());
             }
         }
-        let key = configured.as_ref().map(|a| a.to_string()).or(peer.map(|p| p.to_string())).unwrap_or_default();
         if handshake {
-            self.log_handshake_failure(format!("out:{key}"), &key, &cause);
+            // Configured peers are warned about each; peers found by discovery (mDNS answers
+            // are free to forge, in any number) share one warning.
+            let (key, remote) = match (&configured, peer) {
+                (Some(addr), _) => (addr.to_string(), addr.to_string()),
+                (None, Some(p)) => ("discovered".to_string(), p.to_string()),
+                (None, None) => ("discovered".to_string(), String::new()),
+            };
+            self.log_handshake_failure(format!("out:{key}"), &remote, &cause);
         } else {
             debug!(peer = ?peer, addr = ?configured, %cause, "dial failed");
         }
