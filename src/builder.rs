@@ -12,7 +12,7 @@ use crate::secret::Secret;
 use crate::select::NodePattern;
 use crate::stage;
 use dispy_node::net::{self, NetConfig};
-use dispy_protocol::ClusterId;
+use dispy_protocol::{ClusterId, OwnerToken};
 use libp2p::Multiaddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -251,12 +251,14 @@ impl<A, R> ClusterBuilder<A, R> {
     /// # Errors
     /// [`Error::File`] for a missing or unreadable program or file, or a results directory
     /// that cannot be made (no node is contacted),
-    /// [`Error::Config`] / [`Error::Node`] for a bad secret or network setup,
+    /// [`Error::Config`] / [`Error::Node`] for a bad secret, a job timeout nodes would refuse
+    /// (over [`dispy_protocol::MAX_TIMEOUT_SECS`]) or network setup,
     /// [`Error::Start`] when its thread cannot start.
     pub async fn start(self) -> Result<Cluster<A, R>> {
         if self.function.is_some() && (self.setup.is_some() || self.cleanup.is_some()) {
             return Err(Error::Config("setup and cleanup programs are for program clusters".into()));
         }
+        let timeout_secs = timeout_secs(self.timeout)?;
         let files = self.files.clone();
         let executables: Vec<PathBuf> =
             std::iter::once(&self.program).chain(&self.setup).chain(&self.cleanup).cloned().collect();
@@ -300,12 +302,15 @@ impl<A, R> ClusterBuilder<A, R> {
             ..NetConfig::default()
         };
         let cluster = ClusterId(rand_id());
+        // Kept only in the journal: whoever holds it may recover the cluster's results.
+        let owner = OwnerToken(random_bytes());
         let journal = match &self.journal {
-            Some(path) => Some(crate::journal::Journal::create(path, cluster, &program_name)?),
+            Some(path) => Some(crate::journal::Journal::create(path, cluster, &owner, &program_name)?),
             None => None,
         };
         let settings = Settings {
             cluster,
+            owner: Some(owner.hash()),
             journal: journal.is_some(),
             job_events: self.on_job.is_some(),
             cluster_events: self.on_cluster.is_some(),
@@ -315,7 +320,7 @@ impl<A, R> ClusterBuilder<A, R> {
             files,
             patterns: self.patterns,
             cpus_per_node: self.cpus_per_node,
-            timeout_secs: self.timeout.map(|t| t.as_secs_f64()),
+            timeout_secs,
             reentrant: self.reentrant,
             max_retries: self.max_retries,
             discover_timeout: self.discover_timeout,
@@ -391,8 +396,25 @@ impl<A, R> ClusterBuilder<A, R> {
     }
 }
 
+/// A cluster id: a capability of its client on the nodes, so from the OS random source.
 fn rand_id() -> u64 {
-    rand::random()
+    u64::from_le_bytes(random_bytes())
+}
+
+/// Bytes from the OS random source.
+fn random_bytes<const N: usize>() -> [u8; N] {
+    use rand::RngCore;
+    let mut bytes = [0u8; N];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes
+}
+
+/// The job time limit as sent to nodes, checked as nodes check it: a limit nodes would
+/// refuse (`Duration::MAX`, over about 31 years) is a configuration error here, at once.
+fn timeout_secs(timeout: Option<Duration>) -> Result<Option<f64>> {
+    let secs = timeout.map(|t| t.as_secs_f64());
+    dispy_protocol::job::checked_timeout(secs).map_err(|why| Error::Config(format!("the job timeout: {why}")))?;
+    Ok(secs)
 }
 
 impl<A, R> std::fmt::Debug for ClusterBuilder<A, R> {

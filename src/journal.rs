@@ -5,7 +5,7 @@
 //! [`crate::recover`] reads it back.
 
 use crate::error::{Error, Result};
-use dispy_protocol::{ClusterId, JobId};
+use dispy_protocol::{ClusterId, JobId, OwnerToken};
 use libp2p::{Multiaddr, PeerId};
 use serde_json::json;
 use std::io::Write;
@@ -18,15 +18,19 @@ pub(crate) struct Journal {
 }
 
 impl Journal {
-    pub(crate) fn create(path: &Path, cluster: ClusterId, program: &str) -> Result<Journal> {
+    /// Starts a journal for `cluster`, owned by whoever holds `owner` (written here, and
+    /// nowhere else: the file is made readable by its user only).
+    pub(crate) fn create(path: &Path, cluster: ClusterId, owner: &OwnerToken, program: &str) -> Result<Journal> {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
+            .mode(0o600)
             .open(path)
             .map_err(|source| Error::File { path: path.to_path_buf(), source })?;
         let mut j = Journal { out: Some(std::io::BufWriter::new(file)) };
-        j.line(json!({"cluster": cluster.to_string(), "program": program}));
+        j.line(json!({"cluster": cluster.to_string(), "owner": owner.to_hex(), "program": program}));
         j.flush();
         Ok(j)
     }

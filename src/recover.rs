@@ -7,12 +7,16 @@ use crate::error::{Error, Result};
 use crate::report::{JobReport, node_ref};
 use crate::secret::Secret;
 use dispy_node::net::{self, NetConfig, NetEvent, remote_ip};
-use dispy_protocol::{ClusterId, Forget, JobId, Recover, Request, Response};
+use dispy_protocol::{ClusterId, Forget, JobId, OwnerToken, Recover, Request, Response};
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::BufRead;
 use std::path::Path;
 use std::time::Duration;
+
+/// Rounds in a row that may bring a node's results for no job the journal waits for (jobs
+/// that ended after all) before `recover` stops asking it.
+const MAX_IDLE_RECOVER_ROUNDS: u32 = 16;
 
 /// What [`recover`] found.
 #[derive(Debug)]
@@ -38,6 +42,7 @@ pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<R
     let file = std::fs::File::open(journal).map_err(|source| Error::File { path: journal.to_path_buf(), source })?;
     let bad = |what: &str| Error::Config(format!("{} is not a dispy journal: {what}", journal.display()));
     let mut cluster: Option<ClusterId> = None;
+    let mut token: Option<OwnerToken> = None;
     let mut args: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     let mut sent: HashMap<u64, (PeerId, Option<Multiaddr>)> = HashMap::new();
     let mut done: HashSet<u64> = HashSet::new();
@@ -47,6 +52,10 @@ pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<R
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
         if let Some(c) = v.get("cluster").and_then(|c| c.as_str()) {
             cluster = Some(ClusterId(u64::from_str_radix(c, 16).map_err(|_| bad("bad cluster id"))?));
+            // Journals of older versions have none: their nodes need none.
+            if let Some(t) = v.get("owner").and_then(|t| t.as_str()) {
+                token = Some(t.parse().map_err(|_| bad("bad owner token"))?);
+            }
         } else if let Some(id) = v.get("job").and_then(|j| j.as_u64()) {
             let a = v.get("args").and_then(|a| serde_json::from_value(a.clone()).ok()).unwrap_or_default();
             args.insert(id, a);
@@ -71,6 +80,7 @@ pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<R
         }
     }
     let mut reports = Vec::new();
+    let mut collected: HashSet<JobId> = HashSet::new();
     if !addrs.is_empty() {
         let cfg = NetConfig { psk: secret.to_psk()?, peers: addrs.iter().cloned().collect(), ..NetConfig::default() };
         let (handle, mut events) = net::spawn(cfg)?;
@@ -86,34 +96,83 @@ pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<R
             if !asked.insert(peer) {
                 continue;
             }
-            // Ask until the node has nothing more (answers are bounded in size).
+            // Ask until the node has nothing more (answers are bounded in size), or a round
+            // brings no result not seen before, or too many rounds in a row bring none the
+            // journal waits for: a node that keeps answering the same results (or whose
+            // deletion keeps failing), or endless made-up ones, cannot keep the client
+            // asking forever.
+            let mut rounds = Rounds::default();
             loop {
-                let answer = handle.request(peer, Request::Recover(Recover { cluster })).await;
-                let Ok(Response::Recovered(r)) = answer else { break };
+                let answer = handle.request(peer, Request::Recover(Recover { cluster, token })).await;
+                let r = match answer {
+                    Ok(Response::Recovered(r)) => r,
+                    Ok(Response::Refused(why)) => {
+                        tracing::warn!(%peer, reason = %why, "the node refused to hand over results");
+                        break;
+                    }
+                    _ => break,
+                };
                 if r.results.is_empty() {
                     break;
                 }
+                let before = collected.len();
                 let ids: Vec<JobId> = r.results.iter().map(|x| x.id).collect();
                 for x in r.results {
-                    if !pending.contains(&x.id.0) || reports.iter().any(|p: &JobReport| p.id == x.id) {
+                    if !pending.contains(&x.id.0) || !collected.insert(x.id) {
                         continue;
                     }
                     let args = args.get(&x.id.0).cloned().unwrap_or_default();
                     let node = node_ref(&peer.to_string(), &peer, remote_ip(&remote));
                     reports.push(JobReport::from_result(x, args, Some(node)));
                 }
-                let _ = handle.request(peer, Request::Forget(Forget { cluster, jobs: ids })).await;
+                let again = rounds.again(&ids, collected.len() - before);
+                let _ = handle.request(peer, Request::Forget(Forget { cluster, jobs: ids, token })).await;
+                if !again {
+                    break;
+                }
             }
         }
         handle.shutdown().await;
     }
     reports.sort_by_key(|r| r.id);
-    let found: HashSet<u64> = reports.iter().map(|r| r.id.0).collect();
     let mut lost: Vec<(JobId, Vec<String>)> = pending
         .iter()
-        .filter(|id| !found.contains(id))
+        .filter(|id| !collected.contains(&JobId(**id)))
         .map(|id| (JobId(*id), args.get(id).cloned().unwrap_or_default()))
         .collect();
     lost.sort();
     Ok(Recovery { reports, lost })
+}
+
+/// Whether to ask a node for more results after a Recover round (see `recover`).
+#[derive(Debug, Default)]
+struct Rounds {
+    seen: HashSet<JobId>,
+    idle: u32,
+}
+
+impl Rounds {
+    /// After a round that answered `ids`, `wanted` of them for jobs the journal waits for.
+    fn again(&mut self, ids: &[JobId], wanted: usize) -> bool {
+        let fresh = ids.iter().filter(|id| self.seen.insert(**id)).count();
+        self.idle = if wanted > 0 { 0 } else { self.idle + 1 };
+        fresh > 0 && self.idle <= MAX_IDLE_RECOVER_ROUNDS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_answering_the_same_or_endless_results_is_not_asked_forever() {
+        let mut r = Rounds::default();
+        assert!(r.again(&[JobId(1), JobId(2)], 2));
+        assert!(!r.again(&[JobId(1), JobId(2)], 0), "the same results again");
+        let mut r = Rounds::default();
+        let rounds = (0..1000u64).take_while(|n| r.again(&[JobId(n + 100)], 0)).count();
+        assert_eq!(rounds, MAX_IDLE_RECOVER_ROUNDS as usize, "made-up results the journal never sent");
+        let mut r = Rounds::default();
+        assert!((0..100u64).all(|n| r.again(&[JobId(n)], 1)), "each round brings a wanted result");
+    }
 }

@@ -1,6 +1,7 @@
 //! A peer holding the secret but sending garbage, or messages in an order no dispy client
-//! sends them: the node logs what it dropped, keeps its promises, and goes on serving. The raw peer here is a real libp2p peer (same transport) with a codec that
-//! sends arbitrary bytes on dispy's protocol.
+//! sends them: the node logs what it dropped, keeps its promises, and goes on serving. The
+//! raw peer here ([`RawPeer`], also used by `node_limits`) is a real libp2p peer (same
+//! transport) with a codec that sends arbitrary bytes on dispy's protocol.
 
 use crate::util::*;
 use dispy_protocol::{
@@ -69,7 +70,7 @@ impl request_response::Codec for RawCodec {
 
 /// A real libp2p peer holding the test secret that speaks dispy's protocol as raw bytes:
 /// whatever it is told to send, in the order it is told.
-struct RawPeer {
+pub(crate) struct RawPeer {
     swarm: libp2p::Swarm<request_response::Behaviour<RawCodec>>,
     node: PeerId,
     /// Requests the node sent (already answered `Ok`), oldest first.
@@ -79,7 +80,7 @@ struct RawPeer {
 }
 
 impl RawPeer {
-    async fn connect(addr: &Multiaddr) -> Result<RawPeer, String> {
+    pub(crate) async fn connect(addr: &Multiaddr) -> Result<RawPeer, String> {
         let psk = dispy_node::psk::from_secret("test-secret").unwrap();
         let mut swarm = libp2p::SwarmBuilder::with_new_identity()
             .with_tokio()
@@ -112,24 +113,24 @@ impl RawPeer {
     }
 
     /// Sends `payload` as one request and waits for whatever comes back (`Err`: no answer).
-    async fn request(&mut self, payload: Vec<u8>) -> Result<Vec<u8>, String> {
+    pub(crate) async fn request(&mut self, payload: Vec<u8>) -> Result<Vec<u8>, String> {
         let id = self.send(payload);
         self.answer(id).await
     }
 
     /// Sends a request without waiting for its answer.
-    fn send(&mut self, payload: Vec<u8>) -> OutboundRequestId {
+    pub(crate) fn send(&mut self, payload: Vec<u8>) -> OutboundRequestId {
         self.swarm.behaviour_mut().send_request(&self.node, payload)
     }
 
     /// Waits for the answer to a request sent earlier (`Err`: none came).
-    async fn answer(&mut self, id: OutboundRequestId) -> Result<Vec<u8>, String> {
+    pub(crate) async fn answer(&mut self, id: OutboundRequestId) -> Result<Vec<u8>, String> {
         assert!(self.answered(id, Duration::from_secs(60)).await, "the raw request got no answer within 60 s");
         self.answers.remove(&id).expect("answered")
     }
 
     /// Whether the answer to `id` (or its failure) has come, waiting up to `within`.
-    async fn answered(&mut self, id: OutboundRequestId, within: Duration) -> bool {
+    pub(crate) async fn answered(&mut self, id: OutboundRequestId, within: Duration) -> bool {
         let _ = tokio::time::timeout(within, async {
             while !self.answers.contains_key(&id) {
                 let (request_id, answer) = match self.next_event().await {
@@ -157,7 +158,7 @@ impl RawPeer {
     }
 
     /// The next request the node sends, answered `Ok`.
-    async fn next_inbound(&mut self, within: Duration) -> Option<Request> {
+    pub(crate) async fn next_inbound(&mut self, within: Duration) -> Option<Request> {
         tokio::time::timeout(within, async {
             while self.inbox.is_empty() {
                 self.next_event().await;
@@ -234,13 +235,23 @@ async fn malformed_and_oversized_messages_are_dropped_and_the_node_goes_on() {
 }
 
 /// Encodes and sends a request; decodes the answer.
-async fn ask(peer: &mut RawPeer, request: &Request) -> Response {
+pub(crate) async fn ask(peer: &mut RawPeer, request: &Request) -> Response {
     let answer = peer.request(dispy_protocol::encode(request).unwrap()).await.unwrap();
     dispy_protocol::decode(&answer).unwrap()
 }
 
 /// Reserves `cluster` with one file, the program `job.sh`.
-async fn reserve(peer: &mut RawPeer, cluster: ClusterId, program: &[u8]) -> FileHash {
+pub(crate) async fn reserve(peer: &mut RawPeer, cluster: ClusterId, program: &[u8]) -> FileHash {
+    reserve_owned(peer, cluster, program, None).await
+}
+
+/// [`reserve`], with the hash of the cluster's owner token.
+async fn reserve_owned(
+    peer: &mut RawPeer,
+    cluster: ClusterId,
+    program: &[u8],
+    owner: Option<dispy_protocol::OwnerHash>,
+) -> FileHash {
     let hash = FileHash(sha2::Sha256::digest(program).into());
     let file = FileEntry { name: "job.sh".into(), hash, size: program.len() as u64, executable: true };
     let reserve = Reserve {
@@ -253,6 +264,7 @@ async fn reserve(peer: &mut RawPeer, cluster: ClusterId, program: &[u8]) -> File
         cleanup: None,
         setup_timeout_secs: None,
         returns: vec![],
+        owner,
     };
     let answer = ask(peer, &Request::Reserve(reserve)).await;
     assert!(matches!(answer, Response::Reserved(_)), "{answer:?}");
@@ -261,7 +273,13 @@ async fn reserve(peer: &mut RawPeer, cluster: ClusterId, program: &[u8]) -> File
 
 /// Submits one job and waits for its result among the node's `Results` (its start must
 /// not be reported if `must_not_start`).
-async fn run_job(peer: &mut RawPeer, node: &Node, cluster: ClusterId, job: JobId, must_not_start: bool) -> JobResult {
+pub(crate) async fn run_job(
+    peer: &mut RawPeer,
+    node: &Node,
+    cluster: ClusterId,
+    job: JobId,
+    must_not_start: bool,
+) -> JobResult {
     let spec = JobSpec { id: job, args: vec![], timeout_secs: None, input: vec![], files: vec![] };
     let answer = ask(peer, &Request::Submit(Submit { cluster, jobs: vec![spec] })).await;
     assert!(matches!(answer, Response::Accepted(_)), "{answer:?}");
@@ -393,6 +411,7 @@ async fn names_escaping_the_job_directory_are_refused() {
             cleanup: None,
             setup_timeout_secs: None,
             returns: vec![],
+            owner: None,
         };
         let answer = ask(&mut peer, &Request::Reserve(reserve)).await;
         assert!(
@@ -404,4 +423,39 @@ async fn names_escaping_the_job_directory_are_refused() {
         assert!(matches!(submit, Response::Refused(_)), "{bad}: a lease was taken: {submit:?}");
     }
     assert!(!dir.path().join("x").exists() && !dir.path().join("node-paths/x").exists());
+}
+
+/// A cluster's results are its owner's: another identity (another tenant holding the
+/// secret, who learnt the id) cannot read or drop them, with a token or without.
+#[tokio::test(flavor = "multi_thread")]
+async fn recover_and_forget_from_another_identity_are_refused() {
+    let dir = tempdir();
+    let node = Node::start(dir.path(), NodeOpts::new("owned"));
+    let addr = node.addr.parse().unwrap();
+    let mut owner = RawPeer::connect(&addr).await.unwrap();
+    let mut stranger = RawPeer::connect(&addr).await.unwrap();
+    let cluster = ClusterId(0x0e1e);
+    let token = dispy_protocol::OwnerToken([9; 32]);
+    reserve_owned(&mut owner, cluster, b"#!/bin/sh\necho mine\n", Some(token.hash())).await;
+    for t in [None, Some(dispy_protocol::OwnerToken([1; 32]))] {
+        let recover = Request::Recover(dispy_protocol::Recover { cluster, token: t });
+        let answer = ask(&mut stranger, &recover).await;
+        assert!(
+            matches!(&answer, Response::Refused(r) if r.kind == dispy_protocol::RefusalKind::NotOwner
+                && r.message.contains("not yours")),
+            "{answer:?}"
+        );
+        let forget = Request::Forget(dispy_protocol::Forget { cluster, jobs: vec![JobId(0)], token: t });
+        let answer = ask(&mut stranger, &forget).await;
+        assert!(
+            matches!(&answer, Response::Refused(r) if r.kind == dispy_protocol::RefusalKind::NotOwner),
+            "{answer:?}"
+        );
+    }
+    // The owner may, by identity or (as a restarted client would) by token.
+    let recover = Request::Recover(dispy_protocol::Recover { cluster, token: None });
+    assert!(matches!(ask(&mut owner, &recover).await, Response::Recovered(_)));
+    let recover = Request::Recover(dispy_protocol::Recover { cluster, token: Some(token) });
+    assert!(matches!(ask(&mut stranger, &recover).await, Response::Recovered(_)));
+    assert_eq!(ask(&mut owner, &Request::Release(Release { cluster })).await, Response::Ok);
 }

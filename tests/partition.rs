@@ -40,20 +40,29 @@ impl Lan {
         let list = self.dir.path().join("jobs.txt");
         std::fs::write(&list, jobs).unwrap();
         cmd.arg("--args-file").arg(&list);
-        cmd.env("RUST_LOG", "warn,libp2p_kad=error,libp2p_mdns=error").env_remove("DISPY_SECRET");
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("PARTITION_LOG").unwrap_or_else(|_| "warn,libp2p_kad=error,libp2p_mdns=error".into()),
+        )
+        .env_remove("DISPY_SECRET");
         Proc::spawn("submit", cmd)
     }
 
     /// The client's link down for `secs`, from about 1 s into the run.
     fn partition(&self, nodes: &[&Node], secs: f64) {
+        self.cut_when_reserved(nodes);
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        self.link(true);
+    }
+
+    /// The client's link down about 1 s after every node took the cluster.
+    fn cut_when_reserved(&self, nodes: &[&Node]) {
         assert!(
             wait_until(Duration::from_secs(30), || nodes.iter().all(|n| n.proc.stderr().contains("cluster reserved"))),
             "both nodes reserved"
         );
         std::thread::sleep(Duration::from_secs(1));
         self.link(false);
-        std::thread::sleep(Duration::from_secs_f64(secs));
-        self.link(true);
     }
 
     fn link(&self, up: bool) {
@@ -138,19 +147,15 @@ fn past_wait_nodes_every_job_is_reported_with_its_status_and_submit_exits_1() {
     {
         let n1 = Node::serve_in(&lan.hosts[0], "w-one", lan.dir.path(), &[]);
         let n2 = Node::serve_in(&lan.hosts[1], "w-two", lan.dir.path(), &[]);
-        let client = lan.submit(&["--wait-nodes", "10"]);
-        assert!(wait_until(Duration::from_secs(30), || [&n1, &n2]
-            .iter()
-            .all(|n| n.proc.stderr().contains("cluster reserved"))));
-        std::thread::sleep(Duration::from_secs(1));
-        lan.link(false);
+        let client = lan.submit(&["--wait-nodes", "30"]);
+        lan.cut_when_reserved(&[&n1, &n2]);
         let cut = Instant::now();
-        // The link stays down until the client gives up.
+        // A 90 s partition: the link stays down until the client gives up.
         let out = client.wait(Duration::from_secs(90));
         let waited = cut.elapsed();
         out.expect_code(1);
-        // ~8.5 s to notice the silence, then 10 s of waiting.
-        assert!(waited > Duration::from_secs(15) && waited < Duration::from_secs(40), "{waited:?}");
+        // A few seconds to notice the silence, then 30 s of waiting.
+        assert!(waited > Duration::from_secs(30) && waited < Duration::from_secs(60), "{waited:?}");
         let seen = statuses(&out);
         assert_eq!(seen.len(), JOBS, "none missing:\n{}", out.stderr);
         let counts = seen.values().fold(HashMap::new(), |mut m, s| {
@@ -161,8 +166,12 @@ fn past_wait_nodes_every_job_is_reported_with_its_status_and_submit_exits_1() {
         assert!(counts.get("not run").copied().unwrap_or(0) > 0, "{counts:?}");
         let known: HashSet<&str> = HashSet::from(["finished", "not run", "abandoned"]);
         assert!(counts.keys().all(|s| known.contains(s)), "{counts:?}");
-        assert!(out.stderr.contains("waiting up to 10 s for one to come back (--wait-nodes)"), "{}", out.stderr);
-        assert!(out.stderr.contains("every node was lost and none came back within 10.0 s"), "{}", out.stderr);
+        assert!(out.stderr.contains("waiting up to 30 s for one to come back (--wait-nodes)"), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("every node was lost and none came back within 30.0 s (--wait-nodes)"),
+            "{}",
+            out.stderr
+        );
         let summary = out.json_lines().into_iter().find(|j| j.get("summary").is_some()).expect("a summary");
         assert_eq!(summary["reported"], JOBS, "{summary}");
         assert_eq!(summary["statuses"]["not run"], counts["not run"], "{summary}");
@@ -177,11 +186,7 @@ fn ctrl_c_while_the_nodes_are_unreachable_reports_every_job() {
         let n1 = Node::serve_in(&lan.hosts[0], "c-one", lan.dir.path(), &[]);
         let n2 = Node::serve_in(&lan.hosts[1], "c-two", lan.dir.path(), &[]);
         let client = lan.submit(&[]);
-        assert!(wait_until(Duration::from_secs(30), || [&n1, &n2]
-            .iter()
-            .all(|n| n.proc.stderr().contains("cluster reserved"))));
-        std::thread::sleep(Duration::from_secs(1));
-        lan.link(false);
+        lan.cut_when_reserved(&[&n1, &n2]);
         assert!(client.wait_stderr("unreachable", Duration::from_secs(20)), "{}", client.stderr());
         signal(client.pid(), "INT");
         let out = client.wait(Duration::from_secs(30));
@@ -194,25 +199,38 @@ fn ctrl_c_while_the_nodes_are_unreachable_reports_every_job() {
     lan.end();
 }
 
+/// Node one is killed and started again while the client's link is down; returns the
+/// client's output.
+fn restarted_during_a_partition(lan: &Lan, reentrant: bool) -> Finished {
+    let mut n1 = Node::serve_in(&lan.hosts[0], "r-one", lan.dir.path(), &[]);
+    let n2 = Node::serve_in(&lan.hosts[1], "r-two", lan.dir.path(), &[]);
+    let client = lan.submit(if reentrant { &["--reentrant"] } else { &[] });
+    lan.cut_when_reserved(&[&n1, &n2]);
+    signal(n1.proc.pid(), "KILL");
+    n1.stop();
+    let _n1 = Node::serve_in(&lan.hosts[0], "r-one", lan.dir.path(), &[]);
+    std::thread::sleep(Duration::from_secs(15));
+    lan.link(true);
+    client.wait(Duration::from_secs(120))
+}
+
 #[test]
 fn a_node_restarted_during_a_partition_reruns_its_jobs_once() {
     let lan = lan(99);
-    {
-        let mut n1 = Node::serve_in(&lan.hosts[0], "r-one", lan.dir.path(), &[]);
-        let n2 = Node::serve_in(&lan.hosts[1], "r-two", lan.dir.path(), &[]);
-        let client = lan.submit(&["--reentrant"]);
-        assert!(wait_until(Duration::from_secs(30), || [&n1, &n2]
-            .iter()
-            .all(|n| n.proc.stderr().contains("cluster reserved"))));
-        std::thread::sleep(Duration::from_secs(1));
-        lan.link(false);
-        signal(n1.proc.pid(), "KILL");
-        n1.stop();
-        let _n1 = Node::serve_in(&lan.hosts[0], "r-one", lan.dir.path(), &[]);
-        std::thread::sleep(Duration::from_secs(15));
-        lan.link(true);
-        let out = client.wait(Duration::from_secs(120));
-        all_finished_once(&out);
-    }
+    all_finished_once(&restarted_during_a_partition(&lan, true));
+    lan.end();
+}
+
+#[test]
+fn a_node_restarted_during_a_partition_has_its_jobs_abandoned_once_when_not_reentrant() {
+    let lan = lan(90);
+    let out = restarted_during_a_partition(&lan, false);
+    out.expect_code(1);
+    let seen = statuses(&out);
+    assert_eq!(seen.len(), JOBS, "none missing:\n{}", out.stderr);
+    let abandoned: Vec<_> = out.json_lines().into_iter().filter(|j| j["status"] == "abandoned").collect();
+    assert!(!abandoned.is_empty(), "{}", out.stdout);
+    assert!(abandoned.iter().all(|j| j["node"] == "r-one"), "{abandoned:?}");
+    assert!(seen.values().all(|s| s == "finished" || s == "abandoned"), "{seen:?}");
     lan.end();
 }

@@ -48,6 +48,16 @@ pub enum Error {
     /// The node's dest path is used by another running node.
     #[error("dest path {0} is in use by another dispy-peer node; give each node its own --dest-path")]
     DestInUse(PathBuf),
+    /// The node's dest path is not private: another user owns it or may write to it, and
+    /// could plant files that jobs run or read every result. Fix the folder (the reason says
+    /// how) or choose another `--dest-path`; retrying will not help.
+    #[error("dest path {path} is not safe to use: {reason}")]
+    UnsafeDest {
+        /// The dest path.
+        path: PathBuf,
+        /// What is wrong, naming the folder at fault.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// One job: the cluster's program run once with these arguments.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct JobSpec {
     /// The client's number for the job.
     pub id: JobId,
@@ -39,8 +40,36 @@ impl JobSpec {
     }
 }
 
+/// Checks a time limit from the wire (a job's or a setup's): `None` is no limit; a limit
+/// must be a positive, finite number of seconds no larger than [`crate::MAX_TIMEOUT_SECS`].
+/// A node refuses a request carrying any other value, so that no conversion on the node
+/// can panic on it and the client learns at once that its setting is wrong.
+///
+/// # Errors
+/// A message for people naming the value and the accepted range.
+///
+/// ```
+/// # use dispy_protocol::job::checked_timeout;
+/// assert_eq!(checked_timeout(Some(1.5)), Ok(Some(std::time::Duration::from_millis(1500))));
+/// assert_eq!(checked_timeout(None), Ok(None));
+/// assert!(checked_timeout(Some(f64::NAN)).is_err());
+/// assert!(checked_timeout(Some(-1.0)).is_err());
+/// assert!(checked_timeout(Some(1e20)).is_err());
+/// ```
+pub fn checked_timeout(secs: Option<f64>) -> Result<Option<std::time::Duration>, String> {
+    let Some(t) = secs else { return Ok(None) };
+    let max = crate::MAX_TIMEOUT_SECS;
+    if !(t > 0.0 && t <= max) {
+        return Err(format!(
+            "a time limit of {t} s is not a positive number of seconds up to {max} s (about 31 years)"
+        ));
+    }
+    std::time::Duration::try_from_secs_f64(t).map(Some).map_err(|e| format!("a time limit of {t} s: {e}"))
+}
+
 /// How a job ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum JobOutcome {
     /// The program exited with this code.
     Exited(i32),
@@ -102,6 +131,7 @@ impl std::fmt::Display for JobOutcome {
 
 /// Captured output of one stream, bounded by the node's limit.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Output {
     /// The first bytes the job wrote.
     #[serde(with = "serde_bytes")]
@@ -112,6 +142,7 @@ pub struct Output {
 
 /// The result of one job, sent by the node when the job ends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct JobResult {
     /// Which job.
     pub id: JobId,
@@ -155,10 +186,34 @@ impl JobResult {
         }
     }
 
-    /// Bytes of output carried, to bound result batches.
+    /// Bytes the result carries, to bound result batches: its output, value, returned
+    /// files' entries, note, and the texts of its outcome (a panic's message and trace are
+    /// the worker's to choose, so they count too), plus a fixed allowance for the rest.
     pub fn payload_len(&self) -> usize {
         let names: usize = self.returned.iter().map(|f| f.name.len() + 48).sum();
         let note = self.return_note.as_ref().map_or(0, String::len);
-        self.stdout.bytes.len() + self.stderr.bytes.len() + self.value.len() + names + note
+        let outcome = match &self.outcome {
+            JobOutcome::FailedToStart(s)
+            | JobOutcome::Abandoned(s)
+            | JobOutcome::Crashed(s)
+            | JobOutcome::Declined(s)
+            | JobOutcome::NotRun(s) => s.len(),
+            JobOutcome::Panicked { message, trace } => message.len() + trace.len(),
+            _ => 0,
+        };
+        self.stdout.bytes.len() + self.stderr.bytes.len() + self.value.len() + names + note + outcome + 64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panics_texts_count_toward_a_batchs_size() {
+        let quiet = JobResult::new(JobId(1), JobOutcome::Exited(0), 0, 0);
+        let loud = JobOutcome::Panicked { message: "m".repeat(1000), trace: "t".repeat(5000) };
+        let loud = JobResult::new(JobId(1), loud, 0, 0);
+        assert_eq!(loud.payload_len() - quiet.payload_len(), 6000);
     }
 }

@@ -32,7 +32,7 @@ pub mod message;
 pub mod worker;
 
 pub use codec::{CodecError, decode, encode};
-pub use ids::{ClusterId, FileHash, JobId};
+pub use ids::{ClusterId, FileHash, JobId, OwnerHash, OwnerToken};
 pub use job::{JobOutcome, JobResult, JobSpec, Output};
 pub use message::*;
 
@@ -61,6 +61,16 @@ pub const CHUNK_SIZE: usize = 1 << 20;
 /// How many chunks of one file a client may have on their way at once (a node refuses
 /// more): enough to keep both ends busy, few enough to bound what a node holds per file.
 pub const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Longest time limit a job or a setup may have, in seconds (10^9 s, about 31 years):
+/// past it a limit is a mistake (`Duration::MAX`), and a node refuses it rather than
+/// convert it.
+pub const MAX_TIMEOUT_SECS: f64 = 1e9;
+
+/// Most items (files, jobs, job ids) one request may carry. Far above what a client sends
+/// at once (a Submit batch is a node's CPUs × 16; a cluster has files by the dozen), and a
+/// bound on the work one request can ask of a node; a node refuses a request over it.
+pub const MAX_ITEMS_PER_REQUEST: usize = 100_000;
 
 /// A node stops adding results to one `Results` message past this many bytes of output,
 /// so a batch always fits [`MAX_MESSAGE_SIZE`] with room for CBOR overhead.

@@ -5,12 +5,13 @@
 //! acknowledged with [`Response::Accepted`] and reported later by a request in the other
 //! direction ([`Request::Results`]).
 
-use crate::ids::{ClusterId, FileHash, JobId};
+use crate::ids::{ClusterId, FileHash, JobId, OwnerHash, OwnerToken};
 use crate::job::{JobResult, JobSpec};
 use serde::{Deserialize, Serialize};
 
 /// What a peer asks another.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Request {
     /// Introduce yourself; answered with [`Response::Hello`].
     Hello(Hello),
@@ -28,10 +29,12 @@ pub enum Request {
     /// which acknowledges every result in the batch.
     Results(Results),
     /// A client recovering from a crash asks for the results a node still holds for a
-    /// cluster (the cluster id is the proof of ownership: it is random and only the
-    /// client's journal knows it); answered with [`Response::Recovered`].
+    /// cluster; answered with [`Response::Recovered`]. Only the cluster's owner may: the
+    /// peer that reserved it, or whoever presents the [`OwnerToken`] whose hash came with
+    /// the [`Reserve`] (kept only in the client's journal).
     Recover(Recover),
-    /// The recovered results are safe with the client: the node deletes them.
+    /// The recovered results are safe with the client: the node deletes them. Only the
+    /// cluster's owner may, as for [`Request::Recover`].
     Forget(Forget),
     /// Input files of jobs about to be submitted; answered with [`Response::Declared`].
     Declare(Declare),
@@ -41,6 +44,7 @@ pub enum Request {
 
 /// An answer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Response {
     /// The answering peer's introduction.
     Hello(Hello),
@@ -64,6 +68,7 @@ pub enum Response {
 
 /// Which part a peer plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Role {
     /// Runs jobs (`dispy-peer serve`).
     Node,
@@ -73,6 +78,7 @@ pub enum Role {
 
 /// A peer's introduction.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Hello {
     /// [`crate::WIRE_VERSION`] of the sender.
     pub wire_version: u32,
@@ -95,6 +101,10 @@ pub struct Hello {
     /// The node's memory in bytes, if known (for node filters).
     #[serde(default)]
     pub memory_bytes: Option<u64>,
+    /// How long the node keeps a silent client's jobs and results (its zombie interval),
+    /// in seconds: a client waits this long for a node that went unreachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zombie_secs: Option<u64>,
 }
 
 impl Hello {
@@ -132,12 +142,14 @@ impl Hello {
             free_cpus: 0,
             max_file_size: None,
             memory_bytes: None,
+            zombie_secs: None,
         }
     }
 }
 
 /// A file of a computation, named by its path relative to the job directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct FileEntry {
     /// Relative path inside the job directory: no `..`, not absolute.
     pub name: String,
@@ -151,6 +163,7 @@ pub struct FileEntry {
 
 /// Claims CPUs on a node for a cluster.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Reserve {
     /// The cluster.
     pub cluster: ClusterId,
@@ -182,10 +195,17 @@ pub struct Reserve {
     /// `?` and `**`) go back to the client with its result.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub returns: Vec<String>,
+    /// The hash of the client's [`OwnerToken`] for this cluster: a later [`Recover`] or
+    /// [`Forget`] from another peer (the client restarted after a crash) must present the
+    /// token. `None` (an older client): only the peer that reserved may, while the lease
+    /// lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<OwnerHash>,
 }
 
 /// The node's grant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Reserved {
     /// CPU slots the cluster may count on.
     pub cpus: u32,
@@ -200,6 +220,7 @@ pub struct Reserved {
 
 /// A piece of a file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Chunk {
     /// The cluster the file belongs to.
     pub cluster: ClusterId,
@@ -214,6 +235,7 @@ pub struct Chunk {
 
 /// A chunk was written.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ChunkStored {
     /// Which file.
     pub hash: FileHash,
@@ -223,6 +245,7 @@ pub struct ChunkStored {
 
 /// Jobs for the cluster's program.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Submit {
     /// The cluster.
     pub cluster: ClusterId,
@@ -232,6 +255,7 @@ pub struct Submit {
 
 /// Jobs were queued on the node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Accepted {
     /// How many.
     pub count: u32,
@@ -239,6 +263,7 @@ pub struct Accepted {
 
 /// Stops jobs, queued or running (their process groups are killed).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Cancel {
     /// The cluster.
     pub cluster: ClusterId,
@@ -248,6 +273,7 @@ pub struct Cancel {
 
 /// Ends a cluster on a node: its jobs are killed and its job directories deleted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Release {
     /// The cluster.
     pub cluster: ClusterId,
@@ -255,6 +281,7 @@ pub struct Release {
 
 /// Jobs of a cluster that started and ended, sent by the node to the client.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Results {
     /// The cluster.
     pub cluster: ClusterId,
@@ -275,6 +302,7 @@ pub struct Results {
 /// What a running function job sent before its result: a value (dispy's provisional
 /// result) or a file (dispy's `dispy_send_file`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Provisional {
     /// Which job.
     pub job: JobId,
@@ -302,6 +330,7 @@ impl Provisional {
 /// Names the input files of jobs about to be submitted (`--each-file`), so the node accepts
 /// their chunks; answered with [`Response::Declared`], the ones it lacks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Declare {
     /// The cluster.
     pub cluster: ClusterId,
@@ -311,6 +340,7 @@ pub struct Declare {
 
 /// Which declared files the node lacks: send those before the jobs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Declared {
     /// The files to send.
     pub missing: Vec<FileHash>,
@@ -318,6 +348,7 @@ pub struct Declared {
 
 /// Asks for a chunk of a file a job returned; answered with [`Response::Data`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Fetch {
     /// The cluster whose job returned it.
     pub cluster: ClusterId,
@@ -330,6 +361,7 @@ pub struct Fetch {
 /// A chunk of a returned file: at most [`crate::CHUNK_SIZE`] bytes from `offset` (fewer
 /// only at the file's end).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Data {
     /// The file.
     pub hash: FileHash,
@@ -342,22 +374,32 @@ pub struct Data {
 
 /// Asks for a cluster's results after a client crash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Recover {
     /// The cluster.
     pub cluster: ClusterId,
+    /// The cluster's owner token (from the client's journal); needed by any peer other
+    /// than the one that reserved the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<OwnerToken>,
 }
 
 /// Deletes recovered results.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Forget {
     /// The cluster.
     pub cluster: ClusterId,
     /// The jobs whose results the client now holds.
     pub jobs: Vec<JobId>,
+    /// The cluster's owner token, as in [`Recover`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<OwnerToken>,
 }
 
 /// Why a request was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum RefusalKind {
     /// The peers speak different [`crate::WIRE_VERSION`]s.
     Version,
@@ -384,10 +426,22 @@ pub enum RefusalKind {
     /// The cluster's setup program failed on this node; the message has its exit status
     /// and the end of its stderr. Retrying on this node will not help.
     SetupFailed,
+    /// A value in the request is out of range (a time limit that is not a positive number
+    /// of seconds, more items than [`crate::MAX_ITEMS_PER_REQUEST`]); the message names it.
+    /// Retrying the same request will not help.
+    BadRequest,
+    /// The peer is over one of the node's per-client limits (clusters, queued jobs, bytes
+    /// held, files arriving at once); the message names it. Other clients are served as
+    /// before; retrying after the peer's earlier work has ended can help.
+    OverLimit,
+    /// The peer is not the cluster's owner (for recover and forget): it neither reserved
+    /// the cluster nor holds its owner token. Retrying will not help.
+    NotOwner,
 }
 
 /// A refusal, with a message for people.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Refusal {
     /// The class, for programs.
     pub kind: RefusalKind,
@@ -426,6 +480,7 @@ mod tests {
             free_cpus: 1,
             max_file_size: Some(10),
             memory_bytes: Some(1 << 30),
+            zombie_secs: Some(60),
         }
     }
 
@@ -459,6 +514,7 @@ mod tests {
                 cleanup: None,
                 setup_timeout_secs: Some(2.5),
                 returns: vec!["**/*.gz".into()],
+                owner: Some(OwnerToken([3; 32]).hash()),
             }),
             Request::Declare(Declare {
                 cluster: c,
@@ -484,8 +540,8 @@ mod tests {
                 results: vec![result()],
                 provisional: vec![Provisional::value(JobId(8), vec![1, 2])],
             }),
-            Request::Recover(Recover { cluster: c }),
-            Request::Forget(Forget { cluster: c, jobs: vec![JobId(2)] }),
+            Request::Recover(Recover { cluster: c, token: Some(OwnerToken([4; 32])) }),
+            Request::Forget(Forget { cluster: c, jobs: vec![JobId(2)], token: None }),
         ];
         for msg in all {
             let bytes = encode(&msg).unwrap();

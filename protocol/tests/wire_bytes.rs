@@ -83,6 +83,7 @@ fn a_hello_travels_as_pinned() {
         free_cpus: 1,
         max_file_size: None,
         memory_bytes: Some(1024),
+        zombie_secs: None,
     });
     pin(&msg, HELLO);
 }

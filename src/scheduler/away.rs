@@ -6,14 +6,16 @@
 //! redialled; a non-reentrant cluster's jobs stay pending on it, a reentrant cluster's run
 //! elsewhere meanwhile. If it comes back holding the cluster (`Reserved::resumed`), its
 //! jobs carry on and its results arrive once (a result only counts from the node its job
-//! is on). Past [`NODE_ZOMBIE`] it is lost, as before.
+//! is on). Past its zombie interval (its hello says how long; [`NODE_ZOMBIE`] if it does
+//! not) it is lost, as before. A node whose address refuses connections has stopped: it
+//! is lost at once.
 //!
 //! Whatever ends a run, every job gets a report ([`Core::end_pending`]).
 
 use super::core::{Core, Effect, Failure, JobState, Phase};
 use crate::events::ClusterEvent;
 use crate::report::JobReport;
-use dispy_protocol::{Cancel, JobId, JobOutcome, Request};
+use dispy_protocol::{Cancel, Hello, JobId, JobOutcome, Request};
 use libp2p::PeerId;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -25,17 +27,36 @@ use super::core::Asked;
 /// away this long has ended them, so they are abandoned.
 pub(crate) const NODE_ZOMBIE: Duration = Duration::from_secs(60);
 
+/// The longest zombie interval a node is believed: a node cannot make the client keep its
+/// jobs pending for longer.
+const MAX_ZOMBIE: Duration = Duration::from_secs(3600);
+
+/// A node's zombie interval, from its hello (bounded by [`MAX_ZOMBIE`]).
+pub(super) fn zombie_of(h: &Hello) -> Duration {
+    h.zombie_secs.map_or(NODE_ZOMBIE, |s| Duration::from_secs(s).min(MAX_ZOMBIE))
+}
+
 /// How often nodes that went away are redialled while jobs are pending.
 const REDIAL_EVERY: Duration = Duration::from_secs(2);
 
 impl Failure {
-    /// Why the pending jobs did not run, for their reports.
+    /// Why the pending jobs did not run, for their reports: one line, with what was found
+    /// and why it was not usable (a failed setup, say), which the user can act on.
     pub(super) fn why(&self) -> String {
         match self {
-            Failure::NoNodes(n) if n.after_run => {
-                format!("every node was lost and none came back within {:.0} s", n.waited.as_secs_f64())
+            Failure::NoNodes(n) => {
+                let secs = n.waited.as_secs_f64();
+                let head = if n.after_run {
+                    format!("every node was lost and none came back within {secs:.1} s")
+                } else {
+                    format!("no usable dispy node found within {secs:.1} s")
+                };
+                if n.found.is_empty() {
+                    return head;
+                }
+                let found: Vec<String> = n.found.iter().map(ToString::to_string).collect();
+                format!("{head}; found: {}", found.join("; "))
             }
-            Failure::NoNodes(n) => format!("no usable node found within {:.1} s", n.waited.as_secs_f64()),
             Failure::LocalNode(why) => why.clone(),
         }
     }
@@ -54,7 +75,9 @@ impl Core {
         node.phase = Phase::Away;
         let first = node.away_since.is_none();
         node.away_since.get_or_insert(now);
-        let (name, gone, cpus) = (node.name.clone(), node.node_ref(&peer), node.cpus.max(1) as usize);
+        let (name, gone, cpus, zombie) =
+            (node.name.clone(), node.node_ref(&peer), node.cpus.max(1) as usize, node.zombie);
+        let addr = node.addr.clone();
         // A cancel it was asked for will not be confirmed: the job ends cancelled here, and
         // the node kills it when it is back (or when its zombie interval ends).
         let mut cancelled: Vec<JobId> =
@@ -63,6 +86,11 @@ impl Core {
         self.end_cancelled(peer, &cancelled);
         if !first {
             return;
+        }
+        // Dialled at once: a node that stopped refuses, and is known lost in a moment.
+        if let Some(addr) = addr {
+            self.redialled = Some(now);
+            self.out.push(Effect::Dial { addr });
         }
         let jobs = self.nodes.get(&peer).map_or(0, |n| n.in_flight.len());
         self.cluster_event(ClusterEvent::NodeUnreachable { node: gone.clone(), reason: why.to_string() });
@@ -76,7 +104,7 @@ impl Core {
             warn!(
                 node = %name, %peer, reason = why, jobs,
                 "node unreachable; its jobs wait for it up to {:.0} s (its zombie interval), and it is redialled",
-                NODE_ZOMBIE.as_secs_f64()
+                zombie.as_secs_f64()
             );
         }
     }
@@ -102,17 +130,30 @@ impl Core {
     /// Nodes away for longer than their zombie interval have ended the cluster's jobs:
     /// they are lost (non-reentrant jobs still on them are abandoned).
     pub(super) fn expire_away(&mut self, now: Instant) {
-        let expired: Vec<PeerId> = self
+        let expired: Vec<(PeerId, Duration)> = self
             .nodes
             .iter()
-            .filter(|(_, n)| {
-                n.phase != Phase::Ready && n.away_since.is_some_and(|t| now.duration_since(t) >= NODE_ZOMBIE)
-            })
+            .filter(|(_, n)| n.phase != Phase::Ready && n.away_since.is_some_and(|t| now.duration_since(t) >= n.zombie))
+            .map(|(p, n)| (*p, n.zombie))
+            .collect();
+        for (peer, zombie) in expired {
+            let why = format!("unreachable for {:.0} s, past its zombie interval", zombie.as_secs_f64());
+            self.lose(peer, &why);
+        }
+    }
+
+    /// A dial to `addr` was refused: a node away at that address has stopped (its process
+    /// is gone, so are its jobs) and is lost now rather than at the end of its zombie
+    /// interval.
+    pub(super) fn refused(&mut self, addr: &libp2p::Multiaddr) {
+        let stopped: Vec<PeerId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.phase == Phase::Away && n.addr.as_ref() == Some(addr))
             .map(|(p, _)| *p)
             .collect();
-        for peer in expired {
-            let why = format!("unreachable for {:.0} s, past its zombie interval", NODE_ZOMBIE.as_secs_f64());
-            self.lose(peer, &why);
+        for peer in stopped {
+            self.lose(peer, "it stopped (its address refuses connections)");
         }
     }
 
@@ -177,28 +218,50 @@ impl Core {
                 Some(JobState::Queued) => {
                     adopt.insert(id);
                 }
+                // Its result came back early (see `adopt_early`).
+                Some(JobState::OnNode(p)) if *p == peer => {}
                 _ => cancel.push(id),
             }
         }
-        if !adopt.is_empty() {
-            // One pass over the queue, however many come back.
-            self.queue.retain(|id| !adopt.contains(id));
-            let mut adopt: Vec<JobId> = adopt.into_iter().collect();
-            adopt.sort();
-            for id in adopt {
-                let Some(job) = self.jobs.get_mut(&id) else { continue };
-                job.state = JobState::OnNode(peer);
-                self.dispatch_seq += 1;
-                job.dispatched = self.dispatch_seq;
-                if let Some(node) = self.nodes.get_mut(&peer) {
-                    node.in_flight.insert(id);
-                }
-            }
-        }
+        self.adopt(peer, adopt);
         if !cancel.is_empty() {
             cancel.sort();
             let request = Request::Cancel(Cancel { cluster: self.s.cluster, jobs: cancel });
             self.out.push(Effect::Ask { peer, request, asked: Asked::Cancel });
+        }
+    }
+
+    /// Results from `peer` for jobs it had before it went away that are queued here (not
+    /// yet run elsewhere): the node may deliver them as soon as it is reconnected, before
+    /// it takes the cluster back, and they count (they are its jobs again).
+    pub(super) fn adopt_early(&mut self, peer: PeerId, results: &[dispy_protocol::JobResult]) {
+        let Some(behind) = self.left_behind.get_mut(&peer) else { return };
+        let queued = |id: &JobId| self.jobs.get(id).is_some_and(|j| matches!(j.state, JobState::Queued));
+        let ids: HashSet<JobId> = results.iter().map(|r| r.id).filter(|id| queued(id) && behind.contains(id)).collect();
+        if ids.is_empty() {
+            return;
+        }
+        behind.retain(|id| !ids.contains(id));
+        self.adopt(peer, ids);
+    }
+
+    /// Queued jobs that `peer` holds go back on it.
+    fn adopt(&mut self, peer: PeerId, ids: HashSet<JobId>) {
+        if ids.is_empty() {
+            return;
+        }
+        // One pass over the queue, however many come back.
+        self.queue.retain(|id| !ids.contains(id));
+        let mut ids: Vec<JobId> = ids.into_iter().collect();
+        ids.sort();
+        for id in ids {
+            let Some(job) = self.jobs.get_mut(&id) else { continue };
+            job.state = JobState::OnNode(peer);
+            self.dispatch_seq += 1;
+            job.dispatched = self.dispatch_seq;
+            if let Some(node) = self.nodes.get_mut(&peer) {
+                node.in_flight.insert(id);
+            }
         }
     }
 

@@ -41,6 +41,9 @@ pub enum LocalMode {
 /// Everything the core needs that is fixed for the cluster's life.
 pub(crate) struct Settings {
     pub(crate) cluster: ClusterId,
+    /// The hash of the cluster's owner token, sent with each Reserve: a recovering client
+    /// proves ownership of the cluster's results with the token (see `journal`).
+    pub(crate) owner: Option<dispy_protocol::OwnerHash>,
     pub(crate) program: String,
     /// The setup and cleanup programs' names among `files` (program clusters).
     pub(crate) setup: Option<String>,
@@ -168,7 +171,7 @@ pub(super) enum Phase {
     Ready,
     Unusable(String),
     /// Silent since its connection broke: no new jobs, redialled, its jobs kept pending
-    /// until [`super::away::NODE_ZOMBIE`] has passed since `Node::away_since`.
+    /// until its zombie interval (`Node::zombie`) has passed since `Node::away_since`.
     Away,
     Lost,
 }
@@ -203,6 +206,8 @@ pub(super) struct Node {
     /// Since when it has been unreachable (kept while it is greeted again, until it takes
     /// the cluster back).
     pub(super) away_since: Option<Instant>,
+    /// How long it keeps a silent client's jobs (its zombie interval, from its hello).
+    pub(super) zombie: Duration,
 }
 
 impl Node {
@@ -279,6 +284,8 @@ pub(crate) struct Core {
     pub(super) redialled: Option<Instant>,
     /// What the handlers decided, taken by the driver after each input.
     pub(super) out: Vec<Effect>,
+    /// Running jobs' deadlines on the client's side (see `watchdog`).
+    pub(super) watchdog: super::watchdog::Watchdog,
 }
 
 impl Core {
@@ -306,6 +313,7 @@ impl Core {
             left_behind: HashMap::new(),
             redialled: None,
             out: Vec::new(),
+            watchdog: Default::default(),
         }
     }
 
@@ -369,6 +377,7 @@ impl Core {
             staged_bytes: 0,
             was_ready: false,
             away_since: None,
+            zombie: super::away::NODE_ZOMBIE,
         });
         node.phase = Phase::Greeting;
         node.ip = ip;
@@ -385,9 +394,15 @@ impl Core {
         self.effects()
     }
 
-    /// A dial to a configured address failed (kept for the "no nodes" error).
-    pub(crate) fn on_dial_failed(&mut self, addr: Multiaddr, reason: String) {
+    /// A dial failed: kept for the "no nodes" error. `refused`: the address answered that
+    /// nothing listens there, so a node away at that address has stopped (see
+    /// [`Core::refused`]).
+    pub(crate) fn on_dial_failed(&mut self, addr: Multiaddr, reason: String, refused: bool) -> Vec<Effect> {
+        if refused {
+            self.refused(&addr);
+        }
         self.dial_failures.insert(addr, reason);
+        self.effects()
     }
 
     /// A peer asks something: nodes send results and job starts. Returns the answer.
@@ -538,14 +553,16 @@ impl Core {
         }
         self.expire_away(now);
         self.redial(now);
+        self.watch_overdue(now);
         if self.has_node() {
             self.nodeless_since = None;
             self.wait_said = false;
             return self.effects();
         }
         let since = *self.nodeless_since.get_or_insert(now);
-        let limit = if self.ran { self.s.wait_nodes } else { self.s.discover_timeout };
-        if self.ran && !self.wait_said && !self.jobs.is_empty() {
+        let waiting = self.waiting_for_nodes();
+        let limit = if waiting { self.s.wait_nodes } else { self.s.discover_timeout };
+        if waiting && !self.wait_said && !self.jobs.is_empty() {
             self.wait_said = true;
             // On stderr at the CLI's default log level: the user sees why nothing moves.
             warn!(
@@ -587,6 +604,13 @@ impl Core {
         self.answer_waiters();
     }
 
+    /// With no usable node, whether to wait `wait_nodes` for one to come back: some node
+    /// that ran jobs is lost or unreachable. Nodes found unusable (a setup that failed)
+    /// will not come back: then only the discovery timeout applies.
+    fn waiting_for_nodes(&self) -> bool {
+        self.ran && self.nodes.values().any(|n| n.was_ready && matches!(n.phase, Phase::Away | Phase::Lost))
+    }
+
     /// What was searched and found, when no node is usable.
     pub(super) fn no_nodes(&self) -> NoNodes {
         let mut found: Vec<Found> = self
@@ -602,8 +626,9 @@ impl Core {
         if !self.clients_seen.is_empty() {
             found.push(Found::Clients(self.clients_seen.len()));
         }
-        let waited = if self.ran { self.s.wait_nodes } else { self.s.discover_timeout };
-        NoNodes { waited, searched: self.s.searched.clone(), found, after_run: self.ran }
+        let after_run = self.waiting_for_nodes();
+        let waited = if after_run { self.s.wait_nodes } else { self.s.discover_timeout };
+        NoNodes { waited, searched: self.s.searched.clone(), found, after_run }
     }
 
     /// dispy's `stats()` figures as of `now`.

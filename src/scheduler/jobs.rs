@@ -7,11 +7,50 @@ use crate::events::JobEvent;
 use crate::job::JobStatus;
 use crate::policy::{self, Load};
 use crate::report::JobReport;
-use dispy_protocol::{Cancel, JobId, JobOutcome, JobResult, Provisional, Request};
+use dispy_protocol::{
+    Cancel, FileEntry, JobId, JobOutcome, JobResult, JobSpec, MAX_MESSAGE_SIZE, Provisional, Request,
+};
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tracing::debug;
+
+/// Bytes of jobs sent in one Submit, at most (but a job is always sent, alone if it is
+/// larger): a batch far under the message limit, which an oversized batch would break, and
+/// under what a node buffers comfortably per request.
+pub(super) const SUBMIT_BATCH_BYTES: usize = 4 << 20;
+
+/// The largest job: its Submit alone must fit in a message, with room for the envelope.
+pub(super) const MAX_JOB_BYTES: usize = MAX_MESSAGE_SIZE as usize - (64 << 10);
+
+/// An upper bound of a job's encoded size (CBOR: field names, length headers and the
+/// contents), computed without encoding it.
+pub(super) fn job_bytes<'a>(args: &[String], input: &[u8], files: impl Iterator<Item = &'a FileEntry>) -> usize {
+    let args: usize = args.iter().map(|a| a.len() + 9).sum();
+    let files: usize = files.map(|f| f.name.len() + 160).sum();
+    128 + args + input.len() + files
+}
+
+/// Splits jobs into batches of at most [`SUBMIT_BATCH_BYTES`] each (a larger job alone), in
+/// order.
+pub(super) fn batches(specs: Vec<JobSpec>) -> Vec<Vec<JobSpec>> {
+    let mut out: Vec<Vec<JobSpec>> = Vec::new();
+    let mut bytes = 0;
+    for spec in specs {
+        let size = job_bytes(&spec.args, &spec.input, spec.files.iter());
+        match out.last_mut() {
+            Some(batch) if bytes + size <= SUBMIT_BATCH_BYTES => {
+                bytes += size;
+                batch.push(spec);
+            }
+            _ => {
+                bytes = size;
+                out.push(vec![spec]);
+            }
+        }
+    }
+    out
+}
 
 impl Job {
     /// Whether `peer` holds the job.
@@ -45,8 +84,19 @@ impl Core {
                     cancel_asked: false,
                 },
             );
-            self.queue.push_back(j.id);
             self.job_event(j.id, JobStatus::Created, None);
+            let Some(job) = self.jobs.get(&j.id) else { continue };
+            let size = job_bytes(&job.args, &job.input, job.files.iter().map(|f| &f.entry));
+            if size > MAX_JOB_BYTES {
+                // No message could carry it: it would break every connection it is sent on.
+                let why = format!(
+                    "its arguments and input take about {size} bytes, more than the {MAX_JOB_BYTES} a job message may \
+                     carry; pass large data in a file instead"
+                );
+                self.finish(JobReport::unrun(j.id, job.args.clone(), None, JobOutcome::NotRun(why)));
+                continue;
+            }
+            self.queue.push_back(j.id);
         }
         if self.s.journal {
             self.out.push(Effect::Journal(Entry::Flush));
@@ -99,6 +149,7 @@ impl Core {
                 continue;
             }
             job.started = true;
+            self.watchdog.started(id);
             if let Some(view) = &job.view {
                 view.send_modify(|v| {
                     v.status = JobStatus::Running;
@@ -134,6 +185,7 @@ impl Core {
     }
 
     pub(super) fn on_results(&mut self, peer: PeerId, results: Vec<JobResult>) {
+        self.adopt_early(peer, &results);
         for r in results {
             let Some(job) = self.jobs.get_mut(&r.id) else { continue };
             // Only the node the job is on may finish it: a late or repeated result is
@@ -260,7 +312,9 @@ impl Core {
                 self.out.push(Effect::Journal(Entry::Flush));
             }
         }
-        self.send_jobs(peer, specs);
+        for batch in batches(specs) {
+            self.send_jobs(peer, batch);
+        }
         pinned_elsewhere
     }
 

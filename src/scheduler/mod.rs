@@ -19,6 +19,7 @@ mod jobs;
 mod nodes;
 #[cfg(test)]
 mod tests;
+mod watchdog;
 
 pub(crate) use self::away::NODE_ZOMBIE;
 pub use self::core::LocalMode;
@@ -227,10 +228,7 @@ impl Scheduler {
                 });
                 effects
             }
-            NetEvent::DialFailed { addr, reason, .. } => {
-                self.core.on_dial_failed(addr, reason);
-                Vec::new()
-            }
+            NetEvent::DialFailed { addr, reason, refused, .. } => self.core.on_dial_failed(addr, reason, refused),
             NetEvent::Listening { .. } => Vec::new(),
         }
     }

@@ -9,6 +9,11 @@ use dispy_protocol::{Hello, JobId, JobOutcome, Request, Reserve, Reserved, Role,
 use libp2p::PeerId;
 use tracing::{info, warn};
 
+/// The most CPUs the client believes a node has, whatever it says: a node that claims more
+/// would otherwise be handed the whole queue, to sit on or to lose (charging each reentrant
+/// job an attempt). Far above any one machine a cluster borrows today.
+pub(super) const MAX_NODE_CPUS: u32 = 1024;
+
 impl Core {
     pub(super) fn unusable(&mut self, peer: PeerId, why: String) {
         if let Some(node) = self.nodes.get_mut(&peer) {
@@ -55,6 +60,7 @@ impl Core {
         let Some(node) = self.nodes.get_mut(&peer) else { return };
         node.name = h.name.clone();
         node.platform = format!("{}/{}", h.os, h.arch);
+        node.zombie = super::away::zombie_of(&h);
         let (found, ip) = (node.node_ref(&peer), node.ip);
         let platform = node.platform.clone();
         self.cluster_event(ClusterEvent::NodeFound(found));
@@ -99,6 +105,8 @@ impl Core {
         }
         if let Some(node) = self.nodes.get_mut(&peer) {
             node.phase = Phase::Reserving;
+            // What it announced bounds what its reservation may grant (see `on_reserved`).
+            node.cpus = h.cpus.min(MAX_NODE_CPUS);
         }
         let request = Request::Reserve(Reserve {
             cluster: self.s.cluster,
@@ -110,6 +118,7 @@ impl Core {
             cleanup: self.s.cleanup.clone(),
             setup_timeout_secs: self.s.setup.as_ref().and(self.s.timeout_secs),
             returns: self.s.returns.clone(),
+            owner: self.s.owner,
         });
         self.out.push(Effect::Ask { peer, request, asked: Asked::Reserve });
     }
@@ -120,7 +129,12 @@ impl Core {
         if node.phase != Phase::Reserving {
             return;
         }
-        node.cpus = r.cpus.min(self.s.cpus_per_node.unwrap_or(u32::MAX)).max(1);
+        // Never more than it announced in its greeting, nor than MAX_NODE_CPUS.
+        let granted = r.cpus.min(node.cpus);
+        if granted < r.cpus {
+            warn!(node = %node.name, %peer, claimed = r.cpus, believed = granted, "node claims more CPUs than it announced or than any node has; using fewer");
+        }
+        node.cpus = granted.min(self.s.cpus_per_node.unwrap_or(u32::MAX)).max(1);
         let missing = r.missing;
         self.came_back(peer, r.resumed);
         if missing.is_empty() {

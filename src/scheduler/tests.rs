@@ -46,9 +46,11 @@ fn file(name: &str, byte: u8, size: u64) -> LocalFile {
 
 mod partition;
 mod provisional;
+mod trust;
 
 fn settings() -> Settings {
     Settings {
+        owner: None,
         cluster: CLUSTER,
         program: "prog".into(),
         setup: None,
@@ -584,7 +586,7 @@ fn with_no_node_in_time_the_cluster_fails_saying_what_was_searched_and_found() {
     let (tx, mut waiter) = oneshot::channel();
     let effects = sim.core.on_cmd(Cmd::Wait { reply: tx }, sim.t0);
     sim.absorb(effects);
-    sim.core.on_dial_failed(addr(7), "Connection refused".into());
+    sim.core.on_dial_failed(addr(7), "Connection refused".into(), true);
     let effects = sim.core.on_tick(sim.at(2.9));
     sim.absorb(effects);
     assert!(sim.failures.is_empty() && sim.local_starts == 0, "not yet");

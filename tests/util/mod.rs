@@ -483,5 +483,5 @@ impl Drop for Netns {
 pub fn netns_left(prefix: &str) -> Vec<String> {
     let out =
         Command::new("ip").args(["netns", "list"]).output().map(|o| String::from_utf8_lossy(&o.stdout).to_string());
-    out.unwrap_or_default().lines().filter(|l| l.starts_with(prefix)).map(|l| l.to_string()).collect()
+    out.unwrap_or_default().lines().filter(|l| l.starts_with(&format!("{prefix}-"))).map(|l| l.to_string()).collect()
 }

@@ -38,6 +38,8 @@ pub struct EventLoop {
     events: mpsc::UnboundedSender<NetEvent>,
     pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Response>>>,
     targets: Vec<Target>,
+    /// Dials asked by a command, by connection, to report their failure.
+    dials: HashMap<ConnectionId, Multiaddr>,
     /// Remote address of each live connection, to judge the addresses peers report.
     connections: HashMap<ConnectionId, Multiaddr>,
     /// Each peer's connections that count as alive: a connection that failed its heartbeat
@@ -99,6 +101,7 @@ impl EventLoop {
             events,
             pending_requests: HashMap::new(),
             targets,
+            dials: HashMap::new(),
             connections: HashMap::new(),
             live: HashMap::new(),
             last_alive: HashMap::new(),
@@ -164,8 +167,13 @@ impl EventLoop {
             #[cfg(test)]
             Command::Respond { channel: ReplyTo(Reply::Test(_)), .. } => {}
             Command::Dial { addr } => {
-                if let Err(e) = self.swarm.dial(addr.clone()) {
-                    warn!(%addr, cause = %error_chain(&e), "dial failed");
+                let opts = DialOpts::from(addr.clone());
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.dials.insert(id, addr);
+                    }
+                    Err(e) => warn!(%addr, cause = %error_chain(&e), "dial failed"),
                 }
             }
             Command::Disconnect { peer } => {
@@ -217,6 +225,7 @@ impl EventLoop {
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
                 let remote = endpoint.get_remote_address().clone();
                 self.connections.insert(connection_id, remote.clone());
+                self.dials.remove(&connection_id);
                 self.lan.connected(&peer_id);
                 let now = Instant::now();
                 let mut bootstrap = false;
@@ -378,6 +387,7 @@ impl EventLoop {
                 configured = Some(t.addr.clone());
             }
         }
+        let configured = configured.or_else(|| self.dials.remove(&connection_id));
         if handshake {
             // Configured peers are warned about each; peers found by discovery (mDNS answers
             // are free to forge, in any number) share one warning.
@@ -390,13 +400,14 @@ impl EventLoop {
         } else {
             debug!(peer = ?peer, addr = ?configured, %cause, "dial failed");
         }
+        let refused = cause.contains("Connection refused") || matches!(error, DialError::WrongPeerId { .. });
         if let Some(addr) = configured {
             let reason = if handshake {
                 format!("the secure handshake failed ({cause}); the peer probably uses a different secret")
             } else {
                 cause
             };
-            self.emit(NetEvent::DialFailed { addr, reason, handshake });
+            self.emit(NetEvent::DialFailed { addr, reason, handshake, refused });
         }
     }
 

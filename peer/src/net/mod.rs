@@ -109,7 +109,8 @@ pub enum NetEvent {
         /// Where the answer goes.
         channel: ReplyTo,
     },
-    /// A dial to an address given in the configuration failed.
+    /// A dial to an address given in the configuration, or asked with
+    /// [`NetHandle::dial`], failed.
     DialFailed {
         /// The address.
         addr: Multiaddr,
@@ -118,6 +119,9 @@ pub enum NetEvent {
         /// The connection opened but the secure handshake did not complete: most likely the
         /// peer holds another secret.
         handshake: bool,
+        /// Nothing listens at the address, or another peer answers there: the peer that
+        /// was there has stopped (as opposed to being out of reach).
+        refused: bool,
     },
 }
 

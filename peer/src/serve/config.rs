@@ -1,5 +1,6 @@
 //! How a node serves: [`ServeConfig`], with the defaults `dispy-peer serve` uses.
 
+use super::limits::PeerLimits;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -36,12 +37,14 @@ pub struct ServeConfig {
     pub zombie_interval: Duration,
     /// Results a gone client never collected are kept this long for `recover`.
     pub result_ttl: Duration,
+    /// What one client may hold on the node at once.
+    pub limits: PeerLimits,
 }
 
 impl ServeConfig {
     /// A node named `name` serving `cpus` slots from `dest`, with `dispy-peer serve`'s
     /// defaults for the rest: no file size limit, 1 MiB of output kept per stream, no reaper,
-    /// a 60 s drain and zombie interval, results kept a day.
+    /// a 60 s drain and zombie interval, results kept a day, [`PeerLimits::default`].
     pub fn new(name: impl Into<String>, cpus: u32, dest: impl Into<PathBuf>) -> ServeConfig {
         ServeConfig {
             name: name.into(),
@@ -57,6 +60,7 @@ impl ServeConfig {
             serve_clusters: None,
             zombie_interval: Duration::from_secs(60),
             result_ttl: Duration::from_secs(86_400),
+            limits: PeerLimits::default(),
         }
     }
 }

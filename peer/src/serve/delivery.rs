@@ -2,13 +2,15 @@
 //! ride along, retried while the client is away. A result that has waited or travelled
 //! longer than a healthy delivery takes goes to disk until the client acknowledges it (a
 //! healthy run writes nothing). Also what a recovering client asks for: results kept for it
-//! ([`recover`]) and their end ([`forget`]).
+//! ([`recover`]); `requests` checks who asks.
 
 use super::kept::KeptResults;
+use super::owner::Access;
+use super::requests::{Answered, kept_for};
 use super::{Completion, Ctx};
-use crate::net::{NetHandle, ReplyTo};
+use crate::net::ReplyTo;
 use dispy_protocol::{
-    ClusterId, Forget, JobId, JobResult, MAX_RESULT_BATCH_BYTES, Provisional, Recover, Request, Response, Results,
+    ClusterId, JobId, JobResult, MAX_RESULT_BATCH_BYTES, OwnerHash, Provisional, Request, Response, Results,
 };
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -85,9 +87,17 @@ impl Outbox {
         self.unsaved_since.get_or_insert_with(Instant::now);
     }
 
-    /// Whether the job's result is waiting here or on its way.
-    pub(super) fn holds(&self, id: JobId) -> bool {
-        self.results.iter().any(|r| r.id == id) || self.delivering.values().any(|(_, b)| b.iter().any(|r| r.id == id))
+    /// The jobs whose results wait here or are on their way: built once per request, so
+    /// that asking about many ids costs time linear in both.
+    pub(super) fn held(&self) -> HashSet<JobId> {
+        self.results.iter().chain(self.delivering.values().flat_map(|(_, b)| b.iter())).map(|r| r.id).collect()
+    }
+
+    /// Bytes of the results held in memory (for the client's limit).
+    pub(super) fn held_bytes(&self) -> u64 {
+        let waiting: usize = self.results.iter().map(JobResult::payload_len).sum();
+        let travelling: usize = self.delivering.values().flat_map(|(_, b)| b.iter()).map(JobResult::payload_len).sum();
+        (waiting + travelling) as u64
     }
 
     /// The results waiting here (for a recovering client).
@@ -96,7 +106,7 @@ impl Outbox {
     }
 
     /// Drops the results a recovering client has.
-    pub(super) fn forget(&mut self, jobs: &[JobId]) {
+    pub(super) fn forget(&mut self, jobs: &HashSet<JobId>) {
         self.results.retain(|x| !jobs.contains(&x.id));
     }
 
@@ -182,7 +192,7 @@ impl Outbox {
                 let delivered = match net.request(client, request).await {
                     Ok(Response::Ok) => true,
                     Ok(other) => {
-                        warn!(cluster = %id, answer = ?other, "client did not acknowledge results");
+                        warn!(cluster = %id.tag(), answer = ?other, "client did not acknowledge results");
                         false
                     }
                     Err(e) => {
@@ -232,11 +242,13 @@ impl Outbox {
                 tokio::task::spawn_blocking(move || kept.forget(cluster, &on_disk));
             }
         }
+        // Saturating: a message of a lease that was released and reserved again under the
+        // same id may end here, against the new lease's counts.
         if batch.is_empty() {
-            self.sending_starts -= 1;
+            self.sending_starts = self.sending_starts.saturating_sub(1);
             self.provisional_in_flight = false;
         } else {
-            self.sending -= 1;
+            self.sending = self.sending.saturating_sub(1);
         }
         if delivered || released {
             return true;
@@ -252,7 +264,7 @@ impl Outbox {
 
     /// Writes to disk the results that have waited for their client longer than a healthy
     /// delivery takes, so that a crash of this node does not lose them.
-    pub(super) fn save_waiting(&mut self, id: ClusterId, kept: &KeptResults) {
+    pub(super) fn save_waiting(&mut self, id: ClusterId, owner: Option<OwnerHash>, kept: &KeptResults) {
         let waiting = self.unsaved_since.is_some_and(|t| t.elapsed() >= RESULT_SAVE_AFTER);
         let slow = self.delivering.values().any(|(t, _)| t.elapsed() >= RESULT_SAVE_AFTER);
         if !waiting && !slow {
@@ -272,49 +284,55 @@ impl Outbox {
         self.saved.extend(unsaved.iter().map(|r| r.id));
         let kept = kept.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = kept.save(id, &unsaved) {
-                warn!(cluster = %id, cause = %e, "cannot keep waiting results on disk");
+            if let Err(e) = kept.save(id, owner, &unsaved) {
+                warn!(cluster = %id.tag(), cause = %e, "cannot keep waiting results on disk");
             }
         });
     }
 }
 
-/// The results held for a cluster whose client crashed: `held` in memory (the client is
-/// away but within its zombie interval) and those on disk (after it), bounded like a result
-/// batch. Read from disk on the blocking pool, and answered from there.
+/// The results held for a cluster whose client crashed, for an asker with `access` to
+/// them: `held` in memory (the client is away but within its zombie interval) and those on
+/// disk (after it), bounded like a result batch (at least one). Read from disk, one file at
+/// a time, on the blocking pool; the answer goes back through the node's task.
 pub(super) fn recover(
     peer: PeerId,
-    r: Recover,
+    cluster: ClusterId,
+    access: Access,
     held: Vec<JobResult>,
-    kept: &KeptResults,
-    net: &NetHandle,
+    ctx: &Ctx,
     channel: ReplyTo,
 ) {
-    let (kept, net) = (kept.clone(), net.clone());
-    tokio::spawn(async move {
-        let load = tokio::task::spawn_blocking(move || {
-            let mut results = held;
-            results.extend(kept.load(r.cluster));
-            let mut bytes = 0;
-            results.retain(|x| {
-                bytes += x.payload_len();
-                bytes <= MAX_RESULT_BATCH_BYTES
-            });
-            info!(cluster = %r.cluster, %peer, results = results.len(), "results recovered");
-            Response::Recovered(Results { cluster: r.cluster, started: Vec::new(), results, provisional: Vec::new() })
-        });
-        if let Ok(response) = load.await {
-            let _ = net.respond(channel, response).await;
-        }
+    let (kept, done) = (ctx.kept.clone(), ctx.done.clone());
+    tokio::task::spawn_blocking(move || {
+        let response = match kept_for(cluster, access, &kept) {
+            Err(why) => Response::Refused(why),
+            Ok(use_kept) => {
+                let mut results = Vec::new();
+                let mut bytes = 0;
+                for r in held {
+                    bytes += r.payload_len();
+                    if !results.is_empty() && bytes > MAX_RESULT_BATCH_BYTES {
+                        break;
+                    }
+                    results.push(r);
+                }
+                if use_kept && bytes < MAX_RESULT_BATCH_BYTES {
+                    // Results saved while their client was slow are in memory too.
+                    let skip: HashSet<JobId> = results.iter().map(|r| r.id).collect();
+                    let room = MAX_RESULT_BATCH_BYTES - bytes;
+                    let from_disk = kept.load(cluster, &skip, room);
+                    // `load` returns one result even past the room: only an empty answer
+                    // may take it, so that every answer stays within a batch's size.
+                    if results.is_empty() || from_disk.iter().map(JobResult::payload_len).sum::<usize>() <= room {
+                        results.extend(from_disk);
+                    }
+                }
+                info!(cluster = %cluster.tag(), %peer, results = results.len(), "results recovered");
+                Response::Recovered(Results { cluster, started: Vec::new(), results, provisional: Vec::new() })
+            }
+        };
+        let answered = Answered { peer, channel, response, recovered: Some(cluster) };
+        let _ = done.send(Completion::Answered(answered));
     });
-}
-
-/// Recovered results are safe with their client: they go, from `outbox` and from disk.
-pub(super) fn forget(f: Forget, outbox: Option<&mut Outbox>, kept: &KeptResults) -> Response {
-    if let Some(outbox) = outbox {
-        outbox.forget(&f.jobs);
-    }
-    let kept = kept.clone();
-    tokio::task::spawn_blocking(move || kept.forget(f.cluster, &f.jobs));
-    Response::Ok
 }

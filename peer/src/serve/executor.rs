@@ -1,7 +1,7 @@
 //! Runs one job: a child process in its own process group, cwd in its job directory,
 //! output captured up to a limit, killed group-wide on cancel or timeout.
 
-use super::sys::kill_group;
+use super::sys::{exit_watch, kill_group};
 use dispy_protocol::{JobOutcome, Output};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -83,6 +83,9 @@ pub(crate) async fn run(spec: RunSpec, cancel: oneshot::Receiver<()>) -> RunOutc
         }
     };
     let pgid = child.id().unwrap_or(0);
+    // Without a pidfd (an old kernel), the group is killed after the leader is reaped, when
+    // its id could in principle belong to a new group already.
+    let pidfd = exit_watch(pgid);
     let (exited_tx, exited_rx) = watch::channel(false);
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -94,7 +97,14 @@ pub(crate) async fn run(spec: RunSpec, cancel: oneshot::Receiver<()>) -> RunOutc
             }
         };
         let outcome = tokio::select! {
-            status = child.wait() => match status {
+            status = async {
+                if let Some(fd) = &pidfd {
+                    // Exited, not reaped yet: whatever the job left in its group dies now.
+                    let _ = fd.readable().await;
+                    kill_group(pgid);
+                }
+                child.wait().await
+            } => match status {
                 Ok(s) => match (s.code(), s.signal()) {
                     (Some(code), _) => JobOutcome::Exited(code),
                     (None, Some(sig)) => JobOutcome::Signaled(sig),
@@ -113,8 +123,10 @@ pub(crate) async fn run(spec: RunSpec, cancel: oneshot::Receiver<()>) -> RunOutc
                 JobOutcome::TimedOut
             }
         };
-        // Whatever the job left behind in its group dies with it.
-        kill_group(pgid);
+        if pidfd.is_none() {
+            // Whatever the job left behind in its group dies with it.
+            kill_group(pgid);
+        }
         let _ = exited_tx.send(true);
         outcome
     };
@@ -195,6 +207,19 @@ mod tests {
         let pid = std::fs::read_to_string(dir.path().join("bg.pid")).unwrap();
         std::thread::sleep(Duration::from_millis(100));
         // Gone, or a zombie waiting for a reaper that is not ours: either way not running.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+        assert!(stat.is_empty() || stat.contains(") Z "), "background child survived: {stat}");
+    }
+
+    #[tokio::test]
+    async fn what_a_job_leaves_in_its_group_dies_when_it_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_tx, rx) = oneshot::channel();
+        let s = spec("sleep 30 >/dev/null 2>&1 & echo $! > bg.pid; exit 4", dir.path());
+        let r = run(s, rx).await;
+        assert_eq!(r.outcome, JobOutcome::Exited(4));
+        let pid = std::fs::read_to_string(dir.path().join("bg.pid")).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
         assert!(stat.is_empty() || stat.contains(") Z "), "background child survived: {stat}");
     }

@@ -6,7 +6,10 @@
 //! any other goes to the trash, removed in batches off the path between jobs.
 //!
 //! The check lists each directory of the tree once (one `getdents` for a flat cluster, as
-//! before sub-directories were allowed) and stats only sub-directories, for their mode.
+//! before sub-directories were allowed) and stats only sub-directories, for their mode. It
+//! runs on the blocking pool, in the job's own task ([`Reuse::settle`]), as does the layout
+//! it compares with (a `stat` per file, once per cluster): a cluster of many files costs
+//! the node's task nothing per job.
 
 use super::store::Store;
 use dispy_protocol::FileEntry;
@@ -14,6 +17,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::unix::fs::{DirEntryExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 /// Finished job directories removed together: one hop to the blocking pool per batch.
 const TRASH_BATCH: usize = 32;
@@ -38,40 +42,69 @@ pub(super) struct JobDirs {
     made: u64,
     /// Directories whose jobs ended, not checked yet.
     returned: Vec<PathBuf>,
-    /// `None` until known; `Some(None)` when directories are never reused (names that do
-    /// not fit in one tree: their directories fail to fill anyway).
-    layout: Option<Option<Layout>>,
+    /// Set once known (by the first check, on the blocking pool); `None` inside when
+    /// directories are never reused (names that do not fit in one tree: their directories
+    /// fail to fill anyway).
+    layout: Arc<OnceLock<Option<Layout>>>,
 }
 
-/// A directory for one job; `fresh` when it must still be made and filled.
+/// A directory for one job: a new one (`reuse` is `None`), or one a job of the cluster
+/// used, to be checked first.
 #[derive(Debug)]
 pub(super) struct JobDir {
     pub(super) path: PathBuf,
-    pub(super) fresh: bool,
+    pub(super) reuse: Option<Reuse>,
+}
+
+/// What checking a used directory takes: the cluster's layout (made by the first check)
+/// and a new directory's name, for when the used one is not clean.
+#[derive(Debug)]
+pub(super) struct Reuse {
+    layout: Arc<OnceLock<Option<Layout>>>,
+    spare: PathBuf,
+}
+
+impl Reuse {
+    /// Whether `dir` is clean now (blocking: call on the blocking pool); if not, it is
+    /// removed and the spare's name comes back, to be made and filled. Checked when handed
+    /// out, not when its job ended: whatever a leftover process of that job wrote since is
+    /// seen.
+    pub(super) fn settle(self, dir: PathBuf, store: &Store, files: &[FileEntry]) -> (PathBuf, bool) {
+        // A job of any cluster may have written to a stored file that this directory
+        // links: then it is not reused (and the file is sent again, see `Store::has`).
+        if !files.iter().all(|f| store.intact(&f.hash, f.size)) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return (self.spare, true);
+        }
+        let layout = match self.layout.get() {
+            Some(known) => known.as_ref(),
+            None => match layout(store, files) {
+                Some(made) => self.layout.get_or_init(|| made).as_ref(),
+                None => None,
+            },
+        };
+        if layout.is_some_and(|l| is_pristine(&dir, l)) {
+            return (dir, false);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        (self.spare, true)
+    }
 }
 
 impl JobDirs {
     pub(super) fn new(root: PathBuf) -> Self {
-        JobDirs { root, made: 0, returned: Vec::new(), layout: None }
+        JobDirs { root, made: 0, returned: Vec::new(), layout: Arc::default() }
     }
 
-    /// A directory that is clean now, else the name of a new one. Directories given back
-    /// are checked here, when they are handed out, not when their job ended: whatever a
-    /// leftover process of that job wrote since is seen. Dirty ones (and any, when the
-    /// files cannot be checked) go to `trash`.
-    pub(super) fn take(&mut self, store: &Store, files: &[FileEntry], trash: &mut Trash) -> JobDir {
-        if self.layout.is_none() {
-            self.layout = layout(store, files);
-        }
-        let layout = self.layout.as_ref().and_then(Option::as_ref);
-        while let Some(path) = self.returned.pop() {
-            if layout.is_some_and(|l| is_pristine(&path, l)) {
-                return JobDir { path, fresh: false };
-            }
-            trash.push(path);
-        }
+    /// A directory for the next job: one given back (to be checked, see [`Reuse`]), else
+    /// the name of a new one. Touches no disk.
+    pub(super) fn take(&mut self) -> JobDir {
         self.made += 1;
-        JobDir { path: self.root.join(format!("job-{}", self.made)), fresh: true }
+        let fresh = self.root.join(format!("job-{}", self.made));
+        match self.returned.pop() {
+            Some(path) => JobDir { path, reuse: Some(Reuse { layout: self.layout.clone(), spare: fresh }) },
+            None => JobDir { path: fresh, reuse: None },
+        }
     }
 
     /// Takes back a directory whose job has ended (reused if still clean when next asked,
@@ -106,6 +139,10 @@ fn layout(store: &Store, files: &[FileEntry]) -> Option<Option<Layout>> {
 /// it or in any sub-directory, and every sub-directory still open to its owner. Walks with
 /// a stack, not recursion: a deep tree cannot exhaust the task's stack.
 fn is_pristine(dir: &Path, layout: &Layout) -> bool {
+    // Listing follows a link: one planted in the directory's place is never reused.
+    if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_dir()) {
+        return false;
+    }
     let mut pending = vec![(dir.to_path_buf(), layout)];
     while let Some((dir, layout)) = pending.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { return false };

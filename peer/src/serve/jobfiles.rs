@@ -4,9 +4,9 @@
 //! match the cluster's return globs (`--return`) are moved into the store when it ends,
 //! listed in its result, and served to the client in chunks until the cluster is released.
 
+use super::lookup::Stored;
 use super::store::{Store, check_name};
 use dispy_protocol::{CHUNK_SIZE, FileEntry, FileHash, JobId, JobSpec, Refusal, RefusalKind, Response};
-use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
@@ -49,14 +49,16 @@ impl JobFiles {
         JobFiles { globs, ..JobFiles::default() }
     }
 
-    /// Takes the declaration of jobs' input files; answers with those the store lacks.
-    pub(super) fn declare(&mut self, files: Vec<FileEntry>, store: &Store, max_size: Option<u64>) -> Response {
+    /// Takes the declaration of jobs' input files (looked up in `stored`); answers with
+    /// those the store lacks.
+    pub(super) fn declare(&mut self, files: Vec<FileEntry>, stored: &Stored, max_size: Option<u64>) -> Response {
         let refuse = |kind, msg: String| Response::Refused(Refusal::new(kind, msg));
         if self.declared.len() + files.len() > MAX_DECLARED {
             let why = format!("more than {MAX_DECLARED} job input files declared at once");
             return refuse(RefusalKind::TooLarge, why);
         }
         let mut missing = Vec::new();
+        let mut missing_seen = HashSet::new();
         for f in &files {
             if let Err(e) = check_name(&f.name) {
                 return refuse(RefusalKind::BadPath, e.to_string());
@@ -68,7 +70,7 @@ impl JobFiles {
                     format!("file {} is {} bytes, over the node's --max-file-size of {max} bytes", f.name, f.size);
                 return refuse(RefusalKind::TooLarge, why);
             }
-            if !store.has(&f.hash, f.size) && !missing.contains(&f.hash) {
+            if !stored.has(&f.hash) && missing_seen.insert(f.hash) {
                 missing.push(f.hash);
             }
         }
@@ -120,11 +122,11 @@ impl JobFiles {
         unused
     }
 
-    /// Whether every input file of `jobs` was declared and is stored.
-    pub(super) fn check(&self, jobs: &[JobSpec], store: &Store) -> Result<(), Refusal> {
+    /// Whether every input file of `jobs` was declared and is stored (looked up in `stored`).
+    pub(super) fn check(&self, jobs: &[JobSpec], stored: &Stored) -> Result<(), Refusal> {
         for job in jobs {
             for f in &job.files {
-                if !self.declared.contains_key(&f.hash) || !store.has(&f.hash, f.size) {
+                if !self.declared.contains_key(&f.hash) || !stored.has(&f.hash) {
                     let why = format!("input file {} of job {} is not staged", f.name, job.id);
                     return Err(Refusal::new(RefusalKind::BadFile, why));
                 }
@@ -231,22 +233,10 @@ fn walk(
 /// Hashes a file and moves it into the store (sealed and read-only, as staged files are);
 /// returns its hash and whether it is executable.
 fn adopt(path: &Path, size: u64, store: &Store) -> std::io::Result<(FileHash, bool)> {
-    let mut file = fs::File::open(path)?;
-    let executable = file.metadata()?.permissions().mode() & 0o111 != 0;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    let hash = FileHash(hasher.finalize().into());
+    let executable = fs::metadata(path)?.permissions().mode() & 0o111 != 0;
+    let hash = FileHash(super::store::hash_file(path)?);
     if !store.has(&hash, size) {
-        file.set_modified(super::store::stored_mtime())?;
-        fs::set_permissions(path, fs::Permissions::from_mode(if executable { 0o555 } else { 0o444 }))?;
-        fs::rename(path, store.path(&hash))?;
+        store.adopt(path, hash)?;
     }
     Ok((hash, executable))
 }

@@ -5,17 +5,22 @@
 
 use super::delivery::Outbox;
 use super::jobfiles::JobFiles;
+use super::limits::over;
+use super::lookup::Stored;
+use super::owner::may_reserve;
 use super::setup::ClusterSetup;
 use super::slots::Runs;
-use super::store::{Store, check_name, check_names};
+use super::store::{check_name, check_names};
 use super::uploads::Uploads;
 use super::{Node, ServeConfig};
 use dispy_protocol::{
-    ClusterId, FileEntry, FileHash, JobId, JobSpec, Refusal, RefusalKind, Reserve, Reserved, Response,
+    ClusterId, FileEntry, FileHash, JobId, JobSpec, MAX_ITEMS_PER_REQUEST, OwnerHash, Refusal, RefusalKind, Reserve,
+    Reserved, Response, job::checked_timeout,
 };
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -26,6 +31,12 @@ pub(super) struct Lease {
     /// For a function cluster, the function its workers serve.
     pub(super) function: Option<String>,
     pub(super) files: Vec<FileEntry>,
+    /// `files` again, shared with the jobs' tasks that fill directories (no copy per job).
+    pub(super) shared_files: Arc<[FileEntry]>,
+    /// Index of `files` by hash (a chunk finds its file in O(1)).
+    by_hash: HashMap<FileHash, usize>,
+    /// The hash of its owner token, if its client sent one (see `owner`).
+    pub(super) owner: Option<OwnerHash>,
     /// Jobs of this cluster running at once, at most.
     pub(super) cpus: u32,
     /// Its job and worker directories live here.
@@ -36,6 +47,9 @@ pub(super) struct Lease {
     pub(super) gone_since: Option<Instant>,
     /// Released: it takes nothing new, and goes once its jobs and deliveries have ended.
     pub(super) released: bool,
+    /// One of its jobs took a slot: only such a cluster counts as served (`--serve N`), so
+    /// that reserving and releasing in a loop cannot end a node's run.
+    pub(super) ran: bool,
     pub(super) uploads: Uploads,
     pub(super) runs: Runs,
     pub(super) outbox: Outbox,
@@ -57,7 +71,7 @@ impl Lease {
 
     /// Queues jobs, once the cluster's files are all stored; returns those cancelled before
     /// they arrived, or the refusal.
-    pub(super) fn submit(&mut self, jobs: Vec<JobSpec>, store: &Store) -> Result<Vec<JobId>, Refusal> {
+    pub(super) fn submit(&mut self, jobs: Vec<JobSpec>, stored: &Stored) -> Result<Vec<JobId>, Refusal> {
         if let Some(why) = self.setup.failed() {
             return Err(Refusal::new(RefusalKind::SetupFailed, why));
         }
@@ -69,21 +83,26 @@ impl Lease {
         let missing: Vec<&str> = if self.files_ready {
             Vec::new()
         } else {
-            self.files.iter().filter(|f| !store.has(&f.hash, f.size)).map(|f| f.name.as_str()).collect()
+            self.files.iter().filter(|f| !stored.has(&f.hash)).map(|f| f.name.as_str()).collect()
         };
         self.files_ready = missing.is_empty();
         if !missing.is_empty() {
             let why = format!("files not staged yet: {}", missing.join(", "));
             return Err(Refusal::new(RefusalKind::BadFile, why));
         }
-        self.job_files.check(&jobs, store)?;
+        self.job_files.check(&jobs, stored)?;
         self.job_files.track(&jobs);
         Ok(self.runs.queue(jobs))
     }
 
     /// The declared file `hash`: one of the cluster's or one of its jobs' inputs.
     pub(super) fn file(&self, hash: &FileHash) -> Option<&FileEntry> {
-        self.files.iter().find(|f| f.hash == *hash).or_else(|| self.job_files.declared(hash))
+        self.by_hash.get(hash).and_then(|i| self.files.get(*i)).or_else(|| self.job_files.declared(hash))
+    }
+
+    /// The files a Submit must find stored: the cluster's until they were found once.
+    pub(super) fn files_to_look_up(&self) -> &[FileEntry] {
+        if self.files_ready { &[] } else { &self.files }
     }
 
     /// Released, and no job or delivery of it is left.
@@ -118,8 +137,19 @@ impl Leases {
     }
 
     /// Takes a lease for `peer`, or resumes the one it holds (a client that reconnected).
-    pub(super) fn reserve(&mut self, cfg: &ServeConfig, store: &Store, peer: PeerId, r: Reserve) -> Response {
+    /// `stored` has looked up `r`'s files (and the owner of results kept under its id).
+    /// Linear in the number of files.
+    pub(super) fn reserve(&mut self, cfg: &ServeConfig, stored: &Stored, peer: PeerId, r: Reserve) -> Response {
         let refuse = |kind, msg: String| Response::Refused(Refusal::new(kind, msg));
+        if let Err(why) = check_reserve_size(&r) {
+            return Response::Refused(why);
+        }
+        if let Err(why) = checked_timeout(r.setup_timeout_secs) {
+            return refuse(RefusalKind::BadRequest, format!("the cluster's setup time limit: {why}"));
+        }
+        if let Err(why) = may_reserve(r.cluster, r.owner, stored.kept_owner) {
+            return Response::Refused(why);
+        }
         if let Err(e) = check_names(&r.files) {
             warn!(client = %peer, cause = %e, "refused a file name");
             return refuse(RefusalKind::BadPath, e.to_string());
@@ -150,18 +180,16 @@ impl Leases {
         if !r.files.iter().any(|f| f.name == r.program) {
             return refuse(RefusalKind::BadFile, format!("program {} is not among the cluster's files", r.program));
         }
-        let dir = Node::jobs_root(&cfg.dest).join(r.cluster.to_string());
+        // A name of its own, not the id: jobs of other clusters can list the folder.
+        let dir = Node::jobs_root(&cfg.dest).join(format!("{:032x}", rand::random::<u128>()));
         let setup = match ClusterSetup::new(&r, &dir, &cfg.name) {
             Ok(setup) => setup,
             Err(why) => return refuse(RefusalKind::BadFile, why),
         };
         let cpus = r.cpus.unwrap_or(cfg.cpus).clamp(1, cfg.cpus.max(1));
-        let mut missing: Vec<FileHash> = Vec::new();
-        for f in &r.files {
-            if !store.has(&f.hash, f.size) && !missing.contains(&f.hash) {
-                missing.push(f.hash);
-            }
-        }
+        let mut seen = HashSet::new();
+        let missing: Vec<FileHash> =
+            r.files.iter().filter(|f| !stored.has(&f.hash) && seen.insert(f.hash)).map(|f| f.hash).collect();
         if let Some(existing) = self.0.get_mut(&r.cluster) {
             if existing.client != peer {
                 return refuse(RefusalKind::UnknownCluster, format!("cluster {} belongs to another client", r.cluster));
@@ -169,22 +197,34 @@ impl Leases {
             if !existing.released {
                 // The client reconnected and reserves again: the cluster goes on as it was.
                 existing.gone_since = None;
-                info!(cluster = %r.cluster, client = %peer, "cluster resumed");
+                info!(cluster = %r.cluster.tag(), client = %peer, "cluster resumed");
                 return Response::Reserved(Reserved { cpus: existing.cpus, missing, resumed: true });
             }
         }
-        info!(cluster = %r.cluster, client = %peer, cpus, files = r.files.len(), missing = missing.len(), "cluster reserved");
+        let held = self.usage(peer).clusters;
+        if held >= cfg.limits.clusters {
+            return Response::Refused(over("clusters", cfg.limits.clusters, &cfg.name));
+        }
+        info!(cluster = %r.cluster.tag(), client = %peer, cpus, files = r.files.len(), missing = missing.len(), "cluster reserved");
+        let mut by_hash = HashMap::with_capacity(r.files.len());
+        for (i, f) in r.files.iter().enumerate() {
+            by_hash.entry(f.hash).or_insert(i);
+        }
         let lease = Lease {
             client: peer,
             program: r.program,
             function: r.function,
+            shared_files: Arc::from(r.files.as_slice()),
             files: r.files,
+            by_hash,
+            owner: r.owner,
             cpus,
             runs: Runs::new(dir.clone()),
             dir,
             files_ready: false,
             gone_since: None,
             released: false,
+            ran: false,
             uploads: Uploads::default(),
             outbox: Outbox::default(),
             setup,
@@ -193,4 +233,16 @@ impl Leases {
         self.0.insert(r.cluster, lease);
         Response::Reserved(Reserved { cpus, missing, resumed: false })
     }
+}
+
+/// Whether a Reserve carries no more items than a request may.
+///
+/// # Errors
+/// The refusal naming the count.
+pub(super) fn check_reserve_size(r: &Reserve) -> Result<(), Refusal> {
+    if r.files.len() > MAX_ITEMS_PER_REQUEST {
+        let why = format!("a cluster of {} files is over the limit of {MAX_ITEMS_PER_REQUEST}", r.files.len());
+        return Err(Refusal::new(RefusalKind::BadRequest, why));
+    }
+    Ok(())
 }

@@ -117,17 +117,18 @@ impl Node {
             .map(|(id, c)| (*id, c.client))
             .collect();
         for (id, client) in gone {
-            info!(cluster = %id, %client, "client has gone; killing its jobs and deleting its files");
+            info!(cluster = %id.tag(), %client, "client has gone; killing its jobs and deleting its files");
             // What it never collected is kept on disk for `recover`: those waiting and those
             // still on their way to the gone client.
             let Some(c) = self.leases.0.get_mut(&id) else { continue };
             let results: Vec<JobResult> = c.outbox.take_undelivered();
+            let owner = c.owner;
             if !results.is_empty() {
-                info!(cluster = %id, results = results.len(), ttl = ?self.cfg.result_ttl, "keeping undelivered results");
+                info!(cluster = %id.tag(), results = results.len(), ttl = ?self.cfg.result_ttl, "keeping undelivered results");
                 let kept = self.ctx.kept.clone();
                 tokio::task::spawn_blocking(move || {
-                    if let Err(e) = kept.save(id, &results) {
-                        warn!(cluster = %id, cause = %e, "cannot keep undelivered results");
+                    if let Err(e) = kept.save(id, owner, &results) {
+                        warn!(cluster = %id.tag(), cause = %e, "cannot keep undelivered results");
                     }
                 });
             }
@@ -183,7 +184,7 @@ impl Node {
         }
         let done = self.leases.0.get(&id).is_some_and(|c| c.done());
         if let Some(c) = done.then(|| self.leases.0.remove(&id)).flatten() {
-            self.served += 1;
+            self.served += u64::from(c.ran);
             let dir = c.dir;
             tokio::task::spawn_blocking(move || {
                 let _ = std::fs::remove_dir_all(&dir);

@@ -12,6 +12,9 @@
 //!   network.
 //! - `lease`: a client's lease on the node (`Lease`), and the leases by cluster: reserve,
 //!   ownership.
+//! - `requests`: requests that need the disk before their answer (`lookup`: store
+//!   look-ups; recover and forget, bound to the cluster's `owner`), and cancel.
+//! - `limits`: what one client may hold on the node ([`PeerLimits`]).
 //! - `uploads`: a lease's files arriving in chunks (`Uploads`).
 //! - `slots`: a lease's jobs from submit to end (`Runs`), started in CPU slots in
 //!   directories from `jobdirs`, through a `runner`.
@@ -33,7 +36,12 @@ mod jobnotes;
 mod kept;
 mod lease;
 mod lifecycle;
+mod limits;
+mod lookup;
+mod owner;
+mod private;
 pub mod reaper;
+mod requests;
 mod runner;
 pub mod setup;
 mod slots;
@@ -46,18 +54,22 @@ mod uploads;
 mod workers;
 
 pub use config::ServeConfig;
+pub use limits::PeerLimits;
+pub use private::default_dest;
 pub use start::{RunningNode, start};
 
 use crate::error::{Error, Result};
 use crate::net::{NetEvent, NetHandle, ReplyTo};
 use delivery::ResultsSent;
-use dispy_protocol::{ClusterId, FileHash, Hello, JobOutcome, Refusal, RefusalKind, Request, Response, WIRE_VERSION};
+use dispy_protocol::{ClusterId, FileHash, Hello, Refusal, RefusalKind, Request, Response, WIRE_VERSION};
 use jobdirs::Trash;
 use kept::KeptResults;
 use lease::Leases;
 use libp2p::PeerId;
 use runner::{ProcessRunner, Runner};
 use slots::JobDone;
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,6 +103,15 @@ enum Completion {
     FlushDue {
         cluster: ClusterId,
     },
+    /// A request's files were looked up in the store: it can be handled.
+    LookedUp {
+        peer: PeerId,
+        waiting: lookup::Waiting,
+        stored: lookup::Stored,
+        channel: ReplyTo,
+    },
+    /// The answer to a request the node held while it worked on it.
+    Answered(requests::Answered),
 }
 
 /// What the parts of the node use to act: the ways out of its task.
@@ -101,7 +122,8 @@ struct Ctx {
     done: mpsc::UnboundedSender<Completion>,
     store: Store,
     kept: KeptResults,
-    runner: Box<dyn Runner>,
+    /// Shared with the jobs' tasks, which start their runs once their directory is settled.
+    runner: Arc<dyn Runner>,
     /// Finished jobs' directories, removed in batches on the blocking pool.
     trash: Trash,
     /// `cfg.max_output`.
@@ -151,6 +173,12 @@ pub struct Node {
     last_sweep: tokio::time::Instant,
     /// Held for the node's life: a second node on the same dest path fails to start.
     _lock: std::fs::File,
+    /// Requests whose answer the node holds, by peer (see [`PeerLimits::pending`]).
+    pending: HashMap<PeerId, usize>,
+    /// Clusters with a recover under way (one at a time each).
+    recovering: HashSet<ClusterId>,
+    /// The machine's memory, read once at start (a Hello reads no file on the node's task).
+    memory_bytes: Option<u64>,
 }
 
 impl Node {
@@ -165,10 +193,16 @@ impl Node {
 
     /// [`Node::new`] with the runner `runner` makes from the store.
     fn with_runner(cfg: ServeConfig, net: NetHandle, runner: impl FnOnce(&Store) -> Box<dyn Runner>) -> Result<Node> {
-        std::fs::create_dir_all(&cfg.dest)
-            .map_err(|e| Error::io(format!("cannot create {}", cfg.dest.display()), e))?;
+        private::prepare_dest(&cfg.dest).map_err(|reason| Error::UnsafeDest { path: cfg.dest.clone(), reason })?;
+        if sys::euid() == 0 {
+            // Jobs run as the node's user: say plainly what that means here.
+            warn!(
+                "serving as root: every job runs as root, with no isolation from the host, the node or other clients' jobs; run nodes as an unprivileged user"
+            );
+        }
         let lock_path = cfg.dest.join("node.lock");
         let lock = std::fs::OpenOptions::new()
+            .mode(0o600)
             .create(true)
             .truncate(false)
             .write(true)
@@ -181,8 +215,7 @@ impl Node {
         let jobs_root = Node::jobs_root(&cfg.dest);
         // Job directories of an earlier run are stale: their jobs died with that node.
         let _ = std::fs::remove_dir_all(&jobs_root);
-        std::fs::create_dir_all(&jobs_root)
-            .map_err(|e| Error::io(format!("cannot create {}", jobs_root.display()), e))?;
+        private::private_subdir(&jobs_root).map_err(|reason| Error::UnsafeDest { path: cfg.dest.clone(), reason })?;
         let (done, completions) = mpsc::unbounded_channel();
         let reaper = match &cfg.reaper {
             Some(exe) => {
@@ -206,7 +239,7 @@ impl Node {
         let ctx = Ctx {
             net,
             done,
-            runner: runner(&store),
+            runner: Arc::from(runner(&store)),
             store,
             kept,
             trash: Trash::default(),
@@ -227,6 +260,9 @@ impl Node {
             completions,
             stopping: false,
             _lock: lock,
+            pending: HashMap::new(),
+            recovering: HashSet::new(),
+            memory_bytes: memory_bytes(),
         })
     }
 
@@ -247,7 +283,7 @@ impl Node {
                 // their results wait for it, for the zombie interval.
                 let now = tokio::time::Instant::now();
                 for (id, c) in self.leases.0.iter_mut().filter(|(_, c)| c.client == peer && !c.released) {
-                    info!(cluster = %id, client = %peer, zombie_interval = ?self.cfg.zombie_interval, "client disconnected; keeping its jobs");
+                    info!(cluster = %id.tag(), client = %peer, zombie_interval = ?self.cfg.zombie_interval, "client disconnected; keeping its jobs");
                     c.gone_since.get_or_insert(now);
                 }
             }
@@ -264,7 +300,7 @@ impl Node {
                     })
                     .collect();
                 for id in back {
-                    info!(cluster = %id, client = %peer, "client is back; delivering its results");
+                    info!(cluster = %id.tag(), client = %peer, "client is back; delivering its results");
                     self.flush(id);
                 }
             }
@@ -289,26 +325,23 @@ impl Node {
                 refuse(RefusalKind::ShuttingDown, format!("node {} is shutting down", self.cfg.name))
             }
             _ if self.stopping => refuse(RefusalKind::ShuttingDown, format!("node {} is shutting down", self.cfg.name)),
-            Request::Reserve(r) => self.leases.reserve(&self.cfg, &self.ctx.store, peer, r),
+            Request::Reserve(r) => return self.look_up(peer, lookup::Waiting::Reserve(r), channel),
             Request::Chunk(c) => {
+                let uploads = self.leases.usage(peer).uploads;
+                let limit = self.cfg.limits.uploads;
                 let lease = match self.leases.owned(peer, c.cluster) {
                     Ok(lease) => lease,
                     Err(refusal) => return Some((channel, *refusal)),
                 };
+                if uploads >= limit && lease.uploads.would_open(&c.hash) {
+                    let why = limits::over("files arriving at once", limit, &self.cfg.name);
+                    return Some((channel, Response::Refused(why)));
+                }
                 let entry: Vec<_> = lease.file(&c.hash).cloned().into_iter().collect();
                 return lease.uploads.chunk(c.cluster, &entry, c, channel, &self.ctx);
             }
-            Request::Submit(s) => self.submit(peer, s),
-            Request::Cancel(c) => match self.leases.owned(peer, c.cluster) {
-                Err(refusal) => *refusal,
-                Ok(lease) => {
-                    let outbox = &lease.outbox;
-                    for id in lease.runs.cancel(c.jobs, |id| outbox.holds(id)) {
-                        self.ctx.report(JobDone::unstarted(c.cluster, id, JobOutcome::Cancelled));
-                    }
-                    Response::Ok
-                }
-            },
+            Request::Submit(s) => return self.look_up(peer, lookup::Waiting::Submit(s), channel),
+            Request::Cancel(c) => self.cancel(peer, c),
             Request::Release(r) => match self.leases.owned(peer, r.cluster) {
                 Err(refusal) => *refusal,
                 Ok(_) => {
@@ -317,15 +350,8 @@ impl Node {
                 }
             },
             Request::Results(_) => refuse(RefusalKind::WrongRole, "this peer is a node; it takes no results".into()),
-            Request::Recover(r) => {
-                let held = self.leases.0.get(&r.cluster).map(|c| c.outbox.waiting()).unwrap_or_default();
-                delivery::recover(peer, r, held, &self.ctx.kept, &self.ctx.net, channel);
-                return None;
-            }
-            Request::Declare(d) => match self.leases.owned(peer, d.cluster) {
-                Err(refusal) => *refusal,
-                Ok(lease) => lease.job_files.declare(d.files, &self.ctx.store, self.cfg.max_file_size),
-            },
+            Request::Recover(r) => return self.recover(peer, r, channel),
+            Request::Declare(d) => return self.look_up(peer, lookup::Waiting::Declare(d), channel),
             Request::Fetch(f) => match self.leases.owned(peer, f.cluster) {
                 Err(refusal) => *refusal,
                 Ok(lease) if !lease.job_files.has_returned(&f.hash) => refuse(
@@ -352,32 +378,9 @@ impl Node {
                     return None;
                 }
             },
-            Request::Forget(f) => {
-                let outbox = self.leases.0.get_mut(&f.cluster).map(|c| &mut c.outbox);
-                delivery::forget(f, outbox, &self.ctx.kept)
-            }
+            Request::Forget(f) => return self.forget(peer, f, channel),
         };
         Some((channel, response))
-    }
-
-    /// Queues jobs, once the cluster's files are all stored.
-    fn submit(&mut self, peer: PeerId, s: dispy_protocol::Submit) -> Response {
-        let lease = match self.leases.owned(peer, s.cluster) {
-            Err(refusal) => return *refusal,
-            Ok(lease) => lease,
-        };
-        let count = s.jobs.len() as u32;
-        match lease.submit(s.jobs, &self.ctx.store) {
-            Err(refusal) => return Response::Refused(refusal),
-            Ok(cancelled) => {
-                for id in cancelled {
-                    self.ctx.report(JobDone::unstarted(s.cluster, id, JobOutcome::Cancelled));
-                }
-            }
-        }
-        self.start_setup_if_due(s.cluster);
-        self.schedule();
-        Response::Accepted(dispy_protocol::Accepted { count })
     }
 
     fn on_completion(&mut self, msg: Completion) {
@@ -388,6 +391,7 @@ impl Node {
                 if held_slot {
                     self.free += 1;
                 }
+                self.trim_idle_workers();
                 self.delete_unused(cluster, unused);
                 self.flush(cluster);
                 self.drop_if_done(cluster);
@@ -420,6 +424,12 @@ impl Node {
                 self.flush(cluster);
             }
             Completion::ClusterTask(done) => self.cluster_task_done(done),
+            Completion::LookedUp { peer, waiting, stored, channel } => {
+                self.release_hold(peer);
+                let response = self.looked_up(peer, waiting, stored);
+                self.ctx.respond(channel, response);
+            }
+            Completion::Answered(answered) => self.answered(answered),
             Completion::FlushDue { cluster } => {
                 if let Some(c) = self.leases.0.get_mut(&cluster) {
                     c.outbox.starts_due();
@@ -431,10 +441,11 @@ impl Node {
 
     /// Deletes jobs' input files no job needs any more, unless a lease holds them as its
     /// own files: a run of a million inputs keeps only those of its jobs under way.
-    fn delete_unused(&mut self, cluster: ClusterId, mut unused: Vec<FileHash>) {
+    fn delete_unused(&mut self, cluster: ClusterId, unused: Vec<FileHash>) {
         if unused.is_empty() {
             return;
         }
+        let mut unused: HashSet<FileHash> = unused.into_iter().collect();
         let mut in_use = self.leases.files_in_use(cluster);
         if let Some(c) = self.leases.0.get_mut(&cluster) {
             in_use.extend(c.files.iter().map(|f| f.hash).chain(c.job_files.hashes()));
@@ -449,6 +460,20 @@ impl Node {
                 let _ = std::fs::remove_file(store.path(&h));
             }
         });
+    }
+
+    /// Keeps at most one idle function worker per CPU slot on the node, over all clusters:
+    /// past that, the cluster holding the most idle workers loses one. (Each cluster keeps
+    /// its workers for its next jobs; without this, many function clusters would keep
+    /// clusters × CPUs processes alive.)
+    fn trim_idle_workers(&mut self) {
+        let cap = self.cfg.cpus as usize;
+        let mut idle: usize = self.leases.0.values().map(|c| c.runs.idle_workers()).sum();
+        while idle > cap {
+            let Some(c) = self.leases.0.values_mut().max_by_key(|c| c.runs.idle_workers()) else { break };
+            c.runs.stop_idle_worker();
+            idle -= 1;
+        }
     }
 
     /// Starts queued jobs in the free slots and sends their starts.
@@ -472,12 +497,16 @@ impl Node {
     fn save_waiting_results(&mut self) {
         // Released: its client took what it wanted; a batch still travelling is moot.
         for (id, c) in self.leases.0.iter_mut().filter(|(_, c)| !c.released) {
-            c.outbox.save_waiting(*id, &self.ctx.kept);
+            c.outbox.save_waiting(*id, c.owner, &self.ctx.kept);
         }
     }
 
     fn hello(&self) -> Hello {
-        Hello::node(self.cfg.name.clone(), self.cfg.cpus, self.free, self.cfg.max_file_size, memory_bytes())
+        let zombie_secs = Some(self.cfg.zombie_interval.as_secs());
+        Hello {
+            zombie_secs,
+            ..Hello::node(self.cfg.name.clone(), self.cfg.cpus, self.free, self.cfg.max_file_size, self.memory_bytes)
+        }
     }
 }
 

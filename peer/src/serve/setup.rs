@@ -181,7 +181,7 @@ impl Node {
         let spec = s.setup.as_deref().map(|program| s.spec(program, s.timeout, &self.ctx));
         let (kill, cancel) = oneshot::channel();
         s.state = State::SettingUp(Some(kill));
-        info!(cluster = %id, setup = s.setup.as_deref().unwrap_or("-"), dir = %s.dir.display(), "setting the cluster up");
+        info!(cluster = %id.tag(), setup = s.setup.as_deref().unwrap_or("-"), dir = %s.dir.display(), "setting the cluster up");
         let task = ClusterTask { dir: s.dir.clone(), fill: Some(lease.files.clone()), spec };
         spawn_task(id, task, false, cancel, &self.ctx);
     }
@@ -199,7 +199,7 @@ impl Node {
             // Only where something was set up (whether or not the setup succeeded).
             (State::Ready | State::Failed(_), Some(program)) => {
                 let spec = s.spec(program, Some(CLEANUP_TIMEOUT), &self.ctx);
-                info!(cluster = %id, cleanup = %program, "cleaning the cluster up");
+                info!(cluster = %id.tag(), cleanup = %program, "cleaning the cluster up");
                 let (kill, cancel) = oneshot::channel();
                 s.state = State::CleaningUp { _kill: kill };
                 let task = ClusterTask { dir: s.dir.clone(), fill: None, spec: Some(spec) };
@@ -224,15 +224,15 @@ impl Node {
             stderr = %String::from_utf8_lossy(&run.stderr.bytes), "cluster program ended");
         if cleanup {
             if !run.outcome.is_success() {
-                warn!(cluster = %id, cleanup = program, outcome = %run.outcome, "cleanup failed");
+                warn!(cluster = %id.tag(), cleanup = program, outcome = %run.outcome, "cleanup failed");
             }
             s.state = State::Finished;
         } else if run.outcome.is_success() && !lease.released {
-            info!(cluster = %id, "cluster set up; its jobs may start");
+            info!(cluster = %id.tag(), "cluster set up; its jobs may start");
             s.state = State::Ready;
         } else {
             let why = failure(program, &self.cfg.name, &run, s.timeout);
-            warn!(cluster = %id, reason = %why, "cluster setup failed; its jobs go back to the client");
+            warn!(cluster = %id.tag(), reason = %why, "cluster setup failed; its jobs go back to the client");
             s.state = State::Failed(why.clone());
             decline_queued(id, lease, &why, &self.ctx);
         }

@@ -9,6 +9,8 @@ use super::lease::{Lease, Leases};
 use super::runner::{FunctionWorker, ProgramJob, WorkerPlace, failed_to_start, unrun};
 use super::{Completion, Ctx, executor};
 use dispy_protocol::{ClusterId, FileHash, JobId, JobOutcome, JobResult, JobSpec};
+use futures::future::Either;
+use libp2p::PeerId;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use tokio::sync::{mpsc, oneshot};
@@ -20,7 +22,14 @@ const MAX_CANCELLED_EARLY: usize = 100_000;
 
 /// One lease's jobs on their way through the slots.
 pub(super) struct Runs {
+    /// Jobs in submission order. A cancelled job leaves `queued` at once and this queue
+    /// when it reaches the front (or at the next compaction): a cancel costs O(1) per id.
     queue: VecDeque<JobSpec>,
+    /// The jobs of `queue` still to run.
+    queued: HashSet<JobId>,
+    /// Bytes of arguments and input the jobs of `queue` hold (what a client's queue costs
+    /// the node's memory, for its limit).
+    queued_bytes: u64,
     /// Running jobs, with what kills each.
     running: HashMap<JobId, oneshot::Sender<()>>,
     /// Jobs cancelled before their Submit arrived.
@@ -57,6 +66,8 @@ impl Runs {
     pub(super) fn new(dir: PathBuf) -> Self {
         Runs {
             queue: VecDeque::new(),
+            queued: HashSet::new(),
+            queued_bytes: 0,
             running: HashMap::new(),
             cancelled_early: HashSet::new(),
             idle_workers: Vec::new(),
@@ -65,28 +76,49 @@ impl Runs {
         }
     }
 
-    /// Queues submitted jobs; returns those already cancelled, which end at once.
+    /// Queues submitted jobs; returns those already cancelled, which end at once. A job
+    /// already queued or running here (a client sending it twice) is not queued again: a
+    /// second copy would replace the first's kill switch and kill it.
     pub(super) fn queue(&mut self, jobs: Vec<JobSpec>) -> Vec<JobId> {
         let mut cancelled = Vec::new();
         for job in jobs {
             if self.cancelled_early.remove(&job.id) {
                 cancelled.push(job.id);
+            } else if self.queued.contains(&job.id) || self.running.contains_key(&job.id) {
+                debug!(job = %job.id, "job sent twice; the copy is dropped");
             } else {
+                self.queued.insert(job.id);
+                self.queued_bytes += job_bytes(&job);
                 self.queue.push_back(job);
             }
         }
         cancelled
     }
 
+    /// The next queued job still to run.
+    fn pop_queued(&mut self) -> Option<JobSpec> {
+        while let Some(job) = self.queue.pop_front() {
+            self.queued_bytes = self.queued_bytes.saturating_sub(job_bytes(&job));
+            if self.queued.remove(&job.id) {
+                return Some(job);
+            }
+        }
+        None
+    }
+
+    /// Jobs queued, and the bytes they hold.
+    pub(super) fn queued(&self) -> (usize, u64) {
+        (self.queued.len(), self.queued_bytes)
+    }
+
     /// Kills running jobs and drops queued ones, returned to be reported `Cancelled`. A job
-    /// not seen yet (`ended` says which have) is cancelled when it arrives.
+    /// not seen yet (`ended` says which have) is cancelled when it arrives. O(1) per id.
     pub(super) fn cancel(&mut self, jobs: Vec<JobId>, ended: impl Fn(JobId) -> bool) -> Vec<JobId> {
         let mut cancelled = Vec::new();
         for id in jobs {
             if let Some(kill) = self.running.remove(&id) {
                 let _ = kill.send(());
-            } else if let Some(pos) = self.queue.iter().position(|j| j.id == id) {
-                self.queue.remove(pos);
+            } else if self.queued.remove(&id) {
                 cancelled.push(id);
             } else if !ended(id) && self.cancelled_early.len() < MAX_CANCELLED_EARLY {
                 // Submit and Cancel travel on streams of their own: the jobs
@@ -94,17 +126,31 @@ impl Runs {
                 self.cancelled_early.insert(id);
             }
         }
+        // Cancelled jobs leave the queue as they reach its front; a queue mostly made of
+        // them is compacted, in time linear in its length, so it never holds much more
+        // than its live jobs.
+        if self.queue.len() > 2 * self.queued.len() + 1024 {
+            let queued = &self.queued;
+            self.queue.retain(|j| queued.contains(&j.id));
+            self.queued_bytes = self.queue.iter().map(job_bytes).sum();
+        }
         cancelled
     }
 
     /// Takes the queued jobs away (a drain gives them back to the client).
-    pub(super) fn take_queued(&mut self) -> impl Iterator<Item = JobSpec> + '_ {
-        self.queue.drain(..)
+    pub(super) fn take_queued(&mut self) -> Vec<JobSpec> {
+        let mut jobs = Vec::with_capacity(self.queued.len());
+        while let Some(job) = self.pop_queued() {
+            jobs.push(job);
+        }
+        jobs
     }
 
     /// Kills every job and idle worker and drops the queue.
     pub(super) fn kill_all(&mut self) {
         self.queue.clear();
+        self.queued.clear();
+        self.queued_bytes = 0;
         // A dropped worker is killed.
         self.idle_workers.clear();
         for (_, kill) in self.running.drain() {
@@ -117,26 +163,51 @@ impl Runs {
     }
 
     pub(super) fn has_queued(&self) -> bool {
-        !self.queue.is_empty()
+        !self.queued.is_empty()
+    }
+
+    /// Function workers waiting for a job.
+    pub(super) fn idle_workers(&self) -> usize {
+        self.idle_workers.len()
+    }
+
+    /// Stops one idle worker (a dropped worker is killed).
+    pub(super) fn stop_idle_worker(&mut self) {
+        self.idle_workers.pop();
     }
 }
 
-/// Starts queued jobs while slots are free, taking from the cluster with the fewest running
-/// jobs first so that clients sharing a node share it fairly. Returns the clusters that
-/// started jobs (their starts are to be sent).
+/// What a queued job holds in memory, roughly: its arguments and input.
+fn job_bytes(job: &JobSpec) -> u64 {
+    let args: usize = job.args.iter().map(|a| a.len() + 24).sum();
+    (args + job.input.len() + job.files.len() * 96) as u64
+}
+
+/// Starts queued jobs while slots are free, taking from the client with the fewest running
+/// jobs first (then its cluster with the fewest), so that clients sharing a node share it
+/// fairly however many clusters each holds. Returns the clusters that started jobs (their
+/// starts are to be sent).
 pub(super) fn start_jobs(leases: &mut Leases, free: &mut u32, ctx: &mut Ctx) -> Vec<ClusterId> {
     let mut started_in = Vec::new();
+    if *free == 0 {
+        return started_in;
+    }
+    let mut by_client: HashMap<PeerId, usize> = HashMap::new();
+    for c in leases.0.values() {
+        *by_client.entry(c.client).or_default() += c.runs.running.len();
+    }
     while *free > 0 {
         let next = leases
             .0
             .iter()
-            .filter(|(_, c)| !c.released && !c.runs.queue.is_empty() && (c.runs.running.len() as u32) < c.cpus)
+            .filter(|(_, c)| !c.released && c.runs.has_queued() && (c.runs.running.len() as u32) < c.cpus)
             .filter(|(_, c)| c.setup.ready())
-            .min_by_key(|(_, c)| c.runs.running.len())
+            .min_by_key(|(_, c)| (by_client.get(&c.client).copied().unwrap_or(0), c.runs.running.len()))
             .map(|(id, _)| *id);
         let Some(id) = next else { break };
         let Some(lease) = leases.0.get_mut(&id) else { break };
-        let Some(job) = lease.runs.queue.pop_front() else { break };
+        let Some(job) = lease.runs.pop_queued() else { break };
+        *by_client.entry(lease.client).or_default() += 1;
         *free -= 1;
         start(id, lease, job, ctx);
         started_in.push(id);
@@ -148,6 +219,7 @@ pub(super) fn start_jobs(leases: &mut Leases, free: &mut u32, ctx: &mut Ctx) -> 
 /// Starts one job of `lease` in a slot already taken.
 fn start(id: ClusterId, lease: &mut Lease, job: JobSpec, ctx: &mut Ctx) {
     let (kill_tx, kill_rx) = oneshot::channel();
+    lease.ran = true;
     let runs = &mut lease.runs;
     runs.running.insert(job.id, kill_tx);
     lease.outbox.job_started(job.id);
@@ -166,13 +238,17 @@ fn start(id: ClusterId, lease: &mut Lease, job: JobSpec, ctx: &mut Ctx) {
             return;
         }
         let worker = match runs.idle_workers.pop() {
-            Some(w) => Ok(w),
+            Some(w) => Either::Left(w),
             None => {
                 runs.workers_started += 1;
-                let dir = lease.dir.join(format!("worker-{}", runs.workers_started));
-                let token = ctx.job_token.as_deref();
-                let place = WorkerPlace { files: &lease.files, dir: &dir, program: &lease.program, function, token };
-                ctx.runner.start_worker(place)
+                let place = WorkerPlace {
+                    files: lease.files.clone(),
+                    dir: lease.dir.join(format!("worker-{}", runs.workers_started)),
+                    program: lease.program.clone(),
+                    function: function.clone(),
+                    token: ctx.job_token.clone(),
+                };
+                Either::Right(ctx.runner.start_worker(place))
             }
         };
         let (notes_tx, notes_rx) = mpsc::channel(NOTES_IN_FLIGHT);
@@ -181,6 +257,10 @@ fn start(id: ClusterId, lease: &mut Lease, job: JobSpec, ctx: &mut Ctx) {
         tokio::spawn(
             async move {
                 let call = async move {
+                    let worker = match worker {
+                        Either::Left(idle) => Ok(idle),
+                        Either::Right(starting) => starting.await,
+                    };
                     match worker {
                         Ok(w) => w.call(job, max_output, kill_rx, notes_tx).await,
                         Err(why) => (failed_to_start(job_id, why), None),
@@ -199,28 +279,42 @@ fn start(id: ClusterId, lease: &mut Lease, job: JobSpec, ctx: &mut Ctx) {
         );
         return;
     }
-    let dir = runs.job_dirs.take(&ctx.store, &lease.files, &mut ctx.trash);
-    let timeout = job.timeout();
-    let spec = executor::RunSpec {
-        program: dir.path.join(&lease.program),
-        args: job.args,
-        dir: dir.path.clone(),
-        timeout,
-        max_output,
-        token: ctx.job_token.clone(),
-        env: lease.setup.job_env(),
-    };
-    // Only a fresh directory is filled; the job's own files join either.
-    let fill = dir.fresh.then(|| lease.files.clone());
-    let run = ctx.runner.run_program(ProgramJob { id: job_id, spec, fill, extra: job.files }, kill_rx);
-    let returns = (!lease.job_files.globs.is_empty()).then(|| {
-        let (globs, store, max) = (lease.job_files.globs.clone(), ctx.store.clone(), ctx.max_return);
-        let path = dir.path.clone();
-        move || collect(&path, &globs, &store, max)
-    });
+    let dir = runs.job_dirs.take();
+    let (runner, store, files) = (ctx.runner.clone(), ctx.store.clone(), lease.shared_files.clone());
+    let (program, token, env) = (lease.program.clone(), ctx.job_token.clone(), lease.setup.job_env());
+    let globs = (!lease.job_files.globs.is_empty()).then(|| lease.job_files.globs.clone());
+    let max_return = ctx.max_return;
     tokio::spawn(
         async move {
-            let mut result = run.await;
+            // A used directory is checked (and a new one named if it is not clean) on the
+            // blocking pool, never on the node's task.
+            let (path, fresh) = match dir.reuse {
+                None => (dir.path, true),
+                Some(reuse) => {
+                    let (store, files, used) = (store.clone(), files.clone(), dir.path);
+                    let fallback = used.clone();
+                    tokio::task::spawn_blocking(move || reuse.settle(used, &store, &files))
+                        .await
+                        .unwrap_or((fallback, false))
+                }
+            };
+            let timeout = job.timeout();
+            let spec = executor::RunSpec {
+                program: path.join(&program),
+                args: job.args,
+                dir: path.clone(),
+                timeout,
+                max_output,
+                token,
+                env,
+            };
+            // Only a fresh directory is filled; the job's own files join either.
+            let fill = fresh.then(|| files.clone());
+            let mut result = runner.run_program(ProgramJob { id: job_id, spec, fill, extra: job.files }, kill_rx).await;
+            let returns = globs.map(|globs| {
+                let path = path.clone();
+                move || collect(&path, &globs, &store, max_return)
+            });
             if let Some(returns) = returns {
                 // Whatever the outcome: a failed job's partial output is what its user wants
                 // to look at.
@@ -230,7 +324,7 @@ fn start(id: ClusterId, lease: &mut Lease, job: JobSpec, ctx: &mut Ctx) {
                 }
             }
             debug!(outcome = %result.outcome, "job ended");
-            let done_job = JobDone { cluster: id, result, held_slot: true, worker: None, dir: Some(dir.path) };
+            let done_job = JobDone { cluster: id, result, held_slot: true, worker: None, dir: Some(path) };
             let _ = done.send(Completion::JobDone(done_job));
         }
         .instrument(span),

@@ -3,17 +3,18 @@
 //!
 //! A file is written to `store/.partial/` chunk by chunk while its hash is computed, and
 //! renamed into place only when size and hash match what the client declared, so a
-//! half-sent or corrupt file is never used. Stored files are read-only, sealed by their
-//! modification time (see [`Store::has`]), and hard-linked into job directories, which
-//! costs no copy however large they are.
+//! half-sent or corrupt file is never used. Stored files are read-only, open to the node's
+//! user alone, sealed by what a job cannot forge (see [`Store::has`]), and hard-linked into
+//! job directories, which costs no copy however large they are.
 
 use dispy_protocol::{FileEntry, FileHash};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// A staged file's name is unusable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -125,31 +126,87 @@ pub fn check_names(files: &[FileEntry]) -> Result<(), PathError> {
     Ok(())
 }
 
-/// The modification time of every stored file, as a seal: a write through a job's hard
-/// link changes it. Not the epoch itself: tools that read the time a job's input was made
-/// (gzip stores it, and warns with exit status 2 when it is 0) must see a plausible one.
+/// The modification time of every stored file. Not the epoch itself: tools that read the
+/// time a job's input was made (gzip stores it, and warns with exit status 2 when it is 0)
+/// must see a plausible one. Not a seal on its own: the file's owner can set it back.
 pub fn stored_mtime() -> std::time::SystemTime {
     // 2001-09-09: far from any overflow.
     std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000)
+}
+
+/// Mode of a stored file: read and run by the node's user (jobs run as that user), by no
+/// one else. One mode for all: a hard link cannot give one content two modes.
+const STORED_MODE: u32 = 0o500;
+
+/// What a job cannot forge about a stored file, taken when it is stored. A job runs as the
+/// file's owner and can write to it through its hard link and then set the modification
+/// time back (`touch -d`); but any write, `chmod` or `touch` moves the change time (ctime)
+/// to now, which only root or a clock change can set back, and replacing the file changes
+/// the inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seal {
+    ino: u64,
+    size: u64,
+    ctime: (i64, i64),
+    mtime: (i64, i64),
+}
+
+impl Seal {
+    fn of(m: &fs::Metadata) -> Seal {
+        Seal { ino: m.ino(), size: m.len(), ctime: (m.ctime(), m.ctime_nsec()), mtime: (m.mtime(), m.mtime_nsec()) }
+    }
+}
+
+/// What a stored file's metadata says against its seal.
+enum Check {
+    /// As sealed; its size.
+    Sealed(u64),
+    /// Only its change time moved (by a link the node made or removed, or by a write with
+    /// its modification time set back): hash it to know. Its metadata now.
+    Doubt(Seal),
+    /// Certainly changed or replaced.
+    Broken,
+    /// Not there, or not sealed by this run.
+    Missing,
+}
+
+/// The SHA-256 of a file's content.
+pub(crate) fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf)?;
+        if n == 0 {
+            return Ok(hasher.finalize().into());
+        }
+        hasher.update(&buf[..n]);
+    }
 }
 
 /// The content-addressed store.
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// The seal of each file stored by this run, shared by every clone. Kept in memory
+    /// only: a seal on disk would sit where jobs can rewrite it. A file of an earlier run
+    /// has none and counts as missing; the next cluster that needs it sends it again.
+    seals: Arc<Mutex<HashMap<FileHash, Seal>>>,
 }
 
 impl Store {
-    /// Opens (creating) `<dest>/store` and clears half-written files of an earlier run.
+    /// Opens (creating) `<dest>/store`, private to the node's user, and clears half-written
+    /// files of an earlier run.
     ///
     /// # Errors
-    /// The I/O error, if the folders cannot be made.
+    /// The I/O error, if the folders cannot be made or are not the node user's own.
     pub fn open(dest: &Path) -> std::io::Result<Store> {
         let root = dest.join("store");
+        super::private::private_subdir(&root).map_err(std::io::Error::other)?;
         let partial = root.join(".partial");
         let _ = fs::remove_dir_all(&partial);
-        fs::create_dir_all(&partial)?;
-        Ok(Store { root })
+        fs::DirBuilder::new().mode(0o700).create(&partial)?;
+        Ok(Store { root, seals: Arc::default() })
     }
 
     /// Where a file with this hash lives once complete.
@@ -157,14 +214,80 @@ impl Store {
         self.root.join(hash.to_hex())
     }
 
-    /// Whether the store holds this file complete and unchanged. Stored files are
-    /// read-only, but jobs run as the node's user, who owns them (or as root): a job can
-    /// make one writable and write to it through its hard link. Any write moves the
-    /// modification time off [`stored_mtime`], and such a file counts as missing, so the
-    /// next cluster that needs it sends it again.
+    /// Whether the store holds this file complete and unchanged: what a new cluster asks.
+    /// Stored files are read-only, but jobs run as the node's user, who owns them (or as
+    /// root): a job can make one writable, write to it through its hard link, then set its
+    /// modification time back. Any of that moves its change time off its [`Seal`]; so do
+    /// the links the node makes and removes, so a moved change time alone means doubt, and
+    /// the file is hashed again (once: it is sealed anew if unchanged). A changed file
+    /// counts as missing and is deleted, so the next cluster that needs it sends it again.
     pub fn has(&self, hash: &FileHash, size: u64) -> bool {
-        fs::metadata(self.path(hash))
-            .is_ok_and(|m| m.is_file() && m.len() == size && m.modified().is_ok_and(|t| t == stored_mtime()))
+        match self.check(hash) {
+            Check::Sealed(len) => len == size,
+            Check::Doubt(seal) => match hash_file(&self.path(hash)) {
+                Ok(got) if got == hash.0 => {
+                    self.seals().insert(*hash, seal);
+                    seal.size == size
+                }
+                _ => self.broken(hash),
+            },
+            Check::Broken => self.broken(hash),
+            Check::Missing => false,
+        }
+    }
+
+    /// [`Store::has`] without hashing: false only when the file is certainly changed (its
+    /// modification time, size or inode moved) or missing. For each job's use, where a
+    /// hash per file would cost too much; a write hidden by setting the time back is found
+    /// by the next [`Store::has`].
+    pub(crate) fn intact(&self, hash: &FileHash, size: u64) -> bool {
+        match self.check(hash) {
+            Check::Sealed(len) => len == size,
+            Check::Doubt(seal) => seal.size == size,
+            Check::Broken => self.broken(hash),
+            Check::Missing => false,
+        }
+    }
+
+    fn check(&self, hash: &FileHash) -> Check {
+        let Ok(m) = fs::metadata(self.path(hash)) else { return Check::Missing };
+        let Some(seal) = self.seals().get(hash).copied() else { return Check::Missing };
+        let now = Seal::of(&m);
+        if !m.is_file() || now.ino != seal.ino || now.size != seal.size || now.mtime != seal.mtime {
+            Check::Broken
+        } else if now.ctime != seal.ctime {
+            Check::Doubt(now)
+        } else {
+            Check::Sealed(now.size)
+        }
+    }
+
+    /// Deletes a stored file that changed; returns `false` (it is missing now).
+    fn broken(&self, hash: &FileHash) -> bool {
+        tracing::warn!(file = %hash, "a stored file changed since it was stored (a job wrote to it?); it will be sent again");
+        self.seals().remove(hash);
+        let _ = fs::remove_file(self.path(hash));
+        false
+    }
+
+    /// Takes a file a job made into the store under its `hash` (computed by the caller),
+    /// read-only and sealed, as staged files are.
+    ///
+    /// # Errors
+    /// The I/O error of sealing or moving it.
+    pub(crate) fn adopt(&self, path: &Path, hash: FileHash) -> std::io::Result<()> {
+        File::open(path)?.set_modified(stored_mtime())?;
+        fs::set_permissions(path, fs::Permissions::from_mode(STORED_MODE))?;
+        let dest = self.path(&hash);
+        fs::rename(path, &dest)?;
+        let m = fs::metadata(&dest)?;
+        self.seals().insert(hash, Seal::of(&m));
+        Ok(())
+    }
+
+    fn seals(&self) -> std::sync::MutexGuard<'_, HashMap<FileHash, Seal>> {
+        // A panic while holding the lock leaves the map whole: every change is one call.
+        self.seals.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Starts receiving a file.
@@ -173,8 +296,18 @@ impl Store {
     /// The I/O error, if the partial file cannot be created.
     pub fn begin(&self, hash: FileHash, size: u64) -> std::io::Result<Upload> {
         let tmp = self.root.join(".partial").join(format!("{}.{:x}", hash.to_hex(), rand::random::<u64>()));
-        let file = File::create(&tmp)?;
-        Ok(Upload { file, tmp, dest: self.path(&hash), hash, size, received: 0, hasher: Sha256::new(), stored: false })
+        let file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        Ok(Upload {
+            file,
+            tmp,
+            dest: self.path(&hash),
+            hash,
+            size,
+            received: 0,
+            hasher: Sha256::new(),
+            stored: false,
+            seals: Arc::clone(&self.seals),
+        })
     }
 
     /// Hard-links a cluster's files into a fresh job directory under their names.
@@ -187,14 +320,15 @@ impl Store {
 
     /// Copies files into a job directory under their names: a job's own inputs, which it
     /// may change, delete or replace as it likes (`gzip FILE` does all three, and refuses a
-    /// file with other hard links). Writable by the job; the stored copy stays sealed.
+    /// file with other hard links). Writable by the job (and by no one else); the stored
+    /// copy stays sealed.
     ///
     /// # Errors
     /// A message naming the file and the cause.
     pub fn copy_into(&self, job_dir: &Path, files: &[FileEntry]) -> Result<(), String> {
         self.place(job_dir, files, |from, to| {
             fs::copy(from, to)?;
-            let mode = if fs::metadata(from)?.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+            let mode = if fs::metadata(from)?.permissions().mode() & 0o111 != 0 { 0o700 } else { 0o600 };
             fs::set_permissions(to, fs::Permissions::from_mode(mode))
         })
     }
@@ -209,6 +343,15 @@ impl Store {
         let mut last_parent: Option<PathBuf> = None;
         for f in files {
             let rel = check_name(&f.name).map_err(|e| e.to_string())?;
+            // Checked at each use, not only when a cluster reserves: a job of any cluster may
+            // have written to the stored file since.
+            if !self.intact(&f.hash, f.size) {
+                return Err(format!(
+                    "the stored copy of {} changed since it was stored (a job wrote to it?), or is gone; \
+                     it was deleted, and a new cluster sends it again",
+                    f.name
+                ));
+            }
             let target = job_dir.join(&rel);
             if let Some(parent) = target.parent()
                 && parent != job_dir
@@ -251,6 +394,8 @@ pub struct Upload {
     received: u64,
     hasher: Sha256,
     stored: bool,
+    /// The store's seals, where this file's goes once stored.
+    seals: Arc<Mutex<HashMap<FileHash, Seal>>>,
 }
 
 impl Upload {
@@ -287,9 +432,12 @@ impl Upload {
         }
         self.file.flush().map_err(|e| e.to_string())?;
         self.file.set_modified(stored_mtime()).map_err(|e| format!("cannot seal {}: {e}", self.tmp.display()))?;
-        fs::set_permissions(&self.tmp, fs::Permissions::from_mode(0o555)).map_err(|e| e.to_string())?;
+        fs::set_permissions(&self.tmp, fs::Permissions::from_mode(STORED_MODE)).map_err(|e| e.to_string())?;
         fs::rename(&self.tmp, &self.dest).map_err(|e| format!("cannot store {}: {e}", self.dest.display()))?;
         self.stored = true;
+        // Taken after the rename, which may itself move the change time.
+        let m = fs::metadata(&self.dest).map_err(|e| format!("cannot seal {}: {e}", self.dest.display()))?;
+        self.seals.lock().unwrap_or_else(PoisonError::into_inner).insert(self.hash, Seal::of(&m));
         Ok(true)
     }
 }
@@ -359,6 +507,43 @@ mod tests {
         let entry = FileEntry { name: "sub/dir/f.txt".into(), hash, size: 11, executable: false };
         store.link_into(&job, &[entry]).unwrap();
         assert_eq!(fs::read(job.join("sub/dir/f.txt")).unwrap(), data);
+    }
+
+    #[test]
+    fn a_write_with_the_mtime_set_back_breaks_the_seal() {
+        let dest = tempfile::tempdir().unwrap();
+        let store = Store::open(dest.path()).unwrap();
+        let hash = sha(b"hello");
+        assert!(store.begin(hash, 5).unwrap().write(0, b"hello").unwrap());
+        assert!(store.has(&hash, 5));
+        let path = store.path(&hash);
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o7777, STORED_MODE);
+        // The change time has the clock's coarse tick: a write in the same tick as the
+        // seal would not move it (see the README's security model).
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::OpenOptions::new().write(true).open(&path).unwrap().write_all(b"j").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(STORED_MODE)).unwrap();
+        File::open(&path).unwrap().set_modified(stored_mtime()).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), stored_mtime(), "mtime forged");
+        assert!(!store.has(&hash, 5), "the seal must see the write");
+        assert!(!path.exists(), "the changed copy is deleted, never served");
+        let job = dest.path().join("job");
+        fs::create_dir(&job).unwrap();
+        let entry = FileEntry { name: "f".into(), hash, size: 5, executable: false };
+        assert!(store.link_into(&job, &[entry]).unwrap_err().contains("changed since it was stored"));
+    }
+
+    #[test]
+    fn a_file_of_an_earlier_run_is_not_trusted() {
+        let dest = tempfile::tempdir().unwrap();
+        let hash = sha(b"old");
+        assert!(Store::open(dest.path()).unwrap().begin(hash, 3).unwrap().write(0, b"old").unwrap());
+        let store = Store::open(dest.path()).unwrap();
+        assert!(!store.has(&hash, 3), "no seal taken by this run: sent again");
+        assert!(store.begin(hash, 3).unwrap().write(0, b"old").unwrap(), "stored over the old copy");
+        assert!(store.has(&hash, 3));
+        assert_eq!(fs::metadata(dest.path().join("store")).unwrap().permissions().mode() & 0o777, 0o700);
     }
 
     #[test]

@@ -14,3 +14,35 @@ pub(crate) fn kill_group(pgid: u32) {
         libc::kill(-pgid, libc::SIGKILL);
     }
 }
+
+/// The effective user id of this process: the owner its files get.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid(2) takes no arguments, always succeeds and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+/// A pidfd for our child `pid` (Linux 5.3+): it becomes readable when the child exits,
+/// before it is reaped. While the child is an unreaped zombie its pid, and so its process
+/// group id, cannot be reused, so a group kill sent then cannot hit another group.
+pub(crate) fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let pid = libc::pid_t::try_from(pid).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1; it
+    // touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+    // SAFETY: the descriptor was just returned to us and nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// [`pidfd_open`] registered with the tokio reactor, to await the child's exit; `None` when
+/// the kernel has no pidfds. Call inside a tokio runtime.
+pub(crate) fn exit_watch(pid: u32) -> Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    let fd = pidfd_open(pid).ok()?;
+    // SAFETY: an `OwnedFd` keeps its descriptor open, and its `as_raw_fd` unchanged, until
+    // it is dropped, which is what `register` asks for.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
+}

@@ -25,19 +25,35 @@ pub(super) struct Uploads {
 
 /// A file being received.
 struct Incoming {
-    /// `None` while a chunk is being written.
-    upload: Option<Box<Upload>>,
+    upload: Slot,
     /// Chunks not written yet, by offset, with where to answer each.
     waiting: BTreeMap<u64, (Vec<u8>, ReplyTo)>,
+}
+
+/// Where a file's partial copy stands.
+enum Slot {
+    /// Not begun: its partial file is made with its first write, on the blocking pool.
+    New { size: u64 },
+    /// Begun, no write under way.
+    Ready(Box<Upload>),
+    /// A chunk is being written.
+    Busy,
 }
 
 /// A chunk was written (or refused) on the blocking pool.
 pub(super) struct ChunkWritten {
     pub(super) cluster: ClusterId,
     hash: FileHash,
-    upload: Box<Upload>,
-    outcome: Result<bool, String>,
+    /// `None` when the partial file could not be made.
+    upload: Option<Box<Upload>>,
+    outcome: Result<bool, Failure>,
     channel: ReplyTo,
+}
+
+/// Why a chunk was not written: the file is wrong (it stays refused), or the node failed.
+enum Failure {
+    BadFile(String),
+    Internal(String),
 }
 
 fn bad_file(msg: String) -> Response {
@@ -45,6 +61,16 @@ fn bad_file(msg: String) -> Response {
 }
 
 impl Uploads {
+    /// Files arriving now (each holds a partial file open).
+    pub(super) fn open(&self) -> usize {
+        self.uploads.len()
+    }
+
+    /// Whether a chunk of `hash` would start a new upload.
+    pub(super) fn would_open(&self, hash: &FileHash) -> bool {
+        !self.uploads.contains_key(hash) && !self.staged.contains(hash) && !self.refused_files.contains_key(hash)
+    }
+
     /// Drops the files still arriving (their partial files go with them).
     pub(super) fn clear(&mut self) {
         self.uploads.clear();
@@ -77,13 +103,7 @@ impl Uploads {
         }
         let incoming = match self.uploads.entry(c.hash) {
             Entry::Occupied(o) => o.into_mut(),
-            Entry::Vacant(v) => match ctx.store.begin(c.hash, entry.size) {
-                Ok(u) => v.insert(Incoming { upload: Some(Box::new(u)), waiting: BTreeMap::new() }),
-                Err(e) => {
-                    let why = format!("cannot store the file: {e}");
-                    return Some((channel, Response::Refused(Refusal::new(RefusalKind::Internal, why))));
-                }
-            },
+            Entry::Vacant(v) => v.insert(Incoming { upload: Slot::New { size: entry.size }, waiting: BTreeMap::new() }),
         };
         if incoming.waiting.len() >= CHUNKS_IN_FLIGHT || incoming.waiting.contains_key(&c.offset) {
             let why = format!("more than {CHUNKS_IN_FLIGHT} chunks of one file in flight, or a chunk sent twice");
@@ -97,21 +117,33 @@ impl Uploads {
     /// Writes a file's next chunk if it has arrived and no write of the file is under way.
     fn write_next_chunk(&mut self, cluster: ClusterId, hash: FileHash, ctx: &Ctx) {
         let Some(incoming) = self.uploads.get_mut(&hash) else { return };
-        let (Some(upload), Some((&offset, _))) = (&incoming.upload, incoming.waiting.first_key_value()) else {
-            return;
+        let Some((&offset, _)) = incoming.waiting.first_key_value() else { return };
+        let received = match &incoming.upload {
+            Slot::New { .. } => 0,
+            Slot::Ready(upload) => upload.received(),
+            Slot::Busy => return,
         };
         // Past a gap: the chunk that fills it is still on its way. (One before what was
         // written is taken, and refused by the write.)
-        if offset > upload.received() {
+        if offset > received {
             return;
         }
-        let (Some(mut upload), Some((data, channel))) = (incoming.upload.take(), incoming.waiting.remove(&offset))
-        else {
-            return;
-        };
-        let done = ctx.done.clone();
+        let Some((data, channel)) = incoming.waiting.remove(&offset) else { return };
+        let slot = std::mem::replace(&mut incoming.upload, Slot::Busy);
+        let (done, store) = (ctx.done.clone(), ctx.store.clone());
         tokio::task::spawn_blocking(move || {
-            let outcome = upload.write(offset, &data);
+            let upload = match slot {
+                Slot::Ready(upload) => Ok(upload),
+                Slot::New { size } => store.begin(hash, size).map(Box::new).map_err(|e| e.to_string()),
+                Slot::Busy => Err("a chunk was written twice at once".to_string()),
+            };
+            let (upload, outcome) = match upload {
+                Ok(mut upload) => {
+                    let outcome = upload.write(offset, &data).map_err(Failure::BadFile);
+                    (Some(upload), outcome)
+                }
+                Err(e) => (None, Err(Failure::Internal(format!("cannot store the file: {e}")))),
+            };
             let _ = done.send(Completion::ChunkWritten(ChunkWritten { cluster, hash, upload, outcome, channel }));
         });
     }
@@ -120,23 +152,33 @@ impl Uploads {
     pub(super) fn written(&mut self, w: ChunkWritten, ctx: &Ctx) {
         let ChunkWritten { cluster, hash, upload, outcome, channel } = w;
         // What remains of a file once it is complete, or refused, is refused with it.
-        let (response, refused) = match outcome {
-            Ok(false) => {
+        let (response, refused) = match (outcome, upload) {
+            (Ok(false), Some(upload)) => {
                 if let Some(incoming) = self.uploads.get_mut(&hash) {
-                    incoming.upload = Some(upload);
+                    incoming.upload = Slot::Ready(upload);
                 }
                 (Response::ChunkStored(ChunkStored { hash, complete: false }), None)
             }
-            Ok(true) => {
+            (Ok(true), Some(upload)) => {
                 self.staged.insert(hash);
                 debug!(%cluster, %hash, "file staged");
                 let extra = format!("more bytes than the declared size of {}", upload.size());
                 (Response::ChunkStored(ChunkStored { hash, complete: true }), Some(extra))
             }
-            Err(msg) => {
-                warn!(%cluster, %hash, cause = %msg, "refused a file");
+            (Err(Failure::BadFile(msg)), _) => {
+                warn!(cluster = %cluster.tag(), %hash, cause = %msg, "refused a file");
                 self.refused_files.insert(hash, msg.clone());
                 (bad_file(msg.clone()), Some(msg))
+            }
+            // The node's failure (no descriptor, disk full): this upload ends, and the file
+            // may be sent again.
+            (Err(Failure::Internal(msg)), _) => {
+                warn!(cluster = %cluster.tag(), %hash, cause = %msg, "cannot store a file");
+                (Response::Refused(Refusal::new(RefusalKind::Internal, msg.clone())), Some(msg))
+            }
+            (Ok(_), None) => {
+                let msg = "the file's partial copy was lost".to_string();
+                (Response::Refused(Refusal::new(RefusalKind::Internal, msg.clone())), Some(msg))
             }
         };
         match refused.and_then(|why| self.uploads.remove(&hash).map(|i| (why, i))) {

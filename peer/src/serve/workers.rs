@@ -29,6 +29,9 @@ pub(crate) struct Worker {
     stdout: ChildStdout,
     pgid: u32,
     dir: PathBuf,
+    /// Its leader was reaped (after its group was killed): its pid, and so its group id,
+    /// may belong to another process group by now, which must not be signalled.
+    reaped: bool,
 }
 
 impl Worker {
@@ -55,7 +58,7 @@ impl Worker {
             return Err(std::io::Error::other("worker pipes missing"));
         };
         let pgid = child.id().unwrap_or(0);
-        Ok(Worker { child, stdin, stdout, pgid, dir: dir.to_path_buf() })
+        Ok(Worker { child, stdin, stdout, pgid, dir: dir.to_path_buf(), reaped: false })
     }
 
     /// Runs one job, passing its notes to `notes` as they come. Returns the result and the
@@ -133,6 +136,7 @@ impl Worker {
                 // The worker is gone or talks nonsense: say how it ended if it did.
                 kill_group(self.pgid);
                 let status = tokio::time::timeout(Duration::from_secs(1), self.child.wait()).await;
+                self.reaped = matches!(status, Ok(Ok(_)));
                 let how = match status {
                     Ok(Ok(s)) => s.to_string(),
                     _ => io,
@@ -166,8 +170,11 @@ fn sent_file(sent_dir: &Path, rel: &str) -> JobNote {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // Whatever the worker started dies with it; its directory goes too.
-        kill_group(self.pgid);
+        // Whatever the worker started dies with it (killed already if it was reaped); its
+        // directory goes too.
+        if !self.reaped {
+            kill_group(self.pgid);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

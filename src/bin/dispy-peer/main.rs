@@ -163,7 +163,7 @@ async fn serve(o: ServeOpt) -> anyhow::Result<()> {
              Give every node and client the same --secret, DISPY_SECRET or --secret-file"
         ),
     }
-    let dest = o.dest_path.unwrap_or_else(|| std::env::temp_dir().join("dispy-peer").join("node"));
+    let dest = o.dest_path.unwrap_or_else(dispy_node::serve::default_dest);
     let cfg = NetConfig {
         listen: o.listen.clone(),
         psk,

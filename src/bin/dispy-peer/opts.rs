@@ -92,7 +92,8 @@ pub(crate) struct ServeOpt {
     /// Seconds between heartbeats; a client silent for about twice this is gone.
     #[arg(long, default_value_t = 4.0, value_name = "SECS")]
     pub(crate) heartbeat: f64,
-    /// Where staged files and job directories live [default: $TMPDIR/dispy-peer/node].
+    /// Where staged files and job directories live, private to this user (made 0700; refused
+    /// if another user owns it or may write to it) [default: $TMPDIR/dispy-peer-UID/node].
     #[arg(long, value_name = "DIR")]
     pub(crate) dest_path: Option<PathBuf>,
     /// Refuse files larger than this (bytes, or with k/M/G/T suffix: 10M, 1G).

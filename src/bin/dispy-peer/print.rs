@@ -1,6 +1,12 @@
 //! How `submit` and `nodes` print: for people by default, JSON lines with `--json`.
+//!
+//! Text a node sends (its name, a job's output, error messages) goes to a person's terminal
+//! only through [`clean`]: a node could otherwise send escape sequences that rewrite the
+//! screen, set the window title or, on some terminals, type into the shell. JSON escapes
+//! control characters itself.
 
 use dispy::{FoundNode, JobOutcome, JobReport, JobStatus, Stats};
+use std::borrow::Cow;
 use std::io::{self, Write};
 
 pub(crate) struct Printer {
@@ -46,15 +52,15 @@ impl Printer {
                 Some(ip) => format!("{} ({ip})", n.name),
                 None => n.name.clone(),
             });
-            writeln!(
-                self.out,
+            let line = format!(
                 "== job {} [{}] on {node}: {} in {:.3} s",
                 job.id,
                 shell_words::join(&job.args),
                 job.outcome,
                 job.run_time().as_secs_f64()
-            )?;
-            self.out.write_all(&job.stdout)?;
+            );
+            writeln!(self.out, "{}", clean_str(&line))?;
+            self.out.write_all(&clean(&job.stdout))?;
             ensure_newline(&mut self.out, &job.stdout)?;
             if job.stdout_truncated > 0 {
                 writeln!(
@@ -65,7 +71,7 @@ impl Printer {
             }
             if !job.stderr.is_empty() || job.stderr_truncated > 0 {
                 writeln!(self.out, "-- stderr --")?;
-                self.out.write_all(&job.stderr)?;
+                self.out.write_all(&clean(&job.stderr))?;
                 ensure_newline(&mut self.out, &job.stderr)?;
                 if job.stderr_truncated > 0 {
                     writeln!(
@@ -79,7 +85,7 @@ impl Printer {
                 writeln!(self.out, "-- returned {}", path.display())?;
             }
             if let Some(note) = &job.return_note {
-                writeln!(self.out, "-- not returned: {note}")?;
+                writeln!(self.out, "-- not returned: {}", clean_str(note))?;
             }
         }
         self.out.flush()
@@ -123,7 +129,7 @@ impl Printer {
             writeln!(self.out, "{v}")?;
         } else {
             writeln!(self.out)?;
-            writeln!(self.out, "{stats}")?;
+            writeln!(self.out, "{}", clean_str(&stats.to_string()))?;
             if not_ok > 0 {
                 let parts: Vec<String> = tally
                     .by_status
@@ -180,12 +186,70 @@ pub(crate) fn nodes(found: &[FoundNode], json: bool) -> io::Result<()> {
         if json {
             writeln!(out, "{}", serde_json::to_string(n).map_err(io::Error::other)?)?;
         } else {
-            writeln!(
-                out,
+            let line = format!(
                 "{}  {}  {}  cpus {}/{} free  {}/{}  v{}",
                 n.name, n.peer_id, n.addr, n.free_cpus, n.cpus, n.os, n.arch, n.version
-            )?;
+            );
+            writeln!(out, "{}", clean_str(&line))?;
         }
     }
     Ok(())
+}
+
+/// `bytes` with every terminal control character shown as a visible `\xNN` escape instead
+/// of acting: C0 controls but tab and newline (and a carriage return before a newline),
+/// DEL, and the C1 controls (`U+0080`-`U+009F`, two bytes in UTF-8), which include the CSI
+/// and OSC introducers. Everything else, invalid UTF-8 included, passes unchanged; text
+/// with nothing to clean is not copied.
+fn clean(bytes: &[u8]) -> Cow<'_, [u8]> {
+    let is_c1 = |i: usize| bytes[i] == 0xc2 && bytes.get(i + 1).is_some_and(|b| (0x80..=0x9f).contains(b));
+    let acts = |i: usize| match bytes[i] {
+        b'\n' | b'\t' => false,
+        b'\r' => bytes.get(i + 1) != Some(&b'\n'),
+        b => b < 0x20 || b == 0x7f || is_c1(i),
+    };
+    if !(0..bytes.len()).any(acts) {
+        return Cow::Borrowed(bytes);
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 16);
+    let mut i = 0;
+    while i < bytes.len() {
+        if is_c1(i) {
+            out.extend_from_slice(format!("\\x{:02x}", bytes[i + 1]).as_bytes());
+            i += 2;
+            continue;
+        }
+        if acts(i) {
+            out.extend_from_slice(format!("\\x{:02x}", bytes[i]).as_bytes());
+        } else {
+            out.push(bytes[i]);
+        }
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+/// [`clean`] for text.
+fn clean_str(text: &str) -> Cow<'_, str> {
+    match clean(text.as_bytes()) {
+        Cow::Borrowed(_) => Cow::Borrowed(text),
+        // Only ASCII escapes replaced whole characters: still UTF-8.
+        Cow::Owned(bytes) => Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_controls_are_shown_not_acted_on() {
+        assert!(matches!(clean(b"plain text\twith tabs\r\nand lines\n"), Cow::Borrowed(_)));
+        assert_eq!(&*clean(b"\x1b]0;owned\x07title"), b"\\x1b]0;owned\\x07title");
+        assert_eq!(&*clean(b"a\x1b[2Jb\rc\x7f"), b"a\\x1b[2Jb\\x0dc\\x7f");
+        assert_eq!(&*clean("csi \u{9b}31m".as_bytes()), b"csi \\x9b31m", "C1 CSI in UTF-8");
+        assert_eq!(&*clean("caf\u{e9} \u{2603}".as_bytes()), "caf\u{e9} \u{2603}".as_bytes());
+        assert_eq!(&*clean(b"raw \xff\xfe bytes"), b"raw \xff\xfe bytes");
+        assert_eq!(clean_str("node \x1b[31mred"), "node \\x1b[31mred");
+    }
 }

@@ -17,6 +17,13 @@ fn away(sim: &mut Sim, p: PeerId, at: f64) {
     sim.absorb(effects);
 }
 
+/// A reentrant cluster's core.
+fn reentrant() -> Sim {
+    let mut s = settings();
+    s.reentrant = true;
+    Sim::new(s)
+}
+
 fn tick(sim: &mut Sim, at: f64) {
     let effects = sim.core.on_tick(sim.at(at));
     sim.absorb(effects);
@@ -70,9 +77,7 @@ fn a_node_back_without_the_cluster_abandons_the_jobs_it_had_when_not_reentrant()
 
 #[test]
 fn a_reentrant_job_left_on_a_silent_node_carries_on_there_when_it_comes_back_before_running_elsewhere() {
-    let mut s = settings();
-    s.reentrant = true;
-    let mut sim = Sim::new(s);
+    let mut sim = reentrant();
     let a = sim.node_up(1, 1);
     let ids = sim.submit(1);
     sim.submits();
@@ -85,10 +90,30 @@ fn a_reentrant_job_left_on_a_silent_node_carries_on_there_when_it_comes_back_bef
 }
 
 #[test]
+fn results_a_node_sends_as_soon_as_it_is_reconnected_count_before_it_takes_the_cluster_back() {
+    let mut sim = reentrant();
+    let a = sim.node_up(1, 1);
+    let ids = sim.submit(2);
+    assert_eq!(ids_of(&sim.submits()[0].1), ids);
+    away(&mut sim, a, 1.0);
+    assert!(sim.submits().is_empty(), "queued here meanwhile: no other node");
+    // It is back: the result it finished during the partition comes before the greeting.
+    sim.connect(1);
+    sim.results(a, vec![ids[0]], vec![exited(ids[0], 0)]);
+    assert_eq!(sim.reports.iter().map(|r| r.id).collect::<Vec<_>>(), [ids[0]], "it counts");
+    let (_, asked) = sim.ask_of(a);
+    sim.answer(a, asked, Response::Hello(Hello::node("node1".into(), 1, 1, None, None)));
+    let (_, asked) = sim.ask_of(a);
+    sim.answer(a, asked, Response::Reserved(Reserved { cpus: 1, missing: Vec::new(), resumed: true }));
+    assert!(sim.asks.iter().all(|(_, r, _)| !matches!(r, Request::Cancel(_))), "nothing to cancel there");
+    assert!(sim.submits().is_empty(), "the second still runs there: not sent again");
+    sim.results(a, Vec::new(), vec![exited(ids[1], 0)]);
+    assert_eq!(sim.reports.iter().map(|r| r.id).collect::<Vec<_>>(), ids, "each once");
+}
+
+#[test]
 fn a_reentrant_job_that_ran_on_both_sides_of_a_partition_is_reported_once() {
-    let mut s = settings();
-    s.reentrant = true;
-    let mut sim = Sim::new(s);
+    let mut sim = reentrant();
     let a = sim.node_up(1, 1);
     let ids = sim.submit(1);
     sim.submits();
@@ -134,8 +159,9 @@ fn with_every_node_gone_the_run_waits_wait_nodes_then_reports_every_job_after_th
         outcomes,
         [(ids[0], JobStatus::Finished), (ids[1], JobStatus::Abandoned), (ids[2], JobStatus::Abandoned)]
     );
-    let why = "still on node node1 when the run stopped: every node was lost and none came back within 30 s";
-    assert_eq!(sim.reports[1].outcome, JobOutcome::Abandoned(why.into()));
+    let why = "still on node node1 when the run stopped: every node was lost and none came back within 30.0 s; \
+               found: node node1 at 127.0.0.1: unreachable";
+    assert!(matches!(&sim.reports[1].outcome, JobOutcome::Abandoned(w) if w.starts_with(why)), "{:?}", sim.reports[1]);
     assert!(matches!(waiter.try_recv(), Ok(Err(Failure::NoNodes(_)))));
 }
 
@@ -155,8 +181,8 @@ fn queued_jobs_are_reported_not_run_when_the_run_fails_and_so_are_jobs_submitted
     assert_eq!(sim.failures.len(), 1);
     let ended: Vec<(JobId, JobStatus)> = sim.reports.iter().map(|r| (r.id, JobStatus::of(&r.outcome))).collect();
     assert_eq!(ended, [(ids[0], JobStatus::Abandoned), (queued[0], JobStatus::NotRun)]);
-    let why = "every node was lost and none came back within 10 s";
-    assert_eq!(sim.reports[1].outcome, JobOutcome::NotRun(why.into()));
+    let why = "every node was lost and none came back within 10.0 s; found: node node1";
+    assert!(matches!(&sim.reports[1].outcome, JobOutcome::NotRun(w) if w.starts_with(why)), "{:?}", sim.reports[1]);
     let view = view.expect("a handle");
     assert_eq!(view.borrow().status, JobStatus::NotRun, "the handle's job too");
     let late = sim.submit(1);
@@ -198,4 +224,55 @@ fn closing_with_cancels_unconfirmed_ends_every_job_cancelled() {
     let ended: Vec<(JobId, JobOutcome)> = sim.reports[1..].iter().map(|r| (r.id, r.outcome.clone())).collect();
     assert_eq!(ended, [(ids[0], JobOutcome::Cancelled), (ids[1], JobOutcome::Cancelled)]);
     assert_eq!(sim.core.pending(), 0);
+}
+
+#[test]
+fn a_node_whose_address_refuses_the_redial_has_stopped_and_is_lost_at_once() {
+    let mut sim = Sim::new(settings());
+    let a = sim.node_up(1, 1);
+    let ids = sim.submit(1);
+    sim.submits();
+    away(&mut sim, a, 1.0);
+    let at = addr(1).with(libp2p::multiaddr::Protocol::P2p(a));
+    assert_eq!(sim.dials, vec![at.clone()], "dialled at once");
+    assert!(sim.reports.is_empty());
+    // Out of reach (a timeout) says nothing: still waited for.
+    let effects = sim.core.on_dial_failed(at.clone(), "Timeout has been reached".into(), false);
+    sim.absorb(effects);
+    assert!(sim.reports.is_empty());
+    let effects = sim.core.on_dial_failed(at, "Connection refused".into(), true);
+    sim.absorb(effects);
+    let [r] = &sim.reports[..] else { panic!("{:?}", sim.reports) };
+    assert_eq!(r.id, ids[0]);
+    let want = "node node1 was lost: it stopped (its address refuses connections)";
+    assert!(matches!(&r.outcome, JobOutcome::Abandoned(w) if w == want), "{:?}", r.outcome);
+    assert_eq!(sim.status_of(a), NodeStatus::Lost);
+}
+
+#[test]
+fn a_silent_node_is_waited_for_as_long_as_its_hello_says_it_keeps_jobs() {
+    let mut sim = Sim::new(settings());
+    let hello = Hello { zombie_secs: Some(5), ..Hello::node("node1".into(), 1, 1, None, None) };
+    let a = sim.greet(1, hello);
+    sim.answer(a, Asked::Reserve, Response::Reserved(Reserved { cpus: 1, missing: Vec::new(), resumed: false }));
+    let ids = sim.submit(1);
+    sim.submits();
+    away(&mut sim, a, 1.0);
+    tick(&mut sim, 5.9);
+    assert!(sim.reports.is_empty(), "within its 5 s");
+    tick(&mut sim, 6.0);
+    let [r] = &sim.reports[..] else { panic!("{:?}", sim.reports) };
+    assert_eq!(r.id, ids[0]);
+    assert!(
+        matches!(&r.outcome, JobOutcome::Abandoned(w) if w.ends_with("unreachable for 5 s, past its zombie interval"))
+    );
+}
+
+#[test]
+fn a_node_claiming_a_huge_zombie_interval_is_believed_up_to_an_hour() {
+    let h = Hello { zombie_secs: Some(u64::MAX), ..Hello::node("n".into(), 1, 1, None, None) };
+    let h = wire(&h);
+    assert_eq!(crate::scheduler::away::zombie_of(&h), Duration::from_secs(3600));
+    let old = Hello { zombie_secs: None, ..h };
+    assert_eq!(crate::scheduler::away::zombie_of(&old), crate::scheduler::NODE_ZOMBIE);
 }

@@ -53,6 +53,8 @@ impl FakeTask {
 pub(super) struct FakeRunner {
     pub(super) started: mpsc::UnboundedSender<FakeJob>,
     pub(super) tasks: mpsc::UnboundedSender<FakeTask>,
+    /// Function workers alive (started and not dropped).
+    pub(super) workers: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Waits for the test's outcome or the node's cancel.
@@ -101,8 +103,11 @@ impl Runner for FakeRunner {
         fake_run(info, &self.started, cancel)
     }
 
-    fn start_worker(&self, _place: WorkerPlace<'_>) -> Result<Box<dyn FunctionWorker>, String> {
-        Ok(Box::new(FakeWorker { started: self.started.clone() }))
+    fn start_worker(&self, _place: WorkerPlace) -> Run<Result<Box<dyn FunctionWorker>, String>> {
+        self.workers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let worker: Box<dyn FunctionWorker> =
+            Box::new(FakeWorker { started: self.started.clone(), alive: self.workers.clone() });
+        Box::pin(async move { Ok(worker) })
     }
 
     fn run_cluster_task(&self, task: ClusterTask, cancel: oneshot::Receiver<()>) -> Run<RunOutcome> {
@@ -127,6 +132,13 @@ impl Runner for FakeRunner {
 
 struct FakeWorker {
     started: mpsc::UnboundedSender<FakeJob>,
+    alive: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for FakeWorker {
+    fn drop(&mut self) {
+        self.alive.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl FunctionWorker for FakeWorker {

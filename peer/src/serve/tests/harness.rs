@@ -51,6 +51,7 @@ pub(super) fn reserve(cluster: u64, files: Vec<FileEntry>) -> Request {
         cleanup: None,
         setup_timeout_secs: None,
         returns: Vec::new(),
+        owner: None,
     })
 }
 
@@ -87,6 +88,8 @@ pub(super) struct Harness {
     pub(super) unreachable: HashSet<PeerId>,
     next_reply: u64,
     pub(super) dest: tempfile::TempDir,
+    /// Function workers alive.
+    pub(super) workers: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Harness {
@@ -98,7 +101,8 @@ impl Harness {
         let (net, commands) = NetHandle::detached();
         let (started, jobs) = mpsc::unbounded_channel();
         let (tasks_tx, tasks) = mpsc::unbounded_channel();
-        let runner = FakeRunner { started, tasks: tasks_tx };
+        let workers = std::sync::Arc::default();
+        let runner = FakeRunner { started, tasks: tasks_tx, workers: std::sync::Arc::clone(&workers) };
         let node = Node::with_runner(cfg, net, |_| Box::new(runner)).expect("node starts");
         let (events, events_rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = mpsc::unbounded_channel();
@@ -115,6 +119,7 @@ impl Harness {
             unreachable: HashSet::new(),
             next_reply: 0,
             dest,
+            workers,
         }
     }
 
@@ -152,7 +157,7 @@ impl Harness {
     }
 
     /// Takes one command the node gave its network.
-    async fn pump(&mut self) {
+    pub(super) async fn pump(&mut self) {
         let cmd = tokio::time::timeout(WAIT, self.commands.recv()).await.expect("the node said nothing");
         match cmd.expect("the node dropped its network") {
             Command::Respond { channel, response } => {
@@ -173,6 +178,16 @@ impl Harness {
             Command::Shutdown => {}
             other => panic!("unexpected command {other:?}"),
         }
+    }
+
+    /// Takes the answers that came and were not asked for by number.
+    pub(super) fn drain_replies(&mut self) -> Vec<Response> {
+        self.replies.drain().map(|(_, r)| r).collect()
+    }
+
+    /// Acknowledges every result delivery that has come; returns how many results they held.
+    pub(super) fn ack_all(&mut self) -> usize {
+        self.deliveries.drain(..).map(|d| d.ack().results.len()).sum()
     }
 
     /// The next result delivery.
@@ -263,6 +278,18 @@ impl Harness {
         let jobs = ids.into_iter().map(job).collect();
         self.ask(peer, Request::Submit(Submit { cluster: ClusterId(cluster), jobs })).await
     }
+}
+
+/// Lets the node's work (on the blocking pool too) run until `done` holds, for at most 100
+/// turns; says whether it did.
+pub(super) async fn settle_until(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if done() {
+            return true;
+        }
+        settle().await;
+    }
+    done()
 }
 
 /// Lets every task run until all wait (the paused clock moves on only then).

@@ -2,9 +2,11 @@
 //! client peers and the network, a [`fake::FakeRunner`] the jobs, on a paused clock.
 
 mod fake;
+mod fuzz;
 mod harness;
 mod jobfiles;
 mod jobnotes;
+mod limits;
 mod nested;
 mod setup;
 
@@ -12,7 +14,7 @@ use dispy_protocol::{
     CHUNK_SIZE, CHUNKS_IN_FLIGHT, Cancel, Chunk, ClusterId, Forget, Hello, JobId, JobOutcome, Recover, RefusalKind,
     Release, Request, Response, Role, WIRE_VERSION,
 };
-use harness::{Harness, file, reserve, settle};
+use harness::{Harness, file, reserve, settle, settle_until};
 use libp2p::PeerId;
 use std::time::Duration;
 
@@ -244,33 +246,23 @@ async fn a_client_gone_past_the_zombie_interval_loses_its_jobs_but_not_its_resul
     assert!(!running.killed(), "within the zombie interval");
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(running.killed(), "past it");
-    let kept = h.dest.path().join(format!("results/{}/1.cbor", ClusterId(1)));
-    for _ in 0..100 {
-        if kept.exists() {
-            break;
-        }
-        settle().await;
-    }
-    assert!(kept.exists(), "the undelivered result is kept on disk");
+    let kept = h.dest.path().join(format!("results/{}/1.cbor", ClusterId(1).hidden_name()));
+    assert!(settle_until(|| kept.exists()).await, "the undelivered result is kept on disk");
     assert!(!kept.with_file_name("2.cbor").exists(), "a killed job leaves no result");
 
     // The client comes back and recovers it; then forgets it.
     h.unreachable.clear();
     h.connected(client);
-    let Response::Recovered(r) = h.ask(client, Request::Recover(Recover { cluster: ClusterId(1) })).await else {
+    let Response::Recovered(r) = h.ask(client, Request::Recover(Recover { cluster: ClusterId(1), token: None })).await
+    else {
         panic!("not recovered")
     };
     assert_eq!(outcomes(&r.results), vec![(1, JobOutcome::Exited(0))]);
-    let forget = Request::Forget(Forget { cluster: ClusterId(1), jobs: vec![JobId(1)] });
+    let forget = Request::Forget(Forget { cluster: ClusterId(1), jobs: vec![JobId(1)], token: None });
     assert_eq!(h.ask(client, forget).await, Response::Ok);
-    for _ in 0..100 {
-        if !kept.exists() {
-            break;
-        }
-        settle().await;
-    }
-    assert!(!kept.exists(), "forgotten");
-    let Response::Recovered(r) = h.ask(client, Request::Recover(Recover { cluster: ClusterId(1) })).await else {
+    assert!(settle_until(|| !kept.exists()).await, "forgotten");
+    let Response::Recovered(r) = h.ask(client, Request::Recover(Recover { cluster: ClusterId(1), token: None })).await
+    else {
         panic!()
     };
     assert!(r.results.is_empty());
@@ -370,22 +362,44 @@ async fn serve_n_drains_after_n_clusters() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_time_limit_no_duration_can_hold_does_not_take_the_node_down() {
-    let (mut h, client) = ready(2, |_| {}).await;
-    let mut jobs = Vec::new();
-    for (id, t) in [(1, 1e300), (2, f64::NAN), (3, -5.0), (4, f64::INFINITY)] {
-        let mut j = harness::job(id);
-        j.timeout_secs = Some(t);
-        jobs.push(j);
+async fn a_time_limit_no_duration_can_hold_is_refused_and_the_node_lives_on() {
+    for function in [None, Some("demo::square".to_string())] {
+        let mut h = Harness::start(2, |_| {});
+        let client = PeerId::random();
+        let f = function.clone();
+        h.stage_with(client, 1, &[("prog", PROG)], |r| r.function = f).await;
+        let huge = std::time::Duration::MAX.as_secs_f64();
+        for t in [1e20, huge, f64::MAX, f64::NAN, -5.0, 0.0, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut bad = harness::job(7);
+            bad.timeout_secs = Some(t);
+            let jobs = vec![harness::job(1), bad];
+            let submit = Request::Submit(dispy_protocol::Submit { cluster: ClusterId(1), jobs });
+            let answer = h.ask(client, submit).await;
+            let Response::Refused(why) = &answer else { panic!("{t}: {answer:?}") };
+            assert_eq!(why.kind, RefusalKind::BadRequest, "{t}");
+            assert!(why.message.contains("job 7") && why.message.contains("time limit"), "{}", why.message);
+        }
+        assert!(h.maybe_started().await.is_none(), "no job of a refused batch runs");
+        // The node lives on with its slots: both take the next jobs at once.
+        let mut ok = harness::job(2);
+        ok.timeout_secs = Some(3600.0);
+        let submit = Request::Submit(dispy_protocol::Submit { cluster: ClusterId(1), jobs: vec![ok, harness::job(3)] });
+        assert!(matches!(h.ask(client, submit).await, Response::Accepted(_)));
+        let (a, b) = (h.started().await, h.started().await);
+        a.finish(JobOutcome::Exited(0));
+        b.finish(JobOutcome::Exited(0));
+        assert_eq!(h.results(2).await.len(), 2);
+        assert!(!h.node.is_finished());
     }
-    let submit = Request::Submit(dispy_protocol::Submit { cluster: ClusterId(1), jobs });
-    assert!(matches!(h.ask(client, submit).await, Response::Accepted(a) if a.count == 4));
-    let (a, b) = (h.started().await, h.started().await);
-    a.finish(JobOutcome::Exited(0));
-    b.finish(JobOutcome::Exited(0));
-    let (c, d) = (h.started().await, h.started().await);
-    c.finish(JobOutcome::Exited(0));
-    d.finish(JobOutcome::Exited(0));
-    assert_eq!(h.results(4).await.len(), 4, "the node lives on and runs them without a limit");
-    assert!(!h.node.is_finished());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_setup_time_limit_no_duration_can_hold_is_refused() {
+    let mut h = Harness::start(1, |_| {});
+    let mut r = reserve(1, vec![file("prog", PROG)]);
+    if let Request::Reserve(r) = &mut r {
+        r.setup = Some("prog".into());
+        r.setup_timeout_secs = Some(1e20);
+    }
+    assert_eq!(refused(&h.ask(PeerId::random(), r).await), Some(RefusalKind::BadRequest));
 }
