@@ -4,6 +4,9 @@ use crate::error::Result;
 use libp2p::pnet::PreSharedKey;
 use std::path::PathBuf;
 
+/// Passphrases shorter than this are warned about.
+const SHORT_PASSPHRASE: usize = 16;
+
 /// The cluster's secret.
 #[derive(Clone, Debug, Default)]
 pub enum Secret {
@@ -24,7 +27,19 @@ impl Secret {
     pub fn to_psk(&self) -> Result<Option<PreSharedKey>> {
         Ok(match self {
             Secret::None => None,
-            Secret::Passphrase(p) => Some(dispy_node::psk::from_secret(p)?),
+            Secret::Passphrase(p) => {
+                let chars = p.chars().count();
+                if chars < SHORT_PASSPHRASE {
+                    // The pnet handshake hands anyone who sees it (or whom a node dials after
+                    // a forged mDNS answer) known plaintext to test guesses against, offline.
+                    tracing::warn!(
+                        chars,
+                        "the secret is a short passphrase: anyone who sees this mesh's traffic can \
+                         try guesses offline; prefer a key file from `dispy-peer keygen`"
+                    );
+                }
+                Some(dispy_node::psk::from_secret(p)?)
+            }
             Secret::File(f) => Some(dispy_node::psk::from_file(f)?),
         })
     }

@@ -115,8 +115,10 @@ fn jobs_of_the_embedded_node_cannot_read_the_secret_from_the_client() {
 }
 
 #[test]
-fn a_secret_on_the_command_line_is_warned_about() {
+fn a_secret_on_the_command_line_or_a_short_one_is_warned_about() {
     let dir = tempdir();
     let node = Node::start(dir.path(), NodeOpts::new("argv"));
     assert!(node.proc.wait_stderr("visible to every user", Duration::from_secs(5)), "{}", node.proc.stderr());
+    // "test-secret" is short enough to guess offline from captured traffic.
+    assert!(node.proc.stderr().contains("short passphrase"), "{}", node.proc.stderr());
 }

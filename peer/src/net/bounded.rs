@@ -3,7 +3,7 @@
 //! can name any number of peer ids, so nothing they feed may grow without a bound.
 
 use libp2p::PeerId;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,38 @@ impl Budget {
     }
 }
 
+/// The `cap` keys inserted most recently.
+#[derive(Debug)]
+pub(crate) struct Recent<K> {
+    set: HashSet<K>,
+    order: VecDeque<K>,
+    cap: usize,
+}
+
+impl<K: Hash + Eq + Clone> Recent<K> {
+    pub(crate) fn new(cap: usize) -> Self {
+        Recent { set: HashSet::new(), order: VecDeque::new(), cap: cap.max(1) }
+    }
+
+    /// Remembers `key` (forgetting the oldest past the cap); true if it was new.
+    pub(crate) fn insert(&mut self, key: K) -> bool {
+        if !self.set.insert(key.clone()) {
+            return false;
+        }
+        self.order.push_back(key);
+        while self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+
+    pub(crate) fn contains(&self, key: &K) -> bool {
+        self.set.contains(key)
+    }
+}
+
 /// Requests waiting for an answer, counted per peer and in all, each bounded: a peer past
 /// its share is refused at once, and only that peer.
 #[derive(Debug)]
@@ -136,6 +168,19 @@ impl<I: Hash + Eq> Waiting<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_keeps_the_newest_up_to_its_cap() {
+        let mut r = Recent::new(3);
+        assert!(r.insert(1) && r.insert(2) && r.insert(3));
+        assert!(!r.insert(2), "known already");
+        assert!(r.insert(4));
+        assert!(!r.contains(&1) && r.contains(&2) && r.contains(&4));
+        for i in 10..10_000 {
+            r.insert(i);
+        }
+        assert_eq!((r.set.len(), r.order.len()), (3, 3));
+    }
 
     #[test]
     fn a_peer_past_its_share_is_refused_alone_and_recovers() {

@@ -2,7 +2,7 @@
 //! [`Command`]s in; policy lives with the node and the scheduler.
 
 use super::behaviour::{Behaviour, BehaviourEvent};
-use super::bounded::{Throttle, Waiting};
+use super::bounded::{Recent, Throttle, Waiting};
 use super::discovery::{Backoff, LanDials, ip_of, without_peer, worth_dialing};
 use super::handle::{Command, Reply, ReplyTo};
 use super::limits::ConnLimits;
@@ -59,9 +59,10 @@ pub struct EventLoop {
     /// `cfg.allowed_peers`: when set, only these peers' requests reach the node.
     allowed: Option<HashSet<PeerId>>,
     limits: ConnLimits,
-    /// Peers that have shown they belong (a request let through, or identified as a node):
-    /// their connections may idle as long as they like.
-    admitted: HashSet<PeerId>,
+    /// Peers that have shown they belong (a request let through, one of ours sent to them,
+    /// or identified as a node): their connections may idle as long as they like, also
+    /// after a reconnection (a client whose jobs run for hours may have nothing to say).
+    admitted: Recent<PeerId>,
     /// Inbound connections of peers not admitted yet, with when they were established:
     /// closed after `limits.greeting_window`.
     unadmitted: HashMap<ConnectionId, (PeerId, Instant)>,
@@ -113,7 +114,8 @@ impl EventLoop {
             fingerprint,
             allowed: cfg.allowed_peers.clone(),
             limits: cfg.limits,
-            admitted: HashSet::new(),
+            // Far more than a node's clients at once; a peer forgotten early must only greet.
+            admitted: Recent::new(4096),
             unadmitted: HashMap::new(),
             waiting: Waiting::new(cfg.limits.requests_per_peer, cfg.limits.requests),
         }
@@ -152,6 +154,8 @@ impl EventLoop {
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Request { peer, request, reply } => {
+                // We have business with this peer: its connection stays.
+                self.admit(peer);
                 let id = self.swarm.behaviour_mut().rr.send_request(&peer, request);
                 self.pending_requests.insert(id, reply);
             }
@@ -325,9 +329,8 @@ impl EventLoop {
         }
     }
 
-    /// The peer's last connection closed: what was kept about it goes.
+    /// The peer's last connection closed: its requests no longer count.
     fn forget_peer(&mut self, peer: PeerId) {
-        self.admitted.remove(&peer);
         self.waiting.forget(&peer);
     }
 
@@ -385,9 +388,15 @@ impl EventLoop {
             }
         }
         let configured = configured.or_else(|| self.dials.remove(&connection_id));
-        let key = configured.as_ref().map(|a| a.to_string()).or(peer.map(|p| p.to_string())).unwrap_or_default();
         if handshake {
-            self.log_handshake_failure(format!("out:{key}"), &key, &cause);
+            // Configured peers are warned about each; peers found by discovery (mDNS answers
+            // are free to forge, in any number) share one warning.
+            let (key, remote) = match (&configured, peer) {
+                (Some(addr), _) => (addr.to_string(), addr.to_string()),
+                (None, Some(p)) => ("discovered".to_string(), p.to_string()),
+                (None, None) => ("discovered".to_string(), String::new()),
+            };
+            self.log_handshake_failure(format!("out:{key}"), &remote, &cause);
         } else {
             debug!(peer = ?peer, addr = ?configured, %cause, "dial failed");
         }
