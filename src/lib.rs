@@ -77,7 +77,7 @@ pub use events::{ClusterEvent, JobEvent, NodeFacts};
 pub use host::{DEFAULT_MAX_OUTPUT, available_cpus, host_name};
 pub use in_job::{provisional, send_file};
 pub use job::{Job, JobError, JobStatus};
-pub use recover::{Recovery, recover};
+pub use recover::{Recovery, recover, recover_as};
 pub use report::{JobReport, NodeInfo, NodeRef, NodeStats, NodeStatus, Stats};
 pub use scheduler::LocalMode;
 pub use secret::Secret;

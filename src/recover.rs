@@ -46,6 +46,21 @@ pub struct Recovery {
 /// [`Error::File`] / [`Error::Config`] for an unreadable or malformed journal; network
 /// setup errors.
 pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<Recovery> {
+    recover_as(journal, secret, wait, None).await
+}
+
+/// [`recover`] as the lasting identity `keypair` (the one the run used, from
+/// [`dispy_node::net::identity::load_or_create`]): nodes that serve only some peers
+/// (`serve --allow-peer`) answer only those.
+///
+/// # Errors
+/// As [`recover`].
+pub async fn recover_as(
+    journal: &Path,
+    secret: Secret,
+    wait: Duration,
+    keypair: Option<libp2p::identity::Keypair>,
+) -> Result<Recovery> {
     let record = Record::read(journal)?;
     let pending: HashSet<u64> = record.args.keys().filter(|id| !record.done.contains(id)).copied().collect();
     // Dialled by address alone: a node restarted since (its results on disk) has a new
@@ -58,7 +73,12 @@ pub async fn recover(journal: &Path, secret: Secret, wait: Duration) -> Result<R
     }
     let mut reports = Vec::new();
     if !addrs.is_empty() {
-        let cfg = NetConfig { psk: secret.to_psk()?, peers: addrs.iter().cloned().collect(), ..NetConfig::default() };
+        let cfg = NetConfig {
+            psk: secret.to_psk()?,
+            peers: addrs.iter().cloned().collect(),
+            keypair,
+            ..NetConfig::default()
+        };
         let (handle, mut events) = net::spawn(cfg)?;
         let deadline = tokio::time::Instant::now() + wait;
         let mut asked = HashSet::new();

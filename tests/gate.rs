@@ -57,6 +57,39 @@ fn a_node_with_an_allow_list_serves_only_those_clients() {
 }
 
 #[test]
+fn recover_from_an_allow_listed_node_uses_the_runs_identity() {
+    let dir = tempdir();
+    let prog =
+        script(dir.path(), "job.sh", r#"case "$1" in quick) echo quick;; *) sleep 1.5; echo "$1 finished";; esac"#);
+    let (alice, bob) = (dir.path().join("alice.key"), dir.path().join("bob.key"));
+    let alice_id = identity(&alice);
+    identity(&bob);
+    let mut o = NodeOpts::new("gated");
+    o.extra = vec!["--allow-peer".into(), alice_id, "--zombie-interval".into(), "2".into()];
+    let node = Node::start(dir.path(), o);
+    let journal = dir.path().join("run.journal");
+    let mut cmd = submit(&prog);
+    cmd.args(["--peer", &node.addr, "-a", "quick", "-a", "slow", "--identity"]).arg(&alice);
+    cmd.arg("--journal").arg(&journal);
+    let client = Proc::spawn("submit", cmd);
+    assert!(client.wait_stdout("quick", Duration::from_secs(20)), "{}", client.stdout());
+    signal(client.pid(), "KILL");
+    let _ = client.wait(Duration::from_secs(10));
+    assert!(node.proc.wait_stderr("keeping undelivered results", Duration::from_secs(15)), "{}", node.proc.stderr());
+    let recover = |key: &std::path::Path| {
+        let mut cmd = Command::new(bin());
+        cmd.arg("recover").arg(&journal).args(["--secret", "test-secret", "--wait", "3", "--identity"]).arg(key);
+        cmd.env_remove("DISPY_SECRET");
+        run("recover", cmd, Duration::from_secs(30))
+    };
+    let out = recover(&bob);
+    assert!(!out.stdout.contains("slow finished"), "another identity got the results:\n{}", out.stdout);
+    let out = recover(&alice);
+    out.expect_code(0);
+    assert!(out.stdout.contains("slow finished"), "{}\n{}", out.stdout, out.stderr);
+}
+
+#[test]
 fn an_identity_file_others_can_read_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempdir();

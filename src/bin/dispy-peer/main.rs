@@ -422,7 +422,8 @@ async fn nodes(o: NodesOpt) -> anyhow::Result<()> {
 }
 
 async fn recover(o: opts::RecoverOpt) -> anyhow::Result<bool> {
-    let found = dispy::recover(&o.journal, secret(&o.secret), secs(o.wait, "--wait")?).await?;
+    let keypair = load_identity(&o.identity)?;
+    let found = dispy::recover_as(&o.journal, secret(&o.secret), secs(o.wait, "--wait")?, keypair).await?;
     let mut printer = print::Printer::new(o.json);
     let mut ok = found.lost.is_empty();
     for job in &found.reports {

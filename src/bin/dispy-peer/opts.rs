@@ -230,6 +230,10 @@ pub(crate) struct RecoverOpt {
     /// Print JSON lines.
     #[arg(long)]
     pub(crate) json: bool,
+    // The identity the run used (`submit --identity`): nodes that serve only some peers
+    // (`serve --allow-peer`) answer only it.
+    #[command(flatten)]
+    pub(crate) identity: IdentityOpt,
 }
 
 #[derive(Args, Debug)]
