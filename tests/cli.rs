@@ -19,6 +19,7 @@ fn missing_program_or_file_is_a_usage_error_before_any_node_is_contacted() {
     let out = run("submit", cmd, Duration::from_secs(30));
     out.expect_code(2);
     assert!(out.stderr.contains("missing.dat"), "{}", out.stderr);
+    assert_eq!(out.stderr.matches("No such file or directory").count(), 1, "the cause once:\n{}", out.stderr);
 
     let mut cmd = submit(&prog);
     cmd.args(["--peer", "/ip4/127.0.0.1/tcp/9", "-a", "'unclosed"]);

@@ -163,8 +163,15 @@ pub fn remote_ip(addr: &Multiaddr) -> Option<std::net::IpAddr> {
     discovery::ip_of(addr)
 }
 
-/// An error and its sources on one line: libp2p nests the useful part several levels deep.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+/// An error and its sources on one line, each text once: libp2p nests the useful part
+/// several levels deep, and a message that already quotes its source (thiserror's
+/// `"...: {source}"`) does not repeat it.
+///
+/// ```
+/// let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+/// assert_eq!(dispy_node::net::error_chain(&io), "gone");
+/// ```
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut cur = err.source();
     while let Some(e) = cur {

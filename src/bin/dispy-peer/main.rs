@@ -75,7 +75,9 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("dispy-peer: error: {e:#}");
+            // Each cause once: library errors quote their source in their own message.
+            let as_dyn: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("dispy-peer: error: {}", dispy_node::net::error_chain(as_dyn));
             ExitCode::from(2)
         }
     }
