@@ -109,6 +109,14 @@ impl Core {
         }
     }
 
+    /// A request sending jobs `ids` to `peer` broke with the connection: the node may hold
+    /// them or not. It goes away (see [`Core::went_away`]); back holding the cluster, it is
+    /// sent them again ([`Core::came_back`]; a node runs a job id once).
+    pub(super) fn unconfirmed(&mut self, peer: PeerId, ids: Vec<JobId>, now: Instant, why: &str) {
+        self.unconfirmed.entry(peer).or_default().extend(ids);
+        self.went_away(peer, now, why);
+    }
+
     /// Jobs whose cancel `peer` will not confirm end cancelled now.
     pub(super) fn end_cancelled(&mut self, peer: PeerId, ids: &[JobId]) {
         let node = self.nodes.get(&peer).map(|n| n.node_ref(&peer));
@@ -186,9 +194,20 @@ impl Core {
             return;
         }
         let (name, back) = (node.name.clone(), node.node_ref(&peer));
+        let unconfirmed = self.unconfirmed.remove(&peer).unwrap_or_default();
         if resumed {
             info!(node = %name, jobs = node.in_flight.len(), "node back; its jobs carry on there");
             self.reclaim(peer, behind);
+            // Those it may never have received go again (it ignores the ones it has).
+            let timeout = self.s.timeout_secs;
+            let specs: Vec<_> = unconfirmed
+                .into_iter()
+                .filter(|id| self.jobs.get(id).is_some_and(|j| j.is_on(peer)))
+                .filter_map(|id| self.jobs.get(&id).map(|j| j.spec(id, timeout)))
+                .collect();
+            for batch in super::jobs::batches(specs) {
+                self.send_jobs(peer, batch);
+            }
             return;
         }
         let mut ids: Vec<JobId> = node.in_flight.drain().collect();

@@ -282,6 +282,9 @@ pub(crate) struct Core {
     pub(super) left_behind: HashMap<PeerId, Vec<JobId>>,
     /// When nodes that went away were last redialled.
     pub(super) redialled: Option<Instant>,
+    /// Jobs whose Submit (or Declare) broke with the connection, by node: it may hold them
+    /// or not, so they are sent again if it comes back holding the cluster.
+    pub(super) unconfirmed: HashMap<PeerId, Vec<JobId>>,
     /// What the handlers decided, taken by the driver after each input.
     pub(super) out: Vec<Effect>,
     /// Running jobs' deadlines on the client's side (see `watchdog`).
@@ -312,6 +315,7 @@ impl Core {
             wait_said: false,
             left_behind: HashMap::new(),
             redialled: None,
+            unconfirmed: HashMap::new(),
             out: Vec::new(),
             watchdog: Default::default(),
         }
@@ -425,7 +429,13 @@ impl Core {
     }
 
     /// The answer to an [`Effect::Ask`] (`Err`: why the request failed).
-    pub(crate) fn on_answer(&mut self, peer: PeerId, asked: Asked, answer: Result<Response, String>) -> Vec<Effect> {
+    pub(crate) fn on_answer(
+        &mut self,
+        peer: PeerId,
+        asked: Asked,
+        answer: Result<Response, String>,
+        now: Instant,
+    ) -> Vec<Effect> {
         match asked {
             Asked::Hello => match answer {
                 Ok(Response::Hello(h)) => self.on_hello(peer, h),
@@ -445,9 +455,9 @@ impl Core {
             },
             Asked::Submit(ids) => match answer {
                 Ok(Response::Accepted(_)) => {}
-                // The connection broke under the request: the node is lost (and may have
-                // started the jobs), which `lose` handles as any loss.
-                Err(e) => self.lose(peer, &format!("the connection broke while sending jobs: {e}")),
+                // The connection broke under the request (a partition, or the node died):
+                // the node goes away as on a closed connection (see `away`).
+                Err(e) => self.unconfirmed(peer, ids, now, &format!("the connection broke while sending jobs: {e}")),
                 Ok(other) => {
                     let why = match other {
                         Response::Refused(r) => r.message,
@@ -461,7 +471,9 @@ impl Core {
                 Ok(Response::Declared(d)) => self.on_declared(peer, ids, d.missing),
                 Ok(Response::Refused(r)) => self.unusable(peer, r.message),
                 Ok(other) => self.unusable(peer, format!("unexpected answer to declare: {other:?}")),
-                Err(e) => self.lose(peer, &format!("the connection broke while declaring job files: {e}")),
+                Err(e) => {
+                    self.unconfirmed(peer, ids, now, &format!("the connection broke while declaring job files: {e}"))
+                }
             },
             Asked::Cancel => {}
         }

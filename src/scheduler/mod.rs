@@ -235,7 +235,7 @@ impl Scheduler {
 
     async fn on_done(&mut self, done: Done) -> Vec<Effect> {
         match done {
-            Done::Answer(peer, asked, answer) => self.core.on_answer(peer, asked, answer),
+            Done::Answer(peer, asked, answer) => self.core.on_answer(peer, asked, answer, Instant::now()),
             Done::Staged(peer, jobs, outcome, unreadable) => {
                 let mut effects = match &jobs {
                     Some(ids) if !unreadable.is_empty() => self.core.on_inputs_unreadable(peer, ids, &unreadable),

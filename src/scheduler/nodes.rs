@@ -182,6 +182,7 @@ impl Core {
 
     pub(super) fn lose(&mut self, peer: PeerId, why: &str) {
         self.left_behind.remove(&peer);
+        self.unconfirmed.remove(&peer);
         let Some(node) = self.nodes.get_mut(&peer) else { return };
         node.away_since = None;
         if matches!(node.phase, Phase::Unusable(_) | Phase::Lost) {

@@ -175,7 +175,7 @@ impl Sim {
     }
 
     fn answer(&mut self, peer: PeerId, asked: Asked, response: Response) {
-        let effects = self.core.on_answer(peer, asked, Ok(wire(&response)));
+        let effects = self.core.on_answer(peer, asked, Ok(wire(&response)), self.t0);
         self.absorb(effects);
     }
 

@@ -276,3 +276,24 @@ fn a_node_claiming_a_huge_zombie_interval_is_believed_up_to_an_hour() {
     let old = Hello { zombie_secs: None, ..h };
     assert_eq!(crate::scheduler::away::zombie_of(&old), crate::scheduler::NODE_ZOMBIE);
 }
+
+#[test]
+fn jobs_whose_submit_broke_with_the_connection_wait_for_the_node_and_go_again_when_it_is_back() {
+    let mut sim = Sim::new(settings());
+    let a = sim.node_up(1, 1);
+    let ids = sim.submit(2);
+    let (_, submit, asked) = sim.submits().remove(0);
+    assert_eq!(ids_of(&submit), ids);
+    // The link goes down under the request: the node may have the jobs or not.
+    let effects = sim.core.on_answer(a, asked, Err("connection closed".into()), sim.at(1.0));
+    sim.absorb(effects);
+    assert!(sim.reports.is_empty(), "not abandoned: the node is only silent");
+    assert_eq!(sim.status_of(a), NodeStatus::Unreachable);
+    away(&mut sim, a, 1.0);
+    back(&mut sim, 1, true);
+    let submits = sim.submits();
+    assert_eq!(submits.len(), 1, "sent again, once");
+    assert_eq!(ids_of(&submits[0].1), ids);
+    sim.results(a, ids.clone(), vec![exited(ids[0], 0), exited(ids[1], 0)]);
+    assert_eq!(sim.reports.iter().map(|r| r.id).collect::<Vec<_>>(), ids, "each once");
+}
