@@ -103,6 +103,12 @@ impl Outbox {
         (waiting + travelling) as u64
     }
 
+    /// The jobs whose results wait here or travel to the client.
+    pub(super) fn ended(&self) -> HashSet<JobId> {
+        let travelling = self.delivering.values().flat_map(|(_, b)| b.iter());
+        self.results.iter().chain(travelling).map(|r| r.id).collect()
+    }
+
     /// The results waiting here (for a recovering client).
     pub(super) fn waiting(&self) -> Vec<JobResult> {
         self.results.iter().cloned().collect()

@@ -90,6 +90,11 @@ impl Lease {
             let why = format!("files not staged yet: {}", missing.join(", "));
             return Err(Refusal::new(RefusalKind::BadFile, why));
         }
+        // A client back from a partition sends again the jobs it is not sure arrived: one
+        // that ended meanwhile (its result waits here) does not run twice.
+        let ended = self.outbox.ended();
+        let jobs: Vec<JobSpec> =
+            if ended.is_empty() { jobs } else { jobs.into_iter().filter(|j| !ended.contains(&j.id)).collect() };
         self.job_files.check(&jobs, stored)?;
         self.job_files.track(&jobs);
         Ok(self.runs.queue(jobs))

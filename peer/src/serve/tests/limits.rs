@@ -102,6 +102,22 @@ async fn a_job_sent_twice_runs_once_and_is_not_killed_by_its_copy() {
     assert_eq!(outcomes(&h.results(1).await), vec![(1, JobOutcome::Exited(0))]);
 }
 
+/// A client back from a partition sends again the jobs it is not sure arrived: one that
+/// ended meanwhile, its result still waiting for the client, does not run again.
+#[tokio::test(start_paused = true)]
+async fn a_job_sent_again_after_it_ended_does_not_run_twice() {
+    let mut h = Harness::start(1, |c| c.zombie_interval = Duration::from_secs(60));
+    let client = PeerId::random();
+    h.stage(client, 1, &[("prog", PROG)], None).await;
+    assert!(matches!(h.submit(client, 1, [1]).await, Response::Accepted(_)));
+    let job = h.started().await;
+    h.disconnected(client);
+    job.finish(JobOutcome::Exited(0));
+    settle().await;
+    assert!(matches!(h.submit(client, 1, [1]).await, Response::Accepted(_)));
+    assert!(h.maybe_started().await.is_none(), "its result waits: it is not run again");
+}
+
 /// A client that crashed comes back under a new identity with the token from its journal;
 /// another peer, with no token or a wrong one, is refused, and the results stay.
 #[tokio::test(start_paused = true)]
