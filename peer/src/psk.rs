@@ -55,20 +55,29 @@ pub fn from_file(path: &Path) -> Result<PreSharedKey> {
 /// [`Error::Io`] if the file exists or cannot be written.
 pub fn write_key_file(path: &Path) -> Result<PreSharedKey> {
     use rand::RngCore;
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let mut key = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut key);
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    write_private_new(path, "", &format!("{KEY_FILE_HEADER}\n/base16/\n{}\n", hex(&key)))?;
+    Ok(PreSharedKey::new(key))
+}
+
+/// Lower-case hex of `bytes`, as key files hold them.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes `text` to a new file at `path` that only its owner may read or write (mode
+/// 0600), never replacing one: the key files (`what` names the kind in errors).
+pub(crate) fn write_private_new(path: &Path, what: &str, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
-    file.write_all(format!("{KEY_FILE_HEADER}\n/base16/\n{hex}\n").as_bytes())
-        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
-    Ok(PreSharedKey::new(key))
+        .map_err(|e| Error::io(format!("cannot create {what}{}", path.display()), e))?;
+    file.write_all(text.as_bytes()).map_err(|e| Error::io(format!("cannot write {what}{}", path.display()), e))
 }
 
 #[cfg(test)]

@@ -71,23 +71,14 @@ fn check_private(path: &Path) -> Result<()> {
 }
 
 fn create(path: &Path) -> Result<Keypair> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let keypair = Keypair::generate_ed25519();
     let secret = keypair
         .clone()
         .try_into_ed25519()
         .map_err(|e| Error::Setup(format!("a fresh ed25519 key is not ed25519: {e}")))?
         .secret();
-    let hex: String = secret.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io(format!("cannot create identity file {}", path.display()), e))?;
-    file.write_all(format!("{HEADER}\n{hex}\n").as_bytes())
-        .map_err(|e| Error::io(format!("cannot write identity file {}", path.display()), e))?;
+    let text = format!("{HEADER}\n{}\n", crate::psk::hex(secret.as_ref()));
+    crate::psk::write_private_new(path, "identity file ", &text)?;
     Ok(keypair)
 }
 
