@@ -12,19 +12,14 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 REPS="${REPS:-3}"; MB="${MB:-200}"; N_FILES="${N_FILES:-300}"; FILE_KB="${FILE_KB:-1024}"
+source "$ROOT/bench/common.sh"
 if [ -z "${DISPY_FILES_IN_NETNS:-}" ]; then
   (cd "$ROOT" && cargo build --release --quiet --bin dispy-peer)
   command -v parallel >/dev/null || { echo "needs GNU parallel (apt-get install parallel)" >&2; exit 2; }
-  export DISPY_FILES_IN_NETNS=1
-  exec unshare -n bash -c 'ip link set lo up && exec "$0" "$@"' "$0" "$@"
 fi
+in_loopback_netns DISPY_FILES_IN_NETNS "$@"
 BIN="$ROOT/target/release/dispy-peer"
-W=$(mktemp -d /tmp/dispy-peer-files.XXXXXX)
-NODE=""
-cleanup() { [ -n "$NODE" ] && kill "$NODE" 2>/dev/null; wait 2>/dev/null; rm -rf "$W"; }
-trap cleanup EXIT
-DATE=$(date -Is)
-emit() { printf '{"bench":"%s","metric":"%s","value":%s,"unit":"%s","rep":%s,"date":"%s"}\n' "$1" "$2" "$3" "$4" "$5" "$DATE"; }
+workdir files
 start_node() {
   : > "$W/out"
   "$BIN" serve --listen /ip4/127.0.0.1/tcp/0 --no-mdns --cpus 2 --secret files --dest-path "$1" >"$W/out" 2>"$W/err" &

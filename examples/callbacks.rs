@@ -24,7 +24,7 @@ fn main() -> dispy::Result<()> {
 async fn run() -> dispy::Result<()> {
     let mut cluster = Cluster::function(nap)
         .on_cluster_status(|e| match e {
-            ClusterEvent::NodeReady { node, cpus } => eprintln!("node {} ready with {cpus} CPUs", node.name),
+            ClusterEvent::NodeReady { node, cpus, .. } => eprintln!("node {} ready with {cpus} CPUs", node.name),
             ClusterEvent::NodeUnusable { node, reason } => eprintln!("node {} not used: {reason}", node.name),
             ClusterEvent::NodeLost { node, reason } => eprintln!("node {} lost: {reason}", node.name),
             ClusterEvent::NodeUnreachable { node, reason } => eprintln!("node {} unreachable: {reason}", node.name),

@@ -20,7 +20,14 @@ fn main() -> dispy::Result<()> {
     // Warnings on stderr: among them, that no node answered and a local one runs the jobs.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,libp2p_kad=error"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    // Colours only on a terminal: piped into a file or a CI log, escape codes are noise.
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
     let runtime = tokio::runtime::Runtime::new().map_err(|e| dispy::Error::Config(e.to_string()))?;
     runtime.block_on(run())
 }

@@ -53,6 +53,7 @@ pub struct ClusterBuilder<A, R> {
     results_dir: PathBuf,
     close_timeout: Option<Duration>,
     identity: Option<libp2p::identity::Keypair>,
+    web: Option<std::net::SocketAddr>,
 }
 
 impl<A, R> ClusterBuilder<A, R> {
@@ -222,7 +223,8 @@ impl<A, R> ClusterBuilder<A, R> {
         self
     }
 
-    /// Uses only nodes for which `f` returns true (name, IP, OS/arch, CPUs, memory).
+    /// Uses only nodes for which `f` returns true (name, IP, OS/arch, CPUs, memory, and
+    /// [`crate::NodeLoad`]: load average, free memory and disk as the node answered).
     ///
     /// # Examples
     /// ```no_run
@@ -231,6 +233,29 @@ impl<A, R> ClusterBuilder<A, R> {
     /// ```
     pub fn node_filter(mut self, f: impl Fn(&NodeFacts) -> bool + Send + Sync + 'static) -> Self {
         self.node_filter = Some(Arc::new(f));
+        self
+    }
+
+    /// Serves a live web page of the cluster at `addr` (dispy's `httpd`): its nodes, its
+    /// jobs (the running, the next queued, the latest ended, and counts of all), bytes
+    /// staged and returned, updated as they change, with a cancel button per job and one
+    /// for all. [`Cluster::web_url`] gives the address to open, with the token the cancel
+    /// buttons need (see [`crate::web`]). Port 0 picks a free port. The monitor runs on a
+    /// thread of its own and never makes the scheduler wait; it stops shortly after the
+    /// cluster closes.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo() -> dispy::Result<()> {
+    /// let cluster = dispy::Cluster::program("./render.sh")
+    ///     .web(dispy::web::parse_addr("8080")?)
+    ///     .start()
+    ///     .await?;
+    /// eprintln!("watch it at {}", cluster.web_url().unwrap_or_default());
+    /// # drop(cluster); Ok(()) }
+    /// ```
+    pub fn web(mut self, addr: std::net::SocketAddr) -> Self {
+        self.web = Some(addr);
         self
     }
 
@@ -316,8 +341,8 @@ impl<A, R> ClusterBuilder<A, R> {
             cluster,
             owner: Some(owner.hash()),
             journal: journal.is_some(),
-            job_events: self.on_job.is_some(),
-            cluster_events: self.on_cluster.is_some(),
+            job_events: self.on_job.is_some() || self.web.is_some(),
+            cluster_events: self.on_cluster.is_some() || self.web.is_some(),
             program: program_name,
             setup: setup_name,
             cleanup: cleanup_name,
@@ -336,8 +361,15 @@ impl<A, R> ClusterBuilder<A, R> {
             returns: self.returns,
             results_dir: self.results_dir,
         };
-        let hooks = Hooks { on_job: self.on_job, on_cluster: self.on_cluster, journal, psk };
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        // Bound before the network starts: an address in use fails the start at once. The
+        // monitor holds the command channel weakly, so dropping the cluster still ends it.
+        let web = match self.web {
+            Some(addr) => Some(crate::web::start(addr, cmd_tx.downgrade()).await?),
+            None => None,
+        };
+        let (web_url, web_feed) = web.map(|w| (w.url, w.feed)).unzip();
+        let hooks = Hooks { on_job: self.on_job, on_cluster: self.on_cluster, journal, psk, web: web_feed.clone() };
         // Unbounded: the scheduler must never wait on an application that is not reading
         // (heartbeats and other clusters' work would stall). It holds at most one report per
         // job the application submitted and has not taken yet.
@@ -361,7 +393,7 @@ impl<A, R> ClusterBuilder<A, R> {
             scheduler.run(events, cmd_rx).await;
         })?;
         ready_rx.await.map_err(|_| Error::Start("the cluster's thread stopped while starting".into()))??;
-        Ok(Cluster::from_parts(cmd_tx, up_rx, self.close_timeout, self.encode, self.decode))
+        Ok(Cluster::from_parts(cmd_tx, up_rx, self.close_timeout, self.encode, self.decode).with_web(web_url, web_feed))
     }
 }
 
@@ -396,6 +428,7 @@ impl<A, R> ClusterBuilder<A, R> {
             results_dir: PathBuf::from("dispy-results"),
             close_timeout: None,
             identity: None,
+            web: None,
         }
     }
 }
@@ -438,6 +471,7 @@ impl<A, R> std::fmt::Debug for ClusterBuilder<A, R> {
             .field("timeout", &self.timeout)
             .field("reentrant", &self.reentrant)
             .field("close_timeout", &self.close_timeout)
+            .field("web", &self.web)
             .finish_non_exhaustive()
     }
 }

@@ -54,6 +54,9 @@ pub struct Cluster<A = Vec<String>, R = ()> {
     close_timeout: Option<Duration>,
     encode: Encoder<A>,
     decode: Decoder<R>,
+    web_url: Option<String>,
+    /// The web monitor's feed: jobs' arguments as they are submitted.
+    web_feed: Option<crate::web::feed::FeedTx>,
     _t: PhantomData<fn(A) -> R>,
 }
 
@@ -127,7 +130,31 @@ impl<A, R> Cluster<A, R> {
         encode: Encoder<A>,
         decode: Decoder<R>,
     ) -> Self {
-        Cluster { cmds, updates, next_id: 0, outstanding: 0, close_timeout, encode, decode, _t: PhantomData }
+        Cluster {
+            cmds,
+            updates,
+            next_id: 0,
+            outstanding: 0,
+            close_timeout,
+            encode,
+            decode,
+            web_url: None,
+            web_feed: None,
+            _t: PhantomData,
+        }
+    }
+
+    /// With its web monitor: its URL, and its feed for the jobs' arguments.
+    pub(crate) fn with_web(mut self, url: Option<String>, feed: Option<crate::web::feed::FeedTx>) -> Self {
+        self.web_url = url;
+        self.web_feed = feed;
+        self
+    }
+
+    /// The URL of the cluster's web monitor ([`ClusterBuilder::web`](crate::ClusterBuilder::web)),
+    /// with the token its cancel buttons need: give it only to people who may cancel jobs.
+    pub fn web_url(&self) -> Option<&str> {
+        self.web_url.as_deref()
     }
 
     fn new_job(
@@ -139,6 +166,9 @@ impl<A, R> Cluster<A, R> {
         let (args, input) = (self.encode)(arg)?;
         let id = JobId(self.next_id);
         self.next_id += 1;
+        if let Some(web) = &self.web_feed {
+            web.args(id, &args);
+        }
         let (view, rx) = if with_handle {
             let (tx, rx) = watch::channel(JobView::created());
             (Some(tx), Some(rx))
@@ -377,7 +407,11 @@ impl<A, R> Cluster<A, R> {
         let (reply, rx) = oneshot::channel();
         let timeout = self.close_timeout;
         self.cmds.send(Cmd::Close { reply, timeout }).await.map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)
+        let stats = rx.await.map_err(|_| Error::Closed)?;
+        if let Some(web) = &self.web_feed {
+            web.closed().await;
+        }
+        Ok(stats)
     }
 }
 

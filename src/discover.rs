@@ -28,6 +28,9 @@ pub struct FoundNode {
     pub arch: String,
     /// Its dispy-peer version.
     pub version: String,
+    /// Its clients, queued jobs, load average, free memory and disk (`dispy-peer status`);
+    /// `None` from an older node.
+    pub load: Option<dispy_protocol::NodeLoad>,
 }
 
 /// Where to look.
@@ -91,6 +94,7 @@ pub async fn discover(opts: DiscoverOptions, wait: Duration) -> Result<Vec<Found
                         os: h.os,
                         arch: h.arch,
                         version: h.software,
+                        load: h.load.map(|l| *l),
                     });
                 }
             }

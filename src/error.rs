@@ -51,6 +51,10 @@ pub enum Error {
     /// node is gone, the file could not be copied); the text says why. The job may go on.
     #[error("{0}")]
     JobSide(String),
+    /// The web monitor ([`crate::ClusterBuilder::web`]) could not start; its doc says
+    /// whether retrying helps.
+    #[error(transparent)]
+    Web(#[from] crate::web::WebError),
 }
 
 /// The result of this crate's operations.
@@ -157,7 +161,10 @@ impl fmt::Display for Found {
                 };
                 write!(f, "node {}{ip}: {state}", node.name)
             }
-            Found::Clients(n) => write!(f, "{n} other client(s), which run no jobs"),
+            Found::Clients(n) => {
+                let clients = crate::report::count(u64::try_from(*n).unwrap_or(u64::MAX), "other client");
+                write!(f, "{clients}, which run no jobs")
+            }
         }
     }
 }

@@ -51,6 +51,9 @@ pub enum ClusterEvent {
         node: NodeRef,
         /// CPU slots it gives the cluster.
         cpus: u32,
+        /// What it was doing and had free when it answered (clients, queued jobs, load
+        /// average, free memory and disk), if it said.
+        load: Option<dispy_protocol::NodeLoad>,
     },
     /// A node will not be used; the text says why (another OS/arch, excluded by a
     /// pattern, refused a file, ...).
@@ -94,6 +97,9 @@ pub struct NodeFacts {
     pub cpus: u32,
     /// Its memory, if it reports it.
     pub memory_bytes: Option<u64>,
+    /// What it is doing and has free as it answered (clients, queued jobs, load average,
+    /// free memory and disk), if it reports it.
+    pub load: Option<dispy_protocol::NodeLoad>,
 }
 
 /// Decides whether the cluster uses a node.

@@ -35,6 +35,7 @@
 //!   [`NoNodes`] saying what was searched and found.
 //! - [`blocking`]: [`BlockingCluster`], for programs that are not async.
 //! - [`select`]: `--nodes` patterns; `host`: this machine's name and CPUs.
+//! - [`web`]: the live web monitor of a cluster ([`ClusterBuilder::web`], `submit --web`).
 //! - [`mod@worker`]: worker mode, which carries Rust functions to the nodes ([`worker!`]);
 //!   `in_job`: what a running function job sends before it returns ([`provisional()`],
 //!   [`send_file()`]).
@@ -65,13 +66,14 @@ mod scheduler;
 mod secret;
 pub mod select;
 mod stage;
+pub mod web;
 pub mod worker;
 
 pub use blocking::BlockingCluster;
 pub use builder::ClusterBuilder;
 pub use cluster::Cluster;
 pub use discover::{DiscoverOptions, FoundNode, discover};
-pub use dispy_protocol::{JobId, JobOutcome};
+pub use dispy_protocol::{JobId, JobOutcome, NodeLoad};
 pub use error::{Error, Found, NoNodes, Result, Searched};
 pub use events::{ClusterEvent, JobEvent, NodeFacts};
 pub use host::{DEFAULT_MAX_OUTPUT, available_cpus, host_name};

@@ -214,6 +214,14 @@ impl Stats {
     pub fn jobs(&self) -> u64 {
         self.nodes.iter().map(|n| n.jobs).sum()
     }
+
+    /// The jobs' run times added up, over the wall time: how many times faster the run
+    /// was than running the jobs one after another on one CPU. `None` when that says
+    /// nothing: fewer than two jobs, or times too short to measure (under a millisecond).
+    pub fn speedup(&self) -> Option<f64> {
+        let job_secs: f64 = self.nodes.iter().map(|n| n.job_secs).sum();
+        (self.jobs() >= 2 && job_secs >= 1e-3 && self.wall_secs >= 1e-3).then(|| job_secs / self.wall_secs)
+    }
 }
 
 impl fmt::Display for Stats {
@@ -242,14 +250,26 @@ impl fmt::Display for Stats {
             )?;
         }
         writeln!(f)?;
-        let speedup = if self.wall_secs > 0.0 { total / self.wall_secs } else { 0.0 };
-        write!(
-            f,
-            "{} jobs, total job time {total:.3} s, wall time {:.3} s, speedup {speedup:.2}",
-            self.jobs(),
-            self.wall_secs
-        )
+        let nodes = self.nodes.iter().filter(|n| n.jobs > 0).count() as u64;
+        write!(f, "{}", count(self.jobs(), "job"))?;
+        if nodes > 0 {
+            write!(f, " on {}", count(nodes, "node"))?;
+        }
+        write!(f, " in {:.3} s", self.wall_secs)?;
+        if let Some(speedup) = self.speedup() {
+            write!(
+                f,
+                "\nspeedup {speedup:.1}\u{d7} over running the jobs one after another: {total:.3} s of job time in {:.3} s",
+                self.wall_secs
+            )?;
+        }
+        Ok(())
     }
+}
+
+/// `1 job`, `2 jobs`, `0 jobs`: a count and its noun, plural unless it is one.
+pub(crate) fn count(n: u64, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
 }
 
 pub(crate) fn node_ref(name: &str, peer: &PeerId, ip: Option<std::net::IpAddr>) -> NodeRef {
@@ -269,4 +289,44 @@ pub(crate) fn human_bytes(n: u64) -> String {
         unit += 1;
     }
     format!("{v:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(jobs: &[(u64, f64)], wall_secs: f64) -> Stats {
+        let peer_id = PeerId::random();
+        let nodes = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, &(jobs, job_secs))| NodeStats {
+                node: node_ref(&format!("n{i}"), &peer_id, None),
+                cpus: 2,
+                jobs,
+                job_secs,
+                staged_bytes: 0,
+            })
+            .collect();
+        Stats { nodes, wall_secs }
+    }
+
+    #[test]
+    fn the_summary_counts_in_words_and_gives_a_speedup_only_when_it_means_something() {
+        let one = stats(&[(1, 2.0)], 2.5).to_string();
+        assert!(one.ends_with("\n1 job on 1 node in 2.500 s"), "{one}");
+        let many = stats(&[(6, 8.0), (2, 4.3)], 1.6).to_string();
+        assert!(
+            many.ends_with(
+                "8 jobs on 2 nodes in 1.600 s\nspeedup 7.7\u{d7} over running the jobs one after another: \
+                 12.300 s of job time in 1.600 s"
+            ),
+            "{many}"
+        );
+        let none = stats(&[], 0.2).to_string();
+        assert!(none.ends_with("\n0 jobs in 0.200 s"), "{none}");
+        assert_eq!(stats(&[(3, 0.0)], 1.0).speedup(), None, "jobs too short to time");
+        assert_eq!(count(1, "node"), "1 node");
+        assert_eq!(count(0, "node"), "0 nodes");
+    }
 }

@@ -12,9 +12,13 @@ use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
+use tokio::sync::Semaphore;
 
 /// A local file and how nodes will know it.
 #[derive(Clone, Debug)]
@@ -199,6 +203,47 @@ impl std::fmt::Display for SendError {
     }
 }
 
+/// Longest a node keeps the lead in staging ([`StageLead`]).
+pub(crate) const LEAD: Duration = Duration::from_secs(1);
+
+/// Below this many bytes staging a node does not wait for the lead: its time is a few round
+/// trips, not bandwidth.
+pub(crate) const LEAD_MIN_BYTES: u64 = 4 << 20;
+
+/// Staging a cluster's large files to one node at a time. Sent to every node at once, the
+/// copies share the client's link (or, on one machine, its CPUs): with n nodes, none is ready
+/// before n copies have gone, and a function cluster's executable is tens of MB. One at a
+/// time, the first node is ready after one copy and starts jobs while the others receive; the
+/// last is ready when it would have been anyway. A node keeps the lead until its files are
+/// sent or for [`LEAD`] at most, then stages on beside the next: a slow or silent node delays
+/// the others by that much at most.
+#[derive(Clone, Debug)]
+pub(crate) struct StageLead(Arc<Semaphore>);
+
+impl StageLead {
+    pub(crate) fn new() -> StageLead {
+        StageLead(Arc::new(Semaphore::new(1)))
+    }
+
+    /// Runs `staging` (of `bytes` in all) once this node has the lead, or at once when it is
+    /// small.
+    pub(crate) async fn run<T>(self, bytes: u64, staging: impl Future<Output = T>) -> T {
+        if bytes < LEAD_MIN_BYTES {
+            return staging.await;
+        }
+        // The semaphore is never closed: `None` cannot happen, and would only mean no wait.
+        let lead = self.0.acquire_owned().await.ok();
+        tokio::pin!(staging);
+        tokio::select! {
+            out = &mut staging => out,
+            () = tokio::time::sleep(LEAD) => {
+                drop(lead);
+                staging.await
+            }
+        }
+    }
+}
+
 /// Sends one file to a node, chunk after chunk, with up to [`CHUNKS_IN_FLIGHT`] on their way.
 pub(crate) async fn send_file(
     net: &NetHandle,
@@ -243,6 +288,51 @@ pub(crate) async fn send_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// When each of `sizes` (staged at once, `took` each, `None`: never ends) started.
+    async fn starts(sizes: &[(u64, Option<Duration>)]) -> Vec<Duration> {
+        let lead = StageLead::new();
+        let t0 = tokio::time::Instant::now();
+        let runs = sizes.iter().map(|&(bytes, took)| {
+            let lead = lead.clone();
+            tokio::spawn(async move {
+                lead.run(bytes, async move {
+                    let started = t0.elapsed();
+                    match took {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending().await,
+                    }
+                    started
+                })
+                .await
+            })
+        });
+        let runs: Vec<_> = runs.collect();
+        // A staging that never ends reports its start through a timeout instead.
+        let mut out = Vec::new();
+        for r in runs {
+            match tokio::time::timeout(Duration::from_secs(60), r).await {
+                Ok(started) => out.push(started.unwrap()),
+                Err(_) => out.push(Duration::MAX),
+            }
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn large_stagings_take_turns_and_a_silent_node_holds_the_lead_one_second_at_most() {
+        let big = 64 << 20;
+        let ms = Duration::from_millis;
+        // One after the other while each is quick.
+        let got = starts(&[(big, Some(ms(300))), (big, Some(ms(300))), (big, Some(ms(300)))]).await;
+        assert_eq!(got, [ms(0), ms(300), ms(600)]);
+        // A node that never finishes keeps the lead for LEAD, then the next starts.
+        let got = starts(&[(big, None), (big, Some(ms(100)))]).await;
+        assert_eq!(got[1], LEAD);
+        // Small ones never wait.
+        let got = starts(&[(big, Some(ms(500))), (1024, Some(ms(10))), (LEAD_MIN_BYTES - 1, Some(ms(10)))]).await;
+        assert_eq!(got, [ms(0), ms(0), ms(0)]);
+    }
 
     #[test]
     fn missing_files_and_name_clashes_are_errors() {

@@ -52,7 +52,7 @@ fn a_line_that_cannot_be_split_is_named_and_runs_no_job_while_the_others_run() {
     assert!(out.stderr.contains(&named), "{named:?} not in\n{}", out.stderr);
     assert!(out.stdout.contains("[ok1]") && out.stdout.contains("[ok2]"), "{}", out.stdout);
     assert_eq!(out.stdout.matches("== job ").count(), 2, "{}", out.stdout);
-    assert!(out.stderr.contains("1 line(s) of --args-file"), "{}", out.stderr);
+    assert!(out.stderr.contains("1 line of --args-file"), "{}", out.stderr);
 }
 
 #[test]

@@ -411,7 +411,12 @@ fn a_restarted_node_rejoins_the_running_cluster_as_a_fresh_node() {
 #[test]
 fn results_in_delivery_survive_a_node_crash_and_are_recovered_after_its_restart() {
     let dir = tempdir();
-    let prog = script(dir.path(), "job.sh", "sleep 0.3; echo \"result $1\"");
+    // Each job says it started, then runs a second: time to freeze the client before either
+    // result reaches it.
+    let marks = dir.path().join("started");
+    std::fs::create_dir(&marks).unwrap();
+    let body = format!("touch '{}'/\"$1\"; sleep 1; echo \"result $1\"", marks.display());
+    let prog = script(dir.path(), "job.sh", &body);
     let listen = free_loopback_addr();
     let mut o = NodeOpts::new("crashy");
     o.listen = listen.clone();
@@ -420,7 +425,8 @@ fn results_in_delivery_survive_a_node_crash_and_are_recovered_after_its_restart(
     let mut cmd = submit(&prog);
     cmd.args(["--peer", &listen, "-a", "a", "-a", "b", "--journal"]).arg(&journal);
     let client = Proc::spawn("submit", cmd);
-    assert!(first.proc.wait_stderr("cluster reserved", Duration::from_secs(20)));
+    let both_started = || marks.join("a").exists() && marks.join("b").exists();
+    assert!(wait_until(Duration::from_secs(30), both_started), "the two jobs never started");
     // The client freezes: it cannot acknowledge, so the results stay in delivery...
     signal(client.pid(), "STOP");
     let results = first.dest.join("results");
@@ -444,5 +450,5 @@ fn results_in_delivery_survive_a_node_crash_and_are_recovered_after_its_restart(
     let out = run("recover", cmd, Duration::from_secs(30));
     out.expect_code(0);
     assert!(out.stdout.contains("result a") && out.stdout.contains("result b"), "{}", out.stdout);
-    assert!(out.stdout.contains("0 job(s) lost"), "{}", out.stdout);
+    assert!(out.stdout.contains("0 jobs lost"), "{}", out.stdout);
 }

@@ -71,7 +71,8 @@ fn the_readmes_main_command_runs_on_a_machine_with_no_node() {
     out.expect_code(0);
     assert!(out.stderr.contains("running the jobs on a local node"), "{}", out.stderr);
     assert!(out.stdout.contains("10000000000097 [811]\n"), "{}", out.stdout);
-    assert!(out.stdout.contains("50 jobs, total job time"), "{}", out.stdout);
+    assert!(out.stdout.contains("50 jobs on 1 node in "), "{}", out.stdout);
+    assert!(!out.stderr.contains('\x1b'), "colour codes in logs that are not on a terminal:\n{}", out.stderr);
 }
 
 /// A client running its jobs on the embedded node is killed (SIGKILL: no clean shutdown):

@@ -97,6 +97,9 @@ impl RawPeer {
                 )
             })
             .unwrap()
+            // As a real client: a connection idle between a result and the next request
+            // stays (libp2p's default of zero closes it in that gap, racing the request).
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
             .build();
         swarm.dial(addr.clone()).unwrap();
         let connected = tokio::time::timeout(Duration::from_secs(30), async {

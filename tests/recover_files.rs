@@ -85,7 +85,7 @@ fn after_a_client_crash_recover_brings_back_the_files_its_jobs_returned() {
         assert_eq!(names.len(), 1, "only the whole file, no partial one: {names:?}");
     }
     assert!(!out.stdout.contains("not saved"), "{}", out.stdout);
-    assert!(out.stdout.contains("0 job(s) lost"), "{}", out.stdout);
+    assert!(out.stdout.contains("0 jobs lost"), "{}", out.stdout);
     assert!(!std::fs::read_dir(elsewhere.path()).unwrap().any(|_| true), "nothing saved where recover ran");
 
     // Collected: the node deletes the files, and a second recover finds nothing.

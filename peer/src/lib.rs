@@ -19,6 +19,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod error;
+pub mod metrics;
 pub mod net;
 pub mod psk;
 pub mod serve;

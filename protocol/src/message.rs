@@ -105,6 +105,34 @@ pub struct Hello {
     /// in seconds: a client waits this long for a node that went unreachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zombie_secs: Option<u64>,
+    /// What the node is doing and has left right now (dispy's `DispyNodeAvailInfo`), for
+    /// `dispy-peer status` and node filters. Absent from clients and older nodes, and then
+    /// absent on the wire, so they read and send Hellos as before. (Boxed: every message
+    /// enum holding a Hello stays small.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<Box<NodeLoad>>,
+}
+
+/// A node's current load and free resources, as its [`Hello`] reports them. The machine's
+/// figures are sampled every few seconds, so they may be that old; each is `None` where the
+/// node cannot read it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct NodeLoad {
+    /// Clients holding a cluster on the node.
+    pub clients: u32,
+    /// Jobs waiting in the node's queues for a CPU slot (running ones are
+    /// `cpus - free_cpus`).
+    pub jobs_queued: u64,
+    /// The machine's load average over the last minute (`/proc/loadavg`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_avg: Option<f64>,
+    /// Memory available for new work, in bytes (`MemAvailable` of `/proc/meminfo`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_free_bytes: Option<u64>,
+    /// Bytes free to the node's user on the file system of its store (its dest path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_free_bytes: Option<u64>,
 }
 
 impl Hello {
@@ -143,6 +171,7 @@ impl Hello {
             max_file_size: None,
             memory_bytes: None,
             zombie_secs: None,
+            load: None,
         }
     }
 }
@@ -481,6 +510,13 @@ mod tests {
             max_file_size: Some(10),
             memory_bytes: Some(1 << 30),
             zombie_secs: Some(60),
+            load: Some(Box::new(NodeLoad {
+                clients: 2,
+                jobs_queued: 7,
+                load_avg: Some(1.25),
+                memory_free_bytes: Some(1 << 29),
+                disk_free_bytes: None,
+            })),
         }
     }
 

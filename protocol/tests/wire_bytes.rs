@@ -84,6 +84,8 @@ fn a_hello_travels_as_pinned() {
         max_file_size: None,
         memory_bytes: Some(1024),
         zombie_secs: None,
+        // Absent on the wire when None: a node's Hello to an older client is unchanged.
+        load: None,
     });
     pin(&msg, HELLO);
 }

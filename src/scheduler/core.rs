@@ -208,6 +208,8 @@ pub(super) struct Node {
     pub(super) away_since: Option<Instant>,
     /// How long it keeps a silent client's jobs (its zombie interval, from its hello).
     pub(super) zombie: Duration,
+    /// What it was doing and had free when it greeted us.
+    pub(super) load: Option<dispy_protocol::NodeLoad>,
 }
 
 impl Node {
@@ -382,6 +384,7 @@ impl Core {
             was_ready: false,
             away_since: None,
             zombie: super::away::NODE_ZOMBIE,
+            load: None,
         });
         node.phase = Phase::Greeting;
         node.ip = ip;

@@ -115,6 +115,8 @@ pub(crate) struct Hooks {
     pub(crate) journal: Option<Journal>,
     /// For a local node started as a fallback.
     pub(crate) psk: Option<PreSharedKey>,
+    /// The web monitor's feed ([`crate::ClusterBuilder::web`]).
+    pub(crate) web: Option<crate::web::feed::FeedTx>,
 }
 
 /// Spawned work reporting back to the driver.
@@ -144,6 +146,8 @@ pub(crate) struct Scheduler {
     fetch_permits: std::sync::Arc<tokio::sync::Semaphore>,
     /// The fetches under way, to stop one whose job left its node, and all at close.
     fetches: std::collections::HashMap<(PeerId, JobId), tokio::task::AbortHandle>,
+    /// Which node's staging goes first.
+    stage_lead: stage::StageLead,
 }
 
 /// Jobs whose returned files travel at once: enough to keep a link busy, few enough that
@@ -162,7 +166,8 @@ impl Scheduler {
         let core = Core::new(settings, Instant::now(), local.is_some());
         let fetch_permits = std::sync::Arc::new(tokio::sync::Semaphore::new(FETCHES_AT_ONCE));
         let fetches = std::collections::HashMap::new();
-        Scheduler { core, hooks, net, updates, done_tx, done_rx, local, fetch_permits, fetches }
+        let stage_lead = stage::StageLead::new();
+        Scheduler { core, hooks, net, updates, done_tx, done_rx, local, fetch_permits, fetches, stage_lead }
     }
 
     /// Runs until the handle closes the cluster (or is dropped, which closes it too).
@@ -272,7 +277,10 @@ impl Scheduler {
                 }
                 Effect::Stage { peer, files, jobs } => {
                     let (net, tx, cluster) = (self.net.clone(), self.done_tx.clone(), self.core.cluster());
-                    tokio::spawn(async move {
+                    // The cluster's own files take turns between nodes; jobs' inputs do not.
+                    let bytes = if jobs.is_none() { files.iter().map(|f| f.entry.size).sum() } else { 0 };
+                    let lead = self.stage_lead.clone();
+                    tokio::spawn(lead.run(bytes, async move {
                         let (mut sent, mut unreadable) = (0, Vec::new());
                         for f in &files {
                             match stage::send_file(&net, peer, cluster, f).await {
@@ -288,7 +296,7 @@ impl Scheduler {
                             }
                         }
                         let _ = tx.send(Done::Staged(peer, jobs, Ok(sent), unreadable));
-                    });
+                    }));
                 }
                 Effect::Fetch { peer, job, files, dir } => {
                     let (net, tx, cluster) = (self.net.clone(), self.done_tx.clone(), self.core.cluster());
@@ -316,24 +324,38 @@ impl Scheduler {
                         task.abort();
                     }
                 }
-                Effect::Ended { view, report } => end_job(&view, report),
+                Effect::Ended { view, report } => {
+                    if let Some(web) = &self.hooks.web {
+                        web.report(&report);
+                    }
+                    end_job(&view, report);
+                }
                 Effect::Answer { waiters, answer } => {
                     for w in waiters {
                         let _ = w.send(answer.clone());
                     }
                 }
                 Effect::Report(report) => {
+                    if let Some(web) = &self.hooks.web {
+                        web.report(&report);
+                    }
                     let _ = self.updates.send(Update::Job(report));
                 }
                 Effect::Fail(failure) => {
                     let _ = self.updates.send(Update::Fatal(failure));
                 }
                 Effect::JobEvent(ev) => {
+                    if let Some(web) = &self.hooks.web {
+                        web.job(&ev);
+                    }
                     if let Some(cb) = &self.hooks.on_job {
                         cb(&ev);
                     }
                 }
                 Effect::ClusterEvent(ev) => {
+                    if let Some(web) = &self.hooks.web {
+                        web.node(&ev);
+                    }
                     if let Some(cb) = &self.hooks.on_cluster {
                         cb(&ev);
                     }

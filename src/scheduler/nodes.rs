@@ -61,6 +61,7 @@ impl Core {
         node.name = h.name.clone();
         node.platform = format!("{}/{}", h.os, h.arch);
         node.zombie = super::away::zombie_of(&h);
+        node.load = h.load.as_deref().cloned();
         let (found, ip) = (node.node_ref(&peer), node.ip);
         let platform = node.platform.clone();
         self.cluster_event(ClusterEvent::NodeFound(found));
@@ -91,6 +92,7 @@ impl Core {
                 arch: h.arch.clone(),
                 cpus: h.cpus,
                 memory_bytes: h.memory_bytes,
+                load: h.load.as_deref().cloned(),
             };
             if !filter(&facts) {
                 return self.unusable(peer, "rejected by the cluster's node filter".into());
@@ -156,7 +158,7 @@ impl Core {
         self.ran = true;
         self.nodeless_since = None;
         info!(node = %node.name, cpus = node.cpus, "{what}");
-        let ev = ClusterEvent::NodeReady { node: node.node_ref(&peer), cpus: node.cpus };
+        let ev = ClusterEvent::NodeReady { node: node.node_ref(&peer), cpus: node.cpus, load: node.load.clone() };
         self.cluster_event(ev);
     }
 

@@ -299,6 +299,24 @@ fn a_connected_peer_is_greeted_once_and_a_node_is_reserved_with_the_cluster_file
 }
 
 #[test]
+fn nodes_that_never_answer_do_not_delay_the_others() {
+    let mut sim = Sim::new(settings());
+    let ids = sim.submit(4);
+    // Dozens of nodes connect; one never answers its greeting, one never answers its
+    // reservation: every request is its own task, so neither holds up anyone.
+    let mute = sim.connect(1);
+    assert_eq!(sim.ask_of(mute).1, Asked::Hello);
+    let stuck = sim.reserving(2, 4);
+    let ups: Vec<PeerId> = (3..40).map(|n| sim.node_up(n, 1)).collect();
+    let submits = sim.submits();
+    let to: HashSet<PeerId> = submits.iter().map(|(p, _, _)| *p).collect();
+    let jobs: usize = submits.iter().map(|(_, s, _)| s.jobs.len()).sum();
+    assert_eq!(jobs, ids.len(), "every job went out");
+    assert!(to.iter().all(|p| ups.contains(p)), "only to nodes that answered");
+    assert!(!to.contains(&mute) && !to.contains(&stuck));
+}
+
+#[test]
 fn a_node_holding_every_file_is_ready_and_gets_the_queued_jobs() {
     let mut sim = Sim::new(settings());
     let ids = sim.submit(3);
@@ -385,6 +403,34 @@ fn patterns_filters_and_platforms_decide_which_nodes_are_used() {
     other.os = "plan9".into();
     let p = sim.greet(1, other);
     assert!(matches!(sim.status_of(p), NodeStatus::Unusable(ref w) if w.starts_with("runs plan9/")));
+}
+
+#[test]
+fn a_node_filter_sees_the_load_a_node_reports() {
+    let mut s = settings();
+    // Nodes with at least 1 GiB of disk free; one that does not say is not used.
+    s.node_filter = Some(std::sync::Arc::new(|n: &crate::NodeFacts| {
+        n.load.as_ref().and_then(|l| l.disk_free_bytes).is_some_and(|d| d >= 1 << 30)
+    }));
+    let mut sim = Sim::new(s);
+    let hello = |name: &str, disk: Option<u64>| Hello {
+        load: disk.map(|d| Box::new(dispy_protocol::NodeLoad { disk_free_bytes: Some(d), ..Default::default() })),
+        ..Hello::node(name.into(), 2, 2, None, None)
+    };
+    let full = sim.greet(1, hello("full", Some(1 << 20)));
+    let roomy = sim.greet(2, hello("roomy", Some(1 << 40)));
+    let old = sim.greet(3, hello("old", None));
+    let rejected = NodeStatus::Unusable("rejected by the cluster's node filter".into());
+    assert_eq!(sim.status_of(full), rejected);
+    assert_eq!(sim.status_of(old), rejected);
+    assert_eq!(sim.ask_of(roomy).1, Asked::Reserve);
+    // Ready, the node's event carries what it reported.
+    sim.answer(roomy, Asked::Reserve, Response::Reserved(Reserved { cpus: 2, missing: Vec::new(), resumed: false }));
+    let ready_load = sim.cluster_events.iter().find_map(|e| match e {
+        ClusterEvent::NodeReady { load, .. } => Some(load.clone()),
+        _ => None,
+    });
+    assert_eq!(ready_load.flatten().and_then(|l| l.disk_free_bytes), Some(1 << 40));
 }
 
 #[test]

@@ -244,6 +244,17 @@ impl NodeOpts {
             netns: None,
         }
     }
+
+    /// A node of 1 CPU inside the namespace `host`, listening on every address at port 9700
+    /// (what [`Node::serve_in`] starts).
+    pub fn in_netns(host: &str, name: &str, extra: &[&str]) -> Self {
+        let mut o = NodeOpts::new(name);
+        o.netns = Some(host.to_string());
+        o.cpus = 1;
+        o.listen = "/ip4/0.0.0.0/tcp/9700".into();
+        o.extra = extra.iter().map(|s| s.to_string()).collect();
+        o
+    }
 }
 
 /// A `dispy-peer serve` process. Dropping it stops the node with SIGTERM and checks
@@ -291,15 +302,30 @@ impl Drop for Node {
 impl Node {
     /// A node of 1 CPU inside the namespace `host`, listening on every address at port 9700.
     pub fn serve_in(host: &str, name: &str, dir: &Path, extra: &[&str]) -> Node {
-        let mut o = NodeOpts::new(name);
-        o.netns = Some(host.to_string());
-        o.cpus = 1;
-        o.listen = "/ip4/0.0.0.0/tcp/9700".into();
-        o.extra = extra.iter().map(|s| s.to_string()).collect();
-        Node::start(dir, o)
+        Node::start(dir, NodeOpts::in_netns(host, name, extra))
     }
 
     pub fn start(dir: &Path, o: NodeOpts) -> Node {
+        let (proc, dest) = Node::spawn(dir, &o);
+        Node::ready(proc, dest)
+    }
+
+    /// Starts every node at once, then waits for each to listen: many nodes start in about
+    /// the time of one.
+    pub fn start_all(dir: &Path, opts: Vec<NodeOpts>) -> Vec<Node> {
+        let started: Vec<(Proc, PathBuf)> = opts.iter().map(|o| Node::spawn(dir, o)).collect();
+        started.into_iter().map(|(proc, dest)| Node::ready(proc, dest)).collect()
+    }
+
+    /// Waits for a spawned node's listening line.
+    fn ready(proc: Proc, dest: PathBuf) -> Node {
+        let line = proc.wait_line("listening ", Duration::from_secs(20));
+        let addr = line.trim_start_matches("listening ").to_string();
+        Node { proc, addr, dest }
+    }
+
+    /// Starts a node's process without waiting for it.
+    fn spawn(dir: &Path, o: &NodeOpts) -> (Proc, PathBuf) {
         let dest = dir.join(format!("node-{}", o.name));
         let mut cmd = match &o.netns {
             Some(ns) => {
@@ -324,10 +350,7 @@ impl Node {
         }
         cmd.args(&o.extra);
         cmd.env("RUST_LOG", "warn,libp2p_kad=error,dispy=debug,dispy_node=debug").env_remove("DISPY_SECRET");
-        let proc = Proc::spawn(&format!("node {}", o.name), cmd);
-        let line = proc.wait_line("listening ", Duration::from_secs(20));
-        let addr = line.trim_start_matches("listening ").to_string();
-        Node { proc, addr, dest }
+        (Proc::spawn(&format!("node {}", o.name), cmd), dest)
     }
 
     /// Job directories still present under the node's dest path.
@@ -474,6 +497,59 @@ impl Netns {
         self.ip(&["-n", lan, "link", "set", &port, "up"]);
         self.ip(&["-n", ns, "addr", "add", cidr, "dev", ifname]);
         self.ip(&["-n", ns, "link", "set", ifname, "up"]);
+    }
+
+    /// Runs `ip [-n NS] -batch -` with `lines` as its commands, panicking with its stderr on
+    /// failure: hundreds of changes in one process.
+    pub fn ip_batch(&self, ns: Option<&str>, lines: &str) {
+        use std::io::Write;
+        let mut cmd = Command::new("ip");
+        if let Some(ns) = ns {
+            cmd.args(["-n", ns]);
+        }
+        cmd.args(["-batch", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("run ip -batch");
+        child.stdin.take().expect("piped").write_all(lines.as_bytes()).expect("write to ip -batch");
+        let out = child.wait_with_output().expect("wait for ip -batch");
+        assert!(out.status.success(), "ip -batch in {ns:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Adds many host namespaces at once, `(name, cidr)` each, plugged into `lan` as `eth0`;
+    /// returns their full names. Each host knows every other host's MAC address (permanent
+    /// neighbour entries, as for multicast DNS's group) because the kernel keeps ONE IPv4
+    /// neighbour table for all namespaces, its learnt entries capped machine-wide
+    /// (`net.ipv4.neigh.default.gc_thresh3`, 1024): a few dozen namespaces that talk to each
+    /// other fill it and lose packets, where machines on a real LAN each have their own.
+    pub fn add_lan_hosts(&mut self, lan: &str, hosts: &[(String, String)]) -> Vec<String> {
+        let names: Vec<String> = hosts.iter().map(|(n, _)| format!("{}-{n}", self.prefix)).collect();
+        let adds: String = names.iter().map(|n| format!("netns add {n}\n")).collect();
+        self.ip_batch(None, &adds);
+        self.names.extend(names.iter().cloned());
+        let macs: Vec<String> = names
+            .iter()
+            .map(|_| {
+                let [a, b, c, d] = NS_SEQ.fetch_add(1, Ordering::SeqCst).to_be_bytes();
+                format!("02:83:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+            })
+            .collect();
+        let mut plugs = String::new();
+        for (ns, mac) in names.iter().zip(&macs) {
+            let port = format!("p{}", NS_SEQ.fetch_add(1, Ordering::SeqCst));
+            plugs += &format!("link add {port} type veth peer name eth0 address {mac} netns {ns}\n");
+            plugs += &format!("link set {port} master br0\nlink set {port} up\n");
+        }
+        self.ip_batch(Some(lan), &plugs);
+        let mut neighbours =
+            String::from("neigh replace 224.0.0.251 lladdr 01:00:5e:00:00:fb dev eth0 nud permanent\n");
+        for ((_, cidr), mac) in hosts.iter().zip(&macs) {
+            let ip = cidr.split('/').next().unwrap_or(cidr);
+            neighbours += &format!("neigh replace {ip} lladdr {mac} dev eth0 nud permanent\n");
+        }
+        for (ns, (_, cidr)) in names.iter().zip(hosts) {
+            let setup = format!("link set lo up\naddr add {cidr} dev eth0\nlink set eth0 up\n{neighbours}");
+            self.ip_batch(Some(ns), &setup);
+        }
+        names
     }
 
     /// A command run inside namespace `ns`.

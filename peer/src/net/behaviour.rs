@@ -10,6 +10,7 @@ use super::limits::{DIAL_TIMEOUT, INBOUND_HANDSHAKE_TIMEOUT};
 use crate::error::{Error, Result};
 use dispy_protocol::{KAD_PROTOCOL_NAME, PROTOCOL_NAME};
 use futures::future::Either;
+use libp2p::core::transport::MemoryTransport;
 use libp2p::core::transport::timeout::TransportTimeout;
 use libp2p::core::upgrade::Version;
 use libp2p::core::{Transport, muxing::StreamMuxerBox, transport::Boxed};
@@ -36,6 +37,8 @@ pub(crate) struct Behaviour {
     gate: Gate,
     /// Pending and established connections, in all and per peer.
     limits: connection_limits::Behaviour,
+    /// Which connections stay while idle (clients' and configured peers').
+    pub(crate) keep: super::keep::Behaviour,
     pub(crate) rr: request_response::Behaviour<DispyCodec>,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(crate) identify: identify::Behaviour,
@@ -55,15 +58,19 @@ pub fn transport(
     psk: Option<libp2p::pnet::PreSharedKey>,
 ) -> std::result::Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
     let noise = noise::Config::new(key)?;
-    let tcp = tcp::tokio::Transport::new(tcp::Config::default());
+    // `/memory/N` addresses reach peers of the same process: the simulations of meshes of
+    // a thousand peers run on it, through the same key, encryption and multiplexing.
+    let base = tcp::tokio::Transport::new(tcp::Config::default())
+        .or_transport(MemoryTransport::default())
+        .map_err(|e| std::io::Error::other(e.to_string()));
     // Boxed so that both cases share the upgrade chain below.
     let base = match psk {
-        Some(psk) => tcp
+        Some(psk) => base
             .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
             .map(|socket, _| Either::Left(socket))
             .map_err(|e| std::io::Error::other(e.to_string()))
             .boxed(),
-        None => tcp.map(|socket, _| Either::Right(socket)).map_err(|e| std::io::Error::other(e.to_string())).boxed(),
+        None => base.map(|socket, _| Either::Right(socket)).boxed(),
     };
     let upgraded = base
         .upgrade(Version::V1Lazy)
@@ -98,9 +105,10 @@ pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result
                     .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),
             );
             let mut kcfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL_NAME));
-            // Clients look often while they run; nodes refresh at a calm pace.
+            // Clients look often while they run; nodes refresh at a calm pace (each refresh
+            // opens connections to a few dozen nodes: the mesh's idle cost).
             kcfg.set_periodic_bootstrap_interval(Some(if kad_server {
-                Duration::from_secs(30)
+                Duration::from_secs(120)
             } else {
                 Duration::from_secs(3)
             }));
@@ -113,7 +121,18 @@ pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result
                 identify::Behaviour::new(identify::Config::new(dispy_protocol::IDENTIFY_PROTOCOL.into(), key.public()));
             let mdns = if mdns_on {
                 Some(mdns::tokio::Behaviour::new(
-                    mdns::Config { query_interval: Duration::from_secs(5), ..Default::default() },
+                    // The cap of the query back-off (vendor/libp2p-mdns: gaps 1 s, 2 s, 4 s...
+                    // up to this). A node only needs LAN peers for Kademlia's address book, and
+                    // sees newcomers by their announcements and by the answers to clients'
+                    // queries: 90 s keeps an idle LAN of 256 nodes near 3 answers/s (one
+                    // query per interval on the whole LAN, others' queries counting as ours),
+                    // well inside the records' 6 min TTL. A client looks for nodes while it
+                    // runs: 3 s finds a node started mid-run within seconds at 256 answers per
+                    // 3 s, spread over 20-120 ms each.
+                    mdns::Config {
+                        query_interval: Duration::from_secs(if kad_server { 90 } else { 3 }),
+                        ..Default::default()
+                    },
                     local,
                 )?)
             } else {
@@ -132,12 +151,12 @@ pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result
                 limits.bypass_peer_id(peer);
             }
             let gate = Gate::new(lim.pending_per_ip, lim.pending_incoming);
-            Ok(Behaviour { gate, limits, rr, kad, identify, ping, mdns: mdns.into() })
+            Ok(Behaviour { gate, limits, keep: Default::default(), rr, kad, identify, ping, mdns: mdns.into() })
         })
         .map_err(|e| Error::Setup(e.to_string()))?
-        // Client-node connections carry long quiet stretches (a job running for hours);
-        // liveness comes from connection events, not from idling out.
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
+        // Client-node connections carry long quiet stretches (a job running for hours): the
+        // keep behaviour holds them; liveness comes from heartbeats, not from idling out.
+        .with_swarm_config(|c| c.with_idle_connection_timeout(lim.idle_timeout))
         .with_connection_timeout(DIAL_TIMEOUT)
         .build();
     Ok(swarm)

@@ -49,35 +49,6 @@ impl<K: Hash + Eq + Clone> Throttle<K> {
     }
 }
 
-/// A token bucket: at most `burst` at once, refilled at `per_sec`. Bounds how many dials
-/// unauthenticated discovery may start, however many peers it claims to have found.
-#[derive(Debug)]
-pub(crate) struct Budget {
-    tokens: f64,
-    burst: f64,
-    per_sec: f64,
-    at: Instant,
-}
-
-impl Budget {
-    pub(crate) fn new(burst: u32, per_sec: u32, now: Instant) -> Self {
-        Budget { tokens: f64::from(burst), burst: f64::from(burst), per_sec: f64::from(per_sec), at: now }
-    }
-
-    /// Takes one token if there is one.
-    pub(crate) fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// The `cap` keys inserted most recently.
 #[derive(Debug)]
 pub(crate) struct Recent<K> {
@@ -220,17 +191,5 @@ mod tests {
             assert!(t.allow(i, t0 + Duration::from_millis(u64::from(i))), "a new key passes");
             assert!(t.len() <= 100);
         }
-    }
-
-    #[test]
-    fn the_budget_caps_a_burst_and_refills_over_time() {
-        let t0 = Instant::now();
-        let mut b = Budget::new(4, 2, t0);
-        let granted = (0..1000).filter(|_| b.take(t0)).count();
-        assert_eq!(granted, 4, "a storm of discoveries starts only the burst");
-        assert!(!b.take(t0 + Duration::from_millis(400)));
-        assert!(b.take(t0 + Duration::from_millis(500)), "one more after half a second at 2/s");
-        let later = t0 + Duration::from_secs(3600);
-        assert_eq!((0..1000).filter(|_| b.take(later)).count(), 4, "never more than the burst");
     }
 }

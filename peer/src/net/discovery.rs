@@ -1,9 +1,9 @@
 //! Pure helpers for finding peers: dial backoff and which addresses to believe.
 
-use super::bounded::Budget;
 use libp2p::multiaddr::Protocol;
+use libp2p::swarm::ConnectionId;
 use libp2p::{Multiaddr, PeerId};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Exponential backoff for re-dialing an address that failed, so a peer with another
@@ -46,53 +46,95 @@ impl Backoff {
     }
 }
 
-/// Which peers found by mDNS to dial. mDNS answers are unauthenticated and free to forge:
-/// a flood of made-up peer ids must cost a bounded map and a few dials a second, never a
-/// dial per answer. Real peers are few and answer again every query interval, so one that
-/// is skipped now is dialed at its next answer.
+/// Peers a client found (on the LAN or through Kademlia) and will dial: a bounded queue
+/// drained a few dozen dials at a time, so that 256 nodes answering one query are all
+/// dialed within a second or two and none is dropped, while answers that anyone may forge
+/// (mDNS is unauthenticated) cost a bounded queue and at most [`DialQueue::PARALLEL`]
+/// dials in flight, never a dial per answer.
 #[derive(Debug)]
-pub(crate) struct LanDials {
+pub(crate) struct DialQueue {
+    queue: VecDeque<PeerId>,
+    /// Addresses of each queued peer (empty: ask the swarm's behaviours, i.e. Kademlia).
+    queued: HashMap<PeerId, Vec<Multiaddr>>,
+    in_flight: HashMap<ConnectionId, PeerId>,
     backoff: HashMap<PeerId, Backoff>,
-    budget: Budget,
 }
 
-impl LanDials {
-    /// Peers remembered for backoff.
-    const PEERS: usize = 256;
-    /// A LAN of a few hundred machines comes up within seconds at this pace.
-    const BURST: u32 = 32;
-    const PER_SEC: u32 = 8;
+impl DialQueue {
+    /// Dials in flight at once: enough to reach a LAN of 256 nodes in a few round trips.
+    pub(crate) const PARALLEL: usize = 32;
+    /// Peers waiting for a dial; one found while the queue is full is queued again at its
+    /// next answer (real peers answer every query).
+    pub(crate) const QUEUE: usize = 4096;
+    /// Addresses kept per queued peer.
+    const ADDRS: usize = 8;
 
-    pub(crate) fn new(now: Instant) -> Self {
-        LanDials { backoff: HashMap::new(), budget: Budget::new(Self::BURST, Self::PER_SEC, now) }
+    pub(crate) fn new() -> Self {
+        DialQueue { queue: VecDeque::new(), queued: HashMap::new(), in_flight: HashMap::new(), backoff: HashMap::new() }
     }
 
-    /// Whether to dial `peer`, just found on the LAN, now (recorded as an attempt if so).
-    pub(crate) fn may_dial(&mut self, peer: PeerId, now: Instant) -> bool {
-        if self.backoff.len() >= Self::PEERS && !self.backoff.contains_key(&peer) {
-            // Keep the peers whose backoff still runs; the others start afresh if seen again.
-            self.backoff.retain(|_, b| !b.due(now));
-            if self.backoff.len() >= Self::PEERS {
-                return false;
+    /// Queues a dial to `peer` (at `addr` when given) unless one is queued, in flight or
+    /// backing off after a failure. Returns whether it is queued now.
+    pub(crate) fn offer(&mut self, peer: PeerId, addr: Option<Multiaddr>, now: Instant) -> bool {
+        if let Some(addrs) = self.queued.get_mut(&peer) {
+            if let Some(a) = addr
+                && addrs.len() < Self::ADDRS
+                && !addrs.contains(&a)
+            {
+                addrs.push(a);
             }
+            return true;
         }
-        if !self.backoff.get(&peer).is_none_or(|b| b.due(now)) || !self.budget.take(now) {
+        if self.in_flight.values().any(|p| *p == peer)
+            || !self.backoff.get(&peer).is_none_or(|b| b.due(now))
+            || self.queue.len() >= Self::QUEUE
+        {
             return false;
         }
-        self.backoff.entry(peer).or_insert_with(|| Backoff::new(now)).attempted(now);
+        self.queue.push_back(peer);
+        self.queued.insert(peer, addr.into_iter().collect());
         true
     }
 
-    /// A dial to `peer` failed: it waits longer before the next.
-    pub(crate) fn failed(&mut self, peer: &PeerId, now: Instant) {
-        if let Some(b) = self.backoff.get_mut(peer) {
+    /// The next peer to dial, if a dial slot is free; report the dial with [`Self::started`].
+    pub(crate) fn next(&mut self) -> Option<(PeerId, Vec<Multiaddr>)> {
+        if self.in_flight.len() >= Self::PARALLEL {
+            return None;
+        }
+        let peer = self.queue.pop_front()?;
+        let addrs = self.queued.remove(&peer).unwrap_or_default();
+        Some((peer, addrs))
+    }
+
+    /// A dial to `peer` is in flight as `connection`.
+    pub(crate) fn started(&mut self, connection: ConnectionId, peer: PeerId, now: Instant) {
+        self.in_flight.insert(connection, peer);
+        self.backoff.entry(peer).or_insert_with(|| Backoff::new(now)).attempted(now);
+        self.bound_backoff(now);
+    }
+
+    /// A dial resolved: connected (the peer's backoff is forgotten) or failed (it waits
+    /// longer before the next). Other connections are ignored.
+    pub(crate) fn resolved(&mut self, connection: ConnectionId, ok: bool, now: Instant) {
+        let Some(peer) = self.in_flight.remove(&connection) else { return };
+        if ok {
+            self.backoff.remove(&peer);
+        } else if let Some(b) = self.backoff.get_mut(&peer) {
             b.failed(now);
         }
     }
 
-    /// `peer` is connected: nothing to remember.
-    pub(crate) fn connected(&mut self, peer: &PeerId) {
-        self.backoff.remove(peer);
+    /// Peers waiting and dials in flight.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> (usize, usize) {
+        (self.queue.len(), self.in_flight.len())
+    }
+
+    /// Backoff entries are kept only while they still delay something.
+    fn bound_backoff(&mut self, now: Instant) {
+        if self.backoff.len() > Self::QUEUE {
+            self.backoff.retain(|_, b| !b.due(now));
+        }
     }
 }
 
@@ -107,8 +149,12 @@ pub(crate) fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
 
 /// Whether an address a remote peer reports for itself is worth dialing from here.
 /// Loopback addresses of a remote host point at ourselves unless we reached that peer
-/// over loopback too; link-local and unspecified addresses are never routable.
+/// over loopback too; link-local and unspecified addresses are never routable; in-process
+/// (`/memory/`) addresses are, within the process (simulations).
 pub(crate) fn worth_dialing(addr: &Multiaddr, reached_over_loopback: bool) -> bool {
+    if matches!(addr.iter().next(), Some(Protocol::Memory(_))) {
+        return true;
+    }
     match ip_of(addr) {
         Some(std::net::IpAddr::V4(ip)) => {
             !ip.is_unspecified() && !ip.is_link_local() && (reached_over_loopback || !ip.is_loopback())
@@ -149,27 +195,65 @@ mod tests {
     }
 
     #[test]
-    fn a_flood_of_spoofed_lan_peers_costs_a_bounded_map_and_few_dials() {
+    fn a_burst_of_found_peers_is_dialed_in_bounded_batches_and_none_is_lost() {
         let t0 = Instant::now();
-        let mut lan = LanDials::new(t0);
-        let mut dials = 0;
-        // 100 000 made-up peers over 10 s.
-        for i in 0..100_000u64 {
-            let now = t0 + Duration::from_micros(i * 100);
-            if lan.may_dial(PeerId::random(), now) {
-                dials += 1;
-            }
-            assert!(lan.backoff.len() <= LanDials::PEERS);
+        let mut q = DialQueue::new();
+        let peers: Vec<PeerId> = (0..256).map(|_| PeerId::random()).collect();
+        for p in &peers {
+            assert!(q.offer(*p, Some("/ip4/10.0.0.1/tcp/1".parse().unwrap()), t0));
+            // The same answer again (a second address, a repeated query) queues nothing more.
+            assert!(q.offer(*p, Some("/ip4/10.0.0.2/tcp/1".parse().unwrap()), t0));
         }
-        assert!(dials <= LanDials::BURST + 10 * LanDials::PER_SEC + 1, "{dials} dials");
-        // A real peer found after the flood is still dialed once the budget refills.
-        let later = t0 + Duration::from_secs(60);
-        let real = PeerId::random();
-        assert!(lan.may_dial(real, later));
-        assert!(!lan.may_dial(real, later), "one attempt at a time");
-        lan.failed(&real, later);
-        lan.connected(&real);
-        assert!(!lan.backoff.contains_key(&real));
+        assert_eq!(q.len(), (256, 0));
+        let mut dialed = Vec::new();
+        let mut conn = 0;
+        while dialed.len() < 256 {
+            let mut batch = Vec::new();
+            while let Some((p, addrs)) = q.next() {
+                assert_eq!(addrs.len(), 2);
+                conn += 1;
+                let c = ConnectionId::new_unchecked(conn);
+                q.started(c, p, t0);
+                batch.push((c, p));
+            }
+            assert!(batch.len() <= DialQueue::PARALLEL, "{} dials at once", batch.len());
+            assert!(!batch.is_empty());
+            for (c, p) in batch {
+                q.resolved(c, true, t0);
+                dialed.push(p);
+            }
+        }
+        dialed.sort();
+        let mut want = peers.clone();
+        want.sort();
+        assert_eq!(dialed, want, "every peer dialed once");
+        assert_eq!(q.len(), (0, 0));
+    }
+
+    #[test]
+    fn a_flood_of_forged_peers_costs_a_bounded_queue_and_few_dials_at_once() {
+        let t0 = Instant::now();
+        let mut q = DialQueue::new();
+        for i in 0..100_000u64 {
+            q.offer(PeerId::random(), None, t0 + Duration::from_micros(i));
+            let (waiting, flying) = q.len();
+            assert!(waiting <= DialQueue::QUEUE && flying <= DialQueue::PARALLEL);
+        }
+        let mut n = 0;
+        while let Some((p, _)) = q.next() {
+            n += 1;
+            q.started(ConnectionId::new_unchecked(n), p, t0);
+        }
+        assert_eq!(n, DialQueue::PARALLEL);
+        // A failed peer backs off; found again at once, it is not queued.
+        let p = q.in_flight[&ConnectionId::new_unchecked(1)];
+        q.resolved(ConnectionId::new_unchecked(1), false, t0);
+        assert!(!q.offer(p, None, t0));
+        assert!(q.backoff.len() <= DialQueue::QUEUE + 1);
+        // Once its backoff passed (and the queue drained), it is queued again.
+        q.queue.clear();
+        q.queued.clear();
+        assert!(q.offer(p, None, t0 + Duration::from_secs(31)));
     }
 
     #[test]

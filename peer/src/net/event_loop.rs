@@ -3,13 +3,14 @@
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::bounded::{Recent, Throttle, Waiting};
-use super::discovery::{Backoff, LanDials, ip_of, without_peer, worth_dialing};
-use super::handle::{Command, Reply, ReplyTo};
+use super::discovery::{Backoff, DialQueue, ip_of, without_peer, worth_dialing};
+use super::handle::{Census, Command, Reply, ReplyTo};
 use super::limits::ConnLimits;
 use super::{NetConfig, NetEvent, error_chain};
 use crate::error::{Error, Result};
 use dispy_protocol::{KAD_PROTOCOL_NAME, Refusal, RefusalKind, Response};
 use futures::StreamExt;
+use libp2p::metrics::Recorder;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -29,6 +30,9 @@ struct Target {
     backoff: Backoff,
     /// Feed this peer to Kademlia once connected.
     bootstrap: bool,
+    /// A bootstrap peer that was reached: the DHT was joined through it, and its link may
+    /// now idle out like any other (it is not dialed again).
+    joined: bool,
 }
 
 /// Owns the swarm; run it with [`EventLoop::run`].
@@ -49,8 +53,10 @@ pub struct EventLoop {
     last_alive: HashMap<ConnectionId, (PeerId, Instant)>,
     /// No answered ping for this long: the connection is dead.
     silence_limit: Duration,
-    /// Dials to peers found by mDNS: backoff per peer and a budget for all, bounded.
-    lan: LanDials,
+    /// Peers found (mDNS, Kademlia) that a client dials, a bounded batch at a time.
+    found: DialQueue,
+    /// A node: answers Kademlia, and remembers the peers it finds instead of dialing them.
+    kad_server: bool,
     /// Handshake failures logged at warn level (by address or remote IP), once an hour each.
     handshake_logged: Throttle<String>,
     /// Refused connections (limits) logged at warn level, once a minute per remote IP.
@@ -60,7 +66,7 @@ pub struct EventLoop {
     allowed: Option<HashSet<PeerId>>,
     limits: ConnLimits,
     /// Peers that have shown they belong (a request let through, one of ours sent to them,
-    /// or identified as a node): their connections may idle as long as they like, also
+    /// or a configured peer): their connections may idle as long as they like, also
     /// after a reconnection (a client whose jobs run for hours may have nothing to say).
     admitted: Recent<PeerId>,
     /// Inbound connections of peers not admitted yet, with when they were established:
@@ -68,6 +74,8 @@ pub struct EventLoop {
     unadmitted: HashMap<ConnectionId, (PeerId, Instant)>,
     /// Inbound requests handed to the node and not answered yet.
     waiting: Waiting<InboundRequestId>,
+    /// `cfg.metrics`: libp2p's series and the handshake failures, when a node exposes them.
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl EventLoop {
@@ -88,6 +96,7 @@ impl EventLoop {
             dialing: None,
             backoff: Backoff::new(now),
             bootstrap,
+            joined: false,
         };
         let mut targets: Vec<Target> = cfg.bootstrap.iter().map(|a| target(a, true)).collect();
         targets.extend(cfg.peers.iter().map(|a| target(a, false)));
@@ -108,7 +117,8 @@ impl EventLoop {
             // Two missed pings (libp2p's own failure report can take 10 s more, as opening a
             // new ping stream on a dead link waits for its negotiation timeout).
             silence_limit: cfg.heartbeat.max(Duration::from_millis(100)) * 2 + Duration::from_millis(500),
-            lan: LanDials::new(now),
+            found: DialQueue::new(),
+            kad_server: cfg.kad_server,
             handshake_logged: Throttle::new(Duration::from_secs(3600), 1024),
             refusal_logged: Throttle::new(Duration::from_secs(60), 1024),
             fingerprint,
@@ -118,6 +128,7 @@ impl EventLoop {
             admitted: Recent::new(4096),
             unadmitted: HashMap::new(),
             waiting: Waiting::new(cfg.limits.requests_per_peer, cfg.limits.requests),
+            metrics: cfg.metrics,
         }
     }
 
@@ -134,6 +145,7 @@ impl EventLoop {
                 },
                 _ = redial.tick() => {
                     self.redial();
+                    self.dial_found();
                     self.check_heartbeats();
                     self.close_ungreeted();
                 }
@@ -182,6 +194,19 @@ impl EventLoop {
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
+            Command::Census { reply } => {
+                let info = self.swarm.network_info();
+                let (connections, dialing) =
+                    (info.connection_counters().num_established(), info.connection_counters().num_pending_outgoing());
+                let routing = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .kbuckets()
+                    .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+                    .collect();
+                let _ = reply.send(Census { connections, dialing, routing });
+            }
             Command::Shutdown => {}
         }
     }
@@ -191,7 +216,7 @@ impl EventLoop {
         let now = Instant::now();
         for i in 0..self.targets.len() {
             let t = &self.targets[i];
-            if t.connected || t.dialing.is_some() || !t.backoff.due(now) {
+            if t.connected || t.joined || t.dialing.is_some() || !t.backoff.due(now) {
                 continue;
             }
             if let Some(peer) = t.peer
@@ -216,6 +241,9 @@ impl EventLoop {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if let Some(m) = &self.metrics {
+            m.swarm.record(&event);
+        }
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let local = *self.swarm.local_peer_id();
@@ -226,16 +254,24 @@ impl EventLoop {
                 let remote = endpoint.get_remote_address().clone();
                 self.connections.insert(connection_id, remote.clone());
                 self.dials.remove(&connection_id);
-                self.lan.connected(&peer_id);
                 let now = Instant::now();
+                self.found.resolved(connection_id, true, now);
+                self.dial_found();
                 let mut bootstrap = false;
+                let mut configured = false;
                 for t in &mut self.targets {
                     if t.dialing == Some(connection_id) || t.peer == Some(peer_id) {
                         t.dialing = None;
                         t.connected = true;
                         t.peer = Some(peer_id);
                         t.backoff.reset(now);
-                        if t.bootstrap {
+                        // A bootstrap peer serves once: the DHT is joined through it, then its
+                        // link idles out (held open on both sides, and re-joined at every
+                        // reconnection, it fed a storm of queries). Other configured peers
+                        // keep their link.
+                        configured |= !t.bootstrap;
+                        if t.bootstrap && !t.joined {
+                            t.joined = true;
                             bootstrap = true;
                             let addr = without_peer(&t.addr);
                             self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
@@ -247,7 +283,11 @@ impl EventLoop {
                 }
                 debug!(peer = %peer_id, %remote, established = num_established.get(), "connection established");
                 self.last_alive.insert(connection_id, (peer_id, Instant::now()));
-                if endpoint.is_listener() && !self.admitted.contains(&peer_id) {
+                if configured || self.admitted.contains(&peer_id) {
+                    // A peer we were told to stay connected to, or one back after a
+                    // reconnection: its new connection stays too.
+                    self.admit(peer_id);
+                } else if endpoint.is_listener() {
                     self.unadmitted.insert(connection_id, (peer_id, Instant::now()));
                 }
                 let conns = self.live.entry(peer_id).or_default();
@@ -327,6 +367,29 @@ impl EventLoop {
         if self.admitted.insert(peer) {
             self.unadmitted.retain(|_, (p, _)| *p != peer);
         }
+        self.swarm.behaviour_mut().keep.keep(peer);
+    }
+
+    /// Dials found peers while dial slots are free.
+    fn dial_found(&mut self) {
+        let now = Instant::now();
+        while let Some((peer, addrs)) = self.found.next() {
+            if self.swarm.is_connected(&peer) {
+                continue;
+            }
+            // Discovery is unauthenticated: the peer counts only once a connection
+            // (pnet + noise) is established, never on being found alone. Without addresses
+            // the swarm asks its behaviours (Kademlia knows where the peer listens).
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .extend_addresses_through_behaviour()
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            let id = opts.connection_id();
+            if self.swarm.dial(opts).is_ok() {
+                self.found.started(id, peer, now);
+            }
+        }
     }
 
     /// The peer's last connection closed: its requests no longer count.
@@ -353,6 +416,9 @@ impl EventLoop {
     /// One warning per remote (address or IP) naming the likely cause; later ones at debug,
     /// so a peer with another secret never floods the log.
     fn log_handshake_failure(&mut self, key: String, remote: &str, cause: &str) {
+        if let Some(m) = &self.metrics {
+            m.node.handshake_failed();
+        }
         if self.handshake_logged.allow(key, Instant::now()) {
             warn!(
                 %remote,
@@ -376,9 +442,7 @@ impl EventLoop {
             && !["Connection refused", "No route to host", "Network is unreachable", "Cannot assign"]
                 .iter()
                 .any(|s| cause.contains(s));
-        if let Some(peer) = peer {
-            self.lan.failed(&peer, now);
-        }
+        self.found.resolved(connection_id, false, now);
         let mut configured = None;
         for t in &mut self.targets {
             if t.dialing == Some(connection_id) {
@@ -412,28 +476,29 @@ impl EventLoop {
     }
 
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        if let Some(m) = &self.metrics {
+            match &event {
+                BehaviourEvent::Kad(e) => m.swarm.record(e),
+                BehaviourEvent::Identify(e) => m.swarm.record(e),
+                BehaviourEvent::Ping(e) => m.swarm.record(e),
+                _ => {}
+            }
+        }
         match event {
             BehaviourEvent::Rr(event) => self.on_rr_event(event),
-            BehaviourEvent::Gate(never) | BehaviourEvent::Limits(never) => match never {},
+            BehaviourEvent::Gate(never) | BehaviourEvent::Limits(never) | BehaviourEvent::Keep(never) => match never {},
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 let now = Instant::now();
                 for (peer, addr) in found {
-                    if self.swarm.is_connected(&peer) {
-                        continue;
+                    if self.kad_server {
+                        // Nodes need no links to each other, only to clients: a LAN peer is
+                        // remembered for Kademlia (which hands it to whoever asks), not dialed.
+                        self.swarm.behaviour_mut().kad.add_address(&peer, without_peer(&addr));
+                    } else if !self.swarm.is_connected(&peer) && !self.found.offer(peer, Some(addr), now) {
+                        trace!(%peer, "found on the LAN; not queued (dialing, backing off, or queue full)");
                     }
-                    if !self.lan.may_dial(peer, now) {
-                        trace!(%peer, "found on the LAN; not dialing now (backoff or dial budget)");
-                        continue;
-                    }
-                    debug!(%peer, %addr, "found on the LAN; dialing");
-                    // Discovery is unauthenticated: the peer counts only once a connection
-                    // (pnet + noise) is established, never on this event alone.
-                    let opts = DialOpts::peer_id(peer)
-                        .addresses(vec![addr])
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .build();
-                    let _ = self.swarm.dial(opts);
                 }
+                self.dial_found();
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
             BehaviourEvent::Identify(identify::Event::Received { connection_id, peer_id, info }) => {
@@ -441,8 +506,6 @@ impl EventLoop {
                 if !info.protocols.contains(&kad_proto) {
                     return;
                 }
-                // A node (kademlia server) keeps its connection without asking anything.
-                self.admit(peer_id);
                 let over_loopback =
                     self.connections.get(&connection_id).and_then(ip_of).is_some_and(|ip| ip.is_loopback());
                 for addr in info.listen_addrs {
@@ -454,9 +517,10 @@ impl EventLoop {
             BehaviourEvent::Identify(_) => {}
             BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, is_new_peer: true, .. }) => {
                 trace!(%peer, "kademlia learned a peer");
-                if !self.swarm.is_connected(&peer) {
-                    let opts = DialOpts::peer_id(peer).condition(PeerCondition::DisconnectedAndNotDialing).build();
-                    let _ = self.swarm.dial(opts);
+                // A client looks at every node it learns of; nodes only route.
+                if !self.kad_server && !self.swarm.is_connected(&peer) {
+                    self.found.offer(peer, None, Instant::now());
+                    self.dial_found();
                 }
             }
             BehaviourEvent::Kad(event) => trace!(?event, "kademlia"),

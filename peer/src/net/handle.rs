@@ -50,7 +50,20 @@ pub(crate) enum Command {
     Dial { addr: Multiaddr },
     Disconnect { peer: PeerId },
     ConnectedPeers { reply: oneshot::Sender<Vec<PeerId>> },
+    Census { reply: oneshot::Sender<Census> },
     Shutdown,
+}
+
+/// What a peer holds of the mesh right now: what `status` and the metrics show, and what
+/// the simulations check.
+#[derive(Clone, Debug, Default)]
+pub struct Census {
+    /// Established connections.
+    pub connections: u32,
+    /// Dials in flight.
+    pub dialing: u32,
+    /// The peers in Kademlia's routing table.
+    pub routing: Vec<PeerId>,
 }
 
 /// Talks to the swarm task. Cheap to clone; every method fails with [`Error::NodeStopped`]
@@ -128,6 +141,16 @@ impl NetHandle {
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::ConnectedPeers { reply }).await?;
+        rx.await.map_err(|_| Error::NodeStopped)
+    }
+
+    /// What this peer holds of the mesh right now.
+    ///
+    /// # Errors
+    /// [`Error::NodeStopped`] only.
+    pub async fn census(&self) -> Result<Census> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Census { reply }).await?;
         rx.await.map_err(|_| Error::NodeStopped)
     }
 

@@ -44,6 +44,10 @@ pub struct ConnLimits {
     /// that was let through and has not shown itself to be a node, is closed: it holds a
     /// descriptor and a connection slot for nothing. Clients greet at once.
     pub greeting_window: Duration,
+    /// A connection with no stream open, to a peer that is neither a client with business
+    /// here nor a configured peer (Kademlia's links between nodes, a discovery probe), is
+    /// closed after this long: a mesh of n nodes must not hold n² idle links.
+    pub idle_timeout: Duration,
 }
 
 impl ConnLimits {
@@ -67,6 +71,8 @@ impl ConnLimits {
             requests_per_peer: 512,
             requests: 4096,
             greeting_window: Duration::from_secs(15),
+            // Long enough for a Kademlia query's follow-ups.
+            idle_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -12,7 +12,10 @@ mod event_loop;
 mod gate;
 mod handle;
 pub mod identity;
+mod keep;
 mod limits;
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod tests;
 
@@ -21,7 +24,7 @@ pub use codec::DispyCodec;
 pub use event_loop::EventLoop;
 #[cfg(test)]
 pub(crate) use handle::Command;
-pub use handle::{NetHandle, ReplyTo};
+pub use handle::{Census, NetHandle, ReplyTo};
 pub use limits::{ConnLimits, fd_limit, raise_fd_limit};
 
 use crate::error::{Error, Result};
@@ -58,6 +61,9 @@ pub struct NetConfig {
     pub allowed_peers: Option<std::collections::HashSet<PeerId>>,
     /// Connection and request limits; by default sized from the descriptor limit.
     pub limits: ConnLimits,
+    /// Where the swarm records libp2p's metrics and handshake failures (`serve --metrics`);
+    /// `None` (clients) records nothing.
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Default for NetConfig {
@@ -73,6 +79,7 @@ impl Default for NetConfig {
             heartbeat: DEFAULT_HEARTBEAT,
             allowed_peers: None,
             limits: ConnLimits::default(),
+            metrics: None,
         }
     }
 }

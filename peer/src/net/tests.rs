@@ -9,10 +9,14 @@ use tokio::time::timeout;
 
 /// A node on 127.0.0.1 whose ungreeted connections close after `window`; its address.
 async fn node(window: Duration) -> (NetHandle, UnboundedReceiver<NetEvent>, Multiaddr) {
+    node_with(ConnLimits { greeting_window: window, ..ConnLimits::default() }).await
+}
+
+async fn node_with(limits: ConnLimits) -> (NetHandle, UnboundedReceiver<NetEvent>, Multiaddr) {
     let cfg = NetConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         kad_server: true,
-        limits: ConnLimits { greeting_window: window, ..ConnLimits::default() },
+        limits,
         ..NetConfig::default()
     };
     let (net, mut events) = super::spawn(cfg).unwrap();
@@ -42,6 +46,21 @@ async fn next_link(events: &mut UnboundedReceiver<NetEvent>, within: Duration) -
     .ok()
 }
 
+/// `client` asks `node` something and gets its answer.
+async fn greet(client: &NetHandle, node: &NetHandle, node_events: &mut UnboundedReceiver<NetEvent>) {
+    let (asker, node_id) = (client.clone(), node.local_peer_id());
+    let ask = tokio::spawn(async move { asker.request(node_id, Request::Hello(Hello::client("t".into()))).await });
+    let channel = loop {
+        match timeout(Duration::from_secs(10), node_events.recv()).await.unwrap() {
+            Some(NetEvent::Request { channel, .. }) => break channel,
+            Some(_) => {}
+            None => panic!("node stopped"),
+        }
+    };
+    node.respond(channel, Response::Ok).await.unwrap();
+    assert!(matches!(ask.await.unwrap(), Ok(Response::Ok)));
+}
+
 #[tokio::test]
 async fn a_connection_that_never_asks_anything_is_closed_and_one_that_greets_stays() {
     let (node_net, mut node_events, addr) = node(Duration::from_millis(500)).await;
@@ -55,18 +74,36 @@ async fn a_connection_that_never_asks_anything_is_closed_and_one_that_greets_sta
     let (talker, mut talker_events) = super::spawn(NetConfig::default()).unwrap();
     talker.dial(addr).await.unwrap();
     assert_eq!(next_link(&mut talker_events, Duration::from_secs(10)).await, Some(true));
-    let node_id = node_net.local_peer_id();
-    let asker = talker.clone();
-    let ask = tokio::spawn(async move { asker.request(node_id, Request::Hello(Hello::client("t".into()))).await });
-    let channel = loop {
-        match timeout(Duration::from_secs(10), node_events.recv()).await.unwrap() {
-            Some(NetEvent::Request { channel, .. }) => break channel,
-            Some(_) => {}
-            None => panic!("node stopped"),
-        }
-    };
-    node_net.respond(channel, Response::Ok).await.unwrap();
-    assert!(matches!(ask.await.unwrap(), Ok(Response::Ok)));
+    greet(&talker, &node_net, &mut node_events).await;
     assert_eq!(next_link(&mut talker_events, Duration::from_secs(2)).await, None, "still connected");
     drop((talker, mute));
+}
+
+#[tokio::test]
+async fn nodes_hold_no_idle_links_to_each_other_but_a_client_link_stays_through_silence() {
+    let quick = ConnLimits { idle_timeout: Duration::from_millis(500), ..ConnLimits::default() };
+    let (a, mut a_events, a_addr) = node_with(quick).await;
+    let (b, mut b_events, _) = node_with(quick).await;
+    // One node dials another (as Kademlia does): nothing keeps that link once it is idle.
+    b.dial(a_addr.clone()).await.unwrap();
+    assert_eq!(next_link(&mut b_events, Duration::from_secs(10)).await, Some(true));
+    assert_eq!(next_link(&mut b_events, Duration::from_secs(5)).await, Some(false), "idle link closed");
+
+    // A client that asked once keeps its link through a silence many times the idle timeout
+    // (a long job says nothing until it ends).
+    let (client, mut client_events) = super::spawn(NetConfig { limits: quick, ..NetConfig::default() }).unwrap();
+    client.dial(a_addr).await.unwrap();
+    assert_eq!(next_link(&mut client_events, Duration::from_secs(10)).await, Some(true));
+    greet(&client, &a, &mut a_events).await;
+    let a_id = a.local_peer_id();
+    // (The client may meanwhile learn of b from a's Kademlia table and connect to it.)
+    let closed = timeout(Duration::from_secs(3), async {
+        while let Some(ev) = client_events.recv().await {
+            if matches!(ev, NetEvent::Disconnected { peer } if peer == a_id) {
+                return;
+            }
+        }
+    });
+    assert!(closed.await.is_err(), "the client's link to the node was closed");
+    drop((a, b, client));
 }

@@ -39,6 +39,9 @@ pub struct ServeConfig {
     pub result_ttl: Duration,
     /// What one client may hold on the node at once.
     pub limits: PeerLimits,
+    /// Where the node counts its jobs, clients and bytes (`serve --metrics`); `None` counts
+    /// nothing.
+    pub metrics: Option<crate::metrics::NodeMetrics>,
 }
 
 impl ServeConfig {
@@ -61,6 +64,7 @@ impl ServeConfig {
             zombie_interval: Duration::from_secs(60),
             result_ttl: Duration::from_secs(86_400),
             limits: PeerLimits::default(),
+            metrics: None,
         }
     }
 }

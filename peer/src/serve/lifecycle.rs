@@ -4,7 +4,7 @@
 //! `Lease::release`, `Runs::kill_all` and `Outbox::take_undelivered`.)
 
 use super::slots::JobDone;
-use super::{Node, Stop};
+use super::{Node, Stop, load};
 use crate::error::Result;
 use crate::net::NetEvent;
 use dispy_protocol::{ClusterId, FileHash, JobOutcome, JobResult};
@@ -34,6 +34,7 @@ impl Node {
         mut stop: mpsc::UnboundedReceiver<Stop>,
         mut on_listening: impl FnMut(&Multiaddr),
     ) -> Result<()> {
+        load::start_sampler(self.cfg.dest.clone(), &self.machine);
         let mut drain_deadline: Option<tokio::time::Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
@@ -53,6 +54,7 @@ impl Node {
                     _ => break,
                 },
                 _ = tick.tick() => {
+                    self.record_load();
                     self.release_gone_clients();
                     self.save_waiting_results();
                     if self.served_enough() && drain_deadline.is_none() {

@@ -14,7 +14,8 @@
 //!   ownership.
 //! - `requests`: requests that need the disk before their answer (`lookup`: store
 //!   look-ups; recover and forget, bound to the cluster's `owner`), and cancel.
-//! - `limits`: what one client may hold on the node ([`PeerLimits`]).
+//! - `limits`: what one client may hold on the node ([`PeerLimits`]); `load`: the machine's
+//!   load, free memory and disk for the Hello, sampled off the node's task.
 //! - `uploads`: a lease's files arriving in chunks (`Uploads`).
 //! - `slots`: a lease's jobs from submit to end (`Runs`), started in CPU slots in
 //!   directories from `jobdirs`, through a `runner`.
@@ -37,6 +38,7 @@ mod kept;
 mod lease;
 mod lifecycle;
 mod limits;
+mod load;
 mod lookup;
 mod owner;
 mod private;
@@ -132,6 +134,8 @@ struct Ctx {
     max_return: Option<u64>,
     /// `cfg.job_token`, shared by the jobs' specs.
     job_token: Option<Arc<str>>,
+    /// `cfg.metrics`.
+    metrics: Option<crate::metrics::NodeMetrics>,
 }
 
 impl Ctx {
@@ -179,6 +183,8 @@ pub struct Node {
     recovering: HashSet<ClusterId>,
     /// The machine's memory, read once at start (a Hello reads no file on the node's task).
     memory_bytes: Option<u64>,
+    /// The machine's load, free memory and disk, sampled off the node's task (`load`).
+    machine: load::Latest,
 }
 
 impl Node {
@@ -246,8 +252,9 @@ impl Node {
             max_output: cfg.max_output,
             max_return: cfg.max_return,
             job_token: cfg.job_token.as_deref().map(Arc::from),
+            metrics: cfg.metrics.clone(),
         };
-        Ok(Node {
+        let node = Node {
             _reaper: reaper,
             ctx,
             leases: Leases::default(),
@@ -263,7 +270,11 @@ impl Node {
             pending: HashMap::new(),
             recovering: HashSet::new(),
             memory_bytes: memory_bytes(),
-        })
+            machine: load::Latest::default(),
+        };
+        // A scrape before the first sample sees the node's slots, not zero.
+        node.record_load();
+        Ok(node)
     }
 
     /// Where the job directories live.
@@ -362,6 +373,10 @@ impl Node {
         match msg {
             Completion::JobDone(done) => {
                 let cluster = done.cluster;
+                if let Some(m) = &self.ctx.metrics {
+                    m.job_ended(&done.result.outcome);
+                    m.returned(done.result.returned.iter().map(|f| f.size).sum());
+                }
                 let (held_slot, unused) = slots::job_done(self.leases.0.get_mut(&cluster), done, &mut self.ctx.trash);
                 if held_slot {
                     self.free += 1;
@@ -476,10 +491,23 @@ impl Node {
         }
     }
 
+    /// Sets the metrics' gauges: slots, running jobs, clients holding a lease.
+    fn record_load(&self) {
+        let Some(m) = &self.ctx.metrics else { return };
+        let clients = self.leases.0.values().filter(|c| !c.released).map(|c| c.client).collect::<HashSet<PeerId>>();
+        m.set_load(self.cfg.cpus, self.cfg.cpus.saturating_sub(self.free), clients.len());
+    }
+
     fn hello(&self) -> Hello {
         let zombie_secs = Some(self.cfg.zombie_interval.as_secs());
+        let live = || self.leases.0.values().filter(|c| !c.released);
+        let clients = live().map(|c| c.client).collect::<HashSet<PeerId>>().len();
+        let jobs_queued: u64 = live().map(|c| c.runs.queued().0 as u64).sum();
+        let machine = self.machine.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let load = machine.load(u32::try_from(clients).unwrap_or(u32::MAX), jobs_queued);
         Hello {
             zombie_secs,
+            load: Some(Box::new(load)),
             ..Hello::node(self.cfg.name.clone(), self.cfg.cpus, self.free, self.cfg.max_file_size, self.memory_bytes)
         }
     }

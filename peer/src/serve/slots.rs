@@ -219,6 +219,9 @@ pub(super) fn start_jobs(leases: &mut Leases, free: &mut u32, ctx: &mut Ctx) -> 
 /// Starts one job of `lease` in a slot already taken.
 fn start(id: ClusterId, lease: &mut Lease, job: JobSpec, ctx: &mut Ctx) {
     let (kill_tx, kill_rx) = oneshot::channel();
+    if let Some(m) = &ctx.metrics {
+        m.job_started();
+    }
     lease.ran = true;
     let runs = &mut lease.runs;
     runs.running.insert(job.id, kill_tx);

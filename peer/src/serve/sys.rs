@@ -46,3 +46,21 @@ pub(crate) fn exit_watch(pid: u32) -> Option<tokio::io::unix::AsyncFd<std::os::f
     // it is dropped, which is what `register` asks for.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
 }
+
+/// Bytes free to this (unprivileged) user on the file system holding `path` (statvfs(3):
+/// available blocks × fragment size); `None` if it cannot be read.
+pub(crate) fn disk_free(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs only writes into the struct we pass, which is plain data and may
+    // start zeroed; the path is a valid NUL-terminated string that outlives the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut st) };
+    if rc != 0 {
+        return None;
+    }
+    // Both are u64 on 64-bit Linux but narrower elsewhere.
+    #[allow(clippy::useless_conversion)]
+    let (blocks, size) = (u64::from(st.f_bavail), u64::from(st.f_frsize));
+    blocks.checked_mul(size)
+}

@@ -165,6 +165,9 @@ impl Uploads {
             }
             (Ok(true), Some(upload)) => {
                 self.staged.insert(hash);
+                if let Some(m) = &ctx.metrics {
+                    m.staged(upload.size());
+                }
                 debug!(%cluster, %hash, "file staged");
                 let extra = format!("more bytes than the declared size of {}", upload.size());
                 (Response::ChunkStored(ChunkStored { hash, complete: true }), Some(extra))

@@ -3,12 +3,14 @@
 //! `--args-file` lines that ran no job: reported as an error once the other jobs ended).
 
 mod jobs;
+mod metrics;
 mod opts;
 mod print;
+mod progress;
 mod secret_env;
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use dispy::{Cluster, LocalMode, NodePattern, Secret};
 use dispy_node::net::NetConfig;
 use dispy_node::serve::{self, ServeConfig, Stop};
@@ -58,10 +60,13 @@ fn main() -> ExitCode {
         match opt.cmd {
             Cmd::Serve(o) => serve(o).await.map(|()| true),
             Cmd::Submit(o) => submit(o).await,
-            Cmd::Nodes(o) => nodes(o).await.map(|()| true),
+            Cmd::Nodes(o) => nodes(o, false).await.map(|()| true),
+            Cmd::Status(o) => nodes(o, true).await.map(|()| true),
             Cmd::Recover(o) => recover(o).await,
             Cmd::Keygen { file } => keygen(&file).map(|()| true),
             Cmd::Identity { file } => identity(&file).map(|()| true),
+            Cmd::Completions { shell } => completions(shell).map(|()| true),
+            Cmd::Manpage { dir } => manpage(dir.as_deref()).map(|()| true),
         }
     });
     // Don't wait for lingering blocking tasks (a stuck disk read) at exit.
@@ -126,7 +131,7 @@ fn init_tracing(opt: &Opt) {
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(progress::log_writer)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
@@ -166,6 +171,15 @@ async fn serve(o: ServeOpt) -> anyhow::Result<()> {
         ),
     }
     let dest = o.dest_path.unwrap_or_else(dispy_node::serve::default_dest);
+    let metrics = match o.metrics {
+        Some(addr) => {
+            let metrics = dispy_node::metrics::Metrics::new();
+            let bound = metrics::start(addr, metrics.clone()).await?;
+            println!("metrics http://{bound}/metrics");
+            Some(metrics)
+        }
+        None => None,
+    };
     let cfg = NetConfig {
         listen: o.listen.clone(),
         psk,
@@ -175,6 +189,7 @@ async fn serve(o: ServeOpt) -> anyhow::Result<()> {
         heartbeat: secs(o.heartbeat, "--heartbeat")?,
         keypair,
         allowed_peers,
+        metrics: metrics.clone(),
         ..NetConfig::default()
     };
     let serve_cfg = ServeConfig {
@@ -186,6 +201,7 @@ async fn serve(o: ServeOpt) -> anyhow::Result<()> {
         serve_clusters: o.serve_clusters,
         zombie_interval: secs(o.zombie_interval, "--zombie-interval")?,
         result_ttl: secs(o.result_ttl, "--result-ttl")?,
+        metrics: metrics.map(|m| m.node),
         ..ServeConfig::new(o.name.unwrap_or_else(dispy::host_name), cpus as u32, dest.clone())
     };
     tracing::info!(name = %serve_cfg.name, cpus, dest = %dest.display(), "node starting");
@@ -312,18 +328,30 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
         b = b.returns(g.clone());
     }
     b = b.results_dir(&o.results_dir);
+    let progress = progress::Progress::new(progress::Progress::wanted(o.json));
+    if let Some(hook) = progress.hook() {
+        b = b.on_job_status(hook);
+    }
+    if let Some(addr) = o.web {
+        b = b.web(addr);
+    }
     let mut cluster = b.start().await?;
+    if let Some(url) = cluster.web_url() {
+        eprintln!("dispy-peer: web monitor at {url}");
+    }
     let file_name = args_file.as_ref().map(|f| f.name().to_string());
     let mut more = args_file.map(jobs::ArgsFile::spawn).transpose()?;
     // Jobs submitted and not reported yet: the args file is read only while there is room.
     let (mut outstanding, mut total);
     if each_file.is_empty() {
         (outstanding, total) = (first.len(), first.len());
+        progress.submitted(total);
         if !first.is_empty() {
             cluster.submit_all(first).await?;
         }
     } else {
         (outstanding, total) = (each_file.len(), each_file.len());
+        progress.submitted(total);
         cluster.submit_all_with(each_file).await?;
     }
     let mut printer = print::Printer::new(o.json);
@@ -355,6 +383,7 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
                     bad_lines += batch.bad_lines;
                     if !batch.jobs.is_empty() {
                         (total, outstanding) = (total + batch.jobs.len(), outstanding + batch.jobs.len());
+                        progress.submitted(batch.jobs.len());
                         cluster.submit_all(batch.jobs).await?;
                     }
                 }
@@ -364,7 +393,10 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
                 Ok(Some(job)) => {
                     outstanding -= 1;
                     tally.add(&job);
-                    printer.job(&job)?;
+                    progress.ended(dispy::JobStatus::of(&job.outcome));
+                    if !o.quiet {
+                        progress.suspend(|| printer.job(&job))?;
+                    }
                 }
                 Ok(None) => break,
                 Err(e @ (dispy::Error::NoNodes(_) | dispy::Error::LocalNode(_))) if fatal.is_none() => {
@@ -376,25 +408,29 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
             Ok(()) = &mut first_rx, if !interrupted => {
                 interrupted = true;
                 more = None;
-                eprintln!("dispy-peer: interrupted; cancelling the remaining jobs (Ctrl-C again to leave at once)");
+                progress.suspend(|| {
+                    eprintln!("dispy-peer: interrupted; cancelling the remaining jobs (Ctrl-C again to leave at once)");
+                });
                 cluster.cancel_all().await?;
             }
         }
     }
     let stats = cluster.close().await?;
+    progress.finish();
     printer.summary(&stats, total, &tally, bad_lines)?;
     if let Some(e) = fatal {
         // Nothing ran at all: the run itself failed (exit 2); otherwise some jobs did run,
         // and the ones that did not are in the output and the summary (exit 1).
         if tally.ran() == 0 {
-            return Err(anyhow::Error::new(e).context(format!("{} job(s) not run", tally.total())));
+            return Err(anyhow::Error::new(e).context(format!("{} not run", print::count(tally.total(), "job"))));
         }
         eprintln!("dispy-peer: error: {e}");
         return Ok(false);
     }
     if bad_lines > 0 {
         let file = file_name.unwrap_or_default();
-        bail!("{bad_lines} line(s) of --args-file {file} ran no job (each is named above)");
+        let lines = print::count(bad_lines, "line");
+        bail!("{lines} of --args-file {file} ran no job (each is named above)");
     }
     Ok(tally.all_succeeded() && !interrupted)
 }
@@ -407,7 +443,8 @@ async fn next_batch(more: &mut Option<tokio::sync::mpsc::Receiver<jobs::Batch>>)
     }
 }
 
-async fn nodes(o: NodesOpt) -> anyhow::Result<()> {
+/// `nodes`, or with `load` `status`: the nodes that answer, and what each is doing.
+async fn nodes(o: NodesOpt, load: bool) -> anyhow::Result<()> {
     let opts = dispy::DiscoverOptions {
         mdns: !o.find.no_mdns,
         peers: o.find.peers,
@@ -416,7 +453,11 @@ async fn nodes(o: NodesOpt) -> anyhow::Result<()> {
         identity: load_identity(&o.identity)?,
     };
     let found = dispy::discover(opts, secs(o.find.discover_timeout, "--discover-timeout")?).await?;
-    print::nodes(&found, o.json)?;
+    if load && !o.json {
+        print::status(&found)?;
+    } else {
+        print::nodes(&found, o.json)?;
+    }
     if found.is_empty() {
         bail!("no node answered within {} s", o.find.discover_timeout);
     }
@@ -461,5 +502,30 @@ fn identity(file: &std::path::Path) -> anyhow::Result<()> {
 fn keygen(file: &std::path::Path) -> anyhow::Result<()> {
     let psk = dispy_node::psk::write_key_file(file)?;
     println!("wrote {} (fingerprint {}); copy it to every node and client", file.display(), psk.fingerprint());
+    Ok(())
+}
+
+/// `completions SHELL`: the script clap_complete makes from the options, on stdout.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    clap_complete::generate(shell, &mut Opt::command(), "dispy-peer", &mut out);
+    out.flush()?;
+    Ok(())
+}
+
+/// `manpage`: dispy-peer.1 on stdout, or every page (one per subcommand) into `dir`.
+fn manpage(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    match dir {
+        Some(dir) => {
+            clap_mangen::generate_to(Opt::command(), dir)
+                .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
+            println!("wrote the man pages into {}", dir.display());
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(Opt::command()).render(&mut out)?;
+            out.flush()?;
+        }
+    }
     Ok(())
 }

@@ -39,6 +39,24 @@ pub(crate) enum Cmd {
         /// The identity file, as given to `--identity`.
         file: PathBuf,
     },
+    // The small comforts (issue 13): completions and man pages, made from these options.
+    /// Print a shell completion script: `dispy-peer completions bash >
+    /// ~/.local/share/bash-completion/completions/dispy-peer` (zsh: a `_dispy-peer` file on
+    /// $fpath; fish: ~/.config/fish/completions/dispy-peer.fish).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (`dispy-peer manpage > dispy-peer.1`), or with --dir write one
+    /// page per subcommand there too (dispy-peer-serve.1, ...).
+    Manpage {
+        /// Write dispy-peer.1 and a page per subcommand into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// The nodes that answer, with what each is doing: CPUs busy, clients, jobs queued,
+    /// load average, free memory and free disk of its store (dispy's DispyNodeAvailInfo).
+    Status(NodesOpt),
 }
 
 /// The cluster secret, shared by every node and client of a mesh.
@@ -118,6 +136,10 @@ pub(crate) struct ServeOpt {
     /// node decides it is gone: kills its jobs, frees its CPUs, deletes its files.
     #[arg(long, default_value_t = 60.0, value_name = "SECS")]
     pub(crate) zombie_interval: f64,
+    /// Expose Prometheus metrics at http://ADDR/metrics: ADDR is PORT (on 127.0.0.1),
+    /// IP:PORT or [IPv6]:PORT; port 0 picks one. The address is printed on stdout.
+    #[arg(long, value_name = "ADDR", value_parser = dispy::web::parse_addr)]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
     /// Seconds the results a gone client never collected are kept for `recover`.
     #[arg(long, default_value_t = 86400.0, value_name = "SECS")]
     pub(crate) result_ttl: f64,
@@ -211,11 +233,20 @@ pub(crate) struct SubmitOpt {
     /// Print one JSON object per job per line (and one for the summary).
     #[arg(long)]
     pub(crate) json: bool,
+    /// Print only the summary, not a line per job. (A progress bar shows on stderr when
+    /// it is a terminal, unless --json.)
+    #[arg(long, short = 'q')]
+    pub(crate) quiet: bool,
     /// Record the cluster and its jobs here, for `dispy-peer recover` after a crash.
     #[arg(long, value_name = "FILE")]
     pub(crate) journal: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) identity: IdentityOpt,
+    /// Serve a live web page of the run (nodes, jobs, cancel buttons) at ADDR: PORT (on
+    /// 127.0.0.1), IP:PORT or [IPv6]:PORT; port 0 picks one. Its URL, printed on stderr,
+    /// holds the token cancelling needs.
+    #[arg(long, value_name = "ADDR", value_parser = dispy::web::parse_addr)]
+    pub(crate) web: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]

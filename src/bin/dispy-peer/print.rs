@@ -105,7 +105,7 @@ impl Printer {
             }
         }
         if !self.json {
-            writeln!(self.out, "{} job(s) lost", lost.len())?;
+            writeln!(self.out, "{} lost", count(lost.len(), "job"))?;
         }
         self.out.flush()
     }
@@ -137,7 +137,7 @@ impl Printer {
                     .filter(|(s, _)| **s != JobStatus::Finished)
                     .map(|(s, n)| format!("{n} {}", s.as_str()))
                     .collect();
-                writeln!(self.out, "{not_ok} of {total} jobs did not succeed ({})", parts.join(", "))?;
+                writeln!(self.out, "{not_ok} of {} did not succeed ({})", count(total, "job"), parts.join(", "))?;
             }
         }
         self.out.flush()
@@ -173,6 +173,11 @@ impl Tally {
     }
 }
 
+/// `1 job`, `2 jobs`: a count and its noun, plural unless it is one.
+pub(crate) fn count(n: usize, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
 fn ensure_newline(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
     if !bytes.is_empty() && !bytes.ends_with(b"\n") {
         writeln!(out)?;
@@ -194,6 +199,46 @@ pub(crate) fn nodes(found: &[FoundNode], json: bool) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `status`: a line per node with what it is doing and has free (`-` where a node does not
+/// say: an older node, or a figure it cannot read).
+pub(crate) fn status(found: &[FoundNode]) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "{:<24} {:>9} {:>7} {:>7} {:>6} {:>10} {:>10}",
+        "node", "cpus busy", "clients", "queued", "load", "mem free", "disk free"
+    )?;
+    let dash = || "-".to_string();
+    for n in found {
+        let busy = format!("{}/{}", n.cpus.saturating_sub(n.free_cpus), n.cpus);
+        let (clients, queued, load, mem, disk) = match &n.load {
+            Some(l) => (
+                l.clients.to_string(),
+                l.jobs_queued.to_string(),
+                l.load_avg.map_or_else(dash, |a| format!("{a:.2}")),
+                l.memory_free_bytes.map_or_else(dash, human_bytes),
+                l.disk_free_bytes.map_or_else(dash, human_bytes),
+            ),
+            None => (dash(), dash(), dash(), dash(), dash()),
+        };
+        let line = format!("{:<24} {busy:>9} {clients:>7} {queued:>7} {load:>6} {mem:>10} {disk:>10}", n.name);
+        writeln!(out, "{}", clean_str(&line))?;
+    }
+    Ok(())
+}
+
+/// `812 B`, `5.0 MiB`, `1.2 TiB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
 }
 
 /// `bytes` with every terminal control character shown as a visible `\xNN` escape instead

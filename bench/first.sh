@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# A LAN's first result (issue 14): N (3) `serve --cpus 2` nodes, each in its own network
+# namespace on one bridge (mDNS on, 10.85.0.0/24), and a client in a namespace of its own
+# (examples/first_result.rs), timed from the client's process start to its first job's
+# result. Per repetition, on fresh nodes (empty stores):
+#   fn_fresh_ms    a function cluster: the client's executable is staged to the nodes first
+#   fn_cached_ms   the same again: the nodes have the executable already
+#   prog_ms        a program cluster (`/bin/true`)
+# and fn_exe_mb, the size of the executable that travels. Prints JSON lines
+# {"bench","metric","value","unit","rep","date"} (the format of ../shared/bench/).
+#
+# usage: bench/first.sh      env: REPS (3), N (3), PROFILE (release); BIN and PROBE: other
+#                             builds of dispy-peer and of the probe (a before/after pass)
+# Needs root (ip netns). Everything it starts runs inside the namespaces it makes; mDNS never
+# runs in the machine's own. It stops what it started by PID and deletes its namespaces on
+# exit, also on failure or Ctrl-C.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+REPS="${REPS:-3}"; N="${N:-3}"; PROFILE="${PROFILE:-release}"
+[ "$(id -u)" = 0 ] || { echo "bench/first.sh makes network namespaces: run it as root" >&2; exit 2; }
+flag=(); [ "$PROFILE" = release ] && flag=(--release)
+if [ -z "${PROBE:-}" ]; then
+  (cd "$ROOT" && cargo build "${flag[@]}" --quiet --bin dispy-peer --example first_result)
+fi
+BIN="${BIN:-$ROOT/target/$PROFILE/dispy-peer}"; PROBE="${PROBE:-$ROOT/target/$PROFILE/examples/first_result}"
+export PROBE_SECRET=bench PROBE_TIMEOUT=30
+P="dpf$$"
+W=$(mktemp -d /tmp/dispy-peer-first.XXXXXX)
+PIDS=(); SPACES=()
+source "$ROOT/bench/common.sh"
+
+stop_nodes() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  PIDS=()
+}
+cleanup() {
+  stop_nodes
+  if [ "${#SPACES[@]}" -gt 0 ]; then printf 'netns del %s\n' "${SPACES[@]}" | ip -force -batch - 2>/dev/null || true; fi
+  rm -rf "$W"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+addr() { echo "10.85.0.$(($1 + 1))"; }
+mac() { printf '02:85:00:00:00:%02x' "$(($1 + 1))"; }
+# The LAN: a bridge namespace, the client's (0) and N nodes' (1..N), with every host's MAC
+# address known to every other (as on a LAN that has talked before).
+SPACES=("$P-hub"); for i in $(seq 0 "$N"); do SPACES+=("$P-$i"); done
+printf 'netns add %s\n' "${SPACES[@]}" | ip -batch -
+{
+  echo "link set lo up"; echo "link add br0 type bridge"; echo "link set br0 up"
+  for i in $(seq 0 "$N"); do
+    echo "link add p$i type veth peer name eth0 address $(mac "$i") netns $P-$i"
+    echo "link set p$i master br0"; echo "link set p$i up"
+  done
+} | ip -n "$P-hub" -batch -
+for i in $(seq 0 "$N"); do
+  {
+    printf 'link set lo up\naddr add %s/24 dev eth0\nlink set eth0 up\n' "$(addr "$i")"
+    echo "neigh replace 224.0.0.251 lladdr 01:00:5e:00:00:fb dev eth0 nud permanent"
+    for j in $(seq 0 "$N"); do echo "neigh replace $(addr "$j") lladdr $(mac "$j") dev eth0 nud permanent"; done
+  } | ip -n "$P-$i" -batch -
+done
+
+probe() { # probe KIND REP -> milliseconds to the first result
+  local out
+  out=$(ip netns exec "$P-0" "$PROBE" "$1" 2>"$W/probe.err") || { echo "first_result $1 failed: $(cat "$W/probe.err")" >&2; exit 1; }
+  python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["first_result_s"] * 1000, 1))' "$out"
+}
+
+for rep in $(seq "$REPS"); do
+  for i in $(seq "$N"); do
+    mkdir -p "$W/$rep/$i"
+    ip netns exec "$P-$i" "$BIN" serve --cpus 2 --name "f$i" --secret "$PROBE_SECRET" \
+      --listen /ip4/0.0.0.0/tcp/9700 --drain-timeout 1 --dest-path "$W/$rep/$i/dest" >"$W/$rep/$i/out" 2>"$W/$rep/$i/err" &
+    PIDS+=($!)
+  done
+  for i in $(seq "$N"); do
+    for _ in $(seq 300); do grep -q '^listening ' "$W/$rep/$i/out" && break; sleep 0.1; done
+    grep -q '^listening ' "$W/$rep/$i/out" || { echo "node $i did not start: $(cat "$W/$rep/$i/err")" >&2; exit 1; }
+  done
+  sleep 1
+  emit dispy-peer fn_fresh_ms "$(probe function)" ms "$rep"
+  emit dispy-peer fn_cached_ms "$(probe function)" ms "$rep"
+  emit dispy-peer prog_ms "$(probe program)" ms "$rep"
+  stop_nodes
+  rm -rf "${W:?}/$rep"
+done
+emit dispy-peer fn_exe_mb "$(python3 -c "import os; print(round(os.path.getsize('$PROBE') / 1e6, 1))")" MB 1

@@ -1,0 +1,176 @@
+//! A mesh of nodes in one process: the real behaviours, key, encryption and multiplexing
+//! over the in-process `/memory/` transport. What Kademlia makes of it: how many hops a
+//! lookup takes, how many connections a node holds. 100 nodes by default, to keep the suite
+//! short; `DISPY_SIM_NODES` sets another size.
+
+use super::{Census, ConnLimits, NetConfig, NetHandle};
+use libp2p::multiaddr::Protocol;
+use libp2p::pnet::PreSharedKey;
+use libp2p::{Multiaddr, PeerId, kad};
+use rand::{Rng, SeedableRng};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+struct Peer {
+    net: NetHandle,
+    addr: Multiaddr,
+}
+
+fn config(port: u64, bootstrap: Option<&Peer>, kad_server: bool) -> NetConfig {
+    NetConfig {
+        listen: if kad_server { vec![Multiaddr::empty().with(Protocol::Memory(port))] } else { Vec::new() },
+        psk: Some(PreSharedKey::new([7; 32])),
+        kad_server,
+        bootstrap: bootstrap.map(|b| b.addr.clone()).into_iter().collect(),
+        // Links that nothing keeps close quickly, so the steady state shows within the test.
+        limits: ConnLimits { idle_timeout: Duration::from_secs(2), ..ConnLimits::default() },
+        ..NetConfig::default()
+    }
+}
+
+async fn census_all(peers: &[Peer]) -> Vec<Census> {
+    let mut out = Vec::with_capacity(peers.len());
+    for p in peers {
+        out.push(p.net.census().await.expect("a census"));
+    }
+    out
+}
+
+/// Rounds of Kademlia's iterative lookup from `from` to `to` over the routing tables, as
+/// libp2p-kad runs it: each round asks the ALPHA nearest peers not asked yet among the K
+/// nearest known, each answering with the K nearest to the target in its table; `None` if
+/// no peer is left to ask before the target is known. (A greedy walk, one peer a step, is
+/// stricter than Kademlia: it can stop at a peer whose table lacks a nearer one, which the
+/// other answers of the same round cover.)
+fn lookup_rounds(tables: &HashMap<PeerId, Vec<PeerId>>, from: PeerId, to: PeerId) -> Option<u32> {
+    const ALPHA: usize = 3;
+    const K: usize = 20;
+    let target = kad::KBucketKey::from(to);
+    let dist = |p: &PeerId| kad::KBucketKey::from(*p).distance(&target);
+    let nearest = |peers: &mut Vec<PeerId>| {
+        peers.sort_by_key(|p| dist(p));
+        peers.dedup();
+    };
+    let mut known: Vec<PeerId> = tables.get(&from)?.clone();
+    nearest(&mut known);
+    let mut asked: HashSet<PeerId> = HashSet::from([from]);
+    let mut rounds = 0;
+    while from != to && !known.contains(&to) {
+        let ask: Vec<PeerId> = known.iter().take(K).filter(|p| !asked.contains(*p)).take(ALPHA).copied().collect();
+        if ask.is_empty() || rounds > 32 {
+            return None;
+        }
+        rounds += 1;
+        for p in ask {
+            asked.insert(p);
+            let mut answer = tables.get(&p).cloned().unwrap_or_default();
+            nearest(&mut answer);
+            known.extend(answer.into_iter().take(K));
+        }
+        nearest(&mut known);
+    }
+    Some(rounds)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_of_nodes_routes_in_a_few_hops_and_holds_no_idle_links() {
+    let n: usize = std::env::var("DISPY_SIM_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    // Memory ports are process-wide: a range of our own.
+    let base = 1_000_000 + rng.gen_range(0..1_000_000u64) * 10_000;
+    let started = Instant::now();
+    eprintln!("starting {n} nodes");
+    let mut nodes: Vec<Peer> = Vec::with_capacity(n);
+    for i in 0..n {
+        // Each node knows one node that came before it, as a LAN's nodes each know one
+        // bootstrap address in some other room.
+        let boot = (i > 0).then(|| &nodes[rng.gen_range(0..i)]);
+        let port = base + u64::try_from(i).expect("a small index");
+        let (net, events) = super::spawn(config(port, boot, true)).expect("a node");
+        drop(events); // nodes here only route; nothing to read.
+        let addr = Multiaddr::empty().with(Protocol::Memory(port)).with(Protocol::P2p(net.local_peer_id()));
+        nodes.push(Peer { net, addr });
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // Let the routing tables fill; watch the connections meanwhile.
+    let mut peak = 0;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let census = loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let census = census_all(&nodes).await;
+        peak = peak.max(census.iter().map(|c| c.connections).max().unwrap_or(0));
+        let thin = census.iter().filter(|c| c.routing.len() < 20.min(n - 1)).count();
+        eprintln!(
+            "{:?}: {thin} of {n} nodes know fewer than 20 (or all) peers; peak connections {peak}",
+            started.elapsed()
+        );
+        if thin == 0 || Instant::now() > deadline {
+            break census;
+        }
+    };
+    let settled = started.elapsed();
+    let tables: HashMap<PeerId, Vec<PeerId>> =
+        nodes.iter().zip(&census).map(|(p, c)| (p.net.local_peer_id(), c.routing.clone())).collect();
+    let sizes: Vec<usize> = census.iter().map(|c| c.routing.len()).collect();
+    let mean_table = sizes.iter().sum::<usize>() as f64 / n as f64;
+
+    // Lookups between random pairs.
+    let ids: Vec<PeerId> = nodes.iter().map(|p| p.net.local_peer_id()).collect();
+    let mut hops = Vec::new();
+    let mut stuck = 0;
+    for _ in 0..500 {
+        let (a, b) = (ids[rng.gen_range(0..n)], ids[rng.gen_range(0..n)]);
+        match lookup_rounds(&tables, a, b) {
+            Some(h) => hops.push(h),
+            None => stuck += 1,
+        }
+    }
+    hops.sort_unstable();
+    let mean_hops = f64::from(hops.iter().sum::<u32>()) / hops.len().max(1) as f64;
+    let max_hops = hops.last().copied().unwrap_or(0);
+
+    // Once lookups end, links between nodes idle out: an idle mesh holds none.
+    let idle_by = Instant::now() + Duration::from_secs(60);
+    let idle_max = loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let idle = census_all(&nodes).await;
+        let max = idle.iter().map(|c| c.connections).max().unwrap_or(0);
+        if max == 0 || Instant::now() > idle_by {
+            break max;
+        }
+    };
+    let idle_after = started.elapsed();
+
+    // A client joins through one node and dials every node Kademlia shows it.
+    let (client, _client_events) = super::spawn(config(0, Some(&nodes[n / 2]), false)).expect("a client");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let seen = client.census().await.expect("client census");
+
+    // What stays is each node's link to the client.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let steady = census_all(&nodes).await;
+    let steady_max = steady.iter().map(|c| c.connections).max().unwrap_or(0);
+    let steady_mean = steady.iter().map(|c| f64::from(c.connections)).sum::<f64>() / n as f64;
+    let distinct: HashSet<&PeerId> = tables.values().flatten().collect();
+    eprintln!(
+        "{n} nodes: settled in {settled:?}; routing table mean {mean_table:.1} (min {}), {} peers known in all; \
+         lookups: mean {mean_hops:.2} rounds, max {max_hops}, stuck {stuck}/500; connections per node: \
+         peak {peak}, idle max {idle_max} at {idle_after:?}, with a client max {steady_max} mean {steady_mean:.1}; client after 8 s: {} connections, {} in its table",
+        sizes.iter().min().unwrap_or(&0),
+        distinct.len(),
+        seen.connections,
+        seen.routing.len(),
+    );
+    assert_eq!(distinct.len(), n, "every node is in someone's routing table");
+    assert_eq!(stuck, 0, "every lookup reaches its target");
+    assert!(mean_hops <= 4.0 && max_hops <= 8, "lookups take a few hops: mean {mean_hops:.2}, max {max_hops}");
+    assert_eq!(idle_max, 0, "an idle mesh holds no links between nodes");
+    assert!(steady_max <= 2, "a node holds its link to the client, no more: {steady_max}");
+    assert!(peak <= 256, "no node ever holds many connections: {peak}");
+    for p in nodes {
+        p.net.shutdown().await;
+    }
+}
