@@ -105,7 +105,9 @@ fn a_hundred_thousand_jobs_stream_from_stdin_in_bounded_memory() {
             writeln!(w, "{i} {pad}").unwrap();
         }
     });
-    let out = client.wait(Duration::from_secs(240));
+    // Its pace is the machine's (~100 s alone on 2 CPUs, several times that beside the
+    // rest of the suite): the bound is on progress, a result at least every minute.
+    let out = client.wait_progressing(Duration::from_secs(60), Duration::from_secs(900));
     writer.join().unwrap();
     let secs = t.elapsed().as_secs_f64();
     out.expect_code(0);

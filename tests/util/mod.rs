@@ -115,18 +115,40 @@ impl Proc {
     }
 
     /// Waits for the process to exit, killing it past `within`.
-    pub fn wait(mut self, within: Duration) -> Finished {
-        let deadline = Instant::now() + within;
+    pub fn wait(self, within: Duration) -> Finished {
+        self.wait_progressing(within, within)
+    }
+
+    /// Waits for the process to exit, killing it once its stdout has not grown for `stall`
+    /// or past `cap`: for a long run whose pace depends on the machine's load (a bound on
+    /// progress, not a speed test).
+    pub fn wait_progressing(mut self, stall: Duration, cap: Duration) -> Finished {
+        let start = Instant::now();
+        let (mut seen, mut moved) = (0, start);
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 break status;
             }
-            if Instant::now() > deadline {
+            let now = Instant::now();
+            let len = self.stdout.lock().unwrap().len();
+            if len != seen {
+                (seen, moved) = (len, now);
+            }
+            if now - moved > stall || now - start > cap {
                 let _ = self.child.kill();
+                let out = self.stdout();
+                let mut from = out.len().saturating_sub(TAIL);
+                while !out.is_char_boundary(from) {
+                    from += 1;
+                }
+                let tail = &out[from..];
                 panic!(
-                    "{} did not finish within {within:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    "{} did not finish: {:?} since its last output, {:?} in all (bounds {stall:?} and {cap:?})\n\
+                     --- stdout ({} bytes, its end) ---\n{tail}\n--- stderr ---\n{}",
                     self.name,
-                    self.stdout(),
+                    now - moved,
+                    now - start,
+                    out.len(),
                     self.stderr()
                 );
             }
@@ -160,6 +182,9 @@ impl Drop for Proc {
         }
     }
 }
+
+/// How much of a process's stdout a failure shows (its end).
+const TAIL: usize = 64 << 10;
 
 /// The signal a service is stopped with.
 const SIGTERM: &str = "TERM";
