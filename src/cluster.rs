@@ -175,7 +175,7 @@ impl<A, R> Cluster<A, R> {
         } else {
             (None, None)
         };
-        Ok((NewJob { id, args, input, view, node, files: Vec::new() }, rx))
+        Ok((NewJob::new(id, args, input, view, node), rx))
     }
 
     /// Queues a job; returns its handle at once. Await the handle for the result.
@@ -211,8 +211,8 @@ impl<A, R> Cluster<A, R> {
     /// missing, unreadable or not a regular file (the job is not queued).
     pub async fn submit_with(&mut self, arg: A, files: Vec<PathBuf>) -> Result<Job<R>> {
         let mut inputs = describe_inputs(vec![files]).await?;
-        let (mut job, rx) = self.new_job(&arg, true, None)?;
-        job.files = inputs.pop().unwrap_or_default();
+        let (job, rx) = self.new_job(&arg, true, None)?;
+        let job = job.with_files(inputs.pop().unwrap_or_default());
         let id = job.id;
         self.cmds.send(Cmd::Submit { jobs: vec![job] }).await.map_err(|_| Error::Closed)?;
         let rx = rx.ok_or(Error::Closed)?;
@@ -231,9 +231,7 @@ impl<A, R> Cluster<A, R> {
         let inputs = describe_inputs(files).await?;
         let mut batch = Vec::with_capacity(args.len());
         for (a, files) in args.iter().zip(inputs) {
-            let mut job = self.new_job(a, false, None)?.0;
-            job.files = files;
-            batch.push(job);
+            batch.push(self.new_job(a, false, None)?.0.with_files(files));
         }
         let ids: Vec<JobId> = batch.iter().map(|j| j.id).collect();
         self.outstanding += ids.len();

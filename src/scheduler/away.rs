@@ -238,7 +238,7 @@ impl Core {
                     adopt.insert(id);
                 }
                 // Its result came back early (see `adopt_early`).
-                Some(JobState::OnNode(p)) if *p == peer => {}
+                Some(JobState::OnNode(p)) if **p == peer => {}
                 _ => cancel.push(id),
             }
         }
@@ -275,7 +275,7 @@ impl Core {
         ids.sort();
         for id in ids {
             let Some(job) = self.jobs.get_mut(&id) else { continue };
-            job.state = JobState::OnNode(peer);
+            job.state = JobState::on(peer);
             self.dispatch_seq += 1;
             job.dispatched = self.dispatch_seq;
             if let Some(node) = self.nodes.get_mut(&peer) {
@@ -293,9 +293,9 @@ impl Core {
         for id in ids {
             let Some(job) = self.jobs.get_mut(&id) else { continue };
             let args = job.args.clone();
-            let (node, outcome) = match job.state {
-                JobState::Queued => (None, JobOutcome::NotRun(why.to_string())),
-                JobState::OnNode(peer) => {
+            let (node, outcome) = match job.state.node() {
+                None => (None, JobOutcome::NotRun(why.to_string())),
+                Some(peer) => {
                     if job.fetching.take().is_some() {
                         self.out.push(Effect::StopFetch { peer, job: id });
                     }
@@ -320,7 +320,7 @@ impl Core {
         let mut per_node: std::collections::HashMap<PeerId, Vec<JobId>> = std::collections::HashMap::new();
         for id in ids {
             match self.jobs.get(&id).map(|j| &j.state) {
-                Some(JobState::OnNode(peer)) => per_node.entry(*peer).or_default().push(id),
+                Some(JobState::OnNode(peer)) => per_node.entry(**peer).or_default().push(id),
                 Some(JobState::Queued) => {
                     let args = self.jobs.get(&id).map(|j| j.args.clone()).unwrap_or_default();
                     self.finish(JobReport::unrun(id, args, None, JobOutcome::Cancelled));

@@ -93,8 +93,12 @@ impl Core {
         }
         let job = self.jobs.get_mut(&r.id)?;
         // Files it sent while running that are here already are not fetched again.
-        let files: Vec<FileEntry> =
-            r.returned.iter().filter(|f| !job.sent.contains_key(&(f.hash, f.name.clone()))).cloned().collect();
+        let files: Vec<FileEntry> = r
+            .returned
+            .iter()
+            .filter(|f| !job.sent.as_ref().is_some_and(|s| s.contains_key(&(f.hash, f.name.clone()))))
+            .cloned()
+            .collect();
         let job_id = r.id;
         job.fetching = Some(Box::new(r));
         if files.is_empty() {
@@ -112,7 +116,7 @@ impl Core {
         let Some(job) = self.jobs.get_mut(&id).filter(|j| j.is_on(peer)) else { return };
         match saved {
             Ok(path) => {
-                job.sent.insert((file.hash, file.name), path);
+                job.sent.get_or_insert_default().insert((file.hash, file.name), path);
             }
             Err(why) => {
                 debug!(job = %id, %peer, file = %file.name, cause = %why, "a file sent is fetched with the result")
@@ -135,7 +139,7 @@ impl Core {
         let Some(node) = self.nodes.get_mut(&peer) else { return };
         node.in_flight.remove(&id);
         let mut report = JobReport::from_result(*result, args, Some(node.node_ref(&peer)));
-        let mut returned: Vec<PathBuf> = job.sent.drain().map(|(_, path)| path).collect();
+        let mut returned: Vec<PathBuf> = job.sent.take().into_iter().flat_map(|s| s.into_values()).collect();
         returned.sort();
         returned.extend(saved);
         report.returned = returned;

@@ -55,37 +55,21 @@ pub(super) fn batches(specs: Vec<JobSpec>) -> Vec<Vec<JobSpec>> {
 impl Job {
     /// Whether `peer` holds the job.
     pub(super) fn is_on(&self, peer: PeerId) -> bool {
-        matches!(self.state, JobState::OnNode(p) if p == peer)
+        self.state.node() == Some(peer)
     }
 }
 
 impl Core {
     pub(super) fn submit(&mut self, jobs: Vec<NewJob>) {
-        for j in jobs {
+        self.jobs.reserve(jobs.len());
+        for NewJob { id, job } in jobs {
             self.submitted += 1;
             if self.s.journal {
-                self.out.push(Effect::Journal(Entry::Job { id: j.id, args: j.args.clone() }));
+                self.out.push(Effect::Journal(Entry::Job { id, args: job.args.clone() }));
             }
-            self.jobs.insert(
-                j.id,
-                Job {
-                    args: j.args,
-                    input: j.input,
-                    started: false,
-                    attempts: 0,
-                    suspect: false,
-                    dispatched: 0,
-                    state: JobState::Queued,
-                    view: j.view,
-                    pinned: j.node,
-                    files: j.files,
-                    fetching: None,
-                    sent: HashMap::new(),
-                    cancel_asked: false,
-                },
-            );
-            self.job_event(j.id, JobStatus::Created, None);
-            let Some(job) = self.jobs.get(&j.id) else { continue };
+            self.jobs.insert(id, job);
+            self.job_event(id, JobStatus::Created, None);
+            let Some(job) = self.jobs.get(&id) else { continue };
             let size = job_bytes(&job.args, &job.input, job.files.iter().map(|f| &f.entry));
             if size > MAX_JOB_BYTES {
                 // No message could carry it: it would break every connection it is sent on.
@@ -93,10 +77,10 @@ impl Core {
                     "its arguments and input take about {size} bytes, more than the {MAX_JOB_BYTES} a job message may \
                      carry; pass large data in a file instead"
                 );
-                self.finish(JobReport::unrun(j.id, job.args.clone(), None, JobOutcome::NotRun(why)));
+                self.finish(JobReport::unrun(id, job.args.clone(), None, JobOutcome::NotRun(why)));
                 continue;
             }
-            self.queue.push_back(j.id);
+            self.queue.push_back(id);
         }
         if self.s.journal {
             self.out.push(Effect::Journal(Entry::Flush));
@@ -284,7 +268,7 @@ impl Core {
         while specs.len() < count {
             let Some(id) = self.queue.pop_front() else { break };
             let Some(job) = self.jobs.get_mut(&id) else { continue };
-            let elsewhere = job.pinned.is_some_and(|p| p != peer);
+            let elsewhere = job.pinned.as_deref().is_some_and(|p| *p != peer);
             pinned_elsewhere |= elsewhere;
             if elsewhere || (only_pinned && job.pinned.is_none()) || (job.suspect && (has_suspect || load >= cpus)) {
                 skipped.push(id);
@@ -292,7 +276,7 @@ impl Core {
             }
             has_suspect |= job.suspect;
             load += 1;
-            job.state = JobState::OnNode(peer);
+            job.state = JobState::on(peer);
             self.dispatch_seq += 1;
             job.dispatched = self.dispatch_seq;
             specs.push(job.spec(id, self.s.timeout_secs));
@@ -325,11 +309,11 @@ impl Core {
         let mut queued = HashSet::new();
         for id in ids {
             let Some(job) = self.jobs.get_mut(&id) else { continue };
-            match job.state {
-                JobState::Queued => {
+            match job.state.node() {
+                None => {
                     queued.insert(id);
                 }
-                JobState::OnNode(peer) => {
+                Some(peer) => {
                     job.cancel_asked = true;
                     per_node.entry(peer).or_default().push(id);
                 }

@@ -48,17 +48,46 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// A job as the cluster handle submits it.
+/// A job as the cluster handle submits it: built here as the scheduler will hold it, so a
+/// million queued at once are not held twice over on their way in.
 pub(crate) struct NewJob {
     pub(crate) id: JobId,
-    pub(crate) args: Vec<String>,
-    pub(crate) input: Vec<u8>,
-    /// Present for jobs submitted with a handle; their reports go there, not to the stream.
-    pub(crate) view: Option<watch::Sender<JobView>>,
-    /// Only this node may run the job (`submit_to`).
-    pub(crate) node: Option<PeerId>,
+    job: Box<core::Job>,
+}
+
+impl NewJob {
+    /// `view`: present for jobs submitted with a handle, whose reports go there, not to the
+    /// stream. `node`: only this node may run the job (`submit_to`).
+    pub(crate) fn new(
+        id: JobId,
+        args: Vec<String>,
+        input: Vec<u8>,
+        view: Option<watch::Sender<JobView>>,
+        node: Option<PeerId>,
+    ) -> NewJob {
+        let job = core::Job {
+            args,
+            input,
+            started: false,
+            attempts: 0,
+            suspect: false,
+            dispatched: 0,
+            state: core::JobState::Queued,
+            view,
+            pinned: node.map(Box::new),
+            files: Vec::new(),
+            fetching: None,
+            sent: None,
+            cancel_asked: false,
+        };
+        NewJob { id, job: Box::new(job) }
+    }
+
     /// Its own input files (`--each-file`, `submit_with`).
-    pub(crate) files: Vec<crate::stage::LocalFile>,
+    pub(crate) fn with_files(mut self, files: Vec<crate::stage::LocalFile>) -> NewJob {
+        self.job.files = files;
+        self
+    }
 }
 
 /// Commands from the cluster handle.

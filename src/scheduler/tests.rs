@@ -235,7 +235,7 @@ impl Sim {
                 }
                 false => (None, None),
             };
-            jobs.push(NewJob { id, args: vec![id.0.to_string()], input: Vec::new(), view, node, files: Vec::new() });
+            jobs.push(NewJob::new(id, vec![id.0.to_string()], Vec::new(), view, node));
             out.push((id, rx));
         }
         let effects = self.core.on_cmd(Cmd::Submit { jobs }, self.t0);
@@ -748,7 +748,7 @@ fn submit_with_files(sim: &mut Sim, files: &[(&str, u8)]) -> Vec<JobId> {
         let id = JobId(sim.next_job);
         sim.next_job += 1;
         let files = vec![file(name, *byte, 10)];
-        jobs.push(NewJob { id, args: vec![name.to_string()], input: Vec::new(), view: None, node: None, files });
+        jobs.push(NewJob::new(id, vec![name.to_string()], Vec::new(), None, None).with_files(files));
     }
     let ids = jobs.iter().map(|j| j.id).collect();
     let effects = sim.core.on_cmd(Cmd::Submit { jobs }, sim.t0);
@@ -940,4 +940,16 @@ fn an_input_that_vanished_here_fails_its_job_only_and_the_node_stays() {
     assert_eq!(sim.status_of(a), NodeStatus::Ready, "the node is not to blame");
     let submits = sim.submits();
     assert_eq!(ids_of(&submits[0].1), vec![y], "the other job goes on");
+}
+
+/// A queued job's footprint: the client holds every queued job at once (a million in one
+/// `submit_all`), so what each costs here is its memory per job (issue 14's 300 MB for a
+/// million, with the table's slots and the job's input).
+#[test]
+fn a_queued_job_costs_the_scheduler_about_a_hundred_bytes() {
+    let job = std::mem::size_of::<super::core::Job>();
+    let slot = std::mem::size_of::<(JobId, Box<super::core::Job>)>();
+    eprintln!("Job {job} bytes, table slot {slot} bytes");
+    assert!(job <= 160, "a Job takes {job} bytes");
+    assert!(slot <= 16, "a table slot takes {slot} bytes");
 }

@@ -6,7 +6,7 @@
 //! abandoned, naming the reason. A node out of reach is left to its zombie interval
 //! (`away`).
 
-use super::core::{Core, JobState, Phase};
+use super::core::{Core, Phase};
 use dispy_protocol::JobId;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -55,7 +55,7 @@ impl Core {
             self.watchdog.due.pop();
             // Still the same run of the job, on a node, with no result yet.
             let Some(job) = self.jobs.get(&id) else { continue };
-            let JobState::OnNode(peer) = job.state else { continue };
+            let Some(peer) = job.state.node() else { continue };
             if !job.started || job.dispatched != dispatched || job.fetching.is_some() {
                 continue;
             }

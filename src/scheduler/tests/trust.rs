@@ -6,7 +6,7 @@ use crate::scheduler::jobs::{MAX_JOB_BYTES, SUBMIT_BATCH_BYTES};
 use crate::scheduler::nodes::MAX_NODE_CPUS;
 
 fn job(id: u64, args: Vec<String>, input: Vec<u8>) -> NewJob {
-    NewJob { id: JobId(id), args, input, view: None, node: None, files: Vec::new() }
+    NewJob::new(JobId(id), args, input, None, None)
 }
 
 #[test]
