@@ -369,7 +369,15 @@ impl<A, R> ClusterBuilder<A, R> {
             None => None,
         };
         let (web_url, web_feed) = web.map(|w| (w.url, w.feed)).unzip();
-        let hooks = Hooks { on_job: self.on_job, on_cluster: self.on_cluster, journal, psk, web: web_feed.clone() };
+        let (cancelled_all, cancelled_rx) = tokio::sync::watch::channel(false);
+        let hooks = Hooks {
+            on_job: self.on_job,
+            on_cluster: self.on_cluster,
+            journal,
+            psk,
+            web: web_feed.clone(),
+            cancelled_all,
+        };
         // Unbounded: the scheduler must never wait on an application that is not reading
         // (heartbeats and other clusters' work would stall). It holds at most one report per
         // job the application submitted and has not taken yet.
@@ -393,7 +401,9 @@ impl<A, R> ClusterBuilder<A, R> {
             scheduler.run(events, cmd_rx).await;
         })?;
         ready_rx.await.map_err(|_| Error::Start("the cluster's thread stopped while starting".into()))??;
-        Ok(Cluster::from_parts(cmd_tx, up_rx, self.close_timeout, self.encode, self.decode).with_web(web_url, web_feed))
+        Ok(Cluster::from_parts(cmd_tx, up_rx, self.close_timeout, self.encode, self.decode)
+            .with_web(web_url, web_feed)
+            .with_cancelled(cancelled_rx))
     }
 }
 

@@ -57,6 +57,7 @@ pub struct Cluster<A = Vec<String>, R = ()> {
     web_url: Option<String>,
     /// The web monitor's feed: jobs' arguments as they are submitted.
     web_feed: Option<crate::web::feed::FeedTx>,
+    cancelled: watch::Receiver<bool>,
     _t: PhantomData<fn(A) -> R>,
 }
 
@@ -140,8 +141,15 @@ impl<A, R> Cluster<A, R> {
             decode,
             web_url: None,
             web_feed: None,
+            cancelled: watch::channel(false).1,
             _t: PhantomData,
         }
+    }
+
+    /// With the scheduler's word that every job was cancelled at once.
+    pub(crate) fn with_cancelled(mut self, cancelled: watch::Receiver<bool>) -> Self {
+        self.cancelled = cancelled;
+        self
     }
 
     /// With its web monitor: its URL, and its feed for the jobs' arguments.
@@ -352,6 +360,27 @@ impl<A, R> Cluster<A, R> {
         self.cmds.send(Cmd::Cancel { ids }).await.map_err(|_| Error::Closed)
     }
 
+    /// Tells when every job was cancelled at once, by [`Cluster::cancel_all`] or by the web
+    /// monitor's "Cancel all": a program that feeds jobs as it goes stops feeding then (as
+    /// `dispy-peer submit --args-file` stops reading its file).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(mut cluster: dispy::Cluster, mut lines: tokio::sync::mpsc::Receiver<Vec<String>>) -> dispy::Result<()> {
+    /// let mut cancelled = cluster.cancelled_all();
+    /// loop {
+    ///     tokio::select! {
+    ///         Some(args) = lines.recv(), if !cancelled.happened() => { cluster.submit_all(vec![args]).await?; }
+    ///         () = cancelled.wait() => break,
+    ///         else => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn cancelled_all(&self) -> CancelledAll {
+        CancelledAll(self.cancelled.clone())
+    }
+
     /// Cancels every job not ended yet (dispy's `cancel` of each pending job).
     ///
     /// Cancel safety: as [`Cluster::cancel_ids`].
@@ -430,3 +459,23 @@ const _: () = {
     send_sync::<Cluster<u64, u64>>();
     send_sync::<Job<u64>>();
 };
+
+/// Whether every job of a cluster was cancelled at once ([`Cluster::cancelled_all`]).
+#[derive(Clone, Debug)]
+pub struct CancelledAll(watch::Receiver<bool>);
+
+impl CancelledAll {
+    /// Whether it has happened.
+    pub fn happened(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Waits until it happens (never, if the cluster ends first).
+    ///
+    /// Cancel safety: safe.
+    pub async fn wait(&mut self) {
+        if self.0.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}

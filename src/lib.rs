@@ -71,7 +71,7 @@ pub mod worker;
 
 pub use blocking::BlockingCluster;
 pub use builder::ClusterBuilder;
-pub use cluster::Cluster;
+pub use cluster::{CancelledAll, Cluster};
 pub use discover::{DiscoverOptions, FoundNode, discover};
 pub use dispy_protocol::{JobId, JobOutcome, NodeLoad};
 pub use error::{Error, Found, NoNodes, Result, Searched};

@@ -45,7 +45,12 @@ fn three_nodes_run_200_jobs_and_a_second_submit_sends_no_bytes() {
         *per_node.entry(j["node"].as_str().unwrap().to_string()).or_default() += 1;
     }
     assert_eq!(per_node.len(), 3, "every node ran jobs: {per_node:?}");
-    let summary = &summary[0]["summary"];
+    let line = summary[0];
+    let summary = &line["summary"];
+    // The speedup is the jobs' run time over the wall time.
+    let job_secs: f64 = summary["nodes"].as_array().unwrap().iter().map(|n| n["job_secs"].as_f64().unwrap()).sum();
+    let speedup = job_secs / summary["wall_secs"].as_f64().unwrap();
+    assert!((line["speedup"].as_f64().unwrap() - speedup).abs() < 1e-9, "{line}");
     let mut total = 0;
     for n in summary["nodes"].as_array().unwrap() {
         let name = n["node"]["name"].as_str().unwrap();

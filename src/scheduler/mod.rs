@@ -146,6 +146,8 @@ pub(crate) struct Hooks {
     pub(crate) psk: Option<PreSharedKey>,
     /// The web monitor's feed ([`crate::ClusterBuilder::web`]).
     pub(crate) web: Option<crate::web::feed::FeedTx>,
+    /// Set when every job was cancelled at once ([`crate::Cluster::cancelled_all`]).
+    pub(crate) cancelled_all: watch::Sender<bool>,
 }
 
 /// Spawned work reporting back to the driver.
@@ -227,7 +229,14 @@ impl Scheduler {
                         Vec::new()
                     }
                     None => break,
-                    Some(cmd) => self.core.on_cmd(cmd, Instant::now()),
+                    Some(cmd) => {
+                        // Asked for by the application or the web monitor (not the close
+                        // timeout's): whoever feeds jobs stops feeding.
+                        if matches!(cmd, Cmd::CancelAll) {
+                            self.hooks.cancelled_all.send_replace(true);
+                        }
+                        self.core.on_cmd(cmd, Instant::now())
+                    }
                 },
                 _ = tick.tick() => self.core.on_tick(Instant::now()),
                 () = sleep_until(deadline), if deadline.is_some() => match closing.as_mut() {

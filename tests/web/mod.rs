@@ -145,6 +145,40 @@ fn the_api_reports_status_and_cancels_only_with_the_token() {
 }
 
 #[test]
+fn cancel_all_from_the_web_stops_reading_the_args_file() {
+    use std::io::Write;
+    let dir = tempdir();
+    let prog = script(dir.path(), "job.sh", JOB);
+    let w1 = Node::start(dir.path(), NodeOpts::new("w1"));
+    let mut cmd = submit(&prog);
+    cmd.args(["--json", "--peer", &w1.addr, "--web", "127.0.0.1:0", "--args-file", "-"]);
+    let mut client = Proc::spawn_stdin("submit", cmd, std::process::Stdio::piped());
+    let url = monitor_url(&client);
+    // Two long jobs from the args file, which stays open: more lines may come.
+    let mut stdin = client.child.stdin.take().expect("piped");
+    writeln!(stdin, "long\nlong").unwrap();
+    stdin.flush().unwrap();
+    let running = wait_until(Duration::from_secs(30), || {
+        let status: serde_json::Value =
+            serde_json::from_str(&request(&url.host, "GET", "/api/status", &[]).body).unwrap();
+        status["counts"]["running"] == 2
+    });
+    assert!(running, "the two jobs did not start\n{}", client.stderr());
+    let header = format!("x-dispy-token: {}", url.token);
+    assert_eq!(request(&url.host, "POST", "/api/cancel", &[&header]).status, 202);
+    // The run ends with its input still open: what was not read yet runs no job.
+    let out = client.wait(Duration::from_secs(20));
+    out.expect_code(1);
+    assert!(out.stderr.contains("the rest of --args-file is not read"), "{}", out.stderr);
+    let lines = out.json_lines();
+    let jobs: Vec<_> = lines.iter().filter(|l| l.get("job").is_some()).collect();
+    assert_eq!(jobs.len(), 2, "{lines:?}");
+    assert!(jobs.iter().all(|j| j["status"] == "cancelled"), "{lines:?}");
+    assert_eq!(lines.last().unwrap()["statuses"]["cancelled"], 2, "{lines:?}");
+    drop((stdin, w1));
+}
+
+#[test]
 fn a_web_address_in_use_stops_the_run_before_any_node_is_contacted() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

@@ -375,6 +375,7 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
         }
     });
     let mut interrupted = false;
+    let mut cancelled = cluster.cancelled_all();
     while outstanding > 0 || more.is_some() {
         let room = outstanding + jobs::BATCH <= jobs::MAX_OUTSTANDING;
         tokio::select! {
@@ -405,6 +406,15 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
                 }
                 Err(e) => return Err(e.into()),
             },
+            // "Cancel all" in the web monitor: the lines not read yet run no job, and one
+            // read meanwhile (submitted after the cancel) is cancelled too.
+            () = cancelled.wait(), if more.is_some() => {
+                more = None;
+                progress.suspend(|| {
+                    eprintln!("dispy-peer: every job cancelled; the rest of --args-file is not read");
+                });
+                cluster.cancel_all().await?;
+            }
             Ok(()) = &mut first_rx, if !interrupted => {
                 interrupted = true;
                 more = None;

@@ -120,6 +120,8 @@ impl Printer {
                 tally.by_status.iter().map(|(s, n)| (s.as_str().to_string(), (*n).into())).collect();
             let v = serde_json::json!({
                 "summary": stats,
+                // The jobs' run time over the wall time (null when too short to tell).
+                "speedup": stats.speedup(),
                 "jobs": total,
                 "reported": tally.total(),
                 "failed": not_ok,
