@@ -83,13 +83,19 @@ fn the_web_page_shows_the_cluster_live_in_chromium_and_cancels_a_job() {
     drop((w1, w2));
 }
 
+/// A node `w1`, and a `submit --json --web WEB` of [`JOB`] to it with `args`.
+fn node_and_submit(dir: &std::path::Path, web: &str, args: &[&str]) -> (Node, std::process::Command) {
+    let prog = script(dir, "job.sh", JOB);
+    let w1 = Node::start(dir, NodeOpts::new("w1"));
+    let mut cmd = submit(&prog);
+    cmd.args(["--json", "--peer", &w1.addr, "--web", web]).args(args);
+    (w1, cmd)
+}
+
 #[test]
 fn the_api_reports_status_and_cancels_only_with_the_token() {
     let dir = tempdir();
-    let prog = script(dir.path(), "job.sh", JOB);
-    let w1 = Node::start(dir.path(), NodeOpts::new("w1"));
-    let mut cmd = submit(&prog);
-    cmd.args(["--json", "--peer", &w1.addr, "--web", "127.0.0.2:0", "-a", "3", "-a", "long", "-a", "long"]);
+    let (w1, cmd) = node_and_submit(dir.path(), "127.0.0.2:0", &["-a", "3", "-a", "long", "-a", "long"]);
     let client = Proc::spawn("submit", cmd);
     let url = monitor_url(&client);
     assert!(url.host.starts_with("127.0.0.2:"), "{}", url.url);
@@ -148,10 +154,7 @@ fn the_api_reports_status_and_cancels_only_with_the_token() {
 fn cancel_all_from_the_web_stops_reading_the_args_file() {
     use std::io::Write;
     let dir = tempdir();
-    let prog = script(dir.path(), "job.sh", JOB);
-    let w1 = Node::start(dir.path(), NodeOpts::new("w1"));
-    let mut cmd = submit(&prog);
-    cmd.args(["--json", "--peer", &w1.addr, "--web", "127.0.0.1:0", "--args-file", "-"]);
+    let (w1, cmd) = node_and_submit(dir.path(), "127.0.0.1:0", &["--args-file", "-"]);
     let mut client = Proc::spawn_stdin("submit", cmd, std::process::Stdio::piped());
     let url = monitor_url(&client);
     // Two long jobs from the args file, which stays open: more lines may come.
