@@ -946,7 +946,7 @@ fn an_input_that_vanished_here_fails_its_job_only_and_the_node_stays() {
 /// `submit_all`), so what each costs here is its memory per job (issue 14's 300 MB for a
 /// million, with the table's slots and the job's input).
 #[test]
-fn a_queued_job_costs_the_scheduler_about_a_hundred_bytes() {
+fn a_queued_job_costs_the_scheduler_under_160_bytes() {
     let job = std::mem::size_of::<super::core::Job>();
     let slot = std::mem::size_of::<(JobId, Box<super::core::Job>)>();
     eprintln!("Job {job} bytes, table slot {slot} bytes");
