@@ -10,7 +10,9 @@
 # {"bench","metric","value","unit","rep","date"} (the format of ../shared/bench/).
 #
 # usage: bench/first.sh      env: REPS (3), N (3), PROFILE (release); BIN and PROBE: other
-#                             builds of dispy-peer and of the probe (a before/after pass)
+#                             builds of dispy-peer and of the probe (a before/after pass);
+#                             PROBE_LOG and NODE_LOG (log filters, e.g. dispy=debug) with
+#                             KEEP_LOGS=DIR: the probes' and nodes' logs kept in DIR
 # Needs root (ip netns). Everything it starts runs inside the namespaces it makes; mDNS never
 # runs in the machine's own. It stops what it started by PID and deletes its namespaces on
 # exit, also on failure or Ctrl-C.
@@ -67,16 +69,17 @@ for i in $(seq 0 "$N"); do
   } | ip -n "$P-$i" -batch -
 done
 
-probe() { # probe KIND REP -> milliseconds to the first result
+probe() { # probe KIND TAG -> milliseconds to the first result
   local out
   out=$(ip netns exec "$P-0" "$PROBE" "$1" 2>"$W/probe.err") || { echo "first_result $1 failed: $(cat "$W/probe.err")" >&2; exit 1; }
+  if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS" && cp "$W/probe.err" "$KEEP_LOGS/$1-$2.log"; fi
   python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["first_result_s"] * 1000, 1))' "$out"
 }
 
 for rep in $(seq "$REPS"); do
   for i in $(seq "$N"); do
     mkdir -p "$W/$rep/$i"
-    ip netns exec "$P-$i" "$BIN" serve --cpus 2 --name "f$i" --secret "$PROBE_SECRET" \
+    RUST_LOG="${NODE_LOG:-info}" ip netns exec "$P-$i" "$BIN" serve --cpus 2 --name "f$i" --secret "$PROBE_SECRET" \
       --listen /ip4/0.0.0.0/tcp/9700 --drain-timeout 1 --dest-path "$W/$rep/$i/dest" >"$W/$rep/$i/out" 2>"$W/$rep/$i/err" &
     PIDS+=($!)
   done
@@ -85,10 +88,11 @@ for rep in $(seq "$REPS"); do
     grep -q '^listening ' "$W/$rep/$i/out" || { echo "node $i did not start: $(cat "$W/$rep/$i/err")" >&2; exit 1; }
   done
   sleep 1
-  emit dispy-peer fn_fresh_ms "$(probe function)" ms "$rep"
-  emit dispy-peer fn_cached_ms "$(probe function)" ms "$rep"
-  emit dispy-peer prog_ms "$(probe program)" ms "$rep"
+  emit dispy-peer fn_fresh_ms "$(probe function "$rep-fresh")" ms "$rep"
+  emit dispy-peer fn_cached_ms "$(probe function "$rep-cached")" ms "$rep"
+  emit dispy-peer prog_ms "$(probe program "$rep")" ms "$rep"
   stop_nodes
+  if [ -n "${KEEP_LOGS:-}" ]; then for i in $(seq "$N"); do cp "$W/$rep/$i/err" "$KEEP_LOGS/node$i-$rep.log"; done; fi
   rm -rf "${W:?}/$rep"
 done
 emit dispy-peer fn_exe_mb "$(python3 -c "import os; print(round(os.path.getsize('$PROBE') / 1e6, 1))")" MB 1

@@ -9,7 +9,8 @@
 //! ```
 //! Prints one JSON line `{"kind","first_result_s","staged_bytes"}` and exits 0, or exits 1
 //! when no result came within `PROBE_TIMEOUT` seconds (30). env: `PROBE_SECRET` (`bench`),
-//! `PROBE_TIMEOUT`.
+//! `PROBE_TIMEOUT`, `PROBE_LOG` (a log filter such as `dispy=debug`: the path's timeline on
+//! stderr, in wall-clock time as the nodes' logs, from a first line "probe started").
 
 use dispy::{Cluster, ClusterBuilder, LocalMode, Secret};
 use std::time::{Duration, Instant};
@@ -43,6 +44,14 @@ async fn first_result<A, R>(
 fn main() {
     dispy::worker!(plus_one);
     let start = Instant::now();
+    if let Ok(filter) = std::env::var("PROBE_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .init();
+        tracing::info!("probe started");
+    }
     let kind = std::env::args().nth(1).unwrap_or_default();
     let secret = std::env::var("PROBE_SECRET").unwrap_or_else(|_| "bench".into());
     let timeout: u64 = std::env::var("PROBE_TIMEOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(30);

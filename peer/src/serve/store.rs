@@ -224,13 +224,19 @@ impl Store {
     pub fn has(&self, hash: &FileHash, size: u64) -> bool {
         match self.check(hash) {
             Check::Sealed(len) => len == size,
-            Check::Doubt(seal) => match hash_file(&self.path(hash)) {
-                Ok(got) if got == hash.0 => {
-                    self.seals().insert(*hash, seal);
-                    seal.size == size
+            Check::Doubt(seal) => {
+                let t = std::time::Instant::now();
+                let got = hash_file(&self.path(hash));
+                tracing::debug!(file = %hash, size = seal.size, ms = t.elapsed().as_millis() as u64,
+                    "a stored file hashed again (its change time moved)");
+                match got {
+                    Ok(got) if got == hash.0 => {
+                        self.seals().insert(*hash, seal);
+                        seal.size == size
+                    }
+                    _ => self.broken(hash),
                 }
-                _ => self.broken(hash),
-            },
+            }
             Check::Broken => self.broken(hash),
             Check::Missing => false,
         }
