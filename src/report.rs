@@ -267,8 +267,13 @@ impl fmt::Display for Stats {
     }
 }
 
-/// `1 job`, `2 jobs`, `0 jobs`: a count and its noun, plural unless it is one.
-pub(crate) fn count(n: u64, noun: &str) -> String {
+/// `1 job`, `2 jobs`, `0 jobs`: a count and its noun, plural unless it is one (the
+/// summaries' wording, shared with `dispy-peer`'s messages).
+///
+/// ```
+/// assert_eq!(dispy::report::count(2, "node"), "2 nodes");
+/// ```
+pub fn count(n: u64, noun: &str) -> String {
     if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
 }
 
@@ -276,8 +281,12 @@ pub(crate) fn node_ref(name: &str, peer: &PeerId, ip: Option<std::net::IpAddr>) 
     NodeRef { name: name.to_string(), peer_id: *peer, ip }
 }
 
-/// `5.0 MiB`, `812 B`.
-pub(crate) fn human_bytes(n: u64) -> String {
+/// A size for people, in binary units: `812 B`, `5.0 MiB`.
+///
+/// ```
+/// assert_eq!(dispy::report::human_bytes(5 << 20), "5.0 MiB");
+/// ```
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if n < 1024 {
         return format!("{n} B");

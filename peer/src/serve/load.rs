@@ -43,7 +43,11 @@ pub(super) type Latest = Arc<Mutex<Machine>>;
 
 /// Reads the figures now (blocking).
 fn sample(dest: &std::path::Path) -> Machine {
-    Machine { load_avg: load_avg(), memory_free_bytes: memory_free(), disk_free_bytes: sys::disk_free(dest) }
+    Machine {
+        load_avg: load_avg(),
+        memory_free_bytes: meminfo_bytes("MemAvailable:"),
+        disk_free_bytes: sys::disk_free(dest),
+    }
 }
 
 /// Starts sampling into `latest` (at once, then every [`SAMPLE_EVERY`]); the task ends
@@ -70,10 +74,11 @@ fn load_avg() -> Option<f64> {
     text.split_whitespace().next()?.parse().ok().filter(|v: &f64| v.is_finite() && *v >= 0.0)
 }
 
-/// `MemAvailable` in bytes.
-fn memory_free() -> Option<u64> {
+/// A `/proc/meminfo` figure in bytes: `key` is its name with the colon (`MemTotal:`,
+/// `MemAvailable:`).
+pub(super) fn meminfo_bytes(key: &str) -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb = info.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()?;
+    let kb = info.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse::<u64>().ok()?;
     kb.checked_mul(1024)
 }
 

@@ -269,7 +269,7 @@ impl Node {
             _lock: lock,
             pending: HashMap::new(),
             recovering: HashSet::new(),
-            memory_bytes: memory_bytes(),
+            memory_bytes: load::meminfo_bytes("MemTotal:"),
             machine: load::Latest::default(),
         };
         // A scrape before the first sample sees the node's slots, not zero.
@@ -511,11 +511,4 @@ impl Node {
             ..Hello::node(self.cfg.name.clone(), self.cfg.cpus, self.free, self.cfg.max_file_size, self.memory_bytes)
         }
     }
-}
-
-/// Total memory from `/proc/meminfo`, if readable.
-fn memory_bytes() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb = info.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()?;
-    Some(kb * 1024)
 }

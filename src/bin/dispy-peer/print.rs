@@ -175,9 +175,9 @@ impl Tally {
     }
 }
 
-/// `1 job`, `2 jobs`: a count and its noun, plural unless it is one.
+/// `1 job`, `2 jobs`: [`dispy::report::count`] of a local count.
 pub(crate) fn count(n: usize, noun: &str) -> String {
-    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+    dispy::report::count(u64::try_from(n).unwrap_or(u64::MAX), noun)
 }
 
 fn ensure_newline(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
@@ -220,8 +220,8 @@ pub(crate) fn status(found: &[FoundNode]) -> io::Result<()> {
                 l.clients.to_string(),
                 l.jobs_queued.to_string(),
                 l.load_avg.map_or_else(dash, |a| format!("{a:.2}")),
-                l.memory_free_bytes.map_or_else(dash, human_bytes),
-                l.disk_free_bytes.map_or_else(dash, human_bytes),
+                l.memory_free_bytes.map_or_else(dash, dispy::report::human_bytes),
+                l.disk_free_bytes.map_or_else(dash, dispy::report::human_bytes),
             ),
             None => (dash(), dash(), dash(), dash(), dash()),
         };
@@ -229,18 +229,6 @@ pub(crate) fn status(found: &[FoundNode]) -> io::Result<()> {
         writeln!(out, "{}", clean_str(&line))?;
     }
     Ok(())
-}
-
-/// `812 B`, `5.0 MiB`, `1.2 TiB`.
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
 }
 
 /// `bytes` with every terminal control character shown as a visible `\xNN` escape instead
