@@ -205,7 +205,8 @@ impl EventLoop {
                     .kbuckets()
                     .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
                     .collect();
-                let _ = reply.send(Census { connections, dialing, routing });
+                let queries = u32::try_from(self.swarm.behaviour_mut().kad.iter_queries().count()).unwrap_or(u32::MAX);
+                let _ = reply.send(Census { connections, dialing, routing, queries });
             }
             Command::Shutdown => {}
         }

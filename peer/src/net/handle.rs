@@ -64,6 +64,8 @@ pub struct Census {
     pub dialing: u32,
     /// The peers in Kademlia's routing table.
     pub routing: Vec<PeerId>,
+    /// Kademlia queries in flight (a joining node's bootstrap is a few dozen lookups).
+    pub queries: u32,
 }
 
 /// Talks to the swarm task. Cheap to clone; every method fails with [`Error::NodeStopped`]

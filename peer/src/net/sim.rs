@@ -95,19 +95,38 @@ async fn a_mesh_of_nodes_routes_in_a_few_hops_and_holds_no_idle_links() {
         }
     }
 
-    // Let the routing tables fill; watch the connections meanwhile.
+    // Let the routing tables fill and every node's bootstrap end; watch the connections
+    // meanwhile. A bootstrap is a few dozen lookups, each link a fresh handshake: 100 nodes
+    // on 2 shared CPUs take a minute or more, so the bound is on progress, not on pace.
     let mut peak = 0;
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut joined = vec![false; n];
+    let mut last_progress = Instant::now();
     let census = loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let census = census_all(&nodes).await;
         peak = peak.max(census.iter().map(|c| c.connections).max().unwrap_or(0));
-        let thin = census.iter().filter(|c| c.routing.len() < 20.min(n - 1)).count();
+        let mut newly = 0;
+        for (done, c) in joined.iter_mut().zip(&census) {
+            if !*done && c.queries == 0 && c.routing.len() >= 20.min(n - 1) {
+                *done = true;
+                newly += 1;
+            }
+        }
+        if newly > 0 {
+            last_progress = Instant::now();
+        }
+        let waiting = joined.iter().filter(|d| !**d).count();
+        let queries: u32 = census.iter().map(|c| c.queries).sum();
         eprintln!(
-            "{:?}: {thin} of {n} nodes know fewer than 20 (or all) peers; peak connections {peak}",
+            "{:?}: {waiting} of {n} nodes still joining (fewer than 20 peers known or a query in flight); \
+             {queries} queries in flight; peak connections {peak}",
             started.elapsed()
         );
-        if thin == 0 || Instant::now() > deadline {
+        assert!(
+            last_progress.elapsed() < Duration::from_secs(120),
+            "no node finished joining for 2 minutes; {waiting} still joining"
+        );
+        if waiting == 0 {
             break census;
         }
     };
@@ -132,16 +151,29 @@ async fn a_mesh_of_nodes_routes_in_a_few_hops_and_holds_no_idle_links() {
     let mean_hops = f64::from(hops.iter().sum::<u32>()) / hops.len().max(1) as f64;
     let max_hops = hops.last().copied().unwrap_or(0);
 
-    // Once lookups end, links between nodes idle out: an idle mesh holds none.
-    let idle_by = Instant::now() + Duration::from_secs(60);
-    let idle_max = loop {
+    // Once its lookups end, a node's links to other nodes idle out: each is seen holding
+    // none. (Not all at one instant: a node's periodic refresh may come round meanwhile.)
+    let mut quiet = vec![false; n];
+    let mut last_progress = Instant::now();
+    let busiest = loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let idle = census_all(&nodes).await;
-        let max = idle.iter().map(|c| c.connections).max().unwrap_or(0);
-        if max == 0 || Instant::now() > idle_by {
-            break max;
+        let mut newly = 0;
+        for (q, c) in quiet.iter_mut().zip(&idle) {
+            if !*q && c.connections == 0 {
+                *q = true;
+                newly += 1;
+            }
+        }
+        if newly > 0 {
+            last_progress = Instant::now();
+        }
+        let busiest = quiet.iter().zip(&idle).filter(|(q, _)| !**q).map(|(_, c)| c.connections).max().unwrap_or(0);
+        if busiest == 0 || last_progress.elapsed() > Duration::from_secs(60) {
+            break busiest;
         }
     };
+    let never_quiet = quiet.iter().filter(|q| !**q).count();
     let idle_after = started.elapsed();
 
     // A client joins through one node and dials every node Kademlia shows it.
@@ -158,7 +190,7 @@ async fn a_mesh_of_nodes_routes_in_a_few_hops_and_holds_no_idle_links() {
     eprintln!(
         "{n} nodes: settled in {settled:?}; routing table mean {mean_table:.1} (min {}), {} peers known in all; \
          lookups: mean {mean_hops:.2} rounds, max {max_hops}, stuck {stuck}/500; connections per node: \
-         peak {peak}, idle max {idle_max} at {idle_after:?}, with a client max {steady_max} mean {steady_mean:.1}; client after 8 s: {} connections, {} in its table",
+         peak {peak}, nodes never seen without links {never_quiet} (busiest {busiest}) by {idle_after:?}, with a client max {steady_max} mean {steady_mean:.1}; client after 8 s: {} connections, {} in its table",
         sizes.iter().min().unwrap_or(&0),
         distinct.len(),
         seen.connections,
@@ -167,7 +199,7 @@ async fn a_mesh_of_nodes_routes_in_a_few_hops_and_holds_no_idle_links() {
     assert_eq!(distinct.len(), n, "every node is in someone's routing table");
     assert_eq!(stuck, 0, "every lookup reaches its target");
     assert!(mean_hops <= 4.0 && max_hops <= 8, "lookups take a few hops: mean {mean_hops:.2}, max {max_hops}");
-    assert_eq!(idle_max, 0, "an idle mesh holds no links between nodes");
+    assert_eq!(never_quiet, 0, "an idle node holds no links to other nodes (the busiest held {busiest})");
     assert!(steady_max <= 2, "a node holds its link to the client, no more: {steady_max}");
     assert!(peak <= 256, "no node ever holds many connections: {peak}");
     for p in nodes {
