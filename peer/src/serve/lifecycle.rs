@@ -7,7 +7,7 @@ use super::slots::JobDone;
 use super::{Node, Stop, load};
 use crate::error::Result;
 use crate::net::NetEvent;
-use dispy_protocol::{ClusterId, FileHash, JobOutcome, JobResult};
+use dispy_protocol::{ClusterId, FileEntry, FileHash, JobOutcome, JobResult};
 use libp2p::{Multiaddr, PeerId};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -188,9 +188,17 @@ impl Node {
         let done = self.leases.0.get(&id).is_some_and(|c| c.done());
         if let Some(c) = done.then(|| self.leases.0.remove(&id)).flatten() {
             self.served += u64::from(c.ran);
-            let dir = c.dir;
+            // Removing its links moved its files' change times, which the store reads as
+            // doubt (see `Store::has`): those no other lease links are hashed again now, in
+            // the background, rather than on the next cluster's Reserve, which would wait.
+            let in_use = self.leases.files_in_use(id);
+            let files: Vec<FileEntry> = c.files.into_iter().filter(|f| !in_use.contains(&f.hash)).collect();
+            let (dir, store) = (c.dir, self.ctx.store.clone());
             tokio::task::spawn_blocking(move || {
                 let _ = std::fs::remove_dir_all(&dir);
+                for f in &files {
+                    store.reseal(&f.hash, f.size);
+                }
             });
             debug!(cluster = %id, "cluster released");
         }

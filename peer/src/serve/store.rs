@@ -242,6 +242,15 @@ impl Store {
         }
     }
 
+    /// Hashes a file whose change time moved, so that the next [`Store::has`] finds it
+    /// sealed (or broken and gone) without the wait: for when the links of a cluster that
+    /// used it are gone. Blocking: call on the blocking pool.
+    pub(crate) fn reseal(&self, hash: &FileHash, size: u64) {
+        if matches!(self.check(hash), Check::Doubt(_)) {
+            self.has(hash, size);
+        }
+    }
+
     /// [`Store::has`] without hashing: false only when the file is certainly changed (its
     /// modification time, size or inode moved) or missing. For each job's use, where a
     /// hash per file would cost too much; a write hidden by setting the time back is found
@@ -538,6 +547,33 @@ mod tests {
         fs::create_dir(&job).unwrap();
         let entry = FileEntry { name: "f".into(), hash, size: 5, executable: false };
         assert!(store.link_into(&job, &[entry]).unwrap_err().contains("changed since it was stored"));
+    }
+
+    #[test]
+    fn a_file_whose_links_are_gone_is_resealed_and_a_written_one_is_dropped() {
+        let dest = tempfile::tempdir().unwrap();
+        let store = Store::open(dest.path()).unwrap();
+        let (good, bad) = (sha(b"kept"), sha(b"spoilt"));
+        assert!(store.begin(good, 4).unwrap().write(0, b"kept").unwrap());
+        assert!(store.begin(bad, 6).unwrap().write(0, b"spoilt").unwrap());
+        let job = dest.path().join("job");
+        fs::create_dir(&job).unwrap();
+        let entry = |name: &str, hash, size| FileEntry { name: name.into(), hash, size, executable: false };
+        std::thread::sleep(std::time::Duration::from_millis(50)); // past the ctime tick
+        store.link_into(&job, &[entry("g", good, 4), entry("b", bad, 6)]).unwrap();
+        // A job writes to one with its mtime set back: only the content tells.
+        let path = store.path(&bad);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::OpenOptions::new().write(true).open(&path).unwrap().write_all(b"S").unwrap();
+        File::open(&path).unwrap().set_modified(stored_mtime()).unwrap();
+        fs::remove_dir_all(&job).unwrap();
+        assert!(matches!(store.check(&good), Check::Doubt(_)), "the links moved its change time");
+
+        store.reseal(&good, 4);
+        store.reseal(&bad, 6);
+        assert!(matches!(store.check(&good), Check::Sealed(4)), "hashed once, sealed anew");
+        assert!(matches!(store.check(&bad), Check::Missing), "the written one is gone");
+        assert!(!store.path(&bad).exists());
     }
 
     #[test]
