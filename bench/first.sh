@@ -12,7 +12,9 @@
 # usage: bench/first.sh      env: REPS (3), N (3), PROFILE (release); BIN and PROBE: other
 #                             builds of dispy-peer and of the probe (a before/after pass);
 #                             PROBE_LOG and NODE_LOG (log filters, e.g. dispy=debug) with
-#                             KEEP_LOGS=DIR: the probes' and nodes' logs kept in DIR
+#                             KEEP_LOGS=DIR: the probes' and nodes' logs kept in DIR;
+#                             KEYFILE=1: nodes and client share a key file (`dispy-peer
+#                             keygen`) instead of a passphrase (no key derivation at start)
 # Needs root (ip netns). Everything it starts runs inside the namespaces it makes; mDNS never
 # runs in the machine's own. It stops what it started by PID and deletes its namespaces on
 # exit, also on failure or Ctrl-C.
@@ -30,6 +32,11 @@ P="dpf$$"
 W=$(mktemp -d /tmp/dispy-peer-first.XXXXXX)
 PIDS=(); SPACES=()
 source "$ROOT/bench/common.sh"
+SECRET=(--secret "$PROBE_SECRET")
+if [ "${KEYFILE:-0}" = 1 ]; then
+  "$BIN" keygen "$W/key" >/dev/null
+  export PROBE_SECRET_FILE="$W/key"; SECRET=(--secret-file "$W/key")
+fi
 
 stop_nodes() {
   local p
@@ -79,7 +86,7 @@ probe() { # probe KIND TAG -> milliseconds to the first result
 for rep in $(seq "$REPS"); do
   for i in $(seq "$N"); do
     mkdir -p "$W/$rep/$i"
-    RUST_LOG="${NODE_LOG:-info}" ip netns exec "$P-$i" "$BIN" serve --cpus 2 --name "f$i" --secret "$PROBE_SECRET" \
+    RUST_LOG="${NODE_LOG:-info}" ip netns exec "$P-$i" "$BIN" serve --cpus 2 --name "f$i" "${SECRET[@]}" \
       --listen /ip4/0.0.0.0/tcp/9700 --drain-timeout 1 --dest-path "$W/$rep/$i/dest" >"$W/$rep/$i/out" 2>"$W/$rep/$i/err" &
     PIDS+=($!)
   done
@@ -87,7 +94,7 @@ for rep in $(seq "$REPS"); do
     for _ in $(seq 300); do grep -q '^listening ' "$W/$rep/$i/out" && break; sleep 0.1; done
     grep -q '^listening ' "$W/$rep/$i/out" || { echo "node $i did not start: $(cat "$W/$rep/$i/err")" >&2; exit 1; }
   done
-  sleep 1
+  sleep 2  # a LAN that has been up a moment: its nodes have heard each other (mDNS answer window)
   emit dispy-peer fn_fresh_ms "$(probe function "$rep-fresh")" ms "$rep"
   emit dispy-peer fn_cached_ms "$(probe function "$rep-cached")" ms "$rep"
   emit dispy-peer prog_ms "$(probe program "$rep")" ms "$rep"

@@ -8,7 +8,8 @@
 //! ip netns exec CLIENT_NS target/release/examples/first_result function   # mDNS: only in a namespace
 //! ```
 //! Prints one JSON line `{"kind","first_result_s","staged_bytes"}` and exits 0, or exits 1
-//! when no result came within `PROBE_TIMEOUT` seconds (30). env: `PROBE_SECRET` (`bench`),
+//! when no result came within `PROBE_TIMEOUT` seconds (30). env: `PROBE_SECRET` (`bench`) or
+//! `PROBE_SECRET_FILE` (a key file: no key derivation at start),
 //! `PROBE_TIMEOUT`, `PROBE_LOG` (a log filter such as `dispy=debug`: the path's timeline on
 //! stderr, in wall-clock time as the nodes' logs, from a first line "probe started").
 
@@ -25,14 +26,14 @@ fn plus_one(x: u64) -> u64 {
 async fn first_result<A, R>(
     builder: ClusterBuilder<A, R>,
     arg: A,
-    secret: String,
+    secret: Secret,
     timeout: u64,
     start: Instant,
 ) -> dispy::Result<Duration> {
     let mut cluster = builder
         .mdns(true)
         .local(LocalMode::Never)
-        .secret(Secret::Passphrase(secret))
+        .secret(secret)
         .discover_timeout(Duration::from_secs(timeout))
         .start()
         .await?;
@@ -53,7 +54,10 @@ fn main() {
         tracing::info!("probe started");
     }
     let kind = std::env::args().nth(1).unwrap_or_default();
-    let secret = std::env::var("PROBE_SECRET").unwrap_or_else(|_| "bench".into());
+    let secret = match std::env::var_os("PROBE_SECRET_FILE") {
+        Some(file) => Secret::File(file.into()),
+        None => Secret::Passphrase(std::env::var("PROBE_SECRET").unwrap_or_else(|_| "bench".into())),
+    };
     let timeout: u64 = std::env::var("PROBE_TIMEOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let outcome = rt.block_on(async {

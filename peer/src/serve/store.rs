@@ -9,12 +9,13 @@
 
 use dispy_protocol::{FileEntry, FileHash};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 /// A staged file's name is unusable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -192,6 +193,42 @@ pub struct Store {
     /// only: a seal on disk would sit where jobs can rewrite it. A file of an earlier run
     /// has none and counts as missing; the next cluster that needs it sends it again.
     seals: Arc<Mutex<HashMap<FileHash, Seal>>>,
+    /// The files being hashed again right now: one thread hashes a file, the others that
+    /// doubt it wait for its verdict (a Reserve arriving while a released cluster's files
+    /// are resealed would otherwise hash them a second time).
+    hashing: Arc<(Mutex<HashSet<FileHash>>, Condvar)>,
+    /// How many times files were hashed again, in all (logged with each).
+    rehashed: Arc<AtomicU64>,
+}
+
+/// A turn to hash one file again (see `Store::hashing`); ends, waking the waiters, on drop.
+struct HashTurn<'a> {
+    hashing: &'a (Mutex<HashSet<FileHash>>, Condvar),
+    hash: FileHash,
+}
+
+impl<'a> HashTurn<'a> {
+    /// The turn, or `None` after waiting for another thread's turn on the same file to end
+    /// (the caller looks again: that thread has sealed or removed it).
+    fn take(hashing: &'a (Mutex<HashSet<FileHash>>, Condvar), hash: &FileHash) -> Option<HashTurn<'a>> {
+        let (set, ended) = hashing;
+        let mut busy = set.lock().unwrap_or_else(PoisonError::into_inner);
+        if busy.insert(*hash) {
+            return Some(HashTurn { hashing, hash: *hash });
+        }
+        while busy.contains(hash) {
+            busy = ended.wait(busy).unwrap_or_else(PoisonError::into_inner);
+        }
+        None
+    }
+}
+
+impl Drop for HashTurn<'_> {
+    fn drop(&mut self) {
+        let (set, ended) = self.hashing;
+        set.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.hash);
+        ended.notify_all();
+    }
 }
 
 impl Store {
@@ -206,7 +243,7 @@ impl Store {
         let partial = root.join(".partial");
         let _ = fs::remove_dir_all(&partial);
         fs::DirBuilder::new().mode(0o700).create(&partial)?;
-        Ok(Store { root, seals: Arc::default() })
+        Ok(Store { root, seals: Arc::default(), hashing: Arc::default(), rehashed: Arc::default() })
     }
 
     /// Where a file with this hash lives once complete.
@@ -222,23 +259,30 @@ impl Store {
     /// the file is hashed again (once: it is sealed anew if unchanged). A changed file
     /// counts as missing and is deleted, so the next cluster that needs it sends it again.
     pub fn has(&self, hash: &FileHash, size: u64) -> bool {
-        match self.check(hash) {
-            Check::Sealed(len) => len == size,
-            Check::Doubt(seal) => {
-                let t = std::time::Instant::now();
-                let got = hash_file(&self.path(hash));
-                tracing::debug!(file = %hash, size = seal.size, ms = t.elapsed().as_millis() as u64,
-                    "a stored file hashed again (its change time moved)");
-                match got {
-                    Ok(got) if got == hash.0 => {
-                        self.seals().insert(*hash, seal);
-                        seal.size == size
+        loop {
+            return match self.check(hash) {
+                Check::Sealed(len) => len == size,
+                Check::Doubt(seal) => {
+                    let Some(_turn) = HashTurn::take(&self.hashing, hash) else { continue };
+                    if let Check::Sealed(len) = self.check(hash) {
+                        return len == size; // sealed by a turn that ended just before ours
                     }
-                    _ => self.broken(hash),
+                    let t = std::time::Instant::now();
+                    let got = hash_file(&self.path(hash));
+                    let times = self.rehashed.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::debug!(file = %hash, size = seal.size, ms = t.elapsed().as_millis() as u64, times,
+                        "a stored file hashed again (its change time moved)");
+                    match got {
+                        Ok(got) if got == hash.0 => {
+                            self.seals().insert(*hash, seal);
+                            seal.size == size
+                        }
+                        _ => self.broken(hash),
+                    }
                 }
-            }
-            Check::Broken => self.broken(hash),
-            Check::Missing => false,
+                Check::Broken => self.broken(hash),
+                Check::Missing => false,
+            };
         }
     }
 
@@ -574,6 +618,29 @@ mod tests {
         assert!(matches!(store.check(&good), Check::Sealed(4)), "hashed once, sealed anew");
         assert!(matches!(store.check(&bad), Check::Missing), "the written one is gone");
         assert!(!store.path(&bad).exists());
+    }
+
+    #[test]
+    fn a_doubted_file_is_hashed_once_however_many_ask_at_once() {
+        let dest = tempfile::tempdir().unwrap();
+        let store = Store::open(dest.path()).unwrap();
+        let data = vec![7u8; 32 << 20]; // long enough to hash that the askers overlap
+        let hash = sha(&data);
+        assert!(store.begin(hash, data.len() as u64).unwrap().write(0, &data).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(50)); // past the ctime tick
+        let job = dest.path().join("job");
+        fs::create_dir(&job).unwrap();
+        let entry = FileEntry { name: "d".into(), hash, size: data.len() as u64, executable: false };
+        store.link_into(&job, &[entry]).unwrap();
+        assert!(matches!(store.check(&hash), Check::Doubt(_)));
+        let size = data.len() as u64;
+        let all = std::thread::scope(|s| {
+            let askers: Vec<_> = (0..4).map(|_| s.spawn(|| store.has(&hash, size))).collect();
+            askers.into_iter().all(|a| a.join().unwrap())
+        });
+        assert!(all, "every asker has the file");
+        assert_eq!(store.rehashed.load(Ordering::Relaxed), 1, "hashed once, the others waited for it");
+        assert!(matches!(store.check(&hash), Check::Sealed(_)));
     }
 
     #[test]

@@ -22,7 +22,7 @@ mod dns;
 mod query;
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     future::Future,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
@@ -60,6 +60,16 @@ const ANSWERED_INTERVAL: Duration = Duration::from_secs(1);
 const ANSWER_DELAY_MIN_MS: u64 = 20;
 /// dispy-peer: upper end of the RFC 6762 §6 answer delay.
 const ANSWER_DELAY_MAX_MS: u64 = 120;
+/// dispy-peer: once a peer knows its LAN (see [`answer_delay`]), its answer window is this
+/// much per peer it has heard: the density of RFC 6762's 100 ms window on a LAN of 200 peers.
+const ANSWER_SPACING_PER_PEER: Duration = Duration::from_micros(500);
+/// dispy-peer: the narrowest answer window (a LAN of one or two).
+const ANSWER_WINDOW_MIN: Duration = Duration::from_millis(1);
+/// dispy-peer: how long a peer listens before it trusts its count of the LAN: its first query's
+/// answers and the others' announcements (RFC 6762 §8.3, one second apart) have come by then.
+const LAN_LEARNING: Duration = Duration::from_secs(2);
+/// dispy-peer: the most peers counted; beyond this the window is RFC 6762's anyway.
+const MAX_HEARD: usize = 1024;
 
 /// dispy-peer: RFC 6762 §8.3: "the Multicast DNS responder MUST send at least two unsolicited
 /// responses, one second apart".
@@ -86,9 +96,46 @@ fn push_bounded<I: Iterator>(queue: &mut VecDeque<I::Item>, records: I) {
     queue.extend(records.take(room));
 }
 
-/// dispy-peer: a random answer delay within RFC 6762 §6's 20–120 ms.
-fn answer_delay() -> Duration {
-    Duration::from_millis(rand::random_range(ANSWER_DELAY_MIN_MS..=ANSWER_DELAY_MAX_MS))
+/// dispy-peer: a random answer delay. RFC 6762 §6's 20–120 ms spreads a LAN's answers over
+/// 100 ms whatever its size, which on a LAN of three makes every client wait ~70 ms for its
+/// first node for nothing. So a peer that has listened for [`LAN_LEARNING`] and heard
+/// `heard` others spreads its answer over a window that grows with them (0.5 ms a peer, from
+/// 1 ms up to the RFC's 120 ms): the same answers a millisecond, only sooner on a small LAN.
+/// Before that (a LAN starting at once, whose size nobody knows yet) it is the RFC's window.
+fn answer_delay(heard: usize, listening: Duration) -> Duration {
+    if listening < LAN_LEARNING {
+        return Duration::from_millis(rand::random_range(ANSWER_DELAY_MIN_MS..=ANSWER_DELAY_MAX_MS));
+    }
+    let peers = u32::try_from(heard.saturating_add(1)).unwrap_or(u32::MAX);
+    let window = ANSWER_SPACING_PER_PEER
+        .saturating_mul(peers)
+        .clamp(ANSWER_WINDOW_MIN, Duration::from_millis(ANSWER_DELAY_MAX_MS));
+    window.mul_f64(rand::random::<f64>())
+}
+
+/// dispy-peer: the peers heard on an interface (their answers and announcements), to size the
+/// answer window by. Bounded, and it never shrinks: a LAN that lost peers (or a flood of
+/// forged names) only widens the window, up to the RFC's.
+#[derive(Debug)]
+struct Heard {
+    peers: HashSet<PeerId>,
+    since: Instant,
+}
+
+impl Heard {
+    fn new() -> Self {
+        Self { peers: HashSet::new(), since: Instant::now() }
+    }
+
+    fn note(&mut self, peer: &PeerId) {
+        if self.peers.len() < MAX_HEARD && !self.peers.contains(peer) {
+            self.peers.insert(*peer);
+        }
+    }
+
+    fn answer_delay(&self) -> Duration {
+        answer_delay(self.peers.len(), self.since.elapsed())
+    }
 }
 
 /// dispy-peer: when to query next (replaces upstream's `ProbeState`, which jumped to
@@ -177,6 +224,8 @@ pub(crate) struct InterfaceState<U, T> {
     announce_timer: Option<T>,
     /// dispy-peer: the current pause between two looks for a listen address to announce.
     announce_recheck: Duration,
+    /// dispy-peer: the peers heard here, for the answer delay (RFC 6762 §6).
+    heard: Heard,
     /// dispy-peer: the address our queries leave from, to tell them from others' (RFC 6762 §7.3).
     send_addr: SocketAddr,
     /// Multicast address.
@@ -269,6 +318,7 @@ where
             announcements_left: ANNOUNCEMENTS,
             announce_timer: Some(T::at(Instant::now())),
             announce_recheck: ANNOUNCE_RECHECK_MIN,
+            heard: Heard::new(),
             send_addr,
             multicast_addr,
             ttl: config.ttl,
@@ -416,7 +466,7 @@ where
                     // (upstream did); a query that arrives while an answer is pending is
                     // served by that (multicast) answer.
                     if this.pending_answer.is_none() {
-                        let timer = T::at(Instant::now() + answer_delay());
+                        let timer = T::at(Instant::now() + this.heard.answer_delay());
                         this.pending_answer = Some((timer, query.query_id()));
                     }
                     // dispy-peer: RFC 6762 §7.3 duplicate question suppression: another
@@ -439,9 +489,12 @@ where
                     // dispy-peer: bounded; a flood beyond it is dropped (it would only be
                     // dropped later by the behaviour's bounded table anyway).
                     let before = this.discovered.len();
+                    let heard = &mut this.heard;
                     push_bounded(
                         &mut this.discovered,
-                        response.extract_discovered(Instant::now(), this.local_peer_id),
+                        response
+                            .extract_discovered(Instant::now(), this.local_peer_id)
+                            .inspect(|(peer, _, _)| heard.note(peer)),
                     );
 
                     // dispy-peer: RFC 6762 §5.2: the first answer restarts the back-off from
@@ -529,13 +582,48 @@ mod dispy_tests {
 
     #[test]
     fn answer_delay_stays_within_rfc_6762_section_6() {
-        let delays: Vec<Duration> = (0..10_000).map(|_| answer_delay()).collect();
+        // A peer still learning its LAN, whatever it has heard.
+        let learning = LAN_LEARNING - Duration::from_millis(1);
+        let delays: Vec<Duration> = (0..10_000).map(|i| answer_delay(i % 3, learning)).collect();
         let (min, max) = (delays.iter().min().unwrap(), delays.iter().max().unwrap());
         assert!(*min >= Duration::from_millis(20), "{min:?}");
         assert!(*max <= Duration::from_millis(120), "{max:?}");
         // Spread over the window, not a constant: 10,000 draws land in both ends.
         assert!(*min < Duration::from_millis(30), "{min:?}");
         assert!(*max > Duration::from_millis(110), "{max:?}");
+    }
+
+    #[test]
+    fn a_peer_that_knows_its_lan_answers_within_half_a_millisecond_a_peer() {
+        let spread = |heard: usize| {
+            let delays: Vec<Duration> = (0..10_000).map(|_| answer_delay(heard, LAN_LEARNING)).collect();
+            (*delays.iter().min().unwrap(), *delays.iter().max().unwrap())
+        };
+        let ms = Duration::from_millis;
+        // A LAN of three (itself and two heard): within 1.5 ms of the query, not 20–120 ms.
+        let us = Duration::from_micros;
+        let (min, max) = spread(2);
+        assert!(min < us(100) && max <= us(1500) && max > us(1400), "{min:?}..{max:?}");
+        // Alone: the narrowest window.
+        let (_, max) = spread(0);
+        assert!(max <= ms(1) && max > us(900), "{max:?}");
+        // 63 others: 32 ms, the density of the RFC's window on a LAN of 200.
+        let (_, max) = spread(63);
+        assert!(max <= ms(32) && max > ms(30), "{max:?}");
+        // A large LAN (or a flood of forged names) gets the RFC's 120 ms at most.
+        let (_, max) = spread(usize::MAX);
+        assert!(max <= ms(120) && max > ms(115), "{max:?}");
+    }
+
+    #[test]
+    fn the_peers_heard_are_bounded() {
+        let mut heard = Heard::new();
+        for _ in 0..MAX_HEARD + 10 {
+            heard.note(&PeerId::random());
+        }
+        let one = PeerId::random();
+        heard.note(&one);
+        assert_eq!(heard.peers.len(), MAX_HEARD);
     }
 
     fn secs(gaps: &[f64]) -> Vec<Duration> {
