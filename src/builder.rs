@@ -287,7 +287,12 @@ impl<A, R> ClusterBuilder<A, R> {
         let files = self.files.clone();
         let executables: Vec<PathBuf> =
             std::iter::once(&self.program).chain(&self.setup).chain(&self.cleanup).cloned().collect();
+        let function = self.function.is_some();
         let (mut names, files) = tokio::task::spawn_blocking(move || {
+            let mut executables = executables;
+            if function && let Some(exe) = executables.first_mut() {
+                *exe = crate::image::worker_image(exe);
+            }
             let executables: Vec<&std::path::Path> = executables.iter().map(PathBuf::as_path).collect();
             stage::describe(&executables, &files)
         })

@@ -54,6 +54,7 @@ pub mod events;
 mod fetch;
 mod hashcache;
 mod host;
+mod image;
 mod in_job;
 mod job;
 mod journal;

@@ -26,3 +26,15 @@ pub mod serve;
 
 pub use error::{Error, Result};
 pub use libp2p::{Multiaddr, PeerId};
+
+/// This process's effective user id: who owns what it makes, for the checks of folders whose
+/// contents are run (the node's dest, the client's worker images).
+///
+/// ```
+/// let me = dispy_node::euid();
+/// let dir = tempfile::tempdir().unwrap();
+/// assert_eq!(std::os::unix::fs::MetadataExt::uid(&dir.path().metadata().unwrap()), me);
+/// ```
+pub fn euid() -> u32 {
+    serve::sys::euid()
+}

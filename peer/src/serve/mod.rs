@@ -49,7 +49,7 @@ pub mod setup;
 mod slots;
 mod start;
 pub mod store;
-mod sys;
+pub(crate) mod sys;
 #[cfg(test)]
 mod tests;
 mod uploads;
