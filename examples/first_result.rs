@@ -10,7 +10,7 @@
 //! Prints one JSON line `{"kind","first_result_s","staged_bytes"}` and exits 0, or exits 1
 //! when no result came within `PROBE_TIMEOUT` seconds (30). env: `PROBE_SECRET` (`bench`) or
 //! `PROBE_SECRET_FILE` (a key file: no key derivation at start),
-//! `PROBE_TIMEOUT`, `PROBE_LOG` (a log filter such as `dispy=debug`: the path's timeline on
+//! `PROBE_TIMEOUT`, `PROBE_CLOSE` (`0`: exit without closing the cluster), `PROBE_LOG` (a log filter such as `dispy=debug`: the path's timeline on
 //! stderr, in wall-clock time as the nodes' logs, from a first line "probe started").
 
 use dispy::{Cluster, ClusterBuilder, LocalMode, Secret};
@@ -39,7 +39,13 @@ async fn first_result<A, R>(
         .await?;
     let job = cluster.submit(arg).await?;
     job.wait().await.map_err(|e| dispy::Error::Config(format!("the job failed: {e}")))?;
-    Ok(start.elapsed())
+    let first = start.elapsed();
+    // As a program does when it is done (`PROBE_CLOSE=0`: leave as if killed, and the nodes
+    // keep the cluster until its client is given up).
+    if std::env::var("PROBE_CLOSE").map_or(true, |v| v != "0") {
+        cluster.close().await?;
+    }
+    Ok(first)
 }
 
 fn main() {
