@@ -18,7 +18,7 @@ use dispy_node::euid;
 use object::build::elf::Builder;
 use sha2::{Digest, Sha256};
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Debug sections smaller than this are not worth a second file.
@@ -117,22 +117,9 @@ fn key(exe: &Path, m: &fs::Metadata) -> String {
     h.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Makes `dir` (mode 0700) or checks that it is a folder of ours that no one else may
-/// write to, narrowing it to 0700: what is in it is shipped to nodes and run.
+/// [`dispy_node::private_subdir`], as an I/O error: what is in these folders is run on nodes.
 fn private_dir(dir: &Path) -> std::io::Result<()> {
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    let m = fs::symlink_metadata(dir)?;
-    if !m.is_dir() || m.uid() != euid() {
-        return Err(std::io::Error::other(format!("{} is not a folder of this user's", dir.display())));
-    }
-    if m.mode() & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
+    dispy_node::private_subdir(dir).map_err(std::io::Error::other)
 }
 
 /// Removes the oldest images beyond [`KEEP`], never `current`, and what a client that died
@@ -162,6 +149,7 @@ fn prune(images: &Path, current: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn this_test_binary() -> PathBuf {
         std::env::current_exe().unwrap()
@@ -189,16 +177,24 @@ mod tests {
     }
 
     #[test]
-    fn a_folder_others_may_write_is_narrowed_and_a_foreign_one_refused() {
+    fn a_folder_others_may_write_or_own_is_refused_and_a_readable_one_narrowed() {
         let cache = tempfile::tempdir().unwrap();
         let dir = cache.path().join("images");
         fs::create_dir(&dir).unwrap();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         private_dir(&dir).unwrap();
         assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        // Someone may have planted an image in it: the executable is shipped as it is.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(private_dir(&dir).unwrap_err().to_string().contains("writable by other users"));
+        let exe = this_test_binary();
+        assert_eq!(
+            image_in(&dir.join("sub"), &exe).map_err(|e| e.to_string()),
+            Err(private_dir(&dir).unwrap_err().to_string())
+        );
         let file = cache.path().join("file");
         fs::write(&file, b"").unwrap();
-        assert!(private_dir(&file).unwrap_err().to_string().contains("not a folder of this user's"));
+        assert!(private_dir(&file).unwrap_err().to_string().contains("not a folder"));
         if euid() == 0 {
             let theirs = cache.path().join("theirs");
             fs::create_dir(&theirs).unwrap();

@@ -38,3 +38,20 @@ pub use libp2p::{Multiaddr, PeerId};
 pub fn euid() -> u32 {
     serve::sys::euid()
 }
+
+/// Makes `dir`, whose parent is private already, with mode 0700, or checks that it is a folder
+/// of this user's that no one else may write to and narrows it to 0700: for folders whose
+/// contents are run (the node's store, the client's worker images).
+///
+/// # Errors
+/// Why it cannot be made or is not safe to use, naming the folder.
+///
+/// ```
+/// let top = tempfile::tempdir().unwrap();
+/// dispy_node::private_subdir(&top.path().join("mine")).unwrap();
+/// std::fs::write(top.path().join("file"), b"").unwrap();
+/// assert!(dispy_node::private_subdir(&top.path().join("file")).is_err());
+/// ```
+pub fn private_subdir(dir: &std::path::Path) -> std::result::Result<(), String> {
+    serve::private::private_subdir(dir)
+}

@@ -41,7 +41,7 @@ mod limits;
 mod load;
 mod lookup;
 mod owner;
-mod private;
+pub(crate) mod private;
 pub mod reaper;
 mod requests;
 mod runner;
