@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 /// Debug sections smaller than this are not worth a second file.
 const MIN_SAVING: u64 = 4 << 20;
-/// Images kept (one per build that ran); the oldest go first.
+/// Images kept (one per build that ran); the least recently used go first.
 const KEEP: usize = 8;
 /// Part of every image's key: a new way of making images makes new ones.
 const FORMAT: &[u8] = b"dispy-peer/image/v1";
@@ -62,6 +62,8 @@ fn image_in(images: &Path, exe: &Path) -> std::io::Result<Option<PathBuf>> {
     let image = folder.join(name);
     if fs::symlink_metadata(&folder).is_ok() {
         private_dir(&folder)?;
+        // Used now: the pruning goes by last use, not by age.
+        let _ = fs::File::open(&folder).and_then(|f| f.set_modified(std::time::SystemTime::now()));
         // An empty folder marks a build with too little to strip.
         return Ok(fs::metadata(&image).is_ok_and(|i| i.is_file() && i.uid() == euid()).then_some(image));
     }
