@@ -30,6 +30,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// above the scheduler's in-flight depth.
 const MAX_CONCURRENT_STREAMS: usize = 1024;
 
+/// How often a node refreshes its Kademlia routing table (libp2p's default).
+const NODE_REFRESH: Duration = Duration::from_secs(300);
+
 /// The peer's behaviours; the derive generates `BehaviourEvent`.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -105,13 +108,11 @@ pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result
                     .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),
             );
             let mut kcfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL_NAME));
-            // Clients look often while they run; nodes refresh at a calm pace (each refresh
-            // opens connections to a few dozen nodes: the mesh's idle cost).
-            kcfg.set_periodic_bootstrap_interval(Some(if kad_server {
-                Duration::from_secs(120)
-            } else {
-                Duration::from_secs(3)
-            }));
+            // Clients look often while they run; nodes refresh at libp2p's default pace: a
+            // refresh is ~300 FindNode requests, each a fresh noise handshake once links have
+            // idled out (~0.25 CPU-s per node; at 120 s, 64 idle nodes spent twice their
+            // other idle CPU on it, and 256 on 2 CPUs never settled: docs/BENCHMARKS.md).
+            kcfg.set_periodic_bootstrap_interval(Some(if kad_server { NODE_REFRESH } else { Duration::from_secs(3) }));
             let mut kad = kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kcfg);
             // Auto mode stays Client until an external address is confirmed, which never
             // happens on a LAN without autonat: nodes must answer queries, so force Server.
