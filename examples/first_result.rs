@@ -9,9 +9,10 @@
 //! ```
 //! Prints one JSON line `{"kind","first_result_s","staged_bytes"}` and exits 0, or exits 1
 //! when no result came within `PROBE_TIMEOUT` seconds (30). env: `PROBE_SECRET` (`bench`) or
-//! `PROBE_SECRET_FILE` (a key file: no key derivation at start),
-//! `PROBE_TIMEOUT`, `PROBE_CLOSE` (`0`: exit without closing the cluster), `PROBE_LOG` (a log filter such as `dispy=debug`: the path's timeline on
-//! stderr, in wall-clock time as the nodes' logs, from a first line "probe started").
+//! `PROBE_SECRET_FILE` (a key file: no key derivation at start), `PROBE_TIMEOUT`,
+//! `PROBE_CLOSE` (`0`: exit without closing the cluster), `PROBE_LOG` (a log filter such as
+//! `dispy=debug`: the path's timeline on stderr, in wall-clock time as the nodes' logs, from a
+//! first line "probe started").
 
 use dispy::{Cluster, ClusterBuilder, LocalMode, Secret};
 use std::time::{Duration, Instant};

@@ -72,15 +72,22 @@ fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// This user's dispy-peer cache folder, `$XDG_CACHE_HOME/dispy-peer` (else
+/// `~/.cache/dispy-peer`), if there is a cache folder at all: the hashes and the worker
+/// images (`crate::image`) live there.
+pub(crate) fn cache_dir() -> Option<PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(cache.join("dispy-peer"))
+}
+
 impl HashCache {
     /// The user's cache (empty, and never saved, if there is no cache folder).
     pub(crate) fn open() -> HashCache {
-        let dir = std::env::var_os("XDG_CACHE_HOME")
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
-        match dir {
-            Some(dir) => HashCache::at(&dir.join("dispy-peer"), SETTLE),
+        match cache_dir() {
+            Some(dir) => HashCache::at(&dir, SETTLE),
             None => HashCache::default(),
         }
     }

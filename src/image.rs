@@ -32,7 +32,7 @@ const FORMAT: &[u8] = b"dispy-peer/image/v1";
 /// debug sections, or `exe` itself when it has little to strip or the image cannot be made.
 /// Blocking (reads the executable the first time): call on the blocking pool.
 pub(crate) fn worker_image(exe: &Path) -> PathBuf {
-    let Some(images) = images_dir() else { return exe.to_path_buf() };
+    let Some(images) = crate::hashcache::cache_dir().map(|d| d.join("images")) else { return exe.to_path_buf() };
     match image_in(&images, exe) {
         Ok(Some(image)) => image,
         Ok(None) => exe.to_path_buf(),
@@ -41,14 +41,6 @@ pub(crate) fn worker_image(exe: &Path) -> PathBuf {
             exe.to_path_buf()
         }
     }
-}
-
-fn images_dir() -> Option<PathBuf> {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(cache.join("dispy-peer").join("images"))
 }
 
 /// The image of `exe` in `images` (made if missing), or `None` when stripping saves too little.

@@ -128,7 +128,7 @@ impl Heard {
     }
 
     fn note(&mut self, peer: &PeerId) {
-        if self.peers.len() < MAX_HEARD && !self.peers.contains(peer) {
+        if self.peers.len() < MAX_HEARD {
             self.peers.insert(*peer);
         }
     }
