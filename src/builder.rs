@@ -12,7 +12,7 @@ use crate::secret::Secret;
 use crate::select::NodePattern;
 use crate::stage;
 use dispy_node::net::{self, NetConfig};
-use dispy_protocol::{ClusterId, OwnerToken};
+use dispy_protocol::{ClusterId, OwnerToken, ShareToken};
 use libp2p::Multiaddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +40,7 @@ pub struct ClusterBuilder<A, R> {
     patterns: Vec<NodePattern>,
     secret: Secret,
     mdns: bool,
+    fanout: bool,
     discover_timeout: Duration,
     wait_nodes: Duration,
     local: LocalMode,
@@ -121,6 +122,21 @@ impl<A, R> ClusterBuilder<A, R> {
     /// Look for nodes on the LAN by multicast DNS (default on).
     pub fn mdns(mut self, on: bool) -> Self {
         self.mdns = on;
+        self
+    }
+
+    /// Let nodes fetch the cluster's large files from each other (default on): the client
+    /// sends each file about once, and each node after the first pulls it from the nodes
+    /// that hold it (checked against its hash; a node that sends wrong bytes is named and
+    /// passed over). Off: the client sends every node its copy, as dispy does.
+    ///
+    /// ```no_run
+    /// # async fn f() -> dispy::Result<()> {
+    /// let cluster = dispy::Cluster::program("./render.sh").file("scene.blend").fanout(false).start().await?;
+    /// # drop(cluster); Ok(()) }
+    /// ```
+    pub fn fanout(mut self, on: bool) -> Self {
+        self.fanout = on;
         self
     }
 
@@ -345,6 +361,7 @@ impl<A, R> ClusterBuilder<A, R> {
         let settings = Settings {
             cluster,
             owner: Some(owner.hash()),
+            share: self.fanout.then(|| ShareToken(random_bytes())),
             journal: journal.is_some(),
             job_events: self.on_job.is_some() || self.web.is_some(),
             cluster_events: self.on_cluster.is_some() || self.web.is_some(),
@@ -430,6 +447,7 @@ impl<A, R> ClusterBuilder<A, R> {
             patterns: Vec::new(),
             secret: Secret::None,
             mdns: true,
+            fanout: true,
             discover_timeout: Duration::from_secs(3),
             wait_nodes: crate::scheduler::NODE_ZOMBIE,
             local: LocalMode::Fallback,
@@ -481,6 +499,7 @@ impl<A, R> std::fmt::Debug for ClusterBuilder<A, R> {
             .field("bootstrap", &self.bootstrap)
             .field("patterns", &self.patterns)
             .field("mdns", &self.mdns)
+            .field("fanout", &self.fanout)
             .field("local", &self.local)
             .field("cpus_per_node", &self.cpus_per_node)
             .field("timeout", &self.timeout)

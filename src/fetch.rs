@@ -134,7 +134,7 @@ async fn receive(net: &NetHandle, peer: PeerId, cluster: ClusterId, f: &FileEntr
     let chunk = CHUNK_SIZE as u64;
     loop {
         while asked < f.size && in_flight.len() < CHUNKS_IN_FLIGHT {
-            let request = Request::Fetch(Fetch { cluster, hash: f.hash, offset: asked });
+            let request = Request::Fetch(Fetch { cluster, hash: f.hash, offset: asked, share: None });
             in_flight.push_back(net.request(peer, request));
             asked = asked.saturating_add(chunk);
         }

@@ -51,6 +51,7 @@ mod cluster;
 mod discover;
 mod error;
 pub mod events;
+mod fanout;
 mod fetch;
 mod hashcache;
 mod host;

@@ -16,6 +16,7 @@ use std::future::Future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
@@ -244,12 +245,14 @@ impl StageLead {
     }
 }
 
-/// Sends one file to a node, chunk after chunk, with up to [`CHUNKS_IN_FLIGHT`] on their way.
+/// Sends one file to a node, chunk after chunk, with up to [`CHUNKS_IN_FLIGHT`] on their way;
+/// `progress` counts the bytes the node has stored (others may wait on this copy).
 pub(crate) async fn send_file(
     net: &NetHandle,
     peer: PeerId,
     cluster: ClusterId,
     file: &LocalFile,
+    progress: &AtomicU64,
 ) -> Result<(), SendError> {
     let changed = || SendError::Local(format!("{} changed while being sent", file.path.display()));
     let unreadable = |e: std::io::Error| SendError::Local(format!("cannot read {}: {e}", file.path.display()));
@@ -274,7 +277,10 @@ pub(crate) async fn send_file(
         }
         let Some(answer) = in_flight.next().await else { break };
         match answer {
-            Ok(Response::ChunkStored(s)) => complete |= s.complete,
+            Ok(Response::ChunkStored(s)) => {
+                complete |= s.complete;
+                progress.fetch_add(CHUNK_SIZE as u64, Ordering::Relaxed);
+            }
             Ok(Response::Refused(r)) => {
                 return Err(SendError::Remote(format!("node refused {}: {}", file.entry.name, r.message)));
             }

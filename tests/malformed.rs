@@ -268,6 +268,7 @@ async fn reserve_owned(
         setup_timeout_secs: None,
         returns: vec![],
         owner,
+        share: None,
     };
     let answer = ask(peer, &Request::Reserve(reserve)).await;
     assert!(matches!(answer, Response::Reserved(_)), "{answer:?}");
@@ -415,6 +416,7 @@ async fn names_escaping_the_job_directory_are_refused() {
             setup_timeout_secs: None,
             returns: vec![],
             owner: None,
+            share: None,
         };
         let answer = ask(&mut peer, &Request::Reserve(reserve)).await;
         assert!(

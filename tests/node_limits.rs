@@ -44,6 +44,7 @@ fn reserve_of(cluster: ClusterId) -> Reserve {
         setup_timeout_secs: None,
         returns: vec![],
         owner: None,
+        share: None,
     }
 }
 

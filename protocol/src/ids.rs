@@ -136,6 +136,36 @@ impl FromStr for OwnerToken {
     }
 }
 
+/// A secret a client makes for each cluster (from the OS random source) and gives every
+/// node of the cluster in its [`crate::Reserve`]: a node presents it to fetch the cluster's
+/// files from another node of the cluster ([`crate::Fetch::share`]), which thereby knows
+/// the asker belongs to the cluster. A node outside the cluster (it holds the cluster key,
+/// but was never sent the cluster) cannot browse another's files. Its `Debug` shows no
+/// byte of it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct ShareToken(#[serde(with = "serde_bytes")] pub [u8; 32]);
+
+impl ShareToken {
+    /// Whether `other` is this token, in time independent of where they differ (a peer
+    /// must not learn the token a byte at a time from how long a refusal takes).
+    ///
+    /// ```
+    /// # use dispy_protocol::ShareToken;
+    /// assert!(ShareToken([7; 32]).matches(&ShareToken([7; 32])));
+    /// assert!(!ShareToken([7; 32]).matches(&ShareToken([8; 32])));
+    /// ```
+    pub fn matches(&self, other: &ShareToken) -> bool {
+        self.0.iter().zip(other.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+impl fmt::Debug for ShareToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ShareToken(..)")
+    }
+}
+
 /// The hash of an [`OwnerToken`], which a node keeps beside a cluster's lease and its
 /// results on disk.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

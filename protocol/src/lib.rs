@@ -17,7 +17,9 @@
 //! 1. `Hello` — versions, roles, node facts (name, OS/arch, CPUs).
 //! 2. `Reserve` — a client claims CPUs for a cluster and declares its files by content hash;
 //!    the node answers which it lacks.
-//! 3. `Chunk` — the missing files' bytes, in chunks of at most [`CHUNK_SIZE`].
+//! 3. `Chunk` — the missing files' bytes, in chunks of at most [`CHUNK_SIZE`]; or `Pull`
+//!    — the node fetches a large file from other nodes of the cluster that hold it
+//!    (`Fetch` with the cluster's [`ShareToken`]), so the client sends it about once.
 //! 4. `Submit` — batches of jobs; the node accepts at once and runs them as CPU slots free.
 //! 5. `Results` — sent by the node to the client as jobs finish (a request in the other
 //!    direction); the client's `Ack` answer lets the node forget them.
@@ -29,12 +31,14 @@ pub mod codec;
 pub mod ids;
 pub mod job;
 pub mod message;
+pub mod share;
 pub mod worker;
 
 pub use codec::{CodecError, decode, encode};
-pub use ids::{ClusterId, FileHash, JobId, OwnerHash, OwnerToken};
+pub use ids::{ClusterId, FileHash, JobId, OwnerHash, OwnerToken, ShareToken};
 pub use job::{JobOutcome, JobResult, JobSpec, Output};
 pub use message::*;
+pub use share::{Pull, PullState, Pulled, Source};
 
 /// The request-response protocol name. The version in it changes with any incompatible
 /// change of the messages; peers with another name simply do not talk this protocol.

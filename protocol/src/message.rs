@@ -5,8 +5,9 @@
 //! acknowledged with [`Response::Accepted`] and reported later by a request in the other
 //! direction ([`Request::Results`]).
 
-use crate::ids::{ClusterId, FileHash, JobId, OwnerHash, OwnerToken};
+use crate::ids::{ClusterId, FileHash, JobId, OwnerHash, OwnerToken, ShareToken};
 use crate::job::{JobResult, JobSpec};
+use crate::share::{Pull, Pulled};
 use serde::{Deserialize, Serialize};
 
 /// What a peer asks another.
@@ -38,8 +39,14 @@ pub enum Request {
     Forget(Forget),
     /// Input files of jobs about to be submitted; answered with [`Response::Declared`].
     Declare(Declare),
-    /// A chunk of a file a job returned; answered with [`Response::Data`].
+    /// A chunk of a file a job returned, or (with the cluster's [`ShareToken`]) of a file
+    /// the cluster staged, asked by another node of the cluster; answered with
+    /// [`Response::Data`].
     Fetch(Fetch),
+    /// Fetch a file of the cluster from other nodes that hold it instead of from the
+    /// client; answered with [`Response::Pulled`] once the file is stored, or failed, or
+    /// after a while with how far it got (ask again to wait on).
+    Pull(Pull),
 }
 
 /// An answer.
@@ -64,6 +71,8 @@ pub enum Response {
     Declared(Declared),
     /// A chunk of a returned file.
     Data(Data),
+    /// Where a [`Pull`] stands.
+    Pulled(Pulled),
 }
 
 /// Which part a peer plays.
@@ -230,6 +239,10 @@ pub struct Reserve {
     /// lives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<OwnerHash>,
+    /// The cluster's [`ShareToken`]: with it this node may fetch the cluster's files from
+    /// the other nodes (and they from it). `None`: the client sends every file itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<ShareToken>,
 }
 
 /// The node's grant.
@@ -385,6 +398,11 @@ pub struct Fetch {
     pub hash: FileHash,
     /// Where the chunk starts.
     pub offset: u64,
+    /// Present when a node of the cluster asks for one of the cluster's own files (a
+    /// [`Pull`]): the token its Reserve brought. Absent: a returned file, asked by the
+    /// cluster's client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<ShareToken>,
 }
 
 /// A chunk of a returned file: at most [`crate::CHUNK_SIZE`] bytes from `offset` (fewer
@@ -551,12 +569,13 @@ mod tests {
                 setup_timeout_secs: Some(2.5),
                 returns: vec!["**/*.gz".into()],
                 owner: Some(OwnerToken([3; 32]).hash()),
+                share: Some(ShareToken([5; 32])),
             }),
             Request::Declare(Declare {
                 cluster: c,
                 files: vec![FileEntry { name: "in.txt".into(), hash: h, size: 5, executable: false }],
             }),
-            Request::Fetch(Fetch { cluster: c, hash: h, offset: 1 << 20 }),
+            Request::Fetch(Fetch { cluster: c, hash: h, offset: 1 << 20, share: None }),
             Request::Chunk(Chunk { cluster: c, hash: h, offset: 9, data: vec![1, 2, 3] }),
             Request::Submit(Submit {
                 cluster: c,

@@ -44,6 +44,9 @@ pub(crate) struct Settings {
     /// The hash of the cluster's owner token, sent with each Reserve: a recovering client
     /// proves ownership of the cluster's results with the token (see `journal`).
     pub(crate) owner: Option<dispy_protocol::OwnerHash>,
+    /// The cluster's share token, sent with each Reserve: nodes fetch the cluster's large
+    /// files from each other with it. `None`: the client sends every copy.
+    pub(crate) share: Option<dispy_protocol::ShareToken>,
     pub(crate) program: String,
     /// The setup and cleanup programs' names among `files` (program clusters).
     pub(crate) setup: Option<String>,
@@ -85,7 +88,9 @@ pub(crate) enum Effect {
     Ask { peer: PeerId, request: Request, asked: Asked },
     /// Send `files` to `peer` in chunks: the cluster's (`jobs` is `None`) or these jobs'
     /// inputs. The outcome comes back through [`Core::on_staged`].
-    Stage { peer: PeerId, files: Vec<LocalFile>, jobs: Option<Vec<JobId>> },
+    /// `addr`: where the client reaches the node (other nodes pull the cluster's files from
+    /// it once it holds them).
+    Stage { peer: PeerId, addr: Option<Multiaddr>, files: Vec<LocalFile>, jobs: Option<Vec<JobId>> },
     /// Fetch the files job `job` returned on `peer` into `dir`; the outcome comes back
     /// through [`Core::on_fetched`].
     Fetch { peer: PeerId, job: JobId, files: Vec<FileEntry>, dir: PathBuf },
@@ -345,6 +350,11 @@ impl Core {
     /// The cluster's id.
     pub(crate) fn cluster(&self) -> ClusterId {
         self.s.cluster
+    }
+
+    /// The cluster's share token, when its nodes may pass its files between them.
+    pub(crate) fn share(&self) -> Option<dispy_protocol::ShareToken> {
+        self.s.share
     }
 
     fn effects(&mut self) -> Vec<Effect> {

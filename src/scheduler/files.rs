@@ -48,7 +48,7 @@ impl Core {
         if files.is_empty() {
             self.on_inputs_staged(peer, ids, Ok(0));
         } else {
-            self.out.push(Effect::Stage { peer, files, jobs: Some(ids) });
+            self.out.push(Effect::Stage { peer, addr: None, files, jobs: Some(ids) });
         }
     }
 

@@ -31,7 +31,7 @@ use crate::job::JobView;
 use crate::journal::Journal;
 use crate::local::LocalNode;
 use crate::report::{JobReport, NodeInfo, Stats};
-use crate::{fetch, stage};
+use crate::{fanout, fetch, stage};
 use dispy_node::net::{NetEvent, NetHandle};
 use dispy_protocol::{FileEntry, JobId, Response};
 use libp2p::PeerId;
@@ -179,6 +179,8 @@ pub(crate) struct Scheduler {
     fetches: std::collections::HashMap<(PeerId, JobId), tokio::task::AbortHandle>,
     /// Which node's staging goes first.
     stage_lead: stage::StageLead,
+    /// Which nodes hold which of the cluster's files (fan-out).
+    holders: fanout::Holders,
 }
 
 /// Jobs whose returned files travel at once: enough to keep a link busy, few enough that
@@ -198,7 +200,8 @@ impl Scheduler {
         let fetch_permits = std::sync::Arc::new(tokio::sync::Semaphore::new(FETCHES_AT_ONCE));
         let fetches = std::collections::HashMap::new();
         let stage_lead = stage::StageLead::new();
-        Scheduler { core, hooks, net, updates, done_tx, done_rx, local, fetch_permits, fetches, stage_lead }
+        let holders = fanout::Holders::default();
+        Scheduler { core, hooks, net, updates, done_tx, done_rx, local, fetch_permits, fetches, stage_lead, holders }
     }
 
     /// Runs until the handle closes the cluster (or is dropped, which closes it too).
@@ -313,16 +316,18 @@ impl Scheduler {
                         }
                     });
                 }
-                Effect::Stage { peer, files, jobs } => {
+                Effect::Stage { peer, addr, files, jobs } => {
                     let (net, tx, cluster) = (self.net.clone(), self.done_tx.clone(), self.core.cluster());
-                    // The cluster's own files take turns between nodes; jobs' inputs do not.
+                    // The cluster's own files take turns between nodes, and pass between
+                    // them; jobs' inputs do neither.
                     let bytes = if jobs.is_none() { files.iter().map(|f| f.entry.size).sum() } else { 0 };
-                    let lead = self.stage_lead.clone();
+                    let fanout = jobs.is_none() && self.core.share().is_some();
+                    let (lead, holders) = (self.stage_lead.clone(), self.holders.clone());
                     tokio::spawn(lead.run(bytes, async move {
                         let (mut sent, mut unreadable) = (0, Vec::new());
                         for f in &files {
-                            match stage::send_file(&net, peer, cluster, f).await {
-                                Ok(()) => sent += f.entry.size,
+                            match fanout::stage_file(&net, &holders, fanout, peer, addr.as_ref(), cluster, f).await {
+                                Ok(bytes) => sent += bytes,
                                 // A job's own input that vanished fails that job only.
                                 Err(stage::SendError::Local(why)) if jobs.is_some() => {
                                     unreadable.push((f.entry.hash, why));

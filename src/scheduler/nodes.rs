@@ -121,6 +121,7 @@ impl Core {
             setup_timeout_secs: self.s.setup.as_ref().and(self.s.timeout_secs),
             returns: self.s.returns.clone(),
             owner: self.s.owner,
+            share: self.s.share,
         });
         self.out.push(Effect::Ask { peer, request, asked: Asked::Reserve });
     }
@@ -144,11 +145,13 @@ impl Core {
             self.dispatch();
             return;
         }
+        let mut addr = None;
         if let Some(node) = self.nodes.get_mut(&peer) {
             node.phase = Phase::Staging;
+            addr = node.addr.clone();
         }
         let files: Vec<LocalFile> = self.s.files.iter().filter(|f| missing.contains(&f.entry.hash)).cloned().collect();
-        self.out.push(Effect::Stage { peer, files, jobs: None });
+        self.out.push(Effect::Stage { peer, addr, files, jobs: None });
     }
 
     pub(super) fn ready(&mut self, peer: PeerId, what: &str) {

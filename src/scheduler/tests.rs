@@ -51,6 +51,7 @@ mod trust;
 fn settings() -> Settings {
     Settings {
         owner: None,
+        share: None,
         cluster: CLUSTER,
         program: "prog".into(),
         setup: None,
@@ -143,7 +144,7 @@ impl Sim {
         for e in effects {
             match e {
                 Effect::Ask { peer, request, asked } => self.asks.push_back((peer, wire(&request), asked)),
-                Effect::Stage { peer, files, jobs } => self.stages.push((peer, files, jobs)),
+                Effect::Stage { peer, files, jobs, .. } => self.stages.push((peer, files, jobs)),
                 Effect::Fetch { peer, job, files, dir } => self.fetches.push((peer, job, files, dir)),
                 Effect::StopFetch { peer, job } => self.stopped_fetches.push((peer, job)),
                 Effect::FetchSent { peer, job, file, dir } => self.sent_fetches.push((peer, job, file, dir)),

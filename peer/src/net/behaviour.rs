@@ -33,6 +33,9 @@ const MAX_CONCURRENT_STREAMS: usize = 1024;
 /// How often a node refreshes its Kademlia routing table (libp2p's default).
 const NODE_REFRESH: Duration = Duration::from_secs(300);
 
+/// How often a client refreshes its routing table: it looks for nodes while it runs.
+const CLIENT_REFRESH: Duration = Duration::from_secs(3);
+
 /// The peer's behaviours; the derive generates `BehaviourEvent`.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -88,6 +91,7 @@ pub fn transport(
 pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result<Swarm<Behaviour>> {
     let psk = cfg.psk;
     let kad_server = cfg.kad_server;
+    let refresh = cfg.kad_refresh.unwrap_or(if kad_server { NODE_REFRESH } else { CLIENT_REFRESH });
     let mdns_on = cfg.mdns;
     let heartbeat = cfg.heartbeat.max(Duration::from_millis(100));
     let lim = cfg.limits;
@@ -112,7 +116,7 @@ pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result
             // refresh is ~300 FindNode requests, each a fresh noise handshake once links have
             // idled out (~0.25 CPU-s per node; at 120 s, 64 idle nodes spent twice their
             // other idle CPU on it, and 256 on 2 CPUs never settled: docs/BENCHMARKS.md).
-            kcfg.set_periodic_bootstrap_interval(Some(if kad_server { NODE_REFRESH } else { Duration::from_secs(3) }));
+            kcfg.set_periodic_bootstrap_interval(Some(refresh));
             let mut kad = kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kcfg);
             // Auto mode stays Client until an external address is confirmed, which never
             // happens on a LAN without autonat: nodes must answer queries, so force Server.

@@ -76,6 +76,8 @@ pub struct EventLoop {
     waiting: Waiting<InboundRequestId>,
     /// `cfg.metrics`: libp2p's series and the handshake failures, when a node exposes them.
     metrics: Option<crate::metrics::Metrics>,
+    /// Connections established since the start (`Census::handshakes`).
+    handshakes: u64,
 }
 
 impl EventLoop {
@@ -129,6 +131,7 @@ impl EventLoop {
             unadmitted: HashMap::new(),
             waiting: Waiting::new(cfg.limits.requests_per_peer, cfg.limits.requests),
             metrics: cfg.metrics,
+            handshakes: 0,
         }
     }
 
@@ -165,10 +168,10 @@ impl EventLoop {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Request { peer, request, reply } => {
+            Command::Request { peer, addrs, request, reply } => {
                 // We have business with this peer: its connection stays.
                 self.admit(peer);
-                let id = self.swarm.behaviour_mut().rr.send_request(&peer, request);
+                let id = self.swarm.behaviour_mut().rr.send_request_with_addresses(&peer, request, addrs);
                 self.pending_requests.insert(id, reply);
             }
             Command::Respond { channel: ReplyTo(Reply::Swarm(channel)), response } => {
@@ -206,7 +209,7 @@ impl EventLoop {
                     .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
                     .collect();
                 let queries = u32::try_from(self.swarm.behaviour_mut().kad.iter_queries().count()).unwrap_or(u32::MAX);
-                let _ = reply.send(Census { connections, dialing, routing, queries });
+                let _ = reply.send(Census { connections, dialing, routing, queries, handshakes: self.handshakes });
             }
             Command::Shutdown => {}
         }
@@ -255,6 +258,7 @@ impl EventLoop {
                 let remote = endpoint.get_remote_address().clone();
                 self.connections.insert(connection_id, remote.clone());
                 self.dials.remove(&connection_id);
+                self.handshakes += 1;
                 let now = Instant::now();
                 self.found.resolved(connection_id, true, now);
                 self.dial_found();

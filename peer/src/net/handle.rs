@@ -45,7 +45,7 @@ impl ReplyTo {
 /// What the event loop is asked to do. Each variant that answers carries its reply sender.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Request { peer: PeerId, request: Request, reply: oneshot::Sender<Result<Response>> },
+    Request { peer: PeerId, addrs: Vec<Multiaddr>, request: Request, reply: oneshot::Sender<Result<Response>> },
     Respond { channel: ReplyTo, response: Response },
     Dial { addr: Multiaddr },
     Disconnect { peer: PeerId },
@@ -66,6 +66,9 @@ pub struct Census {
     pub routing: Vec<PeerId>,
     /// Kademlia queries in flight (a joining node's bootstrap is a few dozen lookups).
     pub queries: u32,
+    /// Connections established since the peer started (each one a handshake): what
+    /// finding and joining the mesh has cost.
+    pub handshakes: u64,
 }
 
 /// Talks to the swarm task. Cheap to clone; every method fails with [`Error::NodeStopped`]
@@ -107,7 +110,19 @@ impl NetHandle {
     /// [`Error::Request`] when the peer cannot be reached or does not answer in time.
     pub async fn request(&self, peer: PeerId, request: Request) -> Result<Response> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Request { peer, request, reply }).await?;
+        self.send(Command::Request { peer, addrs: Vec::new(), request, reply }).await?;
+        rx.await.map_err(|_| Error::NodeStopped)?
+    }
+
+    /// [`NetHandle::request`] to a peer that may not be connected yet, dialing `addrs` if
+    /// needed (besides what the swarm knows of the peer): a node fetching a file from
+    /// another node its client named.
+    ///
+    /// # Errors
+    /// As [`NetHandle::request`].
+    pub async fn request_via(&self, peer: PeerId, addrs: Vec<Multiaddr>, request: Request) -> Result<Response> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Request { peer, addrs, request, reply }).await?;
         rx.await.map_err(|_| Error::NodeStopped)?
     }
 

@@ -64,6 +64,9 @@ pub struct NetConfig {
     /// Where the swarm records libp2p's metrics and handshake failures (`serve --metrics`);
     /// `None` (clients) records nothing.
     pub metrics: Option<crate::metrics::Metrics>,
+    /// How often Kademlia refreshes the routing table; `None`: 300 s on a node (libp2p's
+    /// default), 3 s on a client (which looks for nodes while it runs).
+    pub kad_refresh: Option<std::time::Duration>,
 }
 
 impl Default for NetConfig {
@@ -80,6 +83,7 @@ impl Default for NetConfig {
             allowed_peers: None,
             limits: ConnLimits::default(),
             metrics: None,
+            kad_refresh: None,
         }
     }
 }
@@ -88,6 +92,9 @@ impl Default for NetConfig {
 pub const DEFAULT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// Something the network saw.
+// Requests are the events that count, and each is moved once: boxing them would cost an
+// allocation per request to save bytes on the rare small events.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum NetEvent {
     /// A listener is up; the address ends with `/p2p/<local peer id>`.

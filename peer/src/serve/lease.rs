@@ -51,6 +51,10 @@ pub(super) struct Lease {
     /// that reserving and releasing in a loop cannot end a node's run.
     pub(super) ran: bool,
     pub(super) uploads: Uploads,
+    /// Its files being fetched from other nodes of the cluster.
+    pub(super) pulls: super::share::Pulls,
+    /// Its share token: other nodes presenting it may fetch its files here.
+    pub(super) share: Option<dispy_protocol::ShareToken>,
     pub(super) runs: Runs,
     pub(super) outbox: Outbox,
     /// Its setup and cleanup programs, if any.
@@ -65,6 +69,7 @@ impl Lease {
         self.released = true;
         self.setup.kill();
         self.uploads.clear();
+        self.pulls.stop();
         self.runs.kill_all();
         self.outbox.clear();
     }
@@ -240,6 +245,8 @@ impl Leases {
             released: false,
             ran: false,
             uploads: Uploads::default(),
+            pulls: Default::default(),
+            share: r.share,
             outbox: Outbox::default(),
             setup,
             job_files: JobFiles::new(r.returns),

@@ -55,7 +55,7 @@ impl Leases {
             u.clusters += 1;
             u.queued_jobs += queued;
             u.held_bytes = u.held_bytes.saturating_add(bytes).saturating_add(c.outbox.held_bytes());
-            u.uploads += c.uploads.open();
+            u.uploads += c.uploads.open() + c.pulls.open();
         }
         u
     }

@@ -10,6 +10,8 @@ use dispy_protocol::{ClusterId, Declare, FileHash, OwnerHash, Reserve, Submit};
 use std::collections::HashSet;
 
 /// A request waiting for its look-ups.
+// Moved once from the request to its completion; a Reserve is the common case.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Waiting {
     Reserve(Reserve),
     Declare(Declare),

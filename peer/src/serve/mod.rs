@@ -46,6 +46,7 @@ pub mod reaper;
 mod requests;
 mod runner;
 pub mod setup;
+mod share;
 mod slots;
 mod start;
 pub mod store;
@@ -114,6 +115,13 @@ enum Completion {
     },
     /// The answer to a request the node held while it worked on it.
     Answered(requests::Answered),
+    /// A file was fetched from other nodes of its cluster, or could not be.
+    Pulled(share::PullDone),
+    /// A client waiting on a pull is due word of how far it got.
+    PullDue {
+        cluster: ClusterId,
+        hash: FileHash,
+    },
 }
 
 /// What the parts of the node use to act: the ways out of its task.
@@ -330,7 +338,7 @@ impl Node {
                 }
                 Response::Hello(self.hello())
             }
-            Request::Reserve(_) | Request::Submit(_) | Request::Chunk(_) | Request::Declare(_)
+            Request::Reserve(_) | Request::Submit(_) | Request::Chunk(_) | Request::Declare(_) | Request::Pull(_)
                 if self.stopping || self.draining =>
             {
                 refuse(RefusalKind::ShuttingDown, format!("node {} is shutting down", self.cfg.name))
@@ -363,7 +371,13 @@ impl Node {
             Request::Results(_) => refuse(RefusalKind::WrongRole, "this peer is a node; it takes no results".into()),
             Request::Recover(r) => return self.recover(peer, r, channel),
             Request::Declare(d) => return self.look_up(peer, lookup::Waiting::Declare(d), channel),
-            Request::Fetch(f) => return self.fetch(peer, f, channel),
+            Request::Fetch(f) => {
+                return match f.share {
+                    Some(share) => self.serve_shared(f, share, channel),
+                    None => self.fetch(peer, f, channel),
+                };
+            }
+            Request::Pull(p) => return self.pull(peer, p, channel),
             Request::Forget(f) => return self.forget(peer, f, channel),
         };
         Some((channel, response))
@@ -420,6 +434,8 @@ impl Node {
                 self.ctx.respond(channel, response);
             }
             Completion::Answered(answered) => self.answered(answered),
+            Completion::Pulled(done) => self.pulled(done),
+            Completion::PullDue { cluster, hash } => self.pull_due(cluster, hash),
             Completion::FlushDue { cluster } => {
                 if let Some(c) = self.leases.0.get_mut(&cluster) {
                     c.outbox.starts_due();

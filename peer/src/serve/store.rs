@@ -365,6 +365,7 @@ impl Store {
             received: 0,
             hasher: Sha256::new(),
             stored: false,
+            mismatched: false,
             seals: Arc::clone(&self.seals),
         })
     }
@@ -453,6 +454,8 @@ pub struct Upload {
     received: u64,
     hasher: Sha256,
     stored: bool,
+    /// The bytes were all written and did not hash to the file's name.
+    mismatched: bool,
     /// The store's seals, where this file's goes once stored.
     seals: Arc<Mutex<HashMap<FileHash, Seal>>>,
 }
@@ -466,6 +469,12 @@ impl Upload {
     /// The file's declared size.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Whether the bytes written, all of them, are not the file's (their hash is another):
+    /// the sender is wrong, not the disk.
+    pub fn mismatched(&self) -> bool {
+        self.mismatched
     }
 
     /// Appends a chunk. Returns `true` once the file is complete, verified and in place.
@@ -487,6 +496,7 @@ impl Upload {
         }
         let got: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
         if got != self.hash.0 {
+            self.mismatched = true;
             return Err(format!("content does not match its declared hash {}", self.hash));
         }
         self.file.flush().map_err(|e| e.to_string())?;

@@ -291,6 +291,7 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
         .discover_timeout(secs(o.find.discover_timeout, "--discover-timeout")?)
         .heartbeat(secs(o.find.heartbeat, "--heartbeat")?)
         .reentrant(o.reentrant)
+        .fanout(!o.no_fanout)
         .wait_nodes(secs(o.wait_nodes, "--wait-nodes")?)
         .max_retries(o.max_retries)
         .local(if o.local { LocalMode::Always } else { LocalMode::Fallback });

@@ -213,6 +213,11 @@ pub(crate) struct SubmitOpt {
     /// Run an in-process node on this machine too.
     #[arg(long)]
     pub(crate) local: bool,
+    /// Send every node its own copy of the program and files. By default a file of 4 MiB
+    /// or more is sent once: the nodes after the first fetch it from the nodes that hold
+    /// it, checked against its hash.
+    #[arg(long)]
+    pub(crate) no_fanout: bool,
     /// Use at most this many CPUs per node.
     #[arg(long, value_name = "N")]
     pub(crate) cpus_per_node: Option<u32>,

@@ -78,6 +78,7 @@ fn aim(request: &mut Request, cluster: ClusterId) {
         Request::Forget(f) => f.cluster = cluster,
         Request::Declare(d) => d.cluster = cluster,
         Request::Fetch(f) => f.cluster = cluster,
+        Request::Pull(p) => p.cluster = cluster,
         Request::Hello(_) => {}
     }
 }

@@ -52,6 +52,7 @@ pub(super) fn reserve(cluster: u64, files: Vec<FileEntry>) -> Request {
         setup_timeout_secs: None,
         returns: Vec::new(),
         owner: None,
+        share: None,
     })
 }
 
@@ -86,6 +87,11 @@ pub(super) struct Harness {
     deliveries: VecDeque<Delivery>,
     /// Deliveries to these peers fail at once, as the swarm's would to a peer it lost.
     pub(super) unreachable: HashSet<PeerId>,
+    /// Other nodes, by what they serve to the node's fetches (a file's bytes, right or
+    /// wrong); a fetch from any other peer fails as from one unreachable.
+    pub(super) sources: HashMap<PeerId, Vec<u8>>,
+    /// The fetches the node made, in order.
+    pub(super) fetched: Vec<(PeerId, dispy_protocol::Fetch)>,
     next_reply: u64,
     pub(super) dest: tempfile::TempDir,
     /// Function workers alive.
@@ -133,6 +139,8 @@ impl Harness {
             replies: HashMap::new(),
             deliveries: VecDeque::new(),
             unreachable: HashSet::new(),
+            sources: HashMap::new(),
+            fetched: Vec::new(),
             next_reply: 0,
             dest,
             workers,
@@ -180,7 +188,7 @@ impl Harness {
                 let id = channel.test_id().expect("a test reply slot");
                 assert!(self.replies.insert(id, wire(&response)).is_none(), "request {id} answered twice");
             }
-            Command::Request { peer, request, reply } => match wire(&request) {
+            Command::Request { peer, request, reply, .. } => match wire(&request) {
                 Request::Results(results) => {
                     let delivery = Delivery { peer, results, reply };
                     if self.unreachable.contains(&peer) {
@@ -188,6 +196,19 @@ impl Harness {
                     } else {
                         self.deliveries.push_back(delivery);
                     }
+                }
+                Request::Fetch(f) => {
+                    let answer = match self.sources.get(&peer) {
+                        Some(bytes) => {
+                            let start = usize::try_from(f.offset).unwrap_or(usize::MAX).min(bytes.len());
+                            let end = (start + dispy_protocol::CHUNK_SIZE).min(bytes.len());
+                            let data = bytes[start..end].to_vec();
+                            Ok(wire(&Response::Data(dispy_protocol::Data { hash: f.hash, offset: f.offset, data })))
+                        }
+                        None => Err(Error::Request { peer: peer.to_string(), reason: "unreachable".into() }),
+                    };
+                    self.fetched.push((peer, f));
+                    let _ = reply.send(answer);
                 }
                 other => panic!("the node asked {other:?}"),
             },

@@ -75,13 +75,13 @@ async fn returned_files_are_listed_and_served_in_chunks_to_the_client_only() {
     assert_eq!(result.returned.len(), 1);
     let out = &result.returned[0];
     assert_eq!((out.name.as_str(), out.size), ("out.bin", data.len() as u64));
-    let fetch = |offset| Request::Fetch(Fetch { cluster: ClusterId(1), hash: out.hash, offset });
+    let fetch = |offset| Request::Fetch(Fetch { cluster: ClusterId(1), hash: out.hash, offset, share: None });
     let Response::Data(first) = h.ask(client, fetch(0)).await else { panic!("no data") };
     let Response::Data(rest) = h.ask(client, fetch(CHUNK_SIZE as u64)).await else { panic!("no data") };
     assert_eq!([first.data, rest.data].concat(), data);
     // Only the cluster's client, only files its jobs returned.
     assert_eq!(refused(&h.ask(PeerId::random(), fetch(0)).await), Some(RefusalKind::UnknownCluster));
-    let other = Request::Fetch(Fetch { cluster: ClusterId(1), hash: FileHash([3; 32]), offset: 0 });
+    let other = Request::Fetch(Fetch { cluster: ClusterId(1), hash: FileHash([3; 32]), offset: 0, share: None });
     assert_eq!(refused(&h.ask(client, other).await), Some(RefusalKind::BadFile));
     // Released: the file leaves the store.
     let stored = h.dest.path().join("store").join(out.hash.to_hex());

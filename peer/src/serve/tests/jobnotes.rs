@@ -76,7 +76,7 @@ async fn a_sent_file_is_kept_listed_with_the_result_and_fetchable_and_a_link_is_
     assert_eq!(sent.hash.0, <[u8; 32]>::from(Sha256::digest(&data)));
     let note = result.return_note.expect("the link is named");
     assert!(note.contains("evil.txt: not sent: not a regular file"), "{note}");
-    let fetch = Request::Fetch(Fetch { cluster: ClusterId(1), hash: sent.hash, offset: 0 });
+    let fetch = Request::Fetch(Fetch { cluster: ClusterId(1), hash: sent.hash, offset: 0, share: None });
     let Response::Data(got) = h.ask(client, fetch.clone()).await else { panic!("no data") };
     assert_eq!(got.data, data);
     // Only the cluster's client may fetch it.

@@ -45,7 +45,7 @@ async fn crashed_client(
 
     // Within the zombie interval a recovering client (another peer) gets it from the lease.
     let rescuer = PeerId::random();
-    let fetch = Request::Fetch(Fetch { cluster: ClusterId(1), hash, offset: 0 });
+    let fetch = Request::Fetch(Fetch { cluster: ClusterId(1), hash, offset: 0, share: None });
     assert!(matches!(h.ask(rescuer, fetch).await, Response::Data(_)), "served while the client is gone");
 
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -58,7 +58,7 @@ async fn crashed_client(
 async fn fetch_all(h: &mut Harness, peer: PeerId, cluster: u64, f: &FileEntry) -> Result<Vec<u8>, RefusalKind> {
     let mut out = Vec::new();
     while (out.len() as u64) < f.size {
-        let fetch = Fetch { cluster: ClusterId(cluster), hash: f.hash, offset: out.len() as u64 };
+        let fetch = Fetch { cluster: ClusterId(cluster), hash: f.hash, offset: out.len() as u64, share: None };
         match h.ask(peer, Request::Fetch(fetch)).await {
             Response::Data(d) => out.extend(d.data),
             other => return Err(refused(&other).expect("data or a refusal")),

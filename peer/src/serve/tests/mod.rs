@@ -10,6 +10,7 @@ mod kept_files;
 mod limits;
 mod nested;
 mod setup;
+mod share;
 
 use dispy_protocol::{
     CHUNK_SIZE, CHUNKS_IN_FLIGHT, Cancel, Chunk, ClusterId, Forget, Hello, JobId, JobOutcome, Recover, RefusalKind,
