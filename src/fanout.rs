@@ -5,11 +5,12 @@
 //!
 //! Who holds what is the client's own knowledge ([`Holders`]): it staged or had pulled
 //! every copy, so it needs no lookup (no Kademlia provider records to publish, trust or
-//! expire). A holder serves at most [`SERVING`] pulls at once, so copies spread as a tree
-//! (each new copy is a new source) rather than a star on the first node. A node waits for a
-//! copy under way rather than take the client's link again, unless that copy stalls for
-//! [`STALL`]. A node that sends wrong bytes is reported by the puller and never named as a
-//! source again.
+//! expire). A copy still arriving is already a source: the next node trails it, chunk by
+//! chunk, so the file spreads while the client is still sending it and the last node holds
+//! it soon after the first. A node serves at most [`SERVING`] pulls at once, so copies
+//! spread as a tree rather than a star on the first node. A node waits for a copy rather
+//! than take the client's link again, unless every copy stalls for [`STALL`]. A node that
+//! sends wrong bytes is reported by the puller and never named as a source again.
 
 use crate::stage::{self, LocalFile, SendError};
 use dispy_node::net::NetHandle;
@@ -48,11 +49,32 @@ struct Inner {
 struct Copies {
     /// Nodes with a verified copy, and where the client reaches them.
     held: Vec<(PeerId, Option<Multiaddr>)>,
-    /// Pulls each holder is serving now.
+    /// Pulls each node is serving now.
     serving: HashMap<PeerId, usize>,
-    /// Copies on their way (from the client or a pull): bytes so far, and when they last
-    /// grew.
-    coming: HashMap<PeerId, (Arc<AtomicU64>, u64, Instant)>,
+    /// Copies on their way (from the client or a pull).
+    coming: HashMap<PeerId, Coming>,
+}
+
+/// A copy on its way to a node, which other nodes may already pull from as it grows.
+struct Coming {
+    addr: Option<Multiaddr>,
+    /// Bytes the node holds so far, and when that last changed. A pull's progress is only
+    /// heard every few seconds: a pull counts as growing while it runs (it ends by itself
+    /// when its source stalls).
+    bytes: Arc<AtomicU64>,
+    last: u64,
+    at: Instant,
+    pulled: bool,
+}
+
+impl Coming {
+    fn growing(&mut self, now: Instant) -> bool {
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        if bytes != self.last {
+            (self.last, self.at) = (bytes, now);
+        }
+        self.pulled || now.saturating_duration_since(self.at) < STALL
+    }
 }
 
 /// What a node's staging of one file does next.
@@ -70,44 +92,48 @@ impl Holders {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Holders first (least busy first), then copies under way that still grow: a node may
+    /// trail a copy that is still arriving, so the file spreads while the client sends it.
     fn plan(&self, hash: FileHash, peer: PeerId, now: Instant) -> Plan {
         let mut inner = self.lock();
         let Inner { files, liars } = &mut *inner;
         let copies = files.entry(hash).or_default();
-        let mut free: Vec<&(PeerId, Option<Multiaddr>)> = copies
-            .held
-            .iter()
-            .filter(|(p, _)| *p != peer && !liars.contains(p))
-            .filter(|(p, _)| copies.serving.get(p).copied().unwrap_or(0) < SERVING)
-            .collect();
-        free.sort_by_key(|(p, _)| copies.serving.get(p).copied().unwrap_or(0));
-        if let Some(first) = free.first().map(|(p, _)| *p) {
-            let sources = free
+        let busy = |p: &PeerId| copies.serving.get(p).copied().unwrap_or(0);
+        let mut candidates: Vec<(u8, usize, PeerId, Option<Multiaddr>)> = Vec::new();
+        for (p, a) in &copies.held {
+            if *p != peer && !liars.contains(p) {
+                candidates.push((0, busy(p), *p, a.clone()));
+            }
+        }
+        let mut waiting_for = false;
+        for (p, c) in copies.coming.iter_mut() {
+            if *p != peer && !liars.contains(p) && c.growing(now) {
+                waiting_for = true;
+                candidates.push((1, busy(p), *p, c.addr.clone()));
+            }
+        }
+        let usable = candidates.iter().any(|c| c.0 == 0) || waiting_for;
+        candidates.retain(|c| c.1 < SERVING);
+        candidates.sort_by_key(|c| (c.0, c.1));
+        if let Some(first) = candidates.first().map(|c| c.2) {
+            let sources = candidates
                 .iter()
                 .take(dispy_protocol::share::MAX_SOURCES)
-                .map(|(p, a)| Source { peer: p.to_bytes(), addrs: a.iter().map(|a| a.to_vec()).collect() })
+                .map(|(_, _, p, a)| Source { peer: p.to_bytes(), addrs: a.iter().map(|a| a.to_vec()).collect() })
                 .collect();
             *copies.serving.entry(first).or_default() += 1;
             return Plan::Pull(sources, first);
         }
-        // Copies under way that still grow are worth waiting for.
-        for (bytes, last, at) in copies.coming.values_mut() {
-            let now_bytes = bytes.load(Ordering::Relaxed);
-            if now_bytes != *last {
-                (*last, *at) = (now_bytes, now);
-            }
-        }
-        let growing = copies.coming.iter().any(|(p, (_, _, at))| *p != peer && now.duration_since(*at) < STALL);
-        let held_by_others = copies.held.iter().any(|(p, _)| *p != peer && !liars.contains(p));
-        if growing || held_by_others { Plan::Wait } else { Plan::Send }
+        if usable { Plan::Wait } else { Plan::Send }
     }
 
-    /// `peer`'s copy of `hash` is on its way; returns its byte counter.
-    fn coming(&self, hash: FileHash, peer: PeerId) -> Arc<AtomicU64> {
-        let counter = Arc::new(AtomicU64::new(0));
-        let entry = (counter.clone(), 0, Instant::now());
-        self.lock().files.entry(hash).or_default().coming.insert(peer, entry);
-        counter
+    /// `peer`'s copy of `hash` is on its way (`pulled`: from other nodes); returns its byte
+    /// counter.
+    fn coming(&self, hash: FileHash, peer: PeerId, addr: Option<&Multiaddr>, pulled: bool) -> Arc<AtomicU64> {
+        let bytes = Arc::new(AtomicU64::new(0));
+        let coming = Coming { addr: addr.cloned(), bytes: bytes.clone(), last: 0, at: Instant::now(), pulled };
+        self.lock().files.entry(hash).or_default().coming.insert(peer, coming);
+        bytes
     }
 
     /// `peer`'s copy ended: held (verified) or not.
@@ -158,7 +184,7 @@ pub(crate) async fn stage_file(
         match holders.plan(hash, peer, Instant::now()) {
             Plan::Wait => tokio::time::sleep(WAIT_STEP).await,
             Plan::Pull(sources, first) => {
-                let progress = holders.coming(hash, peer);
+                let progress = holders.coming(hash, peer, addr, true);
                 let outcome = pull(net, peer, cluster, hash, sources, &progress).await;
                 let liars = match &outcome {
                     Err(PullError::Failed { liars, .. } | PullError::Lied(liars)) => liars.clone(),
@@ -201,7 +227,7 @@ async fn send(
     cluster: ClusterId,
     file: &LocalFile,
 ) -> Result<u64, SendError> {
-    let progress = holders.coming(file.entry.hash, peer);
+    let progress = holders.coming(file.entry.hash, peer, addr, false);
     let outcome = stage::send_file(net, peer, cluster, file, &progress).await;
     holders.arrived(file.entry.hash, peer, addr, outcome.is_ok());
     outcome.map(|()| file.entry.size)
@@ -266,36 +292,38 @@ mod tests {
     }
 
     #[test]
-    fn copies_spread_as_a_tree_and_liars_are_passed_over() {
+    fn copies_spread_as_a_tree_that_trails_the_first_and_liars_are_passed_over() {
         let h = Holders::default();
         let hash = FileHash([1; 32]);
-        let (a, b, c, d) = (peer(), peer(), peer(), peer());
+        let (a, b, c, d, e) = (peer(), peer(), peer(), peer(), peer());
         let t0 = Instant::now();
-        // Nobody holds it: the first node takes it from the client; others wait for it.
+        // Nobody holds it: the first node takes it from the client...
         assert!(matches!(h.plan(hash, a, t0), Plan::Send));
-        let sent = h.coming(hash, a);
-        sent.store(1, Ordering::Relaxed);
-        assert!(matches!(h.plan(hash, b, t0), Plan::Wait));
-        // A copy that stops growing is not waited for.
-        assert!(matches!(h.plan(hash, b, t0 + STALL + Duration::from_secs(1)), Plan::Send));
-        h.arrived(hash, a, None, true);
-        // a serves two pulls at once, then the third waits.
+        h.coming(hash, a, None, false).store(1, Ordering::Relaxed);
+        // ...and the next two trail that copy as it arrives; a serves no more than two.
         let Plan::Pull(_, first) = h.plan(hash, b, t0) else { panic!("b pulls") };
         assert_eq!(first, a);
-        assert!(matches!(h.plan(hash, c, t0), Plan::Pull(..)));
-        h.coming(hash, b);
-        assert!(matches!(h.plan(hash, d, t0), Plan::Wait));
-        // b's copy arrives: b is a source now, and the least busy goes first.
-        h.served(hash, a, &[]);
-        h.arrived(hash, b, None, true);
-        let Plan::Pull(sources, first) = h.plan(hash, d, t0) else { panic!("d pulls") };
-        assert_eq!(first, b);
-        assert_eq!(sources.len(), 2);
-        // b lied to d: never a source again.
-        h.served(hash, b, &[b]);
-        let Plan::Pull(sources, first) = h.plan(hash, d, t0) else { panic!("d pulls again") };
+        let Plan::Pull(_, first) = h.plan(hash, c, t0) else { panic!("c pulls") };
         assert_eq!(first, a);
-        assert_eq!(sources.len(), 1);
+        h.coming(hash, b, None, true);
+        h.coming(hash, c, None, true);
+        // The fourth trails b or c, the copies under way that serve nobody yet.
+        let Plan::Pull(sources, first) = h.plan(hash, d, t0) else { panic!("d pulls") };
+        assert!(first == b || first == c, "{first}");
+        assert_eq!(sources.len(), 2, "a is busy");
+        // a's copy arrives; b lied to d: b is never a source again.
+        h.arrived(hash, a, None, true);
+        h.served(hash, a, &[]);
+        h.served(hash, first, &[b]);
+        let Plan::Pull(sources, first) = h.plan(hash, e, t0) else { panic!("e pulls") };
+        assert_eq!(first, a, "a holder before a copy under way");
+        assert!(sources.iter().all(|s| s.peer != b.to_bytes()));
         assert_eq!(h.liars(), [b]);
+
+        // A copy from the client that stops growing is not waited for.
+        let other = FileHash([2; 32]);
+        assert!(matches!(h.plan(other, a, t0), Plan::Send));
+        h.coming(other, a, None, false);
+        assert!(matches!(h.plan(other, b, Instant::now() + STALL + Duration::from_secs(1)), Plan::Send));
     }
 }

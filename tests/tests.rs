@@ -10,6 +10,7 @@ mod args_file;
 mod cli;
 mod cluster;
 mod comforts;
+mod fanout;
 mod faults;
 mod flood;
 mod fn_extras;

@@ -484,6 +484,9 @@ pub enum RefusalKind {
     /// The peer is not the cluster's owner (for recover and forget): it neither reserved
     /// the cluster nor holds its owner token. Retrying will not help.
     NotOwner,
+    /// The node does not hold those bytes yet: its own copy of the file is still arriving.
+    /// Ask again shortly.
+    NotYet,
 }
 
 /// A refusal, with a message for people.

@@ -7,7 +7,7 @@
 //! the client, which stops offering it. Sources are tried one after another, each from the
 //! file's start, so a liar is never confused with an honest source.
 
-use super::store::{Store, Upload};
+use super::store::{Partial, Store, Upload};
 use super::{Completion, Node};
 use crate::net::{NetHandle, ReplyTo};
 use dispy_protocol::share::MAX_SOURCES;
@@ -20,13 +20,20 @@ use futures::stream::FuturesUnordered;
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 /// A client waiting on a pull is answered at least this often (with how far it got), well
 /// inside the request timeout.
 const POLL: Duration = Duration::from_secs(10);
+
+/// A source whose copy has not grown for this long is given up.
+const STALL: Duration = Duration::from_secs(20);
+
+/// How soon a chunk a source does not hold yet is asked again.
+const AGAIN: Duration = Duration::from_millis(20);
 
 /// Addresses of one source used at most.
 const MAX_ADDRS: usize = 8;
@@ -36,10 +43,18 @@ const MAX_ADDRS: usize = 8;
 pub(super) struct Pulls(HashMap<FileHash, Running>);
 
 struct Running {
-    received: Arc<AtomicU64>,
+    /// The copy being written (a new one for each source tried).
+    copy: Current,
     /// The client's request waiting for the outcome, if it asked again.
     waiter: Option<ReplyTo>,
     task: tokio::task::AbortHandle,
+}
+
+/// The partial copy a pull is writing now, if it has begun one.
+type Current = Arc<Mutex<Option<Arc<Partial>>>>;
+
+fn written(copy: &Current) -> u64 {
+    copy.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map_or(0, |p| p.written())
 }
 
 impl Drop for Running {
@@ -53,6 +68,11 @@ impl Pulls {
     /// Pulls under way (each holds a partial file open).
     pub(super) fn open(&self) -> usize {
         self.0.len()
+    }
+
+    /// The copy of `hash` this node is pulling now, as far as it is written.
+    pub(super) fn partial(&self, hash: &FileHash) -> Option<Arc<Partial>> {
+        self.0.get(hash).and_then(|r| r.copy.lock().unwrap_or_else(PoisonError::into_inner).clone())
     }
 
     /// Stops every pull (a release): the partial copies go, and a client still waiting
@@ -100,7 +120,7 @@ impl Node {
             return Some((channel, Response::Pulled(done)));
         }
         if let Some(run) = lease.pulls.0.get_mut(&p.hash) {
-            let received = run.received.load(Ordering::Relaxed);
+            let received = written(&run.copy);
             if let Some(older) = run.waiter.replace(channel) {
                 self.ctx.respond(older, running(p.hash, received));
             }
@@ -121,15 +141,15 @@ impl Node {
         }
         let me = self.ctx.net.local_peer_id();
         let sources = parse_sources(&p.from, me);
-        let received = Arc::new(AtomicU64::new(0));
+        let copy = Current::default();
         let (net, store, done) = (self.ctx.net.clone(), self.ctx.store.clone(), self.ctx.done.clone());
-        let (cluster, hash, got) = (p.cluster, p.hash, received.clone());
+        let (cluster, hash, got) = (p.cluster, p.hash, copy.clone());
         let task = tokio::spawn(async move {
             let mut liars = Vec::new();
             let outcome = pull_file(&net, &store, cluster, share, &entry, sources, &got, &mut liars).await;
             let _ = done.send(Completion::Pulled(PullDone { cluster, hash, outcome, liars }));
         });
-        lease.pulls.0.insert(hash, Running { received, waiter: Some(channel), task: task.abort_handle() });
+        lease.pulls.0.insert(hash, Running { copy, waiter: Some(channel), task: task.abort_handle() });
         self.ctx.report_after(POLL, Completion::PullDue { cluster, hash });
         None
     }
@@ -138,7 +158,7 @@ impl Node {
     pub(super) fn pull_due(&mut self, cluster: ClusterId, hash: FileHash) {
         let Some(run) = self.leases.0.get_mut(&cluster).and_then(|c| c.pulls.0.get_mut(&hash)) else { return };
         if let Some(w) = run.waiter.take() {
-            self.ctx.respond(w, running(hash, run.received.load(Ordering::Relaxed)));
+            self.ctx.respond(w, running(hash, written(&run.copy)));
         }
     }
 
@@ -184,17 +204,36 @@ impl Node {
             let why = format!("file {} is not one of the cluster's files", f.hash);
             return Some((channel, refuse(RefusalKind::BadFile, why)));
         };
+        // A copy still arriving here is served as far as it is written: a puller may trail
+        // it, so that a file spreads while the client is still sending it.
+        let partial = lease.uploads.partial(&f.hash).or_else(|| lease.pulls.partial(&f.hash));
         let (store, net, name) = (self.ctx.store.clone(), self.ctx.net.clone(), self.cfg.name.clone());
         tokio::spawn(async move {
             let read = tokio::task::spawn_blocking(move || {
-                // Only a whole, verified copy is served (a partial one is elsewhere).
-                if !store.has(&entry.hash, entry.size) {
-                    let why = format!("node {name} does not hold {} (yet)", entry.name);
-                    return refuse(RefusalKind::BadFile, why);
+                let Some(want) = entry.size.checked_sub(f.offset).map(|left| left.min(CHUNK_SIZE as u64)) else {
+                    return refuse(
+                        RefusalKind::BadFile,
+                        format!("offset {} is past the end of {}", f.offset, entry.name),
+                    );
+                };
+                let data = |data| Response::Data(dispy_protocol::Data { hash: f.hash, offset: f.offset, data });
+                let cannot =
+                    |e: std::io::Error| refuse(RefusalKind::Internal, format!("cannot read {}: {e}", entry.name));
+                if store.has(&entry.hash, entry.size) {
+                    return super::jobfiles::read_chunk(&store, &f.hash, f.offset).map_or_else(cannot, data);
                 }
-                match super::jobfiles::read_chunk(&store, &f.hash, f.offset) {
-                    Ok(data) => Response::Data(dispy_protocol::Data { hash: f.hash, offset: f.offset, data }),
-                    Err(e) => refuse(RefusalKind::Internal, format!("cannot read {}: {e}", entry.name)),
+                let Some(partial) = partial else {
+                    return refuse(RefusalKind::BadFile, format!("node {name} does not hold {}", entry.name));
+                };
+                let have = partial.written();
+                if f.offset + want > have {
+                    let why = format!("node {name} holds {have} of {} bytes of {} so far", entry.size, entry.name);
+                    return refuse(RefusalKind::NotYet, why);
+                }
+                match read_at(&partial.path, f.offset, want) {
+                    Ok(bytes) => data(bytes),
+                    // Complete meanwhile, and moved into the store.
+                    Err(_) => super::jobfiles::read_chunk(&store, &f.hash, f.offset).map_or_else(cannot, data),
                 }
             });
             let response = read
@@ -204,6 +243,15 @@ impl Node {
         });
         None
     }
+}
+
+/// `len` bytes of the file at `path` from `offset` (on the blocking pool).
+fn read_at(path: &std::path::Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let mut data = vec![0; usize::try_from(len).map_err(std::io::Error::other)?];
+    file.read_exact_at(&mut data, offset)?;
+    Ok(data)
 }
 
 /// The sources a client named that parse, without this node; at most [`MAX_ADDRS`] each.
@@ -237,13 +285,12 @@ async fn pull_file(
     share: ShareToken,
     entry: &FileEntry,
     sources: Vec<(PeerId, Vec<Multiaddr>)>,
-    received: &AtomicU64,
+    copy: &Current,
     liars: &mut Vec<PeerId>,
 ) -> Result<u64, String> {
     let mut reasons = Vec::new();
     for (peer, addrs) in sources {
-        received.store(0, Ordering::Relaxed);
-        match from_one(net, store, cluster, share, entry, peer, addrs, received).await {
+        match from_one(net, store, cluster, share, entry, peer, addrs, copy).await {
             Ok(()) => return Ok(entry.size),
             Err(SourceError::Lied(why)) => {
                 warn!(%peer, file = %entry.name, cause = %why, "a node sent wrong bytes for a file");
@@ -263,6 +310,21 @@ async fn pull_file(
     Err(reasons.join("; "))
 }
 
+/// Asks a source for the chunk at `offset`, after `wait`.
+async fn ask(
+    net: NetHandle,
+    peer: PeerId,
+    addrs: Vec<Multiaddr>,
+    fetch: Request,
+    offset: u64,
+    wait: Duration,
+) -> (u64, crate::error::Result<Response>) {
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    (offset, net.request_via(peer, addrs, fetch).await)
+}
+
 /// Fetches `entry` from one source, [`CHUNKS_IN_FLIGHT`] chunks at a time, writing them in
 /// order on the blocking pool.
 #[allow(clippy::too_many_arguments)]
@@ -274,7 +336,7 @@ async fn from_one(
     entry: &FileEntry,
     peer: PeerId,
     addrs: Vec<Multiaddr>,
-    received: &AtomicU64,
+    copy: &Current,
 ) -> Result<(), SourceError> {
     let (hash, size) = (entry.hash, entry.size);
     let begin = {
@@ -286,7 +348,9 @@ async fn from_one(
         Ok(Err(e)) => return Err(SourceError::Local(format!("cannot store the file: {e}"))),
         Err(e) => return Err(SourceError::Local(format!("cannot store the file: {e}"))),
     };
+    *copy.lock().unwrap_or_else(PoisonError::into_inner) = Some(upload.partial());
     let mut next = 0u64;
+    let mut last_data = Instant::now();
     let mut asked_all = false;
     let mut in_flight = FuturesUnordered::new();
     let mut arrived: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
@@ -294,7 +358,7 @@ async fn from_one(
         while !asked_all && in_flight.len() + arrived.len() < CHUNKS_IN_FLIGHT {
             let fetch = Request::Fetch(Fetch { cluster, hash, offset: next, share: Some(share) });
             let (net, addrs, offset) = (net.clone(), addrs.clone(), next);
-            in_flight.push(async move { (offset, net.request_via(peer, addrs, fetch).await) });
+            in_flight.push(ask(net, peer, addrs, fetch, offset, Duration::ZERO));
             next = next.saturating_add(CHUNK_SIZE as u64);
             asked_all = next >= size;
         }
@@ -309,6 +373,15 @@ async fn from_one(
                     return Err(SourceError::Lied(why));
                 }
                 arrived.insert(offset, d.data);
+                last_data = Instant::now();
+            }
+            // The source's own copy is still arriving: ask again shortly, while it grows.
+            Ok(Response::Refused(r)) if r.kind == RefusalKind::NotYet => {
+                if last_data.elapsed() > STALL {
+                    return Err(SourceError::Failed(format!("its copy stopped growing: {}", r.message)));
+                }
+                let fetch = Request::Fetch(Fetch { cluster, hash, offset, share: Some(share) });
+                in_flight.push(ask(net.clone(), peer, addrs.clone(), fetch, offset, AGAIN));
             }
             Ok(Response::Data(_)) => return Err(SourceError::Lied("a chunk of another file or place".into())),
             Ok(Response::Refused(r)) => return Err(SourceError::Failed(r.message)),
@@ -325,7 +398,6 @@ async fn from_one(
             .await
             .map_err(|e| SourceError::Local(format!("cannot store the file: {e}")))?;
             upload = back;
-            received.store(upload.received(), Ordering::Relaxed);
             match outcome {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}

@@ -356,7 +356,9 @@ impl Store {
     pub fn begin(&self, hash: FileHash, size: u64) -> std::io::Result<Upload> {
         let tmp = self.root.join(".partial").join(format!("{}.{:x}", hash.to_hex(), rand::random::<u64>()));
         let file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let partial = Arc::new(Partial { path: tmp.clone(), written: AtomicU64::new(0) });
         Ok(Upload {
+            partial,
             file,
             tmp,
             dest: self.path(&hash),
@@ -443,6 +445,23 @@ fn ensure_dir_inside(root: &Path, dir: &Path, name: &str) -> Result<(), String> 
     Ok(())
 }
 
+/// A file's copy while it is being written: where, and how many bytes are on disk. Other
+/// nodes of the cluster may read what is written already (a pull trailing this copy); the
+/// whole file is verified by each receiver.
+#[derive(Debug)]
+pub struct Partial {
+    /// The partial file (gone once the copy is complete and moved into the store).
+    pub path: PathBuf,
+    written: AtomicU64,
+}
+
+impl Partial {
+    /// Bytes written so far, from the file's start.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+}
+
 /// A file being received; chunks must come in order.
 #[derive(Debug)]
 pub struct Upload {
@@ -456,6 +475,7 @@ pub struct Upload {
     stored: bool,
     /// The bytes were all written and did not hash to the file's name.
     mismatched: bool,
+    partial: Arc<Partial>,
     /// The store's seals, where this file's goes once stored.
     seals: Arc<Mutex<HashMap<FileHash, Seal>>>,
 }
@@ -469,6 +489,11 @@ impl Upload {
     /// The file's declared size.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The copy as others may read it while it grows.
+    pub fn partial(&self) -> Arc<Partial> {
+        Arc::clone(&self.partial)
     }
 
     /// Whether the bytes written, all of them, are not the file's (their hash is another):
@@ -491,6 +516,7 @@ impl Upload {
         self.file.write_all(data).map_err(|e| format!("cannot write {}: {e}", self.tmp.display()))?;
         self.hasher.update(data);
         self.received += data.len() as u64;
+        self.partial.written.store(self.received, Ordering::Release);
         if self.received < self.size {
             return Ok(false);
         }

@@ -3,7 +3,7 @@
 //! writes them in order on the blocking pool, holding the early ones meanwhile. Memory
 //! stays bounded by the window, whatever the file's size.
 
-use super::store::Upload;
+use super::store::{Partial, Upload};
 use super::{Completion, Ctx};
 use crate::net::ReplyTo;
 use dispy_protocol::{
@@ -11,6 +11,7 @@ use dispy_protocol::{
 };
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use tracing::{debug, warn};
 
 /// One lease's files arriving.
@@ -26,6 +27,8 @@ pub(super) struct Uploads {
 /// A file being received.
 struct Incoming {
     upload: Slot,
+    /// What is written so far, for nodes pulling from this copy as it grows.
+    partial: Option<Arc<Partial>>,
     /// Chunks not written yet, by offset, with where to answer each.
     waiting: BTreeMap<u64, (Vec<u8>, ReplyTo)>,
 }
@@ -64,6 +67,11 @@ impl Uploads {
     /// Files arriving now (each holds a partial file open).
     pub(super) fn open(&self) -> usize {
         self.uploads.len()
+    }
+
+    /// The copy of `hash` arriving now, if any, as far as it is written.
+    pub(super) fn partial(&self, hash: &FileHash) -> Option<Arc<Partial>> {
+        self.uploads.get(hash).and_then(|i| i.partial.clone())
     }
 
     /// Whether a chunk of `hash` would start a new upload.
@@ -107,7 +115,9 @@ impl Uploads {
         }
         let incoming = match self.uploads.entry(c.hash) {
             Entry::Occupied(o) => o.into_mut(),
-            Entry::Vacant(v) => v.insert(Incoming { upload: Slot::New { size: entry.size }, waiting: BTreeMap::new() }),
+            Entry::Vacant(v) => {
+                v.insert(Incoming { upload: Slot::New { size: entry.size }, partial: None, waiting: BTreeMap::new() })
+            }
         };
         if incoming.waiting.len() >= CHUNKS_IN_FLIGHT || incoming.waiting.contains_key(&c.offset) {
             let why = format!("more than {CHUNKS_IN_FLIGHT} chunks of one file in flight, or a chunk sent twice");
@@ -159,6 +169,7 @@ impl Uploads {
         let (response, refused) = match (outcome, upload) {
             (Ok(false), Some(upload)) => {
                 if let Some(incoming) = self.uploads.get_mut(&hash) {
+                    incoming.partial.get_or_insert_with(|| upload.partial());
                     incoming.upload = Slot::Ready(upload);
                 }
                 (Response::ChunkStored(ChunkStored { hash, complete: false }), None)

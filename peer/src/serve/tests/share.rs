@@ -153,3 +153,45 @@ async fn a_nodes_files_go_only_to_nodes_of_the_cluster_and_only_its_files() {
     assert_eq!(refused(&h.ask(stranger, pull(shared.hash, &[client])).await), Some(RefusalKind::UnknownCluster));
     assert!(h.fetched.is_empty(), "no fetch was made");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_still_arriving_is_served_as_far_as_it_is_written() {
+    let mut h = Harness::start(1, |_| {});
+    let client = PeerId::random();
+    let data = dataset();
+    let entry = file("data.bin", &data);
+    let files = vec![file("prog", PROG), entry.clone()];
+    let Response::Reserved(_) = h.ask(client, shared_reserve(1, files, Some(SHARE))).await else { panic!() };
+    let chunk = |i: usize| {
+        let part = data.chunks(CHUNK_SIZE).nth(i).unwrap().to_vec();
+        Request::Chunk(Chunk { cluster: ClusterId(1), hash: entry.hash, offset: (i * CHUNK_SIZE) as u64, data: part })
+    };
+    for i in 0..2 {
+        assert!(matches!(h.ask(client, chunk(i)).await, Response::ChunkStored(s) if !s.complete));
+    }
+    let node = PeerId::random();
+    let fetch = |i: usize| {
+        Request::Fetch(Fetch {
+            cluster: ClusterId(1),
+            hash: entry.hash,
+            offset: (i * CHUNK_SIZE) as u64,
+            share: Some(SHARE),
+        })
+    };
+    let Response::Data(d) = h.ask(node, fetch(1)).await else { panic!("written bytes are served") };
+    assert_eq!(d.data, &data[CHUNK_SIZE..2 * CHUNK_SIZE]);
+    let later = h.ask(node, fetch(2)).await;
+    assert_eq!(refused(&later), Some(RefusalKind::NotYet), "{later:?}");
+    let past = Request::Fetch(Fetch {
+        cluster: ClusterId(1),
+        hash: entry.hash,
+        offset: data.len() as u64 + 1,
+        share: Some(SHARE),
+    });
+    assert_eq!(refused(&h.ask(node, past).await), Some(RefusalKind::BadFile));
+    for i in 2..4 {
+        assert!(matches!(h.ask(client, chunk(i)).await, Response::ChunkStored(_)));
+    }
+    let Response::Data(d) = h.ask(node, fetch(3)).await else { panic!("the stored file is served") };
+    assert_eq!(d.data, &data[3 * CHUNK_SIZE..]);
+}
