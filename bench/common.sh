@@ -22,3 +22,34 @@ workdir() {
   NODE=""
   trap 'if [ -n "$NODE" ]; then kill "$NODE" 2>/dev/null; fi; wait 2>/dev/null; rm -rf "$W"' EXIT
 }
+
+# make_lan N MASK: a LAN of network namespaces: a bridge ($P-hub) and hosts $P-0 (the
+# client) to $P-N plugged into it, host i at $(addr i)/MASK with MAC $(mac i) (the caller
+# defines P, W, addr and mac). Every namespace made goes to SPACES, for the caller's
+# cleanup (`printf 'netns del %s\n' "${SPACES[@]}" | ip -force -batch -`). Unless
+# STATIC_ARP=0, every host knows every other's MAC (permanent neighbour entries): the
+# kernel keeps one learnt-neighbour table for all namespaces, capped machine-wide, where
+# machines on a real LAN each have their own.
+make_lan() {
+  local n=$1 mask=$2 i
+  SPACES=("$P-hub"); for i in $(seq 0 "$n"); do SPACES+=("$P-$i"); done
+  printf 'netns add %s\n' "${SPACES[@]}" | ip -batch -
+  {
+    echo "link set lo up"; echo "link add br0 type bridge"; echo "link set br0 up"
+    for i in $(seq 0 "$n"); do
+      echo "link add p$i type veth peer name eth0 address $(mac "$i") netns $P-$i"
+      echo "link set p$i master br0"; echo "link set p$i up"
+    done
+  } | ip -n "$P-hub" -batch -
+  : >"$W/neigh"
+  if [ "${STATIC_ARP:-1}" = 1 ]; then
+    {
+      echo "neigh replace 224.0.0.251 lladdr 01:00:5e:00:00:fb dev eth0 nud permanent"
+      for i in $(seq 0 "$n"); do echo "neigh replace $(addr "$i") lladdr $(mac "$i") dev eth0 nud permanent"; done
+    } >"$W/neigh"
+  fi
+  for i in $(seq 0 "$n"); do
+    { printf 'link set lo up\naddr add %s/%s dev eth0\nlink set eth0 up\n' "$(addr "$i")" "$mask"; cat "$W/neigh"; } |
+      ip -n "$P-$i" -batch -
+  done
+}

@@ -57,24 +57,8 @@ trap 'exit 130' INT TERM
 
 addr() { echo "10.85.0.$(($1 + 1))"; }
 mac() { printf '02:85:00:00:00:%02x' "$(($1 + 1))"; }
-# The LAN: a bridge namespace, the client's (0) and N nodes' (1..N), with every host's MAC
-# address known to every other (as on a LAN that has talked before).
-SPACES=("$P-hub"); for i in $(seq 0 "$N"); do SPACES+=("$P-$i"); done
-printf 'netns add %s\n' "${SPACES[@]}" | ip -batch -
-{
-  echo "link set lo up"; echo "link add br0 type bridge"; echo "link set br0 up"
-  for i in $(seq 0 "$N"); do
-    echo "link add p$i type veth peer name eth0 address $(mac "$i") netns $P-$i"
-    echo "link set p$i master br0"; echo "link set p$i up"
-  done
-} | ip -n "$P-hub" -batch -
-for i in $(seq 0 "$N"); do
-  {
-    printf 'link set lo up\naddr add %s/24 dev eth0\nlink set eth0 up\n' "$(addr "$i")"
-    echo "neigh replace 224.0.0.251 lladdr 01:00:5e:00:00:fb dev eth0 nud permanent"
-    for j in $(seq 0 "$N"); do echo "neigh replace $(addr "$j") lladdr $(mac "$j") dev eth0 nud permanent"; done
-  } | ip -n "$P-$i" -batch -
-done
+# The LAN: a bridge namespace, the client's (0) and N nodes' (1..N).
+make_lan "$N" 24
 
 probe() { # probe KIND TAG -> milliseconds to the first result
   local out

@@ -44,9 +44,10 @@ IDLE_SECS="${IDLE_SECS:-10}"; SETTLE_SECS="${SETTLE_SECS:-5}"
 export PROBE_TIMEOUT="${PROBE_TIMEOUT:-60}"; SUBMIT_TIMEOUT="${SUBMIT_TIMEOUT:-300}"
 export PROBE_SECRET=bench
 TICK=$(getconf CLK_TCK)
-P="dpm$$"                                   # namespace names: $P-hub, $P-c, $P-1 ...
+P="dpm$$"                                   # namespace names: $P-hub, $P-0 (client), $P-1 ...
 W=$(mktemp -d /tmp/dispy-peer-mesh.XXXXXX)
 PIDS=(); SPACES=()
+source "$ROOT/bench/common.sh"
 
 teardown() {
   local p
@@ -68,32 +69,6 @@ cleanup() { teardown; rm -rf "$W"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# The LAN: a bridge namespace, N node namespaces and the client's, plugged in by batches.
-make_lan() { # make_lan N
-  local n=$1 i
-  SPACES=("$P-hub" "$P-c"); for i in $(seq "$n"); do SPACES+=("$P-$i"); done
-  printf 'netns add %s\n' "${SPACES[@]}" | ip -batch -
-  {
-    echo "link set lo up"; echo "link add br0 type bridge"; echo "link set br0 up"
-    for i in $(seq 0 "$n"); do
-      local ns="$P-$i"; [ "$i" = 0 ] && ns="$P-c"
-      echo "link add p$i type veth peer name eth0 address $(mac "$i") netns $ns"
-      echo "link set p$i master br0"; echo "link set p$i up"
-    done
-  } | ip -n "$P-hub" -batch -
-  : >"$W/neigh"
-  if [ "$STATIC_ARP" = 1 ]; then
-    {
-      echo "neigh replace 224.0.0.251 lladdr 01:00:5e:00:00:fb dev eth0 nud permanent"
-      for i in $(seq 0 "$n"); do echo "neigh replace $(addr "$i") lladdr $(mac "$i") dev eth0 nud permanent"; done
-    } >"$W/neigh"
-  fi
-  for i in $(seq 0 "$n"); do
-    local ns="$P-$i"; [ "$i" = 0 ] && ns="$P-c"
-    { printf 'link set lo up\naddr add %s/16 dev eth0\nlink set eth0 up\n' "$(addr "$i")"; cat "$W/neigh"; } |
-      ip -n "$ns" -batch -
-  done
-}
 addr() { if [ "$1" = 0 ]; then echo 10.84.255.1; else echo "10.84.$(($1 / 256)).$(($1 % 256))"; fi; }
 mac() { printf '02:84:00:00:%02x:%02x' $(($1 / 256)) $(($1 % 256)); }
 
@@ -122,7 +97,7 @@ stats() { # "max mean" of the numbers on stdin
 }
 
 for n in $NODES; do
-  make_lan "$n"
+  make_lan "$n" 16
   for i in $(seq "$n"); do
     mkdir -p "$W/$i"
     ip netns exec "$P-$i" "$BIN" serve --cpus 1 --name "s$i" --secret "$PROBE_SECRET" \
@@ -143,11 +118,11 @@ for n in $NODES; do
     rss_kib=$((rss_kib + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
   done
 
-  probe=$(ip netns exec "$P-c" "$PROBE" "$n" 2>"$W/probe.err") || true
+  probe=$(ip netns exec "$P-0" "$PROBE" "$n" 2>"$W/probe.err") || true
   [ -n "$probe" ] || probe='{}'
 
   seq 0 $((n * JOBS_PER_NODE - 1)) >"$W/args"
-  ip netns exec "$P-c" /usr/bin/time -f '%e %U %S' -o "$W/time" timeout "$SUBMIT_TIMEOUT" \
+  ip netns exec "$P-0" /usr/bin/time -f '%e %U %S' -o "$W/time" timeout "$SUBMIT_TIMEOUT" \
     "$BIN" submit /bin/true --json --secret "$PROBE_SECRET" --discover-timeout 10 \
     --args-file "$W/args" >"$W/jobs" 2>"$W/submit.err" &
   sub=$!
