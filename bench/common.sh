@@ -53,3 +53,22 @@ make_lan() {
       ip -n "$P-$i" -batch -
   done
 }
+
+# stop_pids: stops every process in PIDS by its PID: TERM, up to 10 s each, then KILL.
+stop_pids() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  PIDS=()
+}
+
+# lan_cleanup: stop_pids, then deletes the namespaces in SPACES and the folder W (the
+# namespace benchmarks' EXIT trap).
+lan_cleanup() {
+  stop_pids
+  if [ "${#SPACES[@]}" -gt 0 ]; then printf 'netns del %s\n' "${SPACES[@]}" | ip -force -batch - 2>/dev/null || true; fi
+  rm -rf "$W"
+}

@@ -28,17 +28,7 @@ W=$(mktemp -d /tmp/dispy-peer-fanout.XXXXXX)
 PIDS=(); SPACES=()
 source "$ROOT/bench/common.sh"
 
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-  done
-  if [ "${#SPACES[@]}" -gt 0 ]; then printf 'netns del %s\n' "${SPACES[@]}" | ip -force -batch - 2>/dev/null || true; fi
-  rm -rf "$W"
-}
-trap cleanup EXIT
+trap lan_cleanup EXIT
 trap 'exit 130' INT TERM
 
 addr() { echo "10.87.0.$(($1 + 1))"; }

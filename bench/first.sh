@@ -38,21 +38,7 @@ if [ "${KEYFILE:-0}" = 1 ]; then
   export PROBE_SECRET_FILE="$W/key"; SECRET=(--secret-file "$W/key")
 fi
 
-stop_nodes() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-  done
-  PIDS=()
-}
-cleanup() {
-  stop_nodes
-  if [ "${#SPACES[@]}" -gt 0 ]; then printf 'netns del %s\n' "${SPACES[@]}" | ip -force -batch - 2>/dev/null || true; fi
-  rm -rf "$W"
-}
-trap cleanup EXIT
+trap lan_cleanup EXIT
 trap 'exit 130' INT TERM
 
 addr() { echo "10.85.0.$(($1 + 1))"; }
@@ -82,7 +68,7 @@ for rep in $(seq "$REPS"); do
   emit dispy-peer fn_fresh_ms "$(probe function "$rep-fresh")" ms "$rep"
   emit dispy-peer fn_cached_ms "$(probe function "$rep-cached")" ms "$rep"
   emit dispy-peer prog_ms "$(probe program "$rep")" ms "$rep"
-  stop_nodes
+  stop_pids
   if [ -n "${KEEP_LOGS:-}" ]; then for i in $(seq "$N"); do cp "$W/$rep/$i/err" "$KEEP_LOGS/node$i-$rep.log"; done; fi
   rm -rf "${W:?}/$rep"
 done

@@ -42,8 +42,9 @@ async fn send_prog(h: &mut Harness, client: PeerId) {
     assert!(matches!(h.ask(client, Request::Chunk(chunk)).await, Response::ChunkStored(s) if s.complete));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_file_pulled_from_an_honest_node_is_stored_and_a_liar_is_named() {
+/// A node with cluster 1 reserved (share token [`SHARE`]) for the program and a dataset,
+/// neither sent yet.
+async fn with_dataset() -> (Harness, PeerId, Vec<u8>, FileEntry) {
     let mut h = Harness::start(1, |_| {});
     let client = PeerId::random();
     let data = dataset();
@@ -51,6 +52,12 @@ async fn a_file_pulled_from_an_honest_node_is_stored_and_a_liar_is_named() {
     let files = vec![file("prog", PROG), entry.clone()];
     let Response::Reserved(r) = h.ask(client, shared_reserve(1, files, Some(SHARE))).await else { panic!() };
     assert_eq!(r.missing.len(), 2);
+    (h, client, data, entry)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_file_pulled_from_an_honest_node_is_stored_and_a_liar_is_named() {
+    let (mut h, client, data, entry) = with_dataset().await;
     send_prog(&mut h, client).await;
 
     // The first source sends bytes of the right length that are not the file; the second
@@ -87,12 +94,7 @@ async fn a_file_pulled_from_an_honest_node_is_stored_and_a_liar_is_named() {
 
 #[tokio::test(start_paused = true)]
 async fn when_no_source_gives_the_file_the_client_hears_why_and_may_send_it() {
-    let mut h = Harness::start(1, |_| {});
-    let client = PeerId::random();
-    let data = dataset();
-    let entry = file("data.bin", &data);
-    let files = vec![file("prog", PROG), entry.clone()];
-    let Response::Reserved(_) = h.ask(client, shared_reserve(1, files, Some(SHARE))).await else { panic!() };
+    let (mut h, client, data, entry) = with_dataset().await;
     let (short, gone) = (PeerId::random(), PeerId::random());
     h.sources.insert(short, data[..CHUNK_SIZE + 5].to_vec());
     let answer = h.ask(client, pull(entry.hash, &[short, gone])).await;
@@ -156,12 +158,7 @@ async fn a_nodes_files_go_only_to_nodes_of_the_cluster_and_only_its_files() {
 
 #[tokio::test(start_paused = true)]
 async fn a_copy_still_arriving_is_served_as_far_as_it_is_written() {
-    let mut h = Harness::start(1, |_| {});
-    let client = PeerId::random();
-    let data = dataset();
-    let entry = file("data.bin", &data);
-    let files = vec![file("prog", PROG), entry.clone()];
-    let Response::Reserved(_) = h.ask(client, shared_reserve(1, files, Some(SHARE))).await else { panic!() };
+    let (mut h, client, data, entry) = with_dataset().await;
     let chunk = |i: usize| {
         let part = data.chunks(CHUNK_SIZE).nth(i).unwrap().to_vec();
         Request::Chunk(Chunk { cluster: ClusterId(1), hash: entry.hash, offset: (i * CHUNK_SIZE) as u64, data: part })
