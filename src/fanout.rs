@@ -68,6 +68,10 @@ struct Coming {
 }
 
 impl Coming {
+    fn new(addr: Option<&Multiaddr>, pulled: bool, now: Instant) -> Coming {
+        Coming { addr: addr.cloned(), bytes: Arc::default(), last: 0, at: now, pulled }
+    }
+
     fn growing(&mut self, now: Instant) -> bool {
         let bytes = self.bytes.load(Ordering::Relaxed);
         if bytes != self.last {
@@ -94,7 +98,10 @@ impl Holders {
 
     /// Holders first (least busy first), then copies under way that still grow: a node may
     /// trail a copy that is still arriving, so the file spreads while the client sends it.
-    fn plan(&self, hash: FileHash, peer: PeerId, now: Instant) -> Plan {
+    ///
+    /// The node's own copy counts as under way from this moment (a pull or a send), so that
+    /// nodes planning at the same instant never both take the client's link.
+    fn plan(&self, hash: FileHash, peer: PeerId, addr: Option<&Multiaddr>, now: Instant) -> Plan {
         let mut inner = self.lock();
         let Inner { files, liars } = &mut *inner;
         let copies = files.entry(hash).or_default();
@@ -109,7 +116,8 @@ impl Holders {
         for (p, c) in copies.coming.iter_mut() {
             if *p != peer && !liars.contains(p) && c.growing(now) {
                 waiting_for = true;
-                candidates.push((1, busy(p), *p, c.addr.clone()));
+                // The client's own copies first: a shallower tree lags less.
+                candidates.push((if c.pulled { 2 } else { 1 }, busy(p), *p, c.addr.clone()));
             }
         }
         let usable = candidates.iter().any(|c| c.0 == 0) || waiting_for;
@@ -122,16 +130,21 @@ impl Holders {
                 .map(|(_, _, p, a)| Source { peer: p.to_bytes(), addrs: a.iter().map(|a| a.to_vec()).collect() })
                 .collect();
             *copies.serving.entry(first).or_default() += 1;
+            copies.coming.insert(peer, Coming::new(addr, true, now));
             return Plan::Pull(sources, first);
         }
-        if usable { Plan::Wait } else { Plan::Send }
+        if usable {
+            return Plan::Wait;
+        }
+        copies.coming.insert(peer, Coming::new(addr, false, now));
+        Plan::Send
     }
 
     /// `peer`'s copy of `hash` is on its way (`pulled`: from other nodes); returns its byte
     /// counter.
     fn coming(&self, hash: FileHash, peer: PeerId, addr: Option<&Multiaddr>, pulled: bool) -> Arc<AtomicU64> {
-        let bytes = Arc::new(AtomicU64::new(0));
-        let coming = Coming { addr: addr.cloned(), bytes: bytes.clone(), last: 0, at: Instant::now(), pulled };
+        let coming = Coming::new(addr, pulled, Instant::now());
+        let bytes = coming.bytes.clone();
         self.lock().files.entry(hash).or_default().coming.insert(peer, coming);
         bytes
     }
@@ -181,7 +194,7 @@ pub(crate) async fn stage_file(
         return Ok(file.entry.size);
     }
     loop {
-        match holders.plan(hash, peer, Instant::now()) {
+        match holders.plan(hash, peer, addr, Instant::now()) {
             Plan::Wait => tokio::time::sleep(WAIT_STEP).await,
             Plan::Pull(sources, first) => {
                 let progress = holders.coming(hash, peer, addr, true);
@@ -298,32 +311,35 @@ mod tests {
         let (a, b, c, d, e) = (peer(), peer(), peer(), peer(), peer());
         let t0 = Instant::now();
         // Nobody holds it: the first node takes it from the client...
-        assert!(matches!(h.plan(hash, a, t0), Plan::Send));
+        assert!(matches!(h.plan(hash, a, None, t0), Plan::Send));
         h.coming(hash, a, None, false).store(1, Ordering::Relaxed);
         // ...and the next two trail that copy as it arrives; a serves no more than two.
-        let Plan::Pull(_, first) = h.plan(hash, b, t0) else { panic!("b pulls") };
+        let Plan::Pull(_, first) = h.plan(hash, b, None, t0) else { panic!("b pulls") };
         assert_eq!(first, a);
-        let Plan::Pull(_, first) = h.plan(hash, c, t0) else { panic!("c pulls") };
+        let Plan::Pull(_, first) = h.plan(hash, c, None, t0) else { panic!("c pulls") };
         assert_eq!(first, a);
         h.coming(hash, b, None, true);
         h.coming(hash, c, None, true);
         // The fourth trails b or c, the copies under way that serve nobody yet.
-        let Plan::Pull(sources, first) = h.plan(hash, d, t0) else { panic!("d pulls") };
+        let Plan::Pull(sources, first) = h.plan(hash, d, None, t0) else { panic!("d pulls") };
         assert!(first == b || first == c, "{first}");
         assert_eq!(sources.len(), 2, "a is busy");
         // a's copy arrives; b lied to d: b is never a source again.
         h.arrived(hash, a, None, true);
         h.served(hash, a, &[]);
         h.served(hash, first, &[b]);
-        let Plan::Pull(sources, first) = h.plan(hash, e, t0) else { panic!("e pulls") };
+        let Plan::Pull(sources, first) = h.plan(hash, e, None, t0) else { panic!("e pulls") };
         assert_eq!(first, a, "a holder before a copy under way");
         assert!(sources.iter().all(|s| s.peer != b.to_bytes()));
         assert_eq!(h.liars(), [b]);
 
-        // A copy from the client that stops growing is not waited for.
+        // Two nodes planning at once: one takes the client's link, the other trails it.
         let other = FileHash([2; 32]);
-        assert!(matches!(h.plan(other, a, t0), Plan::Send));
-        h.coming(other, a, None, false);
-        assert!(matches!(h.plan(other, b, Instant::now() + STALL + Duration::from_secs(1)), Plan::Send));
+        assert!(matches!(h.plan(other, a, None, t0), Plan::Send));
+        assert!(matches!(h.plan(other, c, None, t0), Plan::Pull(_, first) if first == a));
+        h.arrived(other, c, None, false);
+        h.served(other, a, &[]);
+        // A copy from the client that stops growing is not waited for.
+        assert!(matches!(h.plan(other, b, None, Instant::now() + STALL + Duration::from_secs(1)), Plan::Send));
     }
 }

@@ -318,10 +318,16 @@ impl Scheduler {
                 }
                 Effect::Stage { peer, addr, files, jobs } => {
                     let (net, tx, cluster) = (self.net.clone(), self.done_tx.clone(), self.core.cluster());
-                    // The cluster's own files take turns between nodes, and pass between
-                    // them; jobs' inputs do neither.
-                    let bytes = if jobs.is_none() { files.iter().map(|f| f.entry.size).sum() } else { 0 };
+                    // The cluster's own files take turns between nodes, or pass between
+                    // them (those the client sends once need no turns); jobs' inputs do
+                    // neither.
                     let fanout = jobs.is_none() && self.core.share().is_some();
+                    let bytes = match jobs {
+                        Some(_) => 0,
+                        None => {
+                            files.iter().map(|f| f.entry.size).filter(|s| !fanout || *s < fanout::SHARE_MIN_BYTES).sum()
+                        }
+                    };
                     let (lead, holders) = (self.stage_lead.clone(), self.holders.clone());
                     tokio::spawn(lead.run(bytes, async move {
                         let (mut sent, mut unreadable) = (0, Vec::new());

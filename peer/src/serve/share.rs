@@ -222,8 +222,12 @@ impl Node {
                 if store.has(&entry.hash, entry.size) {
                     return super::jobfiles::read_chunk(&store, &f.hash, f.offset).map_or_else(cannot, data);
                 }
+                // A copy not begun yet is as good as one under way: the client named this
+                // node because it is about to receive the file (a puller gives up on a copy
+                // that never grows).
                 let Some(partial) = partial else {
-                    return refuse(RefusalKind::BadFile, format!("node {name} does not hold {}", entry.name));
+                    let why = format!("node {name} has not begun receiving {}", entry.name);
+                    return refuse(RefusalKind::NotYet, why);
                 };
                 let have = partial.written();
                 if f.offset + want > have {
