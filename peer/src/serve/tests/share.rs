@@ -163,9 +163,6 @@ async fn a_copy_still_arriving_is_served_as_far_as_it_is_written() {
         let part = data.chunks(CHUNK_SIZE).nth(i).unwrap().to_vec();
         Request::Chunk(Chunk { cluster: ClusterId(1), hash: entry.hash, offset: (i * CHUNK_SIZE) as u64, data: part })
     };
-    for i in 0..2 {
-        assert!(matches!(h.ask(client, chunk(i)).await, Response::ChunkStored(s) if !s.complete));
-    }
     let node = PeerId::random();
     let fetch = |i: usize| {
         Request::Fetch(Fetch {
@@ -175,6 +172,11 @@ async fn a_copy_still_arriving_is_served_as_far_as_it_is_written() {
             share: Some(SHARE),
         })
     };
+    // Not begun: a puller named this node because the file is coming; it asks again.
+    assert_eq!(refused(&h.ask(node, fetch(0)).await), Some(RefusalKind::NotYet));
+    for i in 0..2 {
+        assert!(matches!(h.ask(client, chunk(i)).await, Response::ChunkStored(s) if !s.complete));
+    }
     let Response::Data(d) = h.ask(node, fetch(1)).await else { panic!("written bytes are served") };
     assert_eq!(d.data, &data[CHUNK_SIZE..2 * CHUNK_SIZE]);
     let later = h.ask(node, fetch(2)).await;
