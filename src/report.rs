@@ -196,7 +196,8 @@ pub struct NodeStats {
     pub jobs: u64,
     /// Sum of its jobs' run times, in seconds.
     pub job_secs: f64,
-    /// Bytes of files sent to it (0 when it already held them all).
+    /// Bytes of files this client sent it (0 when it already held them all, or fetched them
+    /// from other nodes of the cluster: fan-out).
     pub staged_bytes: u64,
 }
 
