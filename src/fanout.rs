@@ -67,11 +67,17 @@ struct Coming {
     pulled: bool,
 }
 
-impl Coming {
-    fn new(addr: Option<&Multiaddr>, pulled: bool, now: Instant) -> Coming {
-        Coming { addr: addr.cloned(), bytes: Arc::default(), last: 0, at: now, pulled }
+impl Copies {
+    /// `peer`'s copy is on its way from `now`; returns its byte counter.
+    fn start(&mut self, peer: PeerId, addr: Option<&Multiaddr>, pulled: bool, now: Instant) -> Arc<AtomicU64> {
+        let bytes = Arc::<AtomicU64>::default();
+        let coming = Coming { addr: addr.cloned(), bytes: bytes.clone(), last: 0, at: now, pulled };
+        self.coming.insert(peer, coming);
+        bytes
     }
+}
 
+impl Coming {
     fn growing(&mut self, now: Instant) -> bool {
         let bytes = self.bytes.load(Ordering::Relaxed);
         if bytes != self.last {
@@ -83,12 +89,13 @@ impl Coming {
 
 /// What a node's staging of one file does next.
 enum Plan {
-    /// Pull from these holders (the first is counted as serving).
-    Pull(Vec<Source>, PeerId),
+    /// Pull from these holders (the first is counted as serving); the counter is this
+    /// node's copy's, as others see it.
+    Pull(Vec<Source>, PeerId, Arc<AtomicU64>),
     /// A copy is under way and no holder is free: look again shortly.
     Wait,
-    /// Take it from the client.
-    Send,
+    /// Take it from the client; the counter is this node's copy's.
+    Send(Arc<AtomicU64>),
 }
 
 impl Holders {
@@ -130,23 +137,18 @@ impl Holders {
                 .map(|(_, _, p, a)| Source { peer: p.to_bytes(), addrs: a.iter().map(|a| a.to_vec()).collect() })
                 .collect();
             *copies.serving.entry(first).or_default() += 1;
-            copies.coming.insert(peer, Coming::new(addr, true, now));
-            return Plan::Pull(sources, first);
+            return Plan::Pull(sources, first, copies.start(peer, addr, true, now));
         }
         if usable {
             return Plan::Wait;
         }
-        copies.coming.insert(peer, Coming::new(addr, false, now));
-        Plan::Send
+        Plan::Send(copies.start(peer, addr, false, now))
     }
 
     /// `peer`'s copy of `hash` is on its way (`pulled`: from other nodes); returns its byte
     /// counter.
     fn coming(&self, hash: FileHash, peer: PeerId, addr: Option<&Multiaddr>, pulled: bool) -> Arc<AtomicU64> {
-        let coming = Coming::new(addr, pulled, Instant::now());
-        let bytes = coming.bytes.clone();
-        self.lock().files.entry(hash).or_default().coming.insert(peer, coming);
-        bytes
+        self.lock().files.entry(hash).or_default().start(peer, addr, pulled, Instant::now())
     }
 
     /// `peer`'s copy ended: held (verified) or not.
@@ -196,8 +198,7 @@ pub(crate) async fn stage_file(
     loop {
         match holders.plan(hash, peer, addr, Instant::now()) {
             Plan::Wait => tokio::time::sleep(WAIT_STEP).await,
-            Plan::Pull(sources, first) => {
-                let progress = holders.coming(hash, peer, addr, true);
+            Plan::Pull(sources, first, progress) => {
                 let outcome = pull(net, peer, cluster, hash, sources, &progress).await;
                 let liars = match &outcome {
                     Err(PullError::Failed { liars, .. } | PullError::Lied(liars)) => liars.clone(),
@@ -217,31 +218,35 @@ pub(crate) async fn stage_file(
                         if liars.is_empty() {
                             // Not a liar's doing (the source left, the node's disk): the
                             // client sends it, rather than ask the same again.
-                            return send(net, holders, peer, addr, cluster, file).await;
+                            let progress = holders.coming(hash, peer, addr, false);
+                            return send(net, holders, &progress, peer, addr, cluster, file).await;
                         }
                     }
                     Err(PullError::Unsupported(why)) => {
                         info!(node = %peer, cause = %why, "the node does not pull; sending the file");
-                        return send(net, holders, peer, addr, cluster, file).await;
+                        let progress = holders.coming(hash, peer, addr, false);
+                        return send(net, holders, &progress, peer, addr, cluster, file).await;
                     }
                     Err(PullError::Remote(why)) => return Err(SendError::Remote(why)),
                 }
             }
-            Plan::Send => return send(net, holders, peer, addr, cluster, file).await,
+            Plan::Send(progress) => return send(net, holders, &progress, peer, addr, cluster, file).await,
         }
     }
 }
 
+/// Sends `file` from the client; `progress` is the copy's counter, from [`Holders::coming`]
+/// or a plan.
 async fn send(
     net: &NetHandle,
     holders: &Holders,
+    progress: &AtomicU64,
     peer: PeerId,
     addr: Option<&Multiaddr>,
     cluster: ClusterId,
     file: &LocalFile,
 ) -> Result<u64, SendError> {
-    let progress = holders.coming(file.entry.hash, peer, addr, false);
-    let outcome = stage::send_file(net, peer, cluster, file, &progress).await;
+    let outcome = stage::send_file(net, peer, cluster, file, progress).await;
     holders.arrived(file.entry.hash, peer, addr, outcome.is_ok());
     outcome.map(|()| file.entry.size)
 }
@@ -311,35 +316,35 @@ mod tests {
         let (a, b, c, d, e) = (peer(), peer(), peer(), peer(), peer());
         let t0 = Instant::now();
         // Nobody holds it: the first node takes it from the client...
-        assert!(matches!(h.plan(hash, a, None, t0), Plan::Send));
+        assert!(matches!(h.plan(hash, a, None, t0), Plan::Send(_)));
         h.coming(hash, a, None, false).store(1, Ordering::Relaxed);
         // ...and the next two trail that copy as it arrives; a serves no more than two.
-        let Plan::Pull(_, first) = h.plan(hash, b, None, t0) else { panic!("b pulls") };
+        let Plan::Pull(_, first, _) = h.plan(hash, b, None, t0) else { panic!("b pulls") };
         assert_eq!(first, a);
-        let Plan::Pull(_, first) = h.plan(hash, c, None, t0) else { panic!("c pulls") };
+        let Plan::Pull(_, first, _) = h.plan(hash, c, None, t0) else { panic!("c pulls") };
         assert_eq!(first, a);
         h.coming(hash, b, None, true);
         h.coming(hash, c, None, true);
         // The fourth trails b or c, the copies under way that serve nobody yet.
-        let Plan::Pull(sources, first) = h.plan(hash, d, None, t0) else { panic!("d pulls") };
+        let Plan::Pull(sources, first, _) = h.plan(hash, d, None, t0) else { panic!("d pulls") };
         assert!(first == b || first == c, "{first}");
         assert_eq!(sources.len(), 2, "a is busy");
         // a's copy arrives; b lied to d: b is never a source again.
         h.arrived(hash, a, None, true);
         h.served(hash, a, &[]);
         h.served(hash, first, &[b]);
-        let Plan::Pull(sources, first) = h.plan(hash, e, None, t0) else { panic!("e pulls") };
+        let Plan::Pull(sources, first, _) = h.plan(hash, e, None, t0) else { panic!("e pulls") };
         assert_eq!(first, a, "a holder before a copy under way");
         assert!(sources.iter().all(|s| s.peer != b.to_bytes()));
         assert_eq!(h.liars(), [b]);
 
         // Two nodes planning at once: one takes the client's link, the other trails it.
         let other = FileHash([2; 32]);
-        assert!(matches!(h.plan(other, a, None, t0), Plan::Send));
-        assert!(matches!(h.plan(other, c, None, t0), Plan::Pull(_, first) if first == a));
+        assert!(matches!(h.plan(other, a, None, t0), Plan::Send(_)));
+        assert!(matches!(h.plan(other, c, None, t0), Plan::Pull(_, first, _) if first == a));
         h.arrived(other, c, None, false);
         h.served(other, a, &[]);
         // A copy from the client that stops growing is not waited for.
-        assert!(matches!(h.plan(other, b, None, Instant::now() + STALL + Duration::from_secs(1)), Plan::Send));
+        assert!(matches!(h.plan(other, b, None, Instant::now() + STALL + Duration::from_secs(1)), Plan::Send(_)));
     }
 }

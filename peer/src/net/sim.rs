@@ -33,10 +33,7 @@ fn config(port: u64, bootstrap: Option<&Peer>, kad_server: bool) -> NetConfig {
         kad_server,
         bootstrap: bootstrap.map(|b| b.addr.clone()).into_iter().collect(),
         // Links that nothing keeps close quickly, so the steady state shows within the test.
-        limits: ConnLimits {
-            idle_timeout: Duration::from_secs(std::env::var("SIM_IDLE").ok().and_then(|v| v.parse().ok()).unwrap_or(2)),
-            ..ConnLimits::default()
-        },
+        limits: ConnLimits { idle_timeout: Duration::from_secs(2), ..ConnLimits::default() },
         ..NetConfig::default()
     }
 }

@@ -185,25 +185,17 @@ impl Node {
             }
             None => true,
         };
-        let (store, kept, net) = (self.ctx.store.clone(), self.ctx.kept.clone(), self.ctx.net.clone());
-        tokio::spawn(async move {
-            let read = tokio::task::spawn_blocking(move || {
-                if kept_only && !kept.lists(f.cluster, &f.hash) {
-                    let why = format!(
-                        "{}, or its results were collected or are past the node's --result-ttl",
-                        not_returned()
-                    );
-                    return refuse(RefusalKind::BadFile, why);
-                }
-                match read_chunk(&store, &f.hash, f.offset) {
-                    Ok(data) => Response::Data(dispy_protocol::Data { hash: f.hash, offset: f.offset, data }),
-                    Err(e) => refuse(RefusalKind::Internal, format!("cannot read returned file {}: {e}", f.hash)),
-                }
-            });
-            let response = read.await.unwrap_or_else(|e| {
-                refuse(RefusalKind::Internal, format!("cannot read returned file {}: {e}", f.hash))
-            });
-            let _ = net.respond(channel, response).await;
+        let (store, kept) = (self.ctx.store.clone(), self.ctx.kept.clone());
+        self.ctx.respond_blocking(channel, format!("returned file {}", f.hash), move || {
+            if kept_only && !kept.lists(f.cluster, &f.hash) {
+                let why =
+                    format!("{}, or its results were collected or are past the node's --result-ttl", not_returned());
+                return refuse(RefusalKind::BadFile, why);
+            }
+            match read_chunk(&store, &f.hash, f.offset) {
+                Ok(data) => Response::Data(dispy_protocol::Data { hash: f.hash, offset: f.offset, data }),
+                Err(e) => refuse(RefusalKind::Internal, format!("cannot read returned file {}: {e}", f.hash)),
+            }
         });
         None
     }

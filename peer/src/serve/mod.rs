@@ -154,6 +154,18 @@ impl Ctx {
         });
     }
 
+    /// Answers with what `work` makes of the disk, run on the blocking pool; `what` names
+    /// what was read, should the work itself fail.
+    fn respond_blocking(&self, channel: ReplyTo, what: String, work: impl FnOnce() -> Response + Send + 'static) {
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            let response = tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+                Response::Refused(Refusal::new(RefusalKind::Internal, format!("cannot read {what}: {e}")))
+            });
+            let _ = net.respond(channel, response).await;
+        });
+    }
+
     fn report(&self, completion: Completion) {
         let _ = self.done.send(completion);
     }

@@ -188,7 +188,8 @@ impl Node {
     }
 
     /// Serves a chunk of one of a cluster's files to another node of the cluster (it
-    /// presents the cluster's share token), once this node holds the whole file.
+    /// presents the cluster's share token): from the store, or from a copy still arriving
+    /// as far as it is written (`NotYet` beyond).
     pub(super) fn serve_shared(
         &mut self,
         f: Fetch,
@@ -207,43 +208,33 @@ impl Node {
         // A copy still arriving here is served as far as it is written: a puller may trail
         // it, so that a file spreads while the client is still sending it.
         let partial = lease.uploads.partial(&f.hash).or_else(|| lease.pulls.partial(&f.hash));
-        let (store, net, name) = (self.ctx.store.clone(), self.ctx.net.clone(), self.cfg.name.clone());
-        tokio::spawn(async move {
-            let read = tokio::task::spawn_blocking(move || {
-                let Some(want) = entry.size.checked_sub(f.offset).map(|left| left.min(CHUNK_SIZE as u64)) else {
-                    return refuse(
-                        RefusalKind::BadFile,
-                        format!("offset {} is past the end of {}", f.offset, entry.name),
-                    );
-                };
-                let data = |data| Response::Data(dispy_protocol::Data { hash: f.hash, offset: f.offset, data });
-                let cannot =
-                    |e: std::io::Error| refuse(RefusalKind::Internal, format!("cannot read {}: {e}", entry.name));
-                if store.has(&entry.hash, entry.size) {
-                    return super::jobfiles::read_chunk(&store, &f.hash, f.offset).map_or_else(cannot, data);
-                }
-                // A copy not begun yet is as good as one under way: the client named this
-                // node because it is about to receive the file (a puller gives up on a copy
-                // that never grows).
-                let Some(partial) = partial else {
-                    let why = format!("node {name} has not begun receiving {}", entry.name);
-                    return refuse(RefusalKind::NotYet, why);
-                };
-                let have = partial.written();
-                if f.offset + want > have {
-                    let why = format!("node {name} holds {have} of {} bytes of {} so far", entry.size, entry.name);
-                    return refuse(RefusalKind::NotYet, why);
-                }
-                match read_at(&partial.path, f.offset, want) {
-                    Ok(bytes) => data(bytes),
-                    // Complete meanwhile, and moved into the store.
-                    Err(_) => super::jobfiles::read_chunk(&store, &f.hash, f.offset).map_or_else(cannot, data),
-                }
-            });
-            let response = read
-                .await
-                .unwrap_or_else(|e| refuse(RefusalKind::Internal, format!("cannot read file {}: {e}", f.hash)));
-            let _ = net.respond(channel, response).await;
+        let (store, name) = (self.ctx.store.clone(), self.cfg.name.clone());
+        self.ctx.respond_blocking(channel, format!("file {}", f.hash), move || {
+            let Some(want) = entry.size.checked_sub(f.offset).map(|left| left.min(CHUNK_SIZE as u64)) else {
+                return refuse(RefusalKind::BadFile, format!("offset {} is past the end of {}", f.offset, entry.name));
+            };
+            let data = |data| Response::Data(dispy_protocol::Data { hash: f.hash, offset: f.offset, data });
+            let cannot = |e: std::io::Error| refuse(RefusalKind::Internal, format!("cannot read {}: {e}", entry.name));
+            if store.has(&entry.hash, entry.size) {
+                return super::jobfiles::read_chunk(&store, &f.hash, f.offset).map_or_else(cannot, data);
+            }
+            // A copy not begun yet is as good as one under way: the client named this
+            // node because it is about to receive the file (a puller gives up on a copy
+            // that never grows).
+            let Some(partial) = partial else {
+                let why = format!("node {name} has not begun receiving {}", entry.name);
+                return refuse(RefusalKind::NotYet, why);
+            };
+            let have = partial.written();
+            if f.offset + want > have {
+                let why = format!("node {name} holds {have} of {} bytes of {} so far", entry.size, entry.name);
+                return refuse(RefusalKind::NotYet, why);
+            }
+            match read_at(&partial.path, f.offset, want) {
+                Ok(bytes) => data(bytes),
+                // Complete meanwhile, and moved into the store.
+                Err(_) => super::jobfiles::read_chunk(&store, &f.hash, f.offset).map_or_else(cannot, data),
+            }
         });
         None
     }
