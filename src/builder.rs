@@ -41,6 +41,7 @@ pub struct ClusterBuilder<A, R> {
     secret: Secret,
     mdns: bool,
     fanout: bool,
+    relay_limit: u64,
     discover_timeout: Duration,
     wait_nodes: Duration,
     local: LocalMode,
@@ -137,6 +138,20 @@ impl<A, R> ClusterBuilder<A, R> {
     /// ```
     pub fn fanout(mut self, on: bool) -> Self {
         self.fanout = on;
+        self
+    }
+
+    /// What the client may send a node it reaches only through a relay (default 64 MiB, a
+    /// relay's default allowance per connection): a node whose files add up to more is
+    /// not used, and says why. Nodes reached directly or by hole punching are not bounded.
+    ///
+    /// ```no_run
+    /// # async fn f() -> dispy::Result<()> {
+    /// let cluster = dispy::Cluster::program("./render.sh").file("scene.blend").relay_limit(256 << 20).start().await?;
+    /// # drop(cluster); Ok(()) }
+    /// ```
+    pub fn relay_limit(mut self, bytes: u64) -> Self {
+        self.relay_limit = bytes;
         self
     }
 
@@ -339,6 +354,7 @@ impl<A, R> ClusterBuilder<A, R> {
         };
         let cfg = NetConfig {
             keypair: Some(keypair),
+            listen: listen_beyond_lan(&self.bootstrap),
             psk,
             mdns: self.mdns,
             bootstrap: self.bootstrap.clone(),
@@ -373,6 +389,7 @@ impl<A, R> ClusterBuilder<A, R> {
             cpus_per_node: self.cpus_per_node,
             timeout_secs,
             reentrant: self.reentrant,
+            relay_limit: self.relay_limit,
             max_retries: self.max_retries,
             discover_timeout: self.discover_timeout,
             wait_nodes: self.wait_nodes,
@@ -448,6 +465,7 @@ impl<A, R> ClusterBuilder<A, R> {
             secret: Secret::None,
             mdns: true,
             fanout: true,
+            relay_limit: DEFAULT_RELAY_LIMIT,
             discover_timeout: Duration::from_secs(3),
             wait_nodes: crate::scheduler::NODE_ZOMBIE,
             local: LocalMode::Fallback,
@@ -500,6 +518,7 @@ impl<A, R> std::fmt::Debug for ClusterBuilder<A, R> {
             .field("patterns", &self.patterns)
             .field("mdns", &self.mdns)
             .field("fanout", &self.fanout)
+            .field("relay_limit", &self.relay_limit)
             .field("local", &self.local)
             .field("cpus_per_node", &self.cpus_per_node)
             .field("timeout", &self.timeout)
@@ -508,4 +527,19 @@ impl<A, R> std::fmt::Debug for ClusterBuilder<A, R> {
             .field("web", &self.web)
             .finish_non_exhaustive()
     }
+}
+
+/// [`ClusterBuilder::relay_limit`]'s default: what a relay carries per connection by default.
+pub(crate) const DEFAULT_RELAY_LIMIT: u64 = 64 << 20;
+
+/// Where a client listens: nowhere on a LAN (it dials every node), but on a port of its own
+/// when it looks beyond (`bootstrap`): its dials then leave from that port, so that what a
+/// relay observes of it is an address a hole punch through its NAT can use.
+pub(crate) fn listen_beyond_lan(bootstrap: &[libp2p::Multiaddr]) -> Vec<libp2p::Multiaddr> {
+    if bootstrap.is_empty() {
+        return Vec::new();
+    }
+    let any: libp2p::Multiaddr =
+        libp2p::Multiaddr::empty().with(std::net::Ipv4Addr::UNSPECIFIED.into()).with(libp2p::multiaddr::Protocol::Tcp(0));
+    vec![any]
 }

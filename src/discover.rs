@@ -28,6 +28,8 @@ pub struct FoundNode {
     pub arch: String,
     /// Its dispy-peer version.
     pub version: String,
+    /// How it was reached: direct, hole-punched through NAT, or through a relay.
+    pub reach: dispy_node::net::Reach,
     /// Its clients, queued jobs, load average, free memory and disk (`dispy-peer status`);
     /// `None` from an older node.
     pub load: Option<dispy_protocol::NodeLoad>,
@@ -61,11 +63,12 @@ pub async fn discover(opts: DiscoverOptions, wait: Duration) -> Result<Vec<Found
         psk: opts.secret.to_psk()?,
         mdns: opts.mdns,
         peers: opts.peers,
+        listen: crate::builder::listen_beyond_lan(&opts.bootstrap),
         bootstrap: opts.bootstrap,
         ..NetConfig::default()
     };
     let (handle, mut events) = net::spawn(cfg)?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(PeerId, Multiaddr, Hello)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(PeerId, Multiaddr, dispy_node::net::Reach, Hello)>();
     let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);
     let mut found: Vec<FoundNode> = Vec::new();
@@ -73,17 +76,17 @@ pub async fn discover(opts: DiscoverOptions, wait: Duration) -> Result<Vec<Found
         tokio::select! {
             _ = &mut deadline => break,
             Some(ev) = events.recv() => {
-                if let NetEvent::Connected { peer, remote } = ev {
+                if let NetEvent::Connected { peer, remote, reach } = ev {
                     let (h, tx) = (handle.clone(), tx.clone());
                     tokio::spawn(async move {
                         let hello = Request::Hello(Hello::client(crate::host::host_name()));
                         if let Ok(Response::Hello(info)) = h.request(peer, hello).await {
-                            let _ = tx.send((peer, remote, info));
+                            let _ = tx.send((peer, remote, reach, info));
                         }
                     });
                 }
             }
-            Some((peer, remote, h)) = rx.recv() => {
+            Some((peer, remote, reach, h)) = rx.recv() => {
                 if h.role == Role::Node && !found.iter().any(|f| f.peer_id == peer) {
                     found.push(FoundNode {
                         name: h.name,
@@ -94,6 +97,7 @@ pub async fn discover(opts: DiscoverOptions, wait: Duration) -> Result<Vec<Found
                         os: h.os,
                         arch: h.arch,
                         version: h.software,
+                        reach,
                         load: h.load.map(|l| *l),
                     });
                 }

@@ -114,14 +114,15 @@ impl Holders {
         let copies = files.entry(hash).or_default();
         let busy = |p: &PeerId| copies.serving.get(p).copied().unwrap_or(0);
         let mut candidates: Vec<(u8, usize, PeerId, Option<Multiaddr>)> = Vec::new();
+        // A copy without an address is on a node reached through a relay: never a source.
         for (p, a) in &copies.held {
-            if *p != peer && !liars.contains(p) {
+            if *p != peer && !liars.contains(p) && a.is_some() {
                 candidates.push((0, busy(p), *p, a.clone()));
             }
         }
         let mut waiting_for = false;
         for (p, c) in copies.coming.iter_mut() {
-            if *p != peer && !liars.contains(p) && c.growing(now) {
+            if *p != peer && !liars.contains(p) && c.addr.is_some() && c.growing(now) {
                 waiting_for = true;
                 // The client's own copies first: a shallower tree lags less.
                 candidates.push((if c.pulled { 2 } else { 1 }, busy(p), *p, c.addr.clone()));

@@ -75,6 +75,7 @@ pub use blocking::BlockingCluster;
 pub use builder::ClusterBuilder;
 pub use cluster::{CancelledAll, Cluster};
 pub use discover::{DiscoverOptions, FoundNode, discover};
+pub use dispy_node::net::Reach;
 pub use dispy_protocol::{JobId, JobOutcome, NodeLoad};
 pub use error::{Error, Found, NoNodes, Result, Searched};
 pub use events::{ClusterEvent, JobEvent, NodeFacts};

@@ -88,7 +88,7 @@ pub async fn recover_as(
                 _ => break,
             };
             // A client listens nowhere: every connection is one it dialled.
-            let NetEvent::Connected { peer, remote } = ev else { continue };
+            let NetEvent::Connected { peer, remote, .. } = ev else { continue };
             if !asked.insert(peer) {
                 continue;
             }

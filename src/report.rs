@@ -129,6 +129,8 @@ pub struct NodeInfo {
     pub status: NodeStatus,
     /// Jobs it finished.
     pub jobs_done: u64,
+    /// How the client reaches it (direct, hole-punched through NAT, or through a relay).
+    pub reach: dispy_node::net::Reach,
 }
 
 /// Where a node stands for a cluster. Shown (and serialized) as `starting`, `ready`,
@@ -199,6 +201,8 @@ pub struct NodeStats {
     /// Bytes of files this client sent it (0 when it already held them all, or fetched them
     /// from other nodes of the cluster: fan-out).
     pub staged_bytes: u64,
+    /// How the client reached it (direct, hole-punched through NAT, or through a relay).
+    pub reach: dispy_node::net::Reach,
 }
 
 /// The cluster's figures, as dispy's `stats()`.
@@ -229,10 +233,10 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<24} {:>5} {:>6} {:>12} {:>12} {:>10}",
-            "node", "cpus", "jobs", "sec/job", "node time s", "staged"
+            "{:<24} {:>5} {:>6} {:>12} {:>12} {:>10}  {}",
+            "node", "cpus", "jobs", "sec/job", "node time s", "staged", "via"
         )?;
-        writeln!(f, "{}", "-".repeat(74))?;
+        writeln!(f, "{}", "-".repeat(87))?;
         let mut total = 0.0;
         for n in &self.nodes {
             let label = match &n.node.ip {
@@ -243,11 +247,12 @@ impl fmt::Display for Stats {
             total += n.job_secs;
             writeln!(
                 f,
-                "{label:<24} {:>5} {:>6} {mean:>12.4} {:>12.3} {:>10}",
+                "{label:<24} {:>5} {:>6} {mean:>12.4} {:>12.3} {:>10}  {}",
                 n.cpus,
                 n.jobs,
                 n.job_secs,
-                human_bytes(n.staged_bytes)
+                human_bytes(n.staged_bytes),
+                n.reach
             )?;
         }
         writeln!(f)?;
@@ -316,6 +321,7 @@ mod tests {
                 jobs,
                 job_secs,
                 staged_bytes: 0,
+                reach: dispy_node::net::Reach::Direct,
             })
             .collect();
         Stats { nodes, wall_secs }

@@ -23,6 +23,7 @@ mod lan_scale;
 mod local;
 mod malformed;
 mod metrics;
+mod nat;
 mod node_limits;
 mod partition;
 mod progress;

@@ -12,7 +12,7 @@ use crate::job::{JobStatus, JobView};
 use crate::report::{JobReport, NodeRef, NodeStats, NodeStatus, Stats, node_ref};
 use crate::select::NodePattern;
 use crate::stage::LocalFile;
-use dispy_node::net::remote_ip;
+use dispy_node::net::{Reach, remote_ip};
 use dispy_protocol::{
     ClusterId, FileEntry, FileHash, Hello, JobId, JobResult, Refusal, RefusalKind, Release, Request, Response,
 };
@@ -56,6 +56,9 @@ pub(crate) struct Settings {
     pub(crate) cpus_per_node: Option<u32>,
     pub(crate) timeout_secs: Option<f64>,
     pub(crate) reentrant: bool,
+    /// Bytes the client sends a node it reaches only through a relay; a node needing more
+    /// is not used (relays must not carry datasets by surprise).
+    pub(crate) relay_limit: u64,
     /// A reentrant job fails once this many nodes died while it ran there.
     pub(crate) max_retries: u32,
     pub(crate) discover_timeout: Duration,
@@ -206,6 +209,8 @@ pub(super) struct Node {
     pub(super) jobs_done: u64,
     pub(super) job_secs: f64,
     pub(super) staged_bytes: u64,
+    /// How the client reaches it.
+    pub(super) reach: Reach,
     /// It took jobs once: losing it makes the client wait and redial rather than forget.
     pub(super) was_ready: bool,
     /// Since when it has been unreachable (kept while it is greeted again, until it takes
@@ -386,7 +391,7 @@ impl Core {
     }
 
     /// A peer connected (first connection): a new or returning peer is greeted.
-    pub(crate) fn on_connected(&mut self, peer: PeerId, remote: &Multiaddr) -> Vec<Effect> {
+    pub(crate) fn on_connected(&mut self, peer: PeerId, remote: &Multiaddr, reach: Reach) -> Vec<Effect> {
         let fresh = self.nodes.get(&peer).is_none_or(|n| matches!(n.phase, Phase::Lost | Phase::Away));
         if self.clients_seen.contains(&peer) || !fresh {
             return self.effects();
@@ -410,6 +415,7 @@ impl Core {
             jobs_done: 0,
             job_secs: 0.0,
             staged_bytes: 0,
+            reach,
             was_ready: false,
             away_since: None,
             zombie: super::away::NODE_ZOMBIE,
@@ -418,8 +424,18 @@ impl Core {
         node.phase = Phase::Greeting;
         node.ip = ip;
         node.addr = Some(addr);
+        node.reach = reach;
         let request = Request::Hello(Hello::client(crate::host::host_name()));
         self.out.push(Effect::Ask { peer, request, asked: Asked::Hello });
+        self.effects()
+    }
+
+    /// A node's path changed (a late hole punch made a relayed link direct).
+    pub(crate) fn on_reached(&mut self, peer: PeerId, reach: Reach) -> Vec<Effect> {
+        if let Some(node) = self.nodes.get_mut(&peer) {
+            debug!(node = %node.name, %peer, %reach, "node's path changed");
+            node.reach = reach;
+        }
         self.effects()
     }
 
@@ -688,6 +704,7 @@ impl Core {
                 jobs: n.jobs_done,
                 job_secs: n.job_secs,
                 staged_bytes: n.staged_bytes,
+                reach: n.reach,
             })
             .collect();
         Stats { nodes, wall_secs: now.saturating_duration_since(self.started).as_secs_f64() }

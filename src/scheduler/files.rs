@@ -45,7 +45,9 @@ impl Core {
                 }
             }
         }
-        if files.is_empty() {
+        if let Some(why) = self.over_relay_limit(peer, &files) {
+            self.on_inputs_staged(peer, ids, Err(why));
+        } else if files.is_empty() {
             self.on_inputs_staged(peer, ids, Ok(0));
         } else {
             self.out.push(Effect::Stage { peer, addr: None, files, jobs: Some(ids) });

@@ -6,6 +6,7 @@ use crate::events::{ClusterEvent, NodeFacts};
 use crate::report::{JobReport, NodeInfo, NodeRef};
 use crate::stage::LocalFile;
 use dispy_protocol::{Hello, JobId, JobOutcome, Request, Reserve, Reserved, Role, WIRE_VERSION};
+use dispy_node::net::Reach;
 use libp2p::PeerId;
 use tracing::{info, warn};
 
@@ -45,6 +46,7 @@ impl Core {
                 cpus: n.cpus,
                 status: n.phase.status(),
                 jobs_done: n.jobs_done,
+                reach: n.reach,
             })
             .collect()
     }
@@ -145,13 +147,33 @@ impl Core {
             self.dispatch();
             return;
         }
+        let files: Vec<LocalFile> = self.s.files.iter().filter(|f| missing.contains(&f.entry.hash)).cloned().collect();
+        if let Some(why) = self.over_relay_limit(peer, &files) {
+            return self.unusable(peer, why);
+        }
         let mut addr = None;
         if let Some(node) = self.nodes.get_mut(&peer) {
             node.phase = Phase::Staging;
-            addr = node.addr.clone();
+            // Other nodes never pull from a node behind a relay (the relay would carry it).
+            addr = node.addr.clone().filter(|_| node.reach != Reach::Relayed);
         }
-        let files: Vec<LocalFile> = self.s.files.iter().filter(|f| missing.contains(&f.entry.hash)).cloned().collect();
         self.out.push(Effect::Stage { peer, addr, files, jobs: None });
+    }
+
+    /// Why `files` may not be sent to `peer`: it is reached through a relay only and they
+    /// add up past the cluster's relay limit (counting what it was sent already).
+    pub(super) fn over_relay_limit(&self, peer: PeerId, files: &[LocalFile]) -> Option<String> {
+        let node = self.nodes.get(&peer).filter(|n| n.reach == Reach::Relayed)?;
+        let bytes = node.staged_bytes + files.iter().map(|f| f.entry.size).sum::<u64>();
+        (bytes > self.s.relay_limit).then(|| {
+            format!(
+                "it is reached only through a relay (its NAT allowed no hole punch), and its files add up to {}, \
+                 over the relay limit of {}: raise it (submit --relay-limit MIB, Cluster::relay_limit) or give \
+                 the node a reachable address",
+                crate::report::human_bytes(bytes),
+                crate::report::human_bytes(self.s.relay_limit)
+            )
+        })
     }
 
     pub(super) fn ready(&mut self, peer: PeerId, what: &str) {

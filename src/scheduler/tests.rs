@@ -2,6 +2,7 @@
 //! asks for and every answer and request it is given passes through the real CBOR codec,
 //! as it would on the wire. Time is passed in.
 
+use dispy_node::net::Reach;
 use super::core::{Asked, Entry, JobState};
 use super::{Cmd, Core, Effect, Failure, LocalMode, NewJob, Settings};
 use crate::error::{Found, Searched};
@@ -61,6 +62,7 @@ fn settings() -> Settings {
         cpus_per_node: None,
         timeout_secs: None,
         reentrant: false,
+        relay_limit: crate::builder::DEFAULT_RELAY_LIMIT,
         max_retries: 3,
         discover_timeout: Duration::from_secs(3),
         wait_nodes: Duration::from_secs(60),
@@ -182,7 +184,7 @@ impl Sim {
 
     fn connect(&mut self, n: u8) -> PeerId {
         let p = peer(n);
-        let effects = self.core.on_connected(p, &addr(n));
+        let effects = self.core.on_connected(p, &addr(n), Reach::Direct);
         self.absorb(effects);
         p
     }
@@ -287,7 +289,7 @@ fn a_connected_peer_is_greeted_once_and_a_node_is_reserved_with_the_cluster_file
     assert_eq!(asked, Asked::Hello);
     assert!(matches!(request, Request::Hello(_)));
     // A second connection event for a peer being greeted asks nothing more.
-    let effects = sim.core.on_connected(p, &addr(1));
+    let effects = sim.core.on_connected(p, &addr(1), Reach::Direct);
     assert!(effects.is_empty());
     sim.answer(p, Asked::Hello, Response::Hello(Hello::node("n1".into(), 4, 4, None, None)));
     let (request, asked) = sim.ask_of(p);
@@ -439,7 +441,7 @@ fn a_client_peer_is_not_a_node_and_is_counted_apart() {
     let mut sim = Sim::new(settings());
     let p = sim.greet(1, Hello::client("laptop".into()));
     assert!(sim.core_infos().is_empty());
-    let effects = sim.core.on_connected(p, &addr(1));
+    let effects = sim.core.on_connected(p, &addr(1), Reach::Direct);
     assert!(effects.is_empty(), "a known client is not greeted again");
     let found = sim.core.no_nodes().found;
     assert!(matches!(found[..], [Found::Clients(1)]), "{found:?}");

@@ -18,7 +18,8 @@ use libp2p::pnet::PnetConfig;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, behaviour::toggle::Toggle};
 use libp2p::{
-    PeerId, StreamProtocol, Swarm, connection_limits, identify, identity, kad, mdns, noise, ping, tcp, yamux,
+    PeerId, StreamProtocol, Swarm, autonat, connection_limits, dcutr, identify, identity, kad, mdns, noise, ping, relay,
+    tcp, yamux,
 };
 use std::time::Duration;
 
@@ -50,6 +51,14 @@ pub(crate) struct Behaviour {
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Whether this peer can be reached from outside (probed through connected peers).
+    pub(crate) autonat: autonat::Behaviour,
+    /// Dials and listens through relays (the `/p2p-circuit` addresses).
+    pub(crate) relay_client: relay::client::Behaviour,
+    /// Relays for others: a node started with `serve --relay`.
+    pub(crate) relay: Toggle<relay::Behaviour>,
+    /// Upgrades a relayed connection to a direct one through both NATs.
+    pub(crate) dcutr: dcutr::Behaviour,
 }
 
 /// The transport every dispy peer uses: TCP → pnet (when a key is given) → noise → yamux,
@@ -87,6 +96,22 @@ pub fn transport(
     Ok(TransportTimeout::with_ingoing_timeout(upgraded, INBOUND_HANDSHAKE_TIMEOUT).boxed())
 }
 
+/// Autonat as a lab needs it: private addresses count (a lab behind a router is exactly the
+/// case), a first answer within seconds of the first connection, and probes rare once the
+/// answer is sure. Dial-backs only ever go to the asking peer's observed IP (libp2p's
+/// server rule), so a peer cannot point a node at a third party.
+fn autonat_config() -> autonat::Config {
+    autonat::Config {
+        only_global_ips: false,
+        boot_delay: Duration::from_secs(1),
+        timeout: Duration::from_secs(10),
+        retry_interval: Duration::from_secs(30),
+        refresh_interval: Duration::from_secs(600),
+        confidence_max: 1,
+        ..autonat::Config::default()
+    }
+}
+
 /// Builds the swarm; nothing runs until the event loop polls it.
 pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result<Swarm<Behaviour>> {
     let psk = cfg.psk;
@@ -96,13 +121,18 @@ pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result
     let heartbeat = cfg.heartbeat.max(Duration::from_millis(100));
     let lim = cfg.limits;
     let allowed: Vec<PeerId> = cfg.allowed_peers.iter().flatten().copied().collect();
+    let relay_limits = cfg.relay;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_other_transport(|key| {
             transport(key, psk).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })
         .map_err(|e| Error::Setup(e.to_string()))?
-        .with_behaviour(|key| -> std::result::Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+        // A relayed connection runs inside the pnet-protected link to the relay (a cluster
+        // member), with noise end to end: the relay sees only ciphertext.
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| Error::Setup(e.to_string()))?
+        .with_behaviour(|key, relay_client| -> std::result::Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
             let local = key.public().to_peer_id();
             let rr = request_response::Behaviour::with_codec(
                 DispyCodec,
@@ -122,8 +152,12 @@ pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result
             // happens on a LAN without autonat: nodes must answer queries, so force Server.
             // Transient clients stay out of everyone's routing table.
             kad.set_mode(Some(if kad_server { kad::Mode::Server } else { kad::Mode::Client }));
-            let identify =
-                identify::Behaviour::new(identify::Config::new(dispy_protocol::IDENTIFY_PROTOCOL.into(), key.public()));
+            // Pushed when listen addresses change: a node that takes a slot on a relay has its
+            // new address in the relay's routing table at once, where clients look it up.
+            let identify = identify::Behaviour::new(
+                identify::Config::new(dispy_protocol::IDENTIFY_PROTOCOL.into(), key.public())
+                    .with_push_listen_addr_updates(true),
+            );
             let mdns = if mdns_on {
                 Some(mdns::tokio::Behaviour::new(
                     // The cap of the query back-off (vendor/libp2p-mdns: gaps 1 s, 2 s, 4 s...
@@ -156,7 +190,23 @@ pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result
                 limits.bypass_peer_id(peer);
             }
             let gate = Gate::new(lim.pending_per_ip, lim.pending_incoming);
-            Ok(Behaviour { gate, limits, keep: Default::default(), rr, kad, identify, ping, mdns: mdns.into() })
+            let autonat = autonat::Behaviour::new(local, autonat_config());
+            let relay = relay_limits.map(|l| relay::Behaviour::new(local, l.config()));
+            let dcutr = dcutr::Behaviour::new(local);
+            Ok(Behaviour {
+                gate,
+                limits,
+                keep: Default::default(),
+                rr,
+                kad,
+                identify,
+                ping,
+                mdns: mdns.into(),
+                autonat,
+                relay_client,
+                relay: relay.into(),
+                dcutr,
+            })
         })
         .map_err(|e| Error::Setup(e.to_string()))?
         // Client-node connections carry long quiet stretches (a job running for hours): the

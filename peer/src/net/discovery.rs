@@ -168,9 +168,14 @@ pub(crate) fn worth_dialing(addr: &Multiaddr, reached_over_loopback: bool) -> bo
     }
 }
 
-/// Removes a trailing `/p2p/<id>` so addresses compare equal however they were written.
+/// Removes a trailing `/p2p/<id>` so addresses compare equal however they were written
+/// (only the last: in `/ip4/../p2p/<relay>/p2p-circuit` the relay's id is part of the path).
 pub(crate) fn without_peer(addr: &Multiaddr) -> Multiaddr {
-    addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect()
+    let mut addr = addr.clone();
+    if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+        addr.pop();
+    }
+    addr
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use super::bounded::{Recent, Throttle, Waiting};
 use super::discovery::{Backoff, DialQueue, ip_of, without_peer, worth_dialing};
 use super::handle::{Census, Command, Reply, ReplyTo};
 use super::limits::ConnLimits;
+use super::nat::{Nat, Reach};
 use super::{NetConfig, NetEvent, error_chain};
 use crate::error::{Error, Result};
 use dispy_protocol::{KAD_PROTOCOL_NAME, Refusal, RefusalKind, Response};
@@ -15,11 +16,13 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, ListenError, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, kad, mdns, ping};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, kad, mdns, ping, relay};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, trace, warn};
+
+mod relaying;
 
 /// A configured peer address we keep a connection to.
 struct Target {
@@ -78,6 +81,11 @@ pub struct EventLoop {
     metrics: Option<crate::metrics::Metrics>,
     /// Connections established since the start (`Census::handshakes`).
     handshakes: u64,
+    /// Reachability, relays and hole punches.
+    nat: Nat,
+    /// The peer listens: its first dials wait for the listener, so that they leave from
+    /// the listening port (what peers observe is then what a hole punch can reach).
+    listening: bool,
 }
 
 impl EventLoop {
@@ -132,12 +140,15 @@ impl EventLoop {
             waiting: Waiting::new(cfg.limits.requests_per_peer, cfg.limits.requests),
             metrics: cfg.metrics,
             handshakes: 0,
+            nat: Nat::default(),
+            listening: !cfg.listen.is_empty(),
         }
     }
 
     /// Runs until [`super::NetHandle::shutdown`] or until every handle is dropped.
     pub async fn run(mut self) {
-        let mut redial = tokio::time::interval(Duration::from_millis(250));
+        let first = tokio::time::Instant::now() + if self.listening { Duration::from_millis(100) } else { Duration::ZERO };
+        let mut redial = tokio::time::interval_at(first, Duration::from_millis(250));
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -151,6 +162,8 @@ impl EventLoop {
                     self.dial_found();
                     self.check_heartbeats();
                     self.close_ungreeted();
+                    self.announce_overdue();
+                    self.reserve();
                 }
             }
         }
@@ -298,7 +311,13 @@ impl EventLoop {
                 let conns = self.live.entry(peer_id).or_default();
                 conns.insert(connection_id);
                 if conns.len() == 1 {
-                    self.emit(NetEvent::Connected { peer: peer_id, remote });
+                    let reach = Reach::of(&remote);
+                    if reach == Reach::Relayed && !self.kad_server {
+                        // Work starts once the hole punch has had its chance.
+                        self.nat.hold(peer_id, connection_id, remote, now);
+                    } else {
+                        self.emit(NetEvent::Connected { peer: peer_id, remote, reach });
+                    }
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
@@ -329,6 +348,13 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             SwarmEvent::ListenerError { error, .. } => warn!(cause = %error_chain(&error), "listener error"),
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                if let Some(relay) = self.nat.listener_closed(listener_id) {
+                    let cause = reason.err().map(|e| error_chain(&e)).unwrap_or_else(|| "closed".into());
+                    warn!(%relay, %cause, "lost the slot on a relay; looking for another");
+                    self.reserve();
+                }
+            }
             other => trace!(?other, "swarm event"),
         }
     }
@@ -414,6 +440,10 @@ impl EventLoop {
             if t.peer == Some(peer) {
                 t.connected = false;
             }
+        }
+        if self.nat.release(&peer).is_some() {
+            // Never announced: its relayed link went before the hole punch ended.
+            return;
         }
         self.emit(NetEvent::Disconnected { peer });
     }
@@ -513,6 +543,10 @@ impl EventLoop {
                 }
                 let over_loopback =
                     self.connections.get(&connection_id).and_then(ip_of).is_some_and(|ip| ip.is_loopback());
+                if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) && peer_id != *self.swarm.local_peer_id() {
+                    self.nat.relay_seen(peer_id, &info.listen_addrs, over_loopback);
+                    self.reserve();
+                }
                 for addr in info.listen_addrs {
                     if worth_dialing(&addr, over_loopback) {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, without_peer(&addr));
@@ -529,6 +563,10 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Kad(event) => trace!(?event, "kademlia"),
+            BehaviourEvent::Autonat(event) => self.on_autonat(event),
+            BehaviourEvent::RelayClient(event) => self.on_relay_client(event),
+            BehaviourEvent::Relay(event) => self.on_relay(event),
+            BehaviourEvent::Dcutr(event) => self.on_dcutr(event),
             BehaviourEvent::Ping(ping::Event { connection, result: Err(ping::Failure::Unsupported), .. }) => {
                 // Not a dispy peer's behaviour, but not a sign of death either: such a peer
                 // is judged by its connection alone.

@@ -14,6 +14,7 @@ mod handle;
 pub mod identity;
 mod keep;
 mod limits;
+mod nat;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]
@@ -26,6 +27,7 @@ pub use event_loop::EventLoop;
 pub(crate) use handle::Command;
 pub use handle::{Census, NetHandle, ReplyTo};
 pub use limits::{ConnLimits, fd_limit, raise_fd_limit};
+pub use nat::{Reach, RelayLimits};
 
 use crate::error::{Error, Result};
 use dispy_protocol::Request;
@@ -67,6 +69,9 @@ pub struct NetConfig {
     /// How often Kademlia refreshes the routing table; `None`: 300 s on a node (libp2p's
     /// default), 3 s on a client (which looks for nodes while it runs).
     pub kad_refresh: Option<std::time::Duration>,
+    /// Relay connections for peers that cannot be reached otherwise (`serve --relay`),
+    /// within these limits; `None`: relay nothing.
+    pub relay: Option<RelayLimits>,
 }
 
 impl Default for NetConfig {
@@ -84,6 +89,7 @@ impl Default for NetConfig {
             limits: ConnLimits::default(),
             metrics: None,
             kad_refresh: None,
+            relay: None,
         }
     }
 }
@@ -107,6 +113,20 @@ pub enum NetEvent {
         /// The peer.
         peer: PeerId,
         /// The remote address of that connection.
+        remote: Multiaddr,
+        /// How the peer is reached. A client announces a node it reached through a relay
+        /// only once the hole punch has ended (made the link direct, or failed), or after
+        /// a few seconds, so that work never starts on a path about to change.
+        reach: Reach,
+    },
+    /// A peer's path changed after [`NetEvent::Connected`]: a late hole punch made a
+    /// relayed link direct.
+    Reached {
+        /// The peer.
+        peer: PeerId,
+        /// The new path.
+        reach: Reach,
+        /// The remote address of the connection now used.
         remote: Multiaddr,
     },
     /// The last connection to a peer closed.

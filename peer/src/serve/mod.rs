@@ -318,8 +318,8 @@ impl Node {
                     c.gone_since.get_or_insert(now);
                 }
             }
-            NetEvent::Connected { peer, remote } => {
-                debug!(%peer, %remote, "peer connected");
+            NetEvent::Connected { peer, remote, reach } => {
+                debug!(%peer, %remote, %reach, "peer connected");
                 let back: Vec<ClusterId> = self
                     .leases
                     .0
@@ -336,7 +336,7 @@ impl Node {
                 }
             }
             NetEvent::DialFailed { addr, reason, .. } => debug!(%addr, %reason, "dial failed"),
-            NetEvent::Listening { .. } => {}
+            NetEvent::Listening { .. } | NetEvent::Reached { .. } => {}
         }
     }
 

@@ -190,6 +190,12 @@ async fn serve(o: ServeOpt) -> anyhow::Result<()> {
         keypair,
         allowed_peers,
         metrics: metrics.clone(),
+        relay: o.relay.then(|| dispy_node::net::RelayLimits {
+            circuits: o.relay_circuits,
+            circuit_bytes: o.relay_circuit_mib.saturating_mul(1 << 20),
+            circuit_duration: Duration::from_secs(o.relay_circuit_minutes.saturating_mul(60)),
+            ..Default::default()
+        }),
         ..NetConfig::default()
     };
     let serve_cfg = ServeConfig {
@@ -292,6 +298,7 @@ async fn submit(o: SubmitOpt) -> anyhow::Result<bool> {
         .heartbeat(secs(o.find.heartbeat, "--heartbeat")?)
         .reentrant(o.reentrant)
         .fanout(!o.no_fanout)
+        .relay_limit(o.relay_limit.saturating_mul(1 << 20))
         .wait_nodes(secs(o.wait_nodes, "--wait-nodes")?)
         .max_retries(o.max_retries)
         .local(if o.local { LocalMode::Always } else { LocalMode::Fallback });

@@ -108,6 +108,21 @@ pub(crate) struct ServeOpt {
     /// Do not announce or look on the LAN by multicast DNS.
     #[arg(long)]
     pub(crate) no_mdns: bool,
+    /// Relay connections for nodes behind NAT that cannot be reached otherwise (they take
+    /// a slot here and are reached through it until a hole punch makes the link direct).
+    /// Run it on a node with an address every site can reach.
+    #[arg(long)]
+    pub(crate) relay: bool,
+    /// With --relay: relayed connections at once.
+    #[arg(long, value_name = "N", default_value_t = 32, requires = "relay")]
+    pub(crate) relay_circuits: usize,
+    /// With --relay: MiB one relayed connection may carry each way before the relay closes
+    /// it (clients send at most their --relay-limit to a relayed node).
+    #[arg(long, value_name = "MIB", default_value_t = 64, requires = "relay")]
+    pub(crate) relay_circuit_mib: u64,
+    /// With --relay: minutes one relayed connection may last.
+    #[arg(long, value_name = "MINUTES", default_value_t = 60, requires = "relay")]
+    pub(crate) relay_circuit_minutes: u64,
     /// Seconds between heartbeats; a client silent for about twice this is gone.
     #[arg(long, default_value_t = 4.0, value_name = "SECS")]
     pub(crate) heartbeat: f64,
@@ -218,6 +233,10 @@ pub(crate) struct SubmitOpt {
     /// it, checked against its hash.
     #[arg(long)]
     pub(crate) no_fanout: bool,
+    /// MiB of files the client may send a node it reaches only through a relay; a node
+    /// needing more is not used, and says why.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub(crate) relay_limit: u64,
     /// Use at most this many CPUs per node.
     #[arg(long, value_name = "N")]
     pub(crate) cpus_per_node: Option<u32>,

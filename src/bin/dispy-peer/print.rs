@@ -194,8 +194,8 @@ pub(crate) fn nodes(found: &[FoundNode], json: bool) -> io::Result<()> {
             writeln!(out, "{}", serde_json::to_string(n).map_err(io::Error::other)?)?;
         } else {
             let line = format!(
-                "{}  {}  {}  cpus {}/{} free  {}/{}  v{}",
-                n.name, n.peer_id, n.addr, n.free_cpus, n.cpus, n.os, n.arch, n.version
+                "{}  {}  {}  cpus {}/{} free  {}/{}  v{}  {}",
+                n.name, n.peer_id, n.addr, n.free_cpus, n.cpus, n.os, n.arch, n.version, n.reach
             );
             writeln!(out, "{}", clean_str(&line))?;
         }
