@@ -539,7 +539,8 @@ pub(crate) fn listen_beyond_lan(bootstrap: &[libp2p::Multiaddr]) -> Vec<libp2p::
     if bootstrap.is_empty() {
         return Vec::new();
     }
-    let any: libp2p::Multiaddr =
-        libp2p::Multiaddr::empty().with(std::net::Ipv4Addr::UNSPECIFIED.into()).with(libp2p::multiaddr::Protocol::Tcp(0));
+    let any: libp2p::Multiaddr = libp2p::Multiaddr::empty()
+        .with(std::net::Ipv4Addr::UNSPECIFIED.into())
+        .with(libp2p::multiaddr::Protocol::Tcp(0));
     vec![any]
 }

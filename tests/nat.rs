@@ -63,7 +63,7 @@ fn sites(net: u8, masquerade: &str) -> Sites {
 /// Starts the relay and the NATed node, runs `submit` from the other site on the NATed node
 /// only, checks every result, and returns how the client reached the node (the summary's
 /// `reach`) and the output of `nodes --json` from the client's site.
-fn run_behind_nat(net: u8, masquerade: &str) -> (String, Vec<serde_json::Value>) {
+fn run_behind_nat(net: u8, masquerade: &str, relay_limit: bool) -> (String, Vec<serde_json::Value>) {
     let dir = tempdir();
     let s = sites(net, masquerade);
     let prefix = s.ns.prefix.clone();
@@ -111,6 +111,25 @@ fn run_behind_nat(net: u8, masquerade: &str) -> (String, Vec<serde_json::Value>)
         let out = run("nodes", cmd, Duration::from_secs(60));
         out.expect_code(0);
         listed = out.json_lines();
+
+        if relay_limit {
+            // 2 MiB of files for a node behind the relay, with a 1 MiB allowance: not sent,
+            // and the client says why.
+            let big = dir.path().join("big.bin");
+            std::fs::write(&big, vec![7u8; 2 << 20]).expect("write big.bin");
+            let mut cmd = s.ns.exec(&s.client, bin());
+            cmd.arg("submit").arg(&prog).arg("-f").arg(&big);
+            cmd.args(["--secret", "test-secret", "--no-mdns", "--bootstrap", &relay_addr, "--nodes", "behind-nat"]);
+            cmd.args(["--discover-timeout", "20", "--wait-nodes", "5", "--relay-limit", "1", "-a", "1"]);
+            cmd.env_remove("DISPY_SECRET");
+            let out = run("submit", cmd, Duration::from_secs(90));
+            assert_ne!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+            assert!(
+                out.stderr.contains("only through a relay") && out.stderr.contains("--relay-limit"),
+                "the client should say why the node was not used:\n{}",
+                out.stderr
+            );
+        }
         drop(node);
         drop(relay);
     }
@@ -125,7 +144,7 @@ fn reach_of<'a>(listed: &'a [serde_json::Value], name: &str) -> Option<&'a str> 
 
 #[test]
 fn a_node_behind_nat_is_hole_punched_when_both_nats_keep_ports() {
-    let (reach, listed) = run_behind_nat(88, "masquerade");
+    let (reach, listed) = run_behind_nat(88, "masquerade", false);
     assert_eq!(reach, "hole-punched", "the link should end up direct");
     assert_eq!(reach_of(&listed, "behind-nat"), Some("hole-punched"), "{listed:?}");
     assert_eq!(reach_of(&listed, "relay"), Some("direct"), "{listed:?}");
@@ -134,7 +153,7 @@ fn a_node_behind_nat_is_hole_punched_when_both_nats_keep_ports() {
 #[test]
 fn a_node_behind_nat_that_cannot_be_hole_punched_works_through_the_relay() {
     // Port-randomizing NATs (endpoint-dependent mapping): no hole punch can succeed.
-    let (reach, listed) = run_behind_nat(89, "masquerade fully-random");
+    let (reach, listed) = run_behind_nat(89, "masquerade fully-random", true);
     assert_eq!(reach, "relayed");
     assert_eq!(reach_of(&listed, "behind-nat"), Some("relayed"), "{listed:?}");
 }

@@ -5,8 +5,8 @@ use super::core::{Asked, Core, Effect, JobState, Phase};
 use crate::events::{ClusterEvent, NodeFacts};
 use crate::report::{JobReport, NodeInfo, NodeRef};
 use crate::stage::LocalFile;
-use dispy_protocol::{Hello, JobId, JobOutcome, Request, Reserve, Reserved, Role, WIRE_VERSION};
 use dispy_node::net::Reach;
+use dispy_protocol::{Hello, JobId, JobOutcome, Request, Reserve, Reserved, Role, WIRE_VERSION};
 use libp2p::PeerId;
 use tracing::{info, warn};
 

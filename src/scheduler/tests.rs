@@ -2,7 +2,6 @@
 //! asks for and every answer and request it is given passes through the real CBOR codec,
 //! as it would on the wire. Time is passed in.
 
-use dispy_node::net::Reach;
 use super::core::{Asked, Entry, JobState};
 use super::{Cmd, Core, Effect, Failure, LocalMode, NewJob, Settings};
 use crate::error::{Found, Searched};
@@ -11,6 +10,7 @@ use crate::job::{JobStatus, JobView};
 use crate::report::{JobReport, NodeStatus};
 use crate::select::NodePattern;
 use crate::stage::LocalFile;
+use dispy_node::net::Reach;
 use dispy_protocol::{
     Accepted, ClusterId, FileEntry, FileHash, Hello, JobId, JobOutcome, JobResult, Output, Refusal, RefusalKind,
     Request, Reserved, Response, Results, Submit, decode, encode,
@@ -955,4 +955,30 @@ fn a_queued_job_costs_the_scheduler_under_160_bytes() {
     eprintln!("Job {job} bytes, table slot {slot} bytes");
     assert!(job <= 160, "a Job takes {job} bytes");
     assert!(slot <= 16, "a table slot takes {slot} bytes");
+}
+
+#[test]
+fn a_node_reached_only_through_a_relay_gets_files_up_to_the_relay_limit_and_says_why_not_past_it() {
+    let mut s = settings();
+    let data = s.files.iter().find(|f| f.entry.name == "data.txt").expect("data.txt").entry.size;
+    s.relay_limit = data - 1;
+    let mut sim = Sim::new(s);
+    let missing = || Response::Reserved(Reserved { cpus: 2, missing: vec![FileHash([2; 32])], resumed: false });
+    // Reached through a relay: over the limit, never staged.
+    let p = sim.reserving(1, 2);
+    let effects = sim.core.on_reached(p, Reach::Relayed);
+    sim.absorb(effects);
+    sim.answer(p, Asked::Reserve, missing());
+    assert!(sim.stages.is_empty(), "nothing goes through the relay past its limit");
+    let NodeStatus::Unusable(why) = sim.status_of(p) else { panic!("{:?}", sim.status_of(p)) };
+    assert!(why.contains("only through a relay") && why.contains("--relay-limit"), "{why}");
+    // The same files to a node hole-punched (direct): staged, whatever their size.
+    let q = sim.reserving(2, 2);
+    let effects = sim.core.on_reached(q, Reach::HolePunched);
+    sim.absorb(effects);
+    sim.answer(q, Asked::Reserve, missing());
+    assert_eq!(sim.stages.len(), 1);
+    assert_eq!(sim.stages[0].0, q);
+    let stats = sim.core.stats(sim.at(1.0));
+    assert!(stats.nodes.is_empty() || stats.nodes.iter().all(|n| n.reach == Reach::HolePunched), "{stats:?}");
 }

@@ -18,8 +18,8 @@ use libp2p::pnet::PnetConfig;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, behaviour::toggle::Toggle};
 use libp2p::{
-    PeerId, StreamProtocol, Swarm, autonat, connection_limits, dcutr, identify, identity, kad, mdns, noise, ping, relay,
-    tcp, yamux,
+    PeerId, StreamProtocol, Swarm, autonat, connection_limits, dcutr, identify, identity, kad, mdns, noise, ping,
+    relay, tcp, yamux,
 };
 use std::time::Duration;
 
@@ -132,82 +132,84 @@ pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result
         // member), with noise end to end: the relay sees only ciphertext.
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| Error::Setup(e.to_string()))?
-        .with_behaviour(|key, relay_client| -> std::result::Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
-            let local = key.public().to_peer_id();
-            let rr = request_response::Behaviour::with_codec(
-                DispyCodec,
-                [(StreamProtocol::new(PROTOCOL_NAME), ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(REQUEST_TIMEOUT)
-                    .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),
-            );
-            let mut kcfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL_NAME));
-            // Clients look often while they run; nodes refresh at libp2p's default pace: a
-            // refresh is ~300 FindNode requests, each a fresh noise handshake once links have
-            // idled out (~0.25 CPU-s per node; at 120 s, 64 idle nodes spent twice their
-            // other idle CPU on it, and 256 on 2 CPUs never settled: docs/BENCHMARKS.md).
-            kcfg.set_periodic_bootstrap_interval(Some(refresh));
-            let mut kad = kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kcfg);
-            // Auto mode stays Client until an external address is confirmed, which never
-            // happens on a LAN without autonat: nodes must answer queries, so force Server.
-            // Transient clients stay out of everyone's routing table.
-            kad.set_mode(Some(if kad_server { kad::Mode::Server } else { kad::Mode::Client }));
-            // Pushed when listen addresses change: a node that takes a slot on a relay has its
-            // new address in the relay's routing table at once, where clients look it up.
-            let identify = identify::Behaviour::new(
-                identify::Config::new(dispy_protocol::IDENTIFY_PROTOCOL.into(), key.public())
-                    .with_push_listen_addr_updates(true),
-            );
-            let mdns = if mdns_on {
-                Some(mdns::tokio::Behaviour::new(
-                    // The cap of the query back-off (vendor/libp2p-mdns: gaps 1 s, 2 s, 4 s...
-                    // up to this). A node only needs LAN peers for Kademlia's address book, and
-                    // sees newcomers by their announcements and by the answers to clients'
-                    // queries: 90 s keeps an idle LAN of 256 nodes near 3 answers/s (one
-                    // query per interval on the whole LAN, others' queries counting as ours),
-                    // well inside the records' 6 min TTL. A client looks for nodes while it
-                    // runs: 3 s finds a node started mid-run within seconds at 256 answers per
-                    // 3 s, spread over 20-120 ms each.
-                    mdns::Config {
-                        query_interval: Duration::from_secs(if kad_server { 90 } else { 3 }),
-                        ..Default::default()
-                    },
-                    local,
-                )?)
-            } else {
-                None
-            };
-            let ping = ping::Behaviour::new(ping::Config::new().with_interval(heartbeat).with_timeout(heartbeat));
-            let mut limits = connection_limits::Behaviour::new(
-                connection_limits::ConnectionLimits::default()
-                    .with_max_pending_incoming(Some(lim.pending_incoming))
-                    .with_max_pending_outgoing(Some(lim.pending_outgoing))
-                    .with_max_established(Some(lim.established))
-                    .with_max_established_per_peer(Some(lim.established_per_peer)),
-            );
-            // The peers a node admits by name are never shut out by strangers' connections.
-            for peer in &allowed {
-                limits.bypass_peer_id(peer);
-            }
-            let gate = Gate::new(lim.pending_per_ip, lim.pending_incoming);
-            let autonat = autonat::Behaviour::new(local, autonat_config());
-            let relay = relay_limits.map(|l| relay::Behaviour::new(local, l.config()));
-            let dcutr = dcutr::Behaviour::new(local);
-            Ok(Behaviour {
-                gate,
-                limits,
-                keep: Default::default(),
-                rr,
-                kad,
-                identify,
-                ping,
-                mdns: mdns.into(),
-                autonat,
-                relay_client,
-                relay: relay.into(),
-                dcutr,
-            })
-        })
+        .with_behaviour(
+            |key, relay_client| -> std::result::Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+                let local = key.public().to_peer_id();
+                let rr = request_response::Behaviour::with_codec(
+                    DispyCodec,
+                    [(StreamProtocol::new(PROTOCOL_NAME), ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(REQUEST_TIMEOUT)
+                        .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),
+                );
+                let mut kcfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL_NAME));
+                // Clients look often while they run; nodes refresh at libp2p's default pace: a
+                // refresh is ~300 FindNode requests, each a fresh noise handshake once links have
+                // idled out (~0.25 CPU-s per node; at 120 s, 64 idle nodes spent twice their
+                // other idle CPU on it, and 256 on 2 CPUs never settled: docs/BENCHMARKS.md).
+                kcfg.set_periodic_bootstrap_interval(Some(refresh));
+                let mut kad = kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kcfg);
+                // Auto mode stays Client until an external address is confirmed, which never
+                // happens on a LAN without autonat: nodes must answer queries, so force Server.
+                // Transient clients stay out of everyone's routing table.
+                kad.set_mode(Some(if kad_server { kad::Mode::Server } else { kad::Mode::Client }));
+                // Pushed when listen addresses change: a node that takes a slot on a relay has its
+                // new address in the relay's routing table at once, where clients look it up.
+                let identify = identify::Behaviour::new(
+                    identify::Config::new(dispy_protocol::IDENTIFY_PROTOCOL.into(), key.public())
+                        .with_push_listen_addr_updates(true),
+                );
+                let mdns = if mdns_on {
+                    Some(mdns::tokio::Behaviour::new(
+                        // The cap of the query back-off (vendor/libp2p-mdns: gaps 1 s, 2 s, 4 s...
+                        // up to this). A node only needs LAN peers for Kademlia's address book, and
+                        // sees newcomers by their announcements and by the answers to clients'
+                        // queries: 90 s keeps an idle LAN of 256 nodes near 3 answers/s (one
+                        // query per interval on the whole LAN, others' queries counting as ours),
+                        // well inside the records' 6 min TTL. A client looks for nodes while it
+                        // runs: 3 s finds a node started mid-run within seconds at 256 answers per
+                        // 3 s, spread over 20-120 ms each.
+                        mdns::Config {
+                            query_interval: Duration::from_secs(if kad_server { 90 } else { 3 }),
+                            ..Default::default()
+                        },
+                        local,
+                    )?)
+                } else {
+                    None
+                };
+                let ping = ping::Behaviour::new(ping::Config::new().with_interval(heartbeat).with_timeout(heartbeat));
+                let mut limits = connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_pending_incoming(Some(lim.pending_incoming))
+                        .with_max_pending_outgoing(Some(lim.pending_outgoing))
+                        .with_max_established(Some(lim.established))
+                        .with_max_established_per_peer(Some(lim.established_per_peer)),
+                );
+                // The peers a node admits by name are never shut out by strangers' connections.
+                for peer in &allowed {
+                    limits.bypass_peer_id(peer);
+                }
+                let gate = Gate::new(lim.pending_per_ip, lim.pending_incoming);
+                let autonat = autonat::Behaviour::new(local, autonat_config());
+                let relay = relay_limits.map(|l| relay::Behaviour::new(local, l.config()));
+                let dcutr = dcutr::Behaviour::new(local);
+                Ok(Behaviour {
+                    gate,
+                    limits,
+                    keep: Default::default(),
+                    rr,
+                    kad,
+                    identify,
+                    ping,
+                    mdns: mdns.into(),
+                    autonat,
+                    relay_client,
+                    relay: relay.into(),
+                    dcutr,
+                })
+            },
+        )
         .map_err(|e| Error::Setup(e.to_string()))?
         // Client-node connections carry long quiet stretches (a job running for hours): the
         // keep behaviour holds them; liveness comes from heartbeats, not from idling out.

@@ -147,7 +147,8 @@ impl EventLoop {
 
     /// Runs until [`super::NetHandle::shutdown`] or until every handle is dropped.
     pub async fn run(mut self) {
-        let first = tokio::time::Instant::now() + if self.listening { Duration::from_millis(100) } else { Duration::ZERO };
+        let first =
+            tokio::time::Instant::now() + if self.listening { Duration::from_millis(100) } else { Duration::ZERO };
         let mut redial = tokio::time::interval_at(first, Duration::from_millis(250));
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

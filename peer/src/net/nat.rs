@@ -79,7 +79,12 @@ pub struct RelayLimits {
 
 impl Default for RelayLimits {
     fn default() -> Self {
-        RelayLimits { reservations: 128, circuits: 32, circuit_bytes: 64 << 20, circuit_duration: Duration::from_secs(3600) }
+        RelayLimits {
+            reservations: 128,
+            circuits: 32,
+            circuit_bytes: 64 << 20,
+            circuit_duration: Duration::from_secs(3600),
+        }
     }
 }
 
@@ -136,8 +141,12 @@ impl Nat {
 
     /// A peer said (identify) that it relays; `addrs` are its listen addresses.
     pub(crate) fn relay_seen(&mut self, peer: PeerId, addrs: &[Multiaddr], over_loopback: bool) {
-        let addrs: Vec<Multiaddr> =
-            addrs.iter().filter(|a| !is_relayed(a) && worth_dialing(a, over_loopback)).take(8).map(without_peer).collect();
+        let addrs: Vec<Multiaddr> = addrs
+            .iter()
+            .filter(|a| !is_relayed(a) && worth_dialing(a, over_loopback))
+            .take(8)
+            .map(without_peer)
+            .collect();
         if addrs.is_empty() || (self.relays.len() >= KNOWN_RELAYS && !self.relays.contains_key(&peer)) {
             return;
         }
@@ -197,7 +206,11 @@ impl Nat {
 
     /// Held peers whose wait ran out.
     pub(crate) fn overdue(&self, now: Instant) -> Vec<PeerId> {
-        self.holding.iter().filter(|(_, (_, _, t))| now.duration_since(*t) >= HOLE_PUNCH_WAIT).map(|(p, _)| *p).collect()
+        self.holding
+            .iter()
+            .filter(|(_, (_, _, t))| now.duration_since(*t) >= HOLE_PUNCH_WAIT)
+            .map(|(p, _)| *p)
+            .collect()
     }
 }
 

@@ -66,7 +66,8 @@ impl EventLoop {
                 debug!(peer = %src_peer_id, "gave a node a slot on this relay");
                 self.admit(src_peer_id);
             }
-            relay::Event::ReservationReqDenied { src_peer_id, .. } | relay::Event::CircuitReqDenied { src_peer_id, .. } => {
+            relay::Event::ReservationReqDenied { src_peer_id, .. }
+            | relay::Event::CircuitReqDenied { src_peer_id, .. } => {
                 if self.refusal_logged.allow(format!("relay:{src_peer_id}"), Instant::now()) {
                     warn!(peer = %src_peer_id, "relay limits reached: refused a slot or a relayed connection (serve --relay-circuits)");
                 }
@@ -116,7 +117,11 @@ impl EventLoop {
             self.swarm.close_connection(c);
         }
         let reach = Reach::HolePunched;
-        self.emit(if held { NetEvent::Connected { peer, remote, reach } } else { NetEvent::Reached { peer, reach, remote } });
+        self.emit(if held {
+            NetEvent::Connected { peer, remote, reach }
+        } else {
+            NetEvent::Reached { peer, reach, remote }
+        });
     }
 
     /// Announces a held peer: over a direct connection if one came up meanwhile, else

@@ -172,7 +172,11 @@ impl Harness {
     }
 
     pub(super) fn connected(&self, peer: PeerId) {
-        let _ = self.events.send(NetEvent::Connected { peer, remote: "/ip4/127.0.0.1/tcp/1".parse().expect("addr"), reach: crate::net::Reach::Direct });
+        let _ = self.events.send(NetEvent::Connected {
+            peer,
+            remote: "/ip4/127.0.0.1/tcp/1".parse().expect("addr"),
+            reach: crate::net::Reach::Direct,
+        });
     }
 
     pub(super) fn disconnected(&mut self, peer: PeerId) {
