@@ -310,6 +310,14 @@ mod tests {
         PeerId::random()
     }
 
+    /// Where a node is reached (directly; a copy with no address is behind a relay).
+    static ADDR: std::sync::LazyLock<Multiaddr> =
+        std::sync::LazyLock::new(|| "/ip4/10.0.0.1/tcp/9700".parse().expect("addr"));
+
+    fn at() -> Option<&'static Multiaddr> {
+        Some(&ADDR)
+    }
+
     #[test]
     fn copies_spread_as_a_tree_that_trails_the_first_and_liars_are_passed_over() {
         let h = Holders::default();
@@ -317,35 +325,50 @@ mod tests {
         let (a, b, c, d, e) = (peer(), peer(), peer(), peer(), peer());
         let t0 = Instant::now();
         // Nobody holds it: the first node takes it from the client...
-        assert!(matches!(h.plan(hash, a, None, t0), Plan::Send(_)));
-        h.coming(hash, a, None, false).store(1, Ordering::Relaxed);
+        assert!(matches!(h.plan(hash, a, at(), t0), Plan::Send(_)));
+        h.coming(hash, a, at(), false).store(1, Ordering::Relaxed);
         // ...and the next two trail that copy as it arrives; a serves no more than two.
-        let Plan::Pull(_, first, _) = h.plan(hash, b, None, t0) else { panic!("b pulls") };
+        let Plan::Pull(_, first, _) = h.plan(hash, b, at(), t0) else { panic!("b pulls") };
         assert_eq!(first, a);
-        let Plan::Pull(_, first, _) = h.plan(hash, c, None, t0) else { panic!("c pulls") };
+        let Plan::Pull(_, first, _) = h.plan(hash, c, at(), t0) else { panic!("c pulls") };
         assert_eq!(first, a);
-        h.coming(hash, b, None, true);
-        h.coming(hash, c, None, true);
+        h.coming(hash, b, at(), true);
+        h.coming(hash, c, at(), true);
         // The fourth trails b or c, the copies under way that serve nobody yet.
-        let Plan::Pull(sources, first, _) = h.plan(hash, d, None, t0) else { panic!("d pulls") };
+        let Plan::Pull(sources, first, _) = h.plan(hash, d, at(), t0) else { panic!("d pulls") };
         assert!(first == b || first == c, "{first}");
         assert_eq!(sources.len(), 2, "a is busy");
         // a's copy arrives; b lied to d: b is never a source again.
-        h.arrived(hash, a, None, true);
+        h.arrived(hash, a, at(), true);
         h.served(hash, a, &[]);
         h.served(hash, first, &[b]);
-        let Plan::Pull(sources, first, _) = h.plan(hash, e, None, t0) else { panic!("e pulls") };
+        let Plan::Pull(sources, first, _) = h.plan(hash, e, at(), t0) else { panic!("e pulls") };
         assert_eq!(first, a, "a holder before a copy under way");
         assert!(sources.iter().all(|s| s.peer != b.to_bytes()));
         assert_eq!(h.liars(), [b]);
 
         // Two nodes planning at once: one takes the client's link, the other trails it.
         let other = FileHash([2; 32]);
-        assert!(matches!(h.plan(other, a, None, t0), Plan::Send(_)));
-        assert!(matches!(h.plan(other, c, None, t0), Plan::Pull(_, first, _) if first == a));
-        h.arrived(other, c, None, false);
+        assert!(matches!(h.plan(other, a, at(), t0), Plan::Send(_)));
+        assert!(matches!(h.plan(other, c, at(), t0), Plan::Pull(_, first, _) if first == a));
+        h.arrived(other, c, at(), false);
         h.served(other, a, &[]);
         // A copy from the client that stops growing is not waited for.
-        assert!(matches!(h.plan(other, b, None, Instant::now() + STALL + Duration::from_secs(1)), Plan::Send(_)));
+        assert!(matches!(h.plan(other, b, at(), Instant::now() + STALL + Duration::from_secs(1)), Plan::Send(_)));
+    }
+
+    #[test]
+    fn a_copy_on_a_node_behind_a_relay_is_never_a_source() {
+        let h = Holders::default();
+        let hash = FileHash([3; 32]);
+        let (relayed, other) = (peer(), peer());
+        let t0 = Instant::now();
+        assert!(matches!(h.plan(hash, relayed, None, t0), Plan::Send(_)));
+        h.coming(hash, relayed, None, false).store(1, Ordering::Relaxed);
+        assert!(matches!(h.plan(hash, other, at(), t0), Plan::Send(_)), "the relay would carry it");
+        h.arrived(hash, relayed, None, true);
+        let third = peer();
+        let Plan::Pull(_, first, _) = h.plan(hash, third, at(), t0) else { panic!("pulls from the direct copy") };
+        assert_eq!(first, other);
     }
 }

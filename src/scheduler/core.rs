@@ -399,7 +399,8 @@ impl Core {
         if !self.nodes.contains_key(&peer) {
             self.order.push(peer);
         }
-        let ip = remote_ip(remote);
+        // A relayed address starts with the relay's IP, not the node's (unknown then).
+        let ip = if reach == Reach::Relayed { None } else { remote_ip(remote) };
         let addr = match remote.iter().last() {
             Some(Protocol::P2p(_)) => remote.clone(),
             _ => remote.clone().with(Protocol::P2p(peer)),
@@ -431,10 +432,13 @@ impl Core {
     }
 
     /// A node's path changed (a late hole punch made a relayed link direct).
-    pub(crate) fn on_reached(&mut self, peer: PeerId, reach: Reach) -> Vec<Effect> {
+    pub(crate) fn on_reached(&mut self, peer: PeerId, reach: Reach, remote: &Multiaddr) -> Vec<Effect> {
         if let Some(node) = self.nodes.get_mut(&peer) {
             debug!(node = %node.name, %peer, %reach, "node's path changed");
             node.reach = reach;
+            if reach != Reach::Relayed {
+                node.ip = remote_ip(remote);
+            }
         }
         self.effects()
     }

@@ -265,7 +265,7 @@ impl Scheduler {
     fn on_net_event(&mut self, ev: NetEvent) -> Vec<Effect> {
         match ev {
             NetEvent::Connected { peer, remote, reach } => self.core.on_connected(peer, &remote, reach),
-            NetEvent::Reached { peer, reach, .. } => self.core.on_reached(peer, reach),
+            NetEvent::Reached { peer, reach, remote } => self.core.on_reached(peer, reach, &remote),
             NetEvent::Disconnected { peer } => self.core.on_disconnected(peer, Instant::now()),
             NetEvent::Request { peer, request, channel } => {
                 let (response, effects) = self.core.on_request(peer, request);

@@ -85,6 +85,15 @@ impl Core {
         if h.cpus == 0 {
             return self.unusable(peer, "serves no CPUs".into());
         }
+        if self.nodes.get(&peer).is_some_and(|n| n.reach == Reach::Relayed) {
+            warn!(
+                node = %h.name,
+                %peer,
+                limit = %crate::report::human_bytes(self.s.relay_limit),
+                "node reached only through a relay (its NAT allowed no hole punch): its jobs run, and the files sent \
+                 to it are capped at the relay limit (--relay-limit)"
+            );
+        }
         if let Some(filter) = &self.s.node_filter {
             let facts = NodeFacts {
                 name: h.name.clone(),

@@ -966,7 +966,7 @@ fn a_node_reached_only_through_a_relay_gets_files_up_to_the_relay_limit_and_says
     let missing = || Response::Reserved(Reserved { cpus: 2, missing: vec![FileHash([2; 32])], resumed: false });
     // Reached through a relay: over the limit, never staged.
     let p = sim.reserving(1, 2);
-    let effects = sim.core.on_reached(p, Reach::Relayed);
+    let effects = sim.core.on_reached(p, Reach::Relayed, &addr(1));
     sim.absorb(effects);
     sim.answer(p, Asked::Reserve, missing());
     assert!(sim.stages.is_empty(), "nothing goes through the relay past its limit");
@@ -974,7 +974,7 @@ fn a_node_reached_only_through_a_relay_gets_files_up_to_the_relay_limit_and_says
     assert!(why.contains("only through a relay") && why.contains("--relay-limit"), "{why}");
     // The same files to a node hole-punched (direct): staged, whatever their size.
     let q = sim.reserving(2, 2);
-    let effects = sim.core.on_reached(q, Reach::HolePunched);
+    let effects = sim.core.on_reached(q, Reach::HolePunched, &addr(2));
     sim.absorb(effects);
     sim.answer(q, Asked::Reserve, missing());
     assert_eq!(sim.stages.len(), 1);
