@@ -99,9 +99,13 @@ pub fn transport(
 /// Autonat as a lab needs it: private addresses count (a lab behind a router is exactly the
 /// case), a first answer within seconds of the first connection, and probes rare once the
 /// answer is sure. Dial-backs only ever go to the asking peer's observed IP (libp2p's
-/// server rule), so a peer cannot point a node at a third party.
-fn autonat_config() -> autonat::Config {
+/// server rule), so a peer cannot point a node at a third party. Only nodes answer probes:
+/// a client's dial-back would open a second link to each node that asks, kept as long as
+/// the first (a client keeps its nodes' links), so a client refuses (the node's status
+/// stays as it was: a refusal is not an answer).
+fn autonat_config(serve: bool) -> autonat::Config {
     autonat::Config {
+        throttle_clients_global_max: if serve { autonat::Config::default().throttle_clients_global_max } else { 0 },
         only_global_ips: false,
         boot_delay: Duration::from_secs(1),
         timeout: Duration::from_secs(10),
@@ -191,7 +195,7 @@ pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result
                     limits.bypass_peer_id(peer);
                 }
                 let gate = Gate::new(lim.pending_per_ip, lim.pending_incoming);
-                let autonat = autonat::Behaviour::new(local, autonat_config());
+                let autonat = autonat::Behaviour::new(local, autonat_config(kad_server));
                 let relay = relay_limits.map(|l| relay::Behaviour::new(local, l.config()));
                 let dcutr = dcutr::Behaviour::new(local);
                 Ok(Behaviour {

@@ -189,6 +189,11 @@ impl Nat {
         self.relays.remove(relay);
     }
 
+    /// Whether any relay is known.
+    pub(crate) fn knows_relays(&self) -> bool {
+        !self.relays.is_empty()
+    }
+
     /// The listeners to close: the node turned out reachable.
     pub(crate) fn release_all(&mut self) -> Vec<libp2p::core::transport::ListenerId> {
         self.reserved.drain().map(|(l, _)| l).collect()

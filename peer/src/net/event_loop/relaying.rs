@@ -28,6 +28,13 @@ impl EventLoop {
                 info!("not reachable from outside this network (NAT or firewall): taking a slot on a relay");
                 self.nat.set_public(Some(false));
                 self.reserve();
+                if self.nat.wanted().is_empty() && !self.nat.knows_relays() {
+                    // Relays are met through Kademlia: a lookup connects to the nodes
+                    // nearest, and each says (identify) whether it relays.
+                    if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
+                        debug!(cause = %e, "no relay known, and no peer to look for one through");
+                    }
+                }
             }
             autonat::NatStatus::Unknown => self.nat.set_public(None),
         }
