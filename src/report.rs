@@ -233,8 +233,8 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<24} {:>5} {:>6} {:>12} {:>12} {:>10}  {}",
-            "node", "cpus", "jobs", "sec/job", "node time s", "staged", "via"
+            "{:<24} {:>5} {:>6} {:>12} {:>12} {:>10}  via",
+            "node", "cpus", "jobs", "sec/job", "node time s", "staged"
         )?;
         writeln!(f, "{}", "-".repeat(87))?;
         let mut total = 0.0;

@@ -488,6 +488,9 @@ impl EventLoop {
             }
         }
         let configured = configured.or_else(|| self.dials.remove(&connection_id));
+        // A dial that timed out to a peer found by discovery, a hole punch or a reachability
+        // probe is most often an address behind a NAT or firewall that drops it: no warning.
+        let handshake = handshake && (configured.is_some() || !cause.contains("Timeout"));
         if handshake {
             // Configured peers are warned about each; peers found by discovery (mDNS answers
             // are free to forge, in any number) share one warning.
