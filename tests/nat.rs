@@ -107,7 +107,7 @@ fn run_behind_nat(net: u8, masquerade: &str, relay_limit: bool) -> (String, Vec<
 
         let mut cmd = s.ns.exec(&s.client, bin());
         cmd.args(["nodes", "--json", "--secret", "test-secret", "--no-mdns", "--bootstrap", &relay_addr]);
-        cmd.args(["--discover-timeout", "12"]).env_remove("DISPY_SECRET");
+        cmd.args(["--discover-timeout", "25"]).env_remove("DISPY_SECRET");
         let out = run("nodes", cmd, Duration::from_secs(60));
         out.expect_code(0);
         listed = out.json_lines();
