@@ -11,6 +11,7 @@ use std::time::Duration;
 /// The namespaces of the two sites and the relay between them.
 struct Sites {
     ns: Netns,
+    inet: String,
     relay: String,
     node: String,
     client: String,
@@ -57,26 +58,50 @@ fn sites(net: u8, masquerade: &str) -> Sites {
     let client = ns.add_host("client", &lan_b, "eth0", &format!("10.{net}.2.10/24"));
     ns.ip(&["-n", &node, "route", "add", "default", "via", &format!("10.{net}.1.1")]);
     ns.ip(&["-n", &client, "route", "add", "default", "via", &format!("10.{net}.2.1")]);
-    Sites { ns, relay, node, client }
+    Sites { ns, inet, relay, node, client }
+}
+
+/// How the NATed node and the client learn of the relay.
+#[derive(PartialEq)]
+enum Meet {
+    /// Its address is their `--bootstrap`.
+    Bootstrap,
+    /// They bootstrap from another node (no relay) on the relay's subnet: the NATed node
+    /// meets the relay through Kademlia.
+    Kademlia,
 }
 
 /// Starts the relay and the NATed node, runs `submit` from the other site on the NATed node
 /// only, checks every result, and returns how the client reached the node (the summary's
-/// `reach`) and the output of `nodes --json` from the client's site.
-fn run_behind_nat(net: u8, masquerade: &str, relay_limit: bool) -> (String, Vec<serde_json::Value>) {
+/// `reach`) and the output of `nodes --json` from the client's site. `relay_limit`: also
+/// checks that a relayed node is not sent files past `--relay-limit`.
+fn run_behind_nat(net: u8, masquerade: &str, meet: Meet, relay_limit: bool) -> (String, Vec<serde_json::Value>) {
     let dir = tempdir();
-    let s = sites(net, masquerade);
+    let mut s = sites(net, masquerade);
     let prefix = s.ns.prefix.clone();
     let prog = script(dir.path(), "job.sh", "echo \"square $(($1 * $1)) from $(hostname -I)\"");
     let reach;
     let listed;
     {
-        let relay = Node::serve_in(&s.relay, "relay", dir.path(), &["--no-mdns", "--relay"]);
+        let boot = (meet == Meet::Kademlia).then(|| {
+            let host = s.ns.add_host("boot", &s.inet, "eth0", &format!("10.{net}.0.20/24"));
+            let node = Node::serve_in(&host, "boot", dir.path(), &["--no-mdns"]);
+            let id = node.addr.rsplit('/').next().expect("peer id").to_string();
+            (node, format!("/ip4/10.{net}.0.20/tcp/9700/p2p/{id}"))
+        });
+        let relay_extra: Vec<&str> = match &boot {
+            Some((_, addr)) => vec!["--no-mdns", "--relay", "--bootstrap", addr],
+            None => vec!["--no-mdns", "--relay"],
+        };
+        let relay = Node::serve_in(&s.relay, "relay", dir.path(), &relay_extra);
         let relay_id = relay.addr.rsplit('/').next().expect("peer id").to_string();
-        let relay_addr = format!("/ip4/10.{net}.0.10/tcp/9700/p2p/{relay_id}");
-        let node = Node::serve_in(&s.node, "behind-nat", dir.path(), &["--no-mdns", "--bootstrap", &relay_addr]);
-        // Autonat finds the node unreachable (the relay's dial-back is dropped by the NAT),
-        // and the node takes a slot on the relay it knows from bootstrapping.
+        let bootstrap = match &boot {
+            Some((_, addr)) => addr.clone(),
+            None => format!("/ip4/10.{net}.0.10/tcp/9700/p2p/{relay_id}"),
+        };
+        let node = Node::serve_in(&s.node, "behind-nat", dir.path(), &["--no-mdns", "--bootstrap", &bootstrap]);
+        // Autonat finds the node unreachable (the dial-back is dropped by the NAT), and the
+        // node takes a slot on the relay it knows from bootstrapping or met through Kademlia.
         assert!(
             node.proc.wait_stderr("reachable through a relay", Duration::from_secs(60)),
             "the NATed node never took a slot on the relay:\n{}",
@@ -84,7 +109,7 @@ fn run_behind_nat(net: u8, masquerade: &str, relay_limit: bool) -> (String, Vec<
         );
         let mut cmd = s.ns.exec(&s.client, bin());
         cmd.arg("submit").arg(&prog);
-        cmd.args(["--json", "--secret", "test-secret", "--no-mdns", "--bootstrap", &relay_addr]);
+        cmd.args(["--json", "--secret", "test-secret", "--no-mdns", "--bootstrap", &bootstrap]);
         cmd.args(["--nodes", "behind-nat", "--discover-timeout", "30"]);
         for i in 0..20 {
             cmd.args(["-a", &i.to_string()]);
@@ -106,7 +131,7 @@ fn run_behind_nat(net: u8, masquerade: &str, relay_limit: bool) -> (String, Vec<
         reach = nodes[0]["reach"].as_str().expect("reach").to_string();
 
         let mut cmd = s.ns.exec(&s.client, bin());
-        cmd.args(["nodes", "--json", "--secret", "test-secret", "--no-mdns", "--bootstrap", &relay_addr]);
+        cmd.args(["nodes", "--json", "--secret", "test-secret", "--no-mdns", "--bootstrap", &bootstrap]);
         cmd.args(["--discover-timeout", "25"]).env_remove("DISPY_SECRET");
         let out = run("nodes", cmd, Duration::from_secs(60));
         out.expect_code(0);
@@ -119,7 +144,7 @@ fn run_behind_nat(net: u8, masquerade: &str, relay_limit: bool) -> (String, Vec<
             std::fs::write(&big, vec![7u8; 2 << 20]).expect("write big.bin");
             let mut cmd = s.ns.exec(&s.client, bin());
             cmd.arg("submit").arg(&prog).arg("-f").arg(&big);
-            cmd.args(["--secret", "test-secret", "--no-mdns", "--bootstrap", &relay_addr, "--nodes", "behind-nat"]);
+            cmd.args(["--secret", "test-secret", "--no-mdns", "--bootstrap", &bootstrap, "--nodes", "behind-nat"]);
             cmd.args(["--discover-timeout", "20", "--wait-nodes", "5", "--relay-limit", "1", "-a", "1"]);
             cmd.env_remove("DISPY_SECRET");
             let out = run("submit", cmd, Duration::from_secs(90));
@@ -132,6 +157,7 @@ fn run_behind_nat(net: u8, masquerade: &str, relay_limit: bool) -> (String, Vec<
         }
         drop(node);
         drop(relay);
+        drop(boot);
     }
     drop(s);
     assert!(netns_left(&prefix).is_empty(), "namespaces left: {:?}", netns_left(&prefix));
@@ -144,16 +170,17 @@ fn reach_of<'a>(listed: &'a [serde_json::Value], name: &str) -> Option<&'a str> 
 
 #[test]
 fn a_node_behind_nat_is_hole_punched_when_both_nats_keep_ports() {
-    let (reach, listed) = run_behind_nat(88, "masquerade", false);
+    let (reach, listed) = run_behind_nat(88, "masquerade", Meet::Bootstrap, false);
     assert_eq!(reach, "hole-punched", "the link should end up direct");
     assert_eq!(reach_of(&listed, "behind-nat"), Some("hole-punched"), "{listed:?}");
     assert_eq!(reach_of(&listed, "relay"), Some("direct"), "{listed:?}");
 }
 
 #[test]
-fn a_node_behind_nat_that_cannot_be_hole_punched_works_through_the_relay() {
-    // Port-randomizing NATs (endpoint-dependent mapping): no hole punch can succeed.
-    let (reach, listed) = run_behind_nat(89, "masquerade fully-random", true);
+fn a_node_behind_nat_that_cannot_be_hole_punched_works_through_a_relay_met_through_kademlia() {
+    // Port-randomizing NATs (endpoint-dependent mapping): no hole punch can succeed. Node
+    // and client know only a node that does not relay.
+    let (reach, listed) = run_behind_nat(89, "masquerade fully-random", Meet::Kademlia, true);
     assert_eq!(reach, "relayed");
     assert_eq!(reach_of(&listed, "behind-nat"), Some("relayed"), "{listed:?}");
 }
