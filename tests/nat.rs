@@ -75,13 +75,19 @@ enum Meet {
 /// only, checks every result, and returns how the client reached the node (the summary's
 /// `reach`) and the output of `nodes --json` from the client's site. `relay_limit`: also
 /// checks that a relayed node is not sent files past `--relay-limit`.
-fn run_behind_nat(net: u8, masquerade: &str, meet: Meet, relay_limit: bool) -> (String, Vec<serde_json::Value>) {
+fn run_behind_nat(
+    net: u8,
+    masquerade: &str,
+    meet: Meet,
+    relay_limit: bool,
+) -> (String, Vec<serde_json::Value>, String) {
     let dir = tempdir();
     let mut s = sites(net, masquerade);
     let prefix = s.ns.prefix.clone();
     let prog = script(dir.path(), "job.sh", "echo \"square $(($1 * $1)) from $(hostname -I)\"");
     let reach;
     let listed;
+    let nodes_log;
     {
         let boot = (meet == Meet::Kademlia).then(|| {
             let host = s.ns.add_host("boot", &s.inet, "eth0", &format!("10.{net}.0.20/24"));
@@ -133,9 +139,11 @@ fn run_behind_nat(net: u8, masquerade: &str, meet: Meet, relay_limit: bool) -> (
         let mut cmd = s.ns.exec(&s.client, bin());
         cmd.args(["nodes", "--json", "--secret", "test-secret", "--no-mdns", "--bootstrap", &bootstrap]);
         cmd.args(["--discover-timeout", "25"]).env_remove("DISPY_SECRET");
+        cmd.env("RUST_LOG", "warn,dispy=debug,dispy_node=debug");
         let out = run("nodes", cmd, Duration::from_secs(60));
         out.expect_code(0);
         listed = out.json_lines();
+        nodes_log = out.stderr;
 
         if relay_limit {
             // 2 MiB of files for a node behind the relay, with a 1 MiB allowance: not sent,
@@ -161,7 +169,7 @@ fn run_behind_nat(net: u8, masquerade: &str, meet: Meet, relay_limit: bool) -> (
     }
     drop(s);
     assert!(netns_left(&prefix).is_empty(), "namespaces left: {:?}", netns_left(&prefix));
-    (reach, listed)
+    (reach, listed, nodes_log)
 }
 
 fn reach_of<'a>(listed: &'a [serde_json::Value], name: &str) -> Option<&'a str> {
@@ -170,9 +178,9 @@ fn reach_of<'a>(listed: &'a [serde_json::Value], name: &str) -> Option<&'a str> 
 
 #[test]
 fn a_node_behind_nat_is_hole_punched_when_both_nats_keep_ports() {
-    let (reach, listed) = run_behind_nat(88, "masquerade", Meet::Bootstrap, false);
+    let (reach, listed, log) = run_behind_nat(88, "masquerade", Meet::Bootstrap, false);
     assert_eq!(reach, "hole-punched", "the link should end up direct");
-    assert_eq!(reach_of(&listed, "behind-nat"), Some("hole-punched"), "{listed:?}");
+    assert_eq!(reach_of(&listed, "behind-nat"), Some("hole-punched"), "{listed:?}\n{log}");
     assert_eq!(reach_of(&listed, "relay"), Some("direct"), "{listed:?}");
 }
 
@@ -180,7 +188,7 @@ fn a_node_behind_nat_is_hole_punched_when_both_nats_keep_ports() {
 fn a_node_behind_nat_that_cannot_be_hole_punched_works_through_a_relay_met_through_kademlia() {
     // Port-randomizing NATs (endpoint-dependent mapping): no hole punch can succeed. Node
     // and client know only a node that does not relay.
-    let (reach, listed) = run_behind_nat(89, "masquerade fully-random", Meet::Kademlia, true);
+    let (reach, listed, log) = run_behind_nat(89, "masquerade fully-random", Meet::Kademlia, true);
     assert_eq!(reach, "relayed");
-    assert_eq!(reach_of(&listed, "behind-nat"), Some("relayed"), "{listed:?}");
+    assert_eq!(reach_of(&listed, "behind-nat"), Some("relayed"), "{listed:?}\n{log}");
 }

@@ -329,6 +329,7 @@ impl EventLoop {
                 }
                 debug!(peer = %peer_id, cause = ?cause, remaining = num_established, "connection closed");
                 self.connection_gone(peer_id, connection_id);
+                self.relayed_closed(connection_id);
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 self.on_dial_error(connection_id, peer_id, &error);

@@ -126,6 +126,10 @@ pub(crate) struct Nat {
     /// Peers a client reached through a relay only, announced when the hole punch ends
     /// or the wait runs out: the relayed connection and when it was established.
     holding: HashMap<PeerId, (ConnectionId, Multiaddr, Instant)>,
+    /// Hole-punched peers announced once their relayed connection has closed (a request
+    /// sent before would go out on it half the time, and fail): the relayed connection,
+    /// with the peer, its direct remote and when the close was asked.
+    closing: HashMap<ConnectionId, (PeerId, Multiaddr, Instant)>,
 }
 
 impl Nat {
@@ -209,6 +213,35 @@ impl Nat {
         self.holding.remove(peer).map(|(c, r, _)| (c, r))
     }
 
+    /// A held peer was hole-punched: it is announced at `remote` once `relayed` closes.
+    pub(crate) fn announce_when_closed(
+        &mut self,
+        relayed: ConnectionId,
+        peer: PeerId,
+        remote: Multiaddr,
+        now: Instant,
+    ) {
+        self.closing.insert(relayed, (peer, remote, now));
+    }
+
+    /// A connection closed: the peer to announce and its direct remote, if it was the
+    /// relayed connection of a hole-punched peer.
+    pub(crate) fn closed(&mut self, connection: ConnectionId) -> Option<(PeerId, Multiaddr)> {
+        self.closing.remove(&connection).map(|(p, r, _)| (p, r))
+    }
+
+    /// Hole-punched peers whose relayed connection takes too long to close: announced
+    /// anyway (a dead relay may never confirm the close).
+    pub(crate) fn overdue_closing(&mut self, now: Instant) -> Vec<(PeerId, Multiaddr)> {
+        let late: Vec<ConnectionId> = self
+            .closing
+            .iter()
+            .filter(|(_, (_, _, t))| now.duration_since(*t) >= HOLE_PUNCH_WAIT)
+            .map(|(c, _)| *c)
+            .collect();
+        late.into_iter().filter_map(|c| self.closed(c)).collect()
+    }
+
     /// Held peers whose wait ran out.
     pub(crate) fn overdue(&self, now: Instant) -> Vec<PeerId> {
         self.holding
@@ -264,5 +297,14 @@ mod tests {
         assert_eq!(nat.overdue(t0 + HOLE_PUNCH_WAIT), vec![peer]);
         assert_eq!(nat.release(&peer).map(|(c, _)| c), Some(ConnectionId::new_unchecked(1)));
         assert!(nat.release(&peer).is_none());
+        // Hole-punched: announced when the relayed connection closes, or after the wait.
+        let direct = addr("/ip4/10.0.0.2/tcp/9700");
+        nat.announce_when_closed(ConnectionId::new_unchecked(1), peer, direct.clone(), t0);
+        assert_eq!(nat.closed(ConnectionId::new_unchecked(2)), None);
+        assert_eq!(nat.closed(ConnectionId::new_unchecked(1)), Some((peer, direct.clone())));
+        nat.announce_when_closed(ConnectionId::new_unchecked(3), peer, direct.clone(), t0);
+        assert!(nat.overdue_closing(t0 + HOLE_PUNCH_WAIT / 2).is_empty());
+        assert_eq!(nat.overdue_closing(t0 + HOLE_PUNCH_WAIT), vec![(peer, direct)]);
+        assert_eq!(nat.closed(ConnectionId::new_unchecked(3)), None);
     }
 }

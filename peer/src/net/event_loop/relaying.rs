@@ -120,15 +120,25 @@ impl EventLoop {
             .copied()
             .collect();
         let held = self.nat.release(&peer).is_some();
+        let reach = Reach::HolePunched;
+        match relayed.first() {
+            // Announced once the relayed link is gone, so that no first request goes out on it.
+            Some(first) if held => self.nat.announce_when_closed(*first, peer, remote, Instant::now()),
+            _ if held => self.emit(NetEvent::Connected { peer, remote, reach }),
+            _ => self.emit(NetEvent::Reached { peer, reach, remote }),
+        }
         for c in relayed {
             self.swarm.close_connection(c);
         }
-        let reach = Reach::HolePunched;
-        self.emit(if held {
-            NetEvent::Connected { peer, remote, reach }
-        } else {
-            NetEvent::Reached { peer, reach, remote }
-        });
+    }
+
+    /// A connection closed: announces a hole-punched peer whose relayed link it was.
+    pub(super) fn relayed_closed(&mut self, connection: ConnectionId) {
+        if let Some((peer, remote)) = self.nat.closed(connection)
+            && self.live.contains_key(&peer)
+        {
+            self.emit(NetEvent::Connected { peer, remote, reach: Reach::HolePunched });
+        }
     }
 
     /// Announces a held peer: over a direct connection if one came up meanwhile, else
@@ -154,8 +164,12 @@ impl EventLoop {
 
     /// Held peers whose hole punch took too long are announced as they are.
     pub(super) fn announce_overdue(&mut self) {
-        for peer in self.nat.overdue(Instant::now()) {
+        let now = Instant::now();
+        for peer in self.nat.overdue(now) {
             self.announce_held(peer);
+        }
+        for (peer, remote) in self.nat.overdue_closing(now) {
+            self.emit(NetEvent::Connected { peer, remote, reach: Reach::HolePunched });
         }
     }
 }
