@@ -111,14 +111,7 @@ impl EventLoop {
         if self.kad_server {
             return;
         }
-        let relayed: Vec<ConnectionId> = self
-            .live
-            .get(&peer)
-            .into_iter()
-            .flatten()
-            .filter(|c| self.connections.get(c).is_some_and(is_relayed))
-            .copied()
-            .collect();
+        let relayed: Vec<ConnectionId> = self.links(&peer).filter(|(_, a)| is_relayed(a)).map(|(c, _)| c).collect();
         let held = self.nat.release(&peer).is_some();
         let reach = Reach::HolePunched;
         match relayed.first() {
@@ -144,14 +137,8 @@ impl EventLoop {
     /// Announces a held peer: over a direct connection if one came up meanwhile, else
     /// relayed.
     fn announce_held(&mut self, peer: PeerId) {
-        let Some((relayed, relayed_remote)) = self.nat.release(&peer) else { return };
-        let direct = self
-            .live
-            .get(&peer)
-            .into_iter()
-            .flatten()
-            .filter(|c| **c != relayed)
-            .find_map(|c| self.connections.get(c).filter(|a| !is_relayed(a)).cloned());
+        let Some((_, relayed_remote)) = self.nat.release(&peer) else { return };
+        let direct = self.links(&peer).find(|(_, a)| !is_relayed(a)).map(|(_, a)| a.clone());
         let (remote, reach) = match direct {
             Some(remote) => (remote, Reach::Direct),
             None => (relayed_remote, Reach::Relayed),
@@ -160,6 +147,11 @@ impl EventLoop {
             info!(%peer, "reached through a relay only (no hole punch): large transfers to it are bounded");
         }
         self.emit(NetEvent::Connected { peer, remote, reach });
+    }
+
+    /// `peer`'s live connections, with their remote addresses.
+    fn links(&self, peer: &PeerId) -> impl Iterator<Item = (ConnectionId, &libp2p::Multiaddr)> {
+        self.live.get(peer).into_iter().flatten().filter_map(|c| self.connections.get(c).map(|a| (*c, a)))
     }
 
     /// Held peers whose hole punch took too long are announced as they are.
