@@ -17,12 +17,16 @@
 #   conns_run_*       connections per node sampled every 0.5 s while submit runs (the
 #                     highest sample; null when submit ended before a sample did)
 #   serve_rss_mib     all serve processes' RSS together, idle
+#   idle_cpu_steps    the same CPU per 10 s step of the window (% of one CPU)
+#   idle_counts       with METRICS=1: what the nodes did over the idle window, per node
+#                     ([mean, max] of each counter's growth, from `serve --metrics`):
+#                     connections opened, Kademlia requests served, lookups run, ...
 #
 # usage: bench/mesh.sh [DISPY_PEER [MESH_PROBE]]
 #   defaults: target/debug/dispy-peer, target/debug/examples/mesh_probe
 #   (cargo build --workspace --all-targets builds both)
 #   env: NODES ("1 8 32 64 128 256"), JOBS_PER_NODE (100), IDLE_SECS (10), SETTLE_SECS (5),
-#        PROBE_TIMEOUT (60), SUBMIT_TIMEOUT (300), STATIC_ARP (1)
+#        PROBE_TIMEOUT (60), SUBMIT_TIMEOUT (300), STATIC_ARP (1), METRICS (0)
 # ARP: the kernel keeps ONE IPv4 neighbour table for all namespaces, its learnt entries capped
 # machine-wide (net.ipv4.neigh.default.gc_thresh3, 1024); namespaces that talk to each other
 # fill it past ~32 and lose packets (table_fulls in /proc/net/stat/arp_cache), which machines
@@ -40,7 +44,7 @@ for f in "$BIN" "$PROBE"; do
 done
 [ "$(id -u)" = 0 ] || { echo "bench/mesh.sh makes network namespaces: run it as root" >&2; exit 2; }
 NODES="${NODES:-1 8 32 64 128 256}"; JOBS_PER_NODE="${JOBS_PER_NODE:-100}"; STATIC_ARP="${STATIC_ARP:-1}"
-IDLE_SECS="${IDLE_SECS:-10}"; SETTLE_SECS="${SETTLE_SECS:-5}"
+IDLE_SECS="${IDLE_SECS:-10}"; SETTLE_SECS="${SETTLE_SECS:-5}"; METRICS="${METRICS:-0}"
 export PROBE_TIMEOUT="${PROBE_TIMEOUT:-60}"; SUBMIT_TIMEOUT="${SUBMIT_TIMEOUT:-300}"
 export PROBE_SECRET=bench
 TICK=$(getconf CLK_TCK)
@@ -92,6 +96,38 @@ conns() { # established TCP connections per node namespace, one figure per line
   done
 }
 
+scrape() { # every node's /metrics into $W/<i>/$1 (METRICS=1), read inside its namespace
+  local i=0 p
+  for p in "${PIDS[@]}"; do
+    i=$((i + 1))
+    nsenter --net="/proc/$p/ns/net" curl -s -m 5 http://127.0.0.1:9464/metrics >"$W/$i/$1" 2>/dev/null || true
+  done
+}
+
+counter_growth() { # per counter, [mean, max] over the nodes of its growth from m0 to m1
+  python3 - "$W" "$1" <<'EOF'
+import json, re, sys
+w, n = sys.argv[1], int(sys.argv[2])
+def read(path):  # counter (with its labels) -> value
+    out = {}
+    try:
+        for line in open(path):
+            m = re.match(r'^([a-z0-9_]+_total)(\{[^}]*\})? ([0-9.e+]+)$', line)
+            if m:
+                key = m.group(1) + (m.group(2) or "")
+                out[key] = out.get(key, 0) + float(m.group(3))
+    except OSError:
+        pass
+    return out
+grow = {}
+for i in range(1, n + 1):
+    a, b = read(f"{w}/{i}/m0"), read(f"{w}/{i}/m1")
+    for k in b:
+        grow.setdefault(k, []).append(b[k] - a.get(k, 0))
+print(json.dumps({k: [round(sum(v) / n, 1), max(v)] for k, v in sorted(grow.items()) if max(v) > 0}))
+EOF
+}
+
 stats() { # "max mean" of the numbers on stdin
   awk 'BEGIN{m=0} {s+=$1; if ($1>m) m=$1; n++} END{printf "%d %.1f\n", m, (n ? s/n : 0)}'
 }
@@ -100,7 +136,8 @@ for n in $NODES; do
   make_lan "$n" 16
   for i in $(seq "$n"); do
     mkdir -p "$W/$i"
-    ip netns exec "$P-$i" "$BIN" serve --cpus 1 --name "s$i" --secret "$PROBE_SECRET" \
+    extra=(); [ "$METRICS" = 1 ] && extra=(--metrics 9464)
+    ip netns exec "$P-$i" "$BIN" serve "${extra[@]}" --cpus 1 --name "s$i" --secret "$PROBE_SECRET" \
       --listen /ip4/0.0.0.0/tcp/9700 --dest-path "$W/$i/dest" --drain-timeout 1 \
       >"$W/$i/out" 2>"$W/$i/err" &
     PIDS+=($!)
@@ -110,7 +147,15 @@ for n in $NODES; do
     grep -q '^listening ' "$W/$i/out" || { echo "node $i did not start: $(cat "$W/$i/err")" >&2; exit 1; }
   done
   sleep "$SETTLE_SECS"
-  t0=$(cpu_ticks); sleep "$IDLE_SECS"; t1=$(cpu_ticks)
+  counts='{}'
+  [ "$METRICS" = 1 ] && scrape m0
+  t0=$(cpu_ticks); timeline=(); tp=$t0; left=$IDLE_SECS
+  while [ "$left" -gt 0 ]; do # the window in steps of 10 s, for when in it the CPU went
+    step=$((left < 10 ? left : 10)); sleep "$step"; left=$((left - step))
+    tn=$(cpu_ticks); timeline+=("$(awk -v d=$((tn - tp)) -v hz="$TICK" -v s="$step" 'BEGIN{printf "%.0f", 100 * d / hz / s}')"); tp=$tn
+  done
+  t1=$tp
+  [ "$METRICS" = 1 ] && scrape m1 && counts=$(counter_growth "$n")
   idle_pct=$(awk -v d=$((t1 - t0)) -v hz="$TICK" -v s="$IDLE_SECS" 'BEGIN{printf "%.1f", 100 * d / hz / s}')
   read -r idle_max idle_mean < <(conns | stats)
   rss_kib=0
@@ -138,9 +183,9 @@ for n in $NODES; do
   submit_rc=0; wait "$sub" || submit_rc=$?
   read -r _ cu cs <"$W/time" || { cu=0; cs=0; }
   python3 - "$W/jobs" "$n" "$idle_pct" "$idle_max" "$idle_mean" "$run_max" "$run_mean" "$rss_kib" \
-      "$cu" "$cs" "$submit_rc" "$probe" <<'EOF'
+      "$cu" "$cs" "$submit_rc" "$probe" "$counts" "${timeline[*]}" <<'EOF'
 import json, sys
-path, n, idle_pct, imax, imean, rmax, rmean, rss, cu, cs, rc, probe = sys.argv[1:]
+path, n, idle_pct, imax, imean, rmax, rmean, rss, cu, cs, rc, probe, counts, steps = sys.argv[1:]
 jobs, summary = [], {}
 for line in open(path):
     if line.startswith("{"):
@@ -166,6 +211,9 @@ out = {"nodes": int(n), "idle_cpu_pct": float(idle_pct),
        "client_cpu_ms_per_job": round(1000 * (float(cu) + float(cs)) / len(jobs), 3) if jobs else None,
        "conns_run_max": json.loads(rmax), "conns_run_mean": json.loads(rmean),
        "serve_rss_mib": round(int(rss) / 1024)}
+out["idle_cpu_steps"] = [int(x) for x in steps.split()]
+if counts != "{}":
+    out["idle_counts"] = json.loads(counts)
 print(json.dumps(out), flush=True)
 EOF
   teardown

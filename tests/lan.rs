@@ -180,3 +180,34 @@ fn results_finished_during_a_partition_arrive_once_it_heals() {
     drop(ns);
     assert!(netns_left(&prefix).is_empty(), "namespaces left: {:?}", netns_left(&prefix));
 }
+
+/// Nodes look each other up again once their links have idled out (here: a newcomer makes
+/// every node's Kademlia, short of peers, run a lookup). Such a dial must go only where the
+/// peer listens on the LAN: a peer's 127.0.0.1 listener, offered to the dial by an address
+/// cache, is this host's own, and dialing it was a handshake with itself, reported as a
+/// secret mismatch (and, at 64 nodes, a third of every refresh round's handshakes).
+#[test]
+fn nodes_redial_lan_peers_only_where_they_listen() {
+    let dir = tempdir();
+    let mut ns = Netns::new();
+    let prefix = ns.prefix.clone();
+    let lan = ns.add_lan("hub");
+    let hosts: Vec<String> =
+        (1..=4).map(|i| ns.add_host(&format!("n{i}"), &lan, "eth0", &format!("10.102.0.{i}/24"))).collect();
+    {
+        let first: Vec<Node> = Node::start_all(
+            dir.path(),
+            (0..3).map(|i| NodeOpts::in_netns(&hosts[i], &format!("redial-{i}"), &[])).collect(),
+        );
+        // They find each other, look each other up, then their links idle out (10 s).
+        std::thread::sleep(Duration::from_secs(14));
+        let newcomer = Node::serve_in(&hosts[3], "redial-3", dir.path(), &[]);
+        std::thread::sleep(Duration::from_secs(8));
+        for n in first.iter().chain([&newcomer]) {
+            let log = n.proc.stderr();
+            assert!(!log.contains("failed the network-key handshake"), "{}:\n{log}", n.proc.name);
+        }
+    }
+    drop(ns);
+    assert!(netns_left(&prefix).is_empty(), "namespaces left: {:?}", netns_left(&prefix));
+}

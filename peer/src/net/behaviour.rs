@@ -31,10 +31,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// above the scheduler's in-flight depth.
 const MAX_CONCURRENT_STREAMS: usize = 1024;
 
-/// How often a node refreshes its Kademlia routing table (libp2p's default).
-const NODE_REFRESH: Duration = Duration::from_secs(300);
-
 /// How often a client refreshes its routing table: it looks for nodes while it runs.
+/// (Nodes refresh theirs in rounds of their own: `super::refresh`.)
 const CLIENT_REFRESH: Duration = Duration::from_secs(3);
 
 /// The peer's behaviours; the derive generates `BehaviourEvent`.
@@ -120,7 +118,7 @@ fn autonat_config(serve: bool) -> autonat::Config {
 pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result<Swarm<Behaviour>> {
     let psk = cfg.psk;
     let kad_server = cfg.kad_server;
-    let refresh = cfg.kad_refresh.unwrap_or(if kad_server { NODE_REFRESH } else { CLIENT_REFRESH });
+    let refresh = cfg.kad_refresh.unwrap_or(CLIENT_REFRESH);
     let mdns_on = cfg.mdns;
     let heartbeat = cfg.heartbeat.max(Duration::from_millis(100));
     let lim = cfg.limits;
@@ -147,11 +145,9 @@ pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result
                         .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),
                 );
                 let mut kcfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL_NAME));
-                // Clients look often while they run; nodes refresh at libp2p's default pace: a
-                // refresh is ~300 FindNode requests, each a fresh noise handshake once links have
-                // idled out (~0.25 CPU-s per node; at 120 s, 64 idle nodes spent twice their
-                // other idle CPU on it, and 256 on 2 CPUs never settled: docs/BENCHMARKS.md).
-                kcfg.set_periodic_bootstrap_interval(Some(refresh));
+                // Clients look often while they run. Nodes refresh in rounds of their own (see
+                // `super::refresh`): libp2p's bootstrap grows with the mesh (a lookup per bucket).
+                kcfg.set_periodic_bootstrap_interval((!kad_server).then_some(refresh));
                 let mut kad = kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kcfg);
                 // Auto mode stays Client until an external address is confirmed, which never
                 // happens on a LAN without autonat: nodes must answer queries, so force Server.
@@ -159,9 +155,14 @@ pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result
                 kad.set_mode(Some(if kad_server { kad::Mode::Server } else { kad::Mode::Client }));
                 // Pushed when listen addresses change: a node that takes a slot on a relay has its
                 // new address in the relay's routing table at once, where clients look it up.
+                // No address cache: identify's would offer every address a peer listens on to
+                // every later dial of it, 127.0.0.1 included, so each Kademlia dial to a LAN peer
+                // also dialed this host's own listener (a wasted handshake with itself, logged as
+                // a secret mismatch). The event loop hands Kademlia the addresses worth dialing.
                 let identify = identify::Behaviour::new(
                     identify::Config::new(dispy_protocol::IDENTIFY_PROTOCOL.into(), key.public())
-                        .with_push_listen_addr_updates(true),
+                        .with_push_listen_addr_updates(true)
+                        .with_cache_size(0),
                 );
                 let mdns = if mdns_on {
                     Some(mdns::tokio::Behaviour::new(

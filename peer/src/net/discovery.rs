@@ -124,6 +124,11 @@ impl DialQueue {
         }
     }
 
+    /// Whether nothing waits for a dial slot and no dial is in flight.
+    pub(crate) fn idle(&self) -> bool {
+        self.queue.is_empty() && self.in_flight.is_empty()
+    }
+
     /// Peers waiting and dials in flight.
     #[cfg(test)]
     pub(crate) fn len(&self) -> (usize, usize) {

@@ -15,6 +15,7 @@ pub mod identity;
 mod keep;
 mod limits;
 mod nat;
+mod refresh;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]
@@ -66,8 +67,9 @@ pub struct NetConfig {
     /// Where the swarm records libp2p's metrics and handshake failures (`serve --metrics`);
     /// `None` (clients) records nothing.
     pub metrics: Option<crate::metrics::Metrics>,
-    /// How often Kademlia refreshes the routing table; `None`: 300 s on a node (libp2p's
-    /// default), 3 s on a client (which looks for nodes while it runs).
+    /// How often Kademlia refreshes the routing table; `None`: about every 300 s on a node
+    /// (two lookups a round, see `refresh`), 3 s on a client (a full bootstrap: it looks
+    /// for nodes while it runs).
     pub kad_refresh: Option<std::time::Duration>,
     /// Relay connections for peers that cannot be reached otherwise (`serve --relay`),
     /// within these limits; `None`: relay nothing.

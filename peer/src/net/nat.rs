@@ -242,6 +242,11 @@ impl Nat {
         late.into_iter().filter_map(|c| self.closed(c)).collect()
     }
 
+    /// Whether nothing waits on time: no peer held or closing, no reservation wanted.
+    pub(crate) fn idle(&self) -> bool {
+        self.holding.is_empty() && self.closing.is_empty() && self.wanted().is_empty()
+    }
+
     /// Held peers whose wait ran out.
     pub(crate) fn overdue(&self, now: Instant) -> Vec<PeerId> {
         self.holding

@@ -37,14 +37,23 @@ impl Node {
         load::start_sampler(self.cfg.dest.clone(), &self.machine);
         let mut drain_deadline: Option<tokio::time::Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The tick watches leases, jobs and a drain; an idle node sleeps until an event
+        // comes, and owes one tick after each (which sees what the event changed: the last
+        // lease gone under `--serve N`, the gauges).
+        let mut tick_owed = true;
         loop {
+            let watching = tick_owed || drain_deadline.is_some() || !self.idle();
             tokio::select! {
-                ev = events.recv() => match ev {
+                ev = events.recv() => { tick_owed = true; match ev {
                     Some(NetEvent::Listening { addr }) => on_listening(&addr),
                     Some(ev) => self.on_net_event(ev),
                     None => break,
-                },
-                Some(msg) = self.completions.recv() => self.on_completion(msg),
+                }},
+                Some(msg) = self.completions.recv() => { tick_owed = true; self.on_completion(msg) },
+                _ = sweep.tick() => self.sweep_kept(),
                 s = stop.recv() => match s {
                     Some(Stop::Drain) if drain_deadline.is_none() => {
                         info!(timeout = ?self.cfg.drain_timeout, "draining: running jobs finish, no new ones are taken");
@@ -53,7 +62,8 @@ impl Node {
                     }
                     _ => break,
                 },
-                _ = tick.tick() => {
+                _ = tick.tick(), if watching => {
+                    tick_owed = false;
                     self.record_load();
                     self.release_gone_clients();
                     self.save_waiting_results();
@@ -148,15 +158,21 @@ impl Node {
             });
             self.release(id);
         }
-        if self.last_sweep.elapsed() > SWEEP_EVERY {
-            self.last_sweep = tokio::time::Instant::now();
-            let (kept, ttl, store) = (self.ctx.kept.clone(), self.cfg.result_ttl, self.ctx.store.clone());
-            let in_use = self.leases.all_files_in_use();
-            tokio::task::spawn_blocking(move || {
-                let freed = kept.sweep(ttl);
-                kept.drop_files(&store, freed, &in_use);
-            });
-        }
+    }
+
+    /// Deletes kept results older than their TTL, with the files only they listed.
+    fn sweep_kept(&self) {
+        let (kept, ttl, store) = (self.ctx.kept.clone(), self.cfg.result_ttl, self.ctx.store.clone());
+        let in_use = self.leases.all_files_in_use();
+        tokio::task::spawn_blocking(move || {
+            let freed = kept.sweep(ttl);
+            kept.drop_files(&store, freed, &in_use);
+        });
+    }
+
+    /// Whether nothing runs or is held: no lease, every slot free.
+    fn idle(&self) -> bool {
+        self.leases.0.is_empty() && self.free == self.cfg.cpus
     }
 
     /// `--serve N`: N clusters were served and none is left.

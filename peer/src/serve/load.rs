@@ -3,18 +3,24 @@
 //!
 //! They come from files and a system call (`/proc/loadavg`, `/proc/meminfo`, statvfs),
 //! which can block (a hung network file system under the dest path), so the node's task
-//! never reads them: a sampler task reads them on the blocking pool every
-//! [`SAMPLE_EVERY`] and leaves the latest in a shared slot, which a Hello copies.
+//! never reads them: a sampler task reads them on the blocking pool and leaves the latest
+//! in a shared slot, which a Hello copies. A Hello also asks for the next reading when the
+//! figures are older than [`SAMPLE_EVERY`] (clients greet often while they watch); with
+//! nobody asking, the sampler reads every [`IDLE_SAMPLE_EVERY`], so an idle node sleeps.
 
 use super::sys;
 use dispy_protocol::NodeLoad;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
-/// How old the figures may be: often enough for a person watching `status`, rare enough
-/// to cost nothing (three small reads).
+/// How old the figures may be while clients ask: often enough for a person watching
+/// `status`, rare enough to cost nothing (three small reads).
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+
+/// How often the figures are read when nobody asks for them.
+const IDLE_SAMPLE_EVERY: Duration = Duration::from_secs(60);
 
 /// The latest figures (the node's own counts, clients and queued jobs, are filled in by
 /// the node when it answers).
@@ -38,8 +44,31 @@ impl Machine {
     }
 }
 
-/// The shared slot of the latest figures, empty until the sampler's first reading.
-pub(super) type Latest = Arc<Mutex<Machine>>;
+/// The shared slot of the latest figures (empty until the sampler's first reading), and
+/// the sampler's doorbell.
+#[derive(Default)]
+pub(super) struct Slot {
+    figures: Mutex<(Machine, Option<Instant>)>,
+    ask: Arc<Notify>,
+}
+
+/// Shared by the node (which reads) and its sampler (which writes).
+pub(super) type Latest = Arc<Slot>;
+
+impl Slot {
+    /// The latest figures; asks for a new reading when they are older than [`SAMPLE_EVERY`].
+    pub(super) fn read(&self) -> Machine {
+        let (m, at) = self.figures.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if at.is_none_or(|t| t.elapsed() >= SAMPLE_EVERY) {
+            self.ask.notify_one();
+        }
+        m
+    }
+
+    fn store(&self, m: Machine) {
+        *self.figures.lock().unwrap_or_else(PoisonError::into_inner) = (m, Some(Instant::now()));
+    }
+}
 
 /// Reads the figures now (blocking).
 fn sample(dest: &std::path::Path) -> Machine {
@@ -50,20 +79,24 @@ fn sample(dest: &std::path::Path) -> Machine {
     }
 }
 
-/// Starts sampling into `latest` (at once, then every [`SAMPLE_EVERY`]); the task ends
-/// when the node drops its slot. Call inside a tokio runtime.
+/// Starts sampling into `latest`: at once, then when a reader asks (at most every
+/// [`SAMPLE_EVERY`]) or [`IDLE_SAMPLE_EVERY`] has passed. The task ends when the node
+/// drops its slot. Call inside a tokio runtime.
 pub(super) fn start_sampler(dest: PathBuf, latest: &Latest) {
-    let slot: Weak<Mutex<Machine>> = Arc::downgrade(latest);
+    let slot: Weak<Slot> = Arc::downgrade(latest);
+    let ask = latest.ask.clone();
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(SAMPLE_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            every.tick().await;
+            let started = tokio::time::Instant::now();
             let dest = dest.clone();
             // A reading that hangs holds one blocking thread; the next waits for it.
             let Ok(m) = tokio::task::spawn_blocking(move || sample(&dest)).await else { return };
-            let Some(slot) = slot.upgrade() else { return };
-            *slot.lock().unwrap_or_else(PoisonError::into_inner) = m;
+            let Some(s) = slot.upgrade() else { return };
+            s.store(m);
+            drop(s);
+            // Asked or not, never read more often than SAMPLE_EVERY.
+            tokio::time::sleep_until(started + SAMPLE_EVERY).await;
+            let _ = tokio::time::timeout(IDLE_SAMPLE_EVERY - SAMPLE_EVERY, ask.notified()).await;
         }
     });
 }

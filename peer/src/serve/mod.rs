@@ -194,7 +194,6 @@ pub struct Node {
     _reaper: Option<reaper::Reaper>,
     /// Clusters released so far.
     served: u64,
-    last_sweep: tokio::time::Instant,
     /// Held for the node's life: a second node on the same dest path fails to start.
     _lock: std::fs::File,
     /// Requests whose answer the node holds, by peer (see [`PeerLimits::pending`]).
@@ -278,7 +277,6 @@ impl Node {
             _reaper: reaper,
             ctx,
             leases: Leases::default(),
-            last_sweep: tokio::time::Instant::now(),
             served: 0,
             draining: false,
             free: cfg.cpus,
@@ -531,8 +529,7 @@ impl Node {
         let live = || self.leases.0.values().filter(|c| !c.released);
         let clients = live().map(|c| c.client).collect::<HashSet<PeerId>>().len();
         let jobs_queued: u64 = live().map(|c| c.runs.queued().0 as u64).sum();
-        let machine = self.machine.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let load = machine.load(u32::try_from(clients).unwrap_or(u32::MAX), jobs_queued);
+        let load = self.machine.read().load(u32::try_from(clients).unwrap_or(u32::MAX), jobs_queued);
         Hello {
             zombie_secs,
             load: Some(Box::new(load)),
