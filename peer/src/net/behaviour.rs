@@ -148,6 +148,11 @@ pub(crate) fn build_swarm(cfg: &NetConfig, keypair: identity::Keypair) -> Result
                 // Clients look often while they run. Nodes refresh in rounds of their own (see
                 // `super::refresh`): libp2p's bootstrap grows with the mesh (a lookup per bucket).
                 kcfg.set_periodic_bootstrap_interval((!kad_server).then_some(refresh));
+                if kad_server {
+                    // A node's table takes peers only through `EventLoop::route` (identify, mDNS),
+                    // never by Kademlia's own check of a full bucket, which dials (see there).
+                    kcfg.set_kbucket_inserts(kad::BucketInserts::Manual);
+                }
                 let mut kad = kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kcfg);
                 // Auto mode stays Client until an external address is confirmed, which never
                 // happens on a LAN without autonat: nodes must answer queries, so force Server.

@@ -5,11 +5,13 @@
 //! farther than its closest neighbour's: about log2(n) lookups of ~20 requests each, every
 //! request a fresh handshake once links have idled out, and every node of a mesh started
 //! together doing it in the same second. At 256 nodes that made the idle mesh's CPU grow
-//! faster than the node count (docs/BENCHMARKS.md). Here a round is two lookups, whatever
-//! the mesh's size: the node's own key (its neighbourhood, where newcomers near it show up)
-//! and one farther bucket, taken in turn, so every bucket is still refreshed once per
-//! `buckets` rounds; queries that pass through the node refresh the rest. Rounds are
-//! spread over 0.5–1.5× the interval, so nodes started together do not refresh together.
+//! faster than the node count (docs/BENCHMARKS.md). Here a round looks up the node's own key
+//! (its neighbourhood, where newcomers near it show up; on a LAN, where mDNS has told it of
+//! every peer, one hop) and one farther bucket that still has room, taken in turn: a full
+//! bucket has nothing to learn from a lookup (a dead entry leaves when a request to it
+//! fails, and the next peer heard of takes its slot), and a lookup into the far half of a
+//! large mesh takes more hops the larger it is. Rounds are spread over 0.5–1.5× the
+//! interval, so nodes started together do not refresh together.
 
 use libp2p::PeerId;
 use libp2p::kad::KBucketKey;
@@ -42,15 +44,16 @@ impl Refresh {
     }
 
     /// Starts a round at `now`: schedules the next (`spread` as in [`Refresh::new`]) and
-    /// returns the bucket to look up beside the node's own key, given the index of its
-    /// closest non-empty bucket (`None`: an empty table, nothing farther to refresh).
-    pub(crate) fn round(&mut self, now: Instant, closest: Option<u32>, spread: f64) -> Option<u32> {
+    /// returns the bucket to look up beside the node's own key, the next in turn of
+    /// `with_room`: the indices, in increasing order, of the buckets farther than the closest
+    /// neighbour's that are not full ([`with_room`] makes it).
+    pub(crate) fn round(&mut self, now: Instant, with_room: &[u32], spread: f64) -> Option<u32> {
         self.next = now + jittered(self.every, spread);
-        let first = closest?.checked_add(1).filter(|b| *b <= FARTHEST)?;
-        let bucket = match self.last_bucket {
-            Some(last) if last >= first && last < FARTHEST => last + 1,
-            _ => first,
-        };
+        let bucket = self
+            .last_bucket
+            .and_then(|last| with_room.iter().find(|b| **b > last))
+            .or_else(|| with_room.first())
+            .copied()?;
         self.last_bucket = Some(bucket);
         Some(bucket)
     }
@@ -72,6 +75,12 @@ pub(crate) fn key_in_bucket(local: PeerId, index: u32) -> PeerId {
     key
 }
 
+/// The buckets a round may refresh: those farther than `closest` (the closest non-empty
+/// bucket's index; `None`: an empty table, nothing to refresh) not in `full`.
+pub(crate) fn with_room(closest: Option<u32>, full: &[u32]) -> Vec<u32> {
+    closest.map_or_else(Vec::new, |c| (c.saturating_add(1)..=FARTHEST).filter(|b| !full.contains(b)).collect())
+}
+
 /// `every` scaled into 0.5–1.5× by `spread` in [0, 1).
 fn jittered(every: Duration, spread: f64) -> Duration {
     every.mul_f64(0.5 + spread.clamp(0.0, 1.0))
@@ -90,22 +99,28 @@ mod tests {
         let mut r = Refresh::new(every, t0, 0.999);
         assert!(r.next() < t0 + Duration::from_secs(450) && r.next() > t0 + Duration::from_secs(449));
         let t1 = r.next();
-        r.round(t1, Some(250), 0.0);
+        r.round(t1, &[], 0.0);
         assert_eq!(r.next(), t1 + Duration::from_secs(150));
     }
 
     #[test]
-    fn each_round_refreshes_the_next_farther_bucket_in_turn() {
+    fn each_round_refreshes_the_next_farther_bucket_with_room_in_turn() {
         let t0 = Instant::now();
         let mut r = Refresh::new(Duration::from_secs(300), t0, 0.5);
-        // Closest neighbour in bucket 252: buckets 253, 254, 255, then again from 253.
-        let picked: Vec<Option<u32>> = (0..5).map(|_| r.round(t0, Some(252), 0.5)).collect();
+        // Closest neighbour in bucket 252, none full: 253, 254, 255, then again from 253.
+        let room = with_room(Some(252), &[]);
+        let picked: Vec<Option<u32>> = (0..5).map(|_| r.round(t0, &room, 0.5)).collect();
         assert_eq!(picked, [Some(253), Some(254), Some(255), Some(253), Some(254)]);
-        // A newcomer closer than any before: the turn restarts from the new range.
-        assert_eq!(r.round(t0, Some(249), 0.5), Some(255));
-        assert_eq!(r.round(t0, Some(249), 0.5), Some(250));
-        // Moving away: a turn past the range starts again at its first bucket.
-        assert_eq!(r.round(t0, Some(253), 0.5), Some(254));
+        // A newcomer closer than any before: the turn goes on over the wider range.
+        let room = with_room(Some(249), &[]);
+        assert_eq!(r.round(t0, &room, 0.5), Some(255));
+        assert_eq!(r.round(t0, &room, 0.5), Some(250));
+        // Full buckets are passed over; all full: only the own key is looked up.
+        let room = with_room(Some(249), &[251, 252, 254, 255]);
+        assert_eq!(room, [250, 253]);
+        assert_eq!(r.round(t0, &room, 0.5), Some(253));
+        assert_eq!(r.round(t0, &room, 0.5), Some(250));
+        assert_eq!(r.round(t0, &with_room(Some(253), &[254, 255]), 0.5), None);
     }
 
     #[test]
@@ -125,9 +140,9 @@ mod tests {
     fn nothing_farther_than_the_farthest_bucket_or_in_an_empty_table() {
         let t0 = Instant::now();
         let mut r = Refresh::new(Duration::from_secs(300), t0, 0.5);
-        assert_eq!(r.round(t0, None, 0.5), None);
-        assert_eq!(r.round(t0, Some(FARTHEST), 0.5), None);
-        assert_eq!(r.round(t0, Some(254), 0.5), Some(255));
-        assert_eq!(r.round(t0, Some(254), 0.5), Some(255));
+        assert_eq!(r.round(t0, &with_room(None, &[]), 0.5), None);
+        assert_eq!(r.round(t0, &with_room(Some(FARTHEST), &[]), 0.5), None);
+        assert_eq!(r.round(t0, &with_room(Some(254), &[]), 0.5), Some(255));
+        assert_eq!(r.round(t0, &with_room(Some(254), &[]), 0.5), Some(255));
     }
 }

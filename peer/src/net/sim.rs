@@ -8,9 +8,9 @@
 //! Nodes join in waves (a wave starts once the one before has joined), as machines come
 //! up over minutes rather than in one instant: on 2 shared CPUs, a thousand bootstraps at
 //! once would only measure the scheduler. The routing tables' periodic refresh is set far
-//! beyond the run: at 300 s, a thousand nodes would refresh ~3 times a second, each ~300
-//! handshakes, which is what 2 CPUs can do in all (real machines each do their own; the
-//! namespace benchmarks measure the refresh's cost).
+//! beyond the run: at 300 s, a thousand nodes would refresh ~3 times a second, each round
+//! ~50 handshakes, on the 2 CPUs real machines would each have to themselves (the namespace
+//! benchmarks measure the refresh's cost).
 
 use super::{Census, ConnLimits, NetConfig, NetEvent, NetHandle};
 use dispy_protocol::{Hello, Request};
