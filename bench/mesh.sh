@@ -128,6 +128,10 @@ print(json.dumps({k: [round(sum(v) / n, 1), max(v)] for k, v in sorted(grow.item
 EOF
 }
 
+pct() { # TICKS SECS: CPU ticks over SECS as % of one CPU, with $3 decimals
+  awk -v d="$1" -v hz="$TICK" -v s="$2" -v f="%.${3}f" 'BEGIN{printf f, 100 * d / hz / s}'
+}
+
 stats() { # "max mean" of the numbers on stdin
   awk 'BEGIN{m=0} {s+=$1; if ($1>m) m=$1; n++} END{printf "%d %.1f\n", m, (n ? s/n : 0)}'
 }
@@ -152,11 +156,11 @@ for n in $NODES; do
   t0=$(cpu_ticks); timeline=(); tp=$t0; left=$IDLE_SECS
   while [ "$left" -gt 0 ]; do # the window in steps of 10 s, for when in it the CPU went
     step=$((left < 10 ? left : 10)); sleep "$step"; left=$((left - step))
-    tn=$(cpu_ticks); timeline+=("$(awk -v d=$((tn - tp)) -v hz="$TICK" -v s="$step" 'BEGIN{printf "%.0f", 100 * d / hz / s}')"); tp=$tn
+    tn=$(cpu_ticks); timeline+=("$(pct $((tn - tp)) "$step" 0)"); tp=$tn
   done
   t1=$tp
   [ "$METRICS" = 1 ] && scrape m1 && counts=$(counter_growth "$n")
-  idle_pct=$(awk -v d=$((t1 - t0)) -v hz="$TICK" -v s="$IDLE_SECS" 'BEGIN{printf "%.1f", 100 * d / hz / s}')
+  idle_pct=$(pct $((t1 - t0)) "$IDLE_SECS" 1)
   read -r idle_max idle_mean < <(conns | stats)
   rss_kib=0
   for p in "${PIDS[@]}"; do

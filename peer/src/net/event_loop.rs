@@ -91,6 +91,11 @@ pub struct EventLoop {
     refresh: Option<Refresh>,
 }
 
+/// Whether a routing-table bucket holds as many peers as Kademlia keeps (its k).
+fn bucket_full(b: &kad::KBucketRef<'_, kad::KBucketKey<PeerId>, kad::Addresses>) -> bool {
+    b.num_entries() >= kad::K_VALUE.get()
+}
+
 impl EventLoop {
     pub(crate) fn new(
         swarm: Swarm<Behaviour>,
@@ -200,9 +205,8 @@ impl EventLoop {
     /// to it fails, and the next peer heard of takes its slot.
     fn route(&mut self, peer: PeerId, addr: Multiaddr) {
         let kad = &mut self.swarm.behaviour_mut().kad;
-        let full = kad.kbucket(peer).is_some_and(|b| {
-            b.num_entries() >= kad::K_VALUE.get() && !b.iter().any(|e| *e.node.key.preimage() == peer)
-        });
+        let full =
+            kad.kbucket(peer).is_some_and(|b| bucket_full(&b) && !b.iter().any(|e| *e.node.key.preimage() == peer));
         if !full {
             kad.add_address(&peer, addr);
         }
@@ -215,11 +219,7 @@ impl EventLoop {
         let kad = &mut self.swarm.behaviour_mut().kad;
         // Buckets come closest first.
         let closest = kad.kbuckets().next().and_then(|b| b.range().0.ilog2());
-        let full: Vec<u32> = kad
-            .kbuckets()
-            .filter(|b| b.num_entries() >= kad::K_VALUE.get())
-            .filter_map(|b| b.range().0.ilog2())
-            .collect();
+        let full: Vec<u32> = kad.kbuckets().filter(bucket_full).filter_map(|b| b.range().0.ilog2()).collect();
         let bucket = refresh.round(Instant::now(), &with_room(closest, &full), rand::random());
         debug!(?closest, ?bucket, "refreshing the routing table");
         kad.get_closest_peers(local);
