@@ -8,7 +8,7 @@ use super::handle::{Census, Command, Reply, ReplyTo};
 use super::limits::ConnLimits;
 use super::nat::{Nat, Reach};
 use super::refresh::{NODE_REFRESH, Refresh, key_in_bucket, with_room};
-use super::{NetConfig, NetEvent, error_chain};
+use super::{NetConfig, NetEvent, error_chain, secret_suspected};
 use crate::error::{Error, Result};
 use dispy_protocol::{KAD_PROTOCOL_NAME, Refusal, RefusalKind, Response};
 use futures::StreamExt;
@@ -409,7 +409,12 @@ impl EventLoop {
                         trace!(remote = %send_back_addr, "incoming connection refused (limit)");
                     }
                 } else {
-                    self.log_handshake_failure(format!("in:{ip}"), &send_back_addr.to_string(), &error_chain(&error));
+                    let cause = error_chain(&error);
+                    if secret_suspected(&cause) {
+                        self.log_handshake_failure(format!("in:{ip}"), &send_back_addr.to_string(), &cause);
+                    } else {
+                        debug!(remote = %send_back_addr, %cause, "incoming handshake failed; the keys matched");
+                    }
                 }
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
@@ -537,12 +542,7 @@ impl EventLoop {
     fn on_dial_error(&mut self, connection_id: ConnectionId, peer: Option<PeerId>, error: &DialError) {
         let now = Instant::now();
         let cause = error_chain(error);
-        // A refused or unreachable address says nothing about secrets; anything that failed
-        // after TCP connected (reset, garbage, timeout) is the signature of a key mismatch.
-        let handshake = matches!(error, DialError::Transport(_))
-            && !["Connection refused", "No route to host", "Network is unreachable", "Cannot assign"]
-                .iter()
-                .any(|s| cause.contains(s));
+        let handshake = matches!(error, DialError::Transport(_)) && secret_suspected(&cause);
         self.found.resolved(connection_id, false, now);
         let mut configured = None;
         for t in &mut self.targets {

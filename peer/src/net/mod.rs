@@ -220,3 +220,22 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     }
     out
 }
+
+/// Whether a failed connection points at a different secret: it failed after TCP connected
+/// (a reset, garbage, a timeout) but before noise could read a message. A refused or
+/// unreachable address says nothing about secrets, and a noise message that arrived whole
+/// but made no sense (snow's "input error", "decrypt error") came through pnet readable, so
+/// both ends hold the same key: on a LAN that is two nodes dialing each other at the same
+/// instant from their listening ports (TCP port reuse), which makes the two dials one TCP
+/// connection on which both ends speak first; the next dial works.
+pub(crate) fn secret_suspected(cause: &str) -> bool {
+    const NOT_THE_SECRET: [&str; 6] = [
+        "Connection refused",
+        "No route to host",
+        "Network is unreachable",
+        "Cannot assign",
+        "input error",
+        "decrypt error",
+    ];
+    !NOT_THE_SECRET.iter().any(|s| cause.contains(s))
+}

@@ -107,3 +107,25 @@ async fn nodes_hold_no_idle_links_to_each_other_but_a_client_link_stays_through_
     assert!(closed.await.is_err(), "the client's link to the node was closed");
     drop((a, b, client));
 }
+
+/// The texts libp2p gave on real failures: a node with another secret (both ends), and two
+/// LAN nodes whose dials crossed (CI, 2026-12-03), which must not warn about secrets.
+#[test]
+fn only_failures_before_noise_could_read_are_blamed_on_the_secret() {
+    let other_secret = [
+        "Listen error: Failed to negotiate transport protocol(s): Multistream select failed: Protocol error: I/O error: Maximum frame length exceeded",
+        "Listen error: Failed to negotiate transport protocol(s): Timeout has been reached",
+        "Failed to negotiate transport protocol(s): [(/ip4/127.0.0.1/tcp/19701: : Handshake failed: Handshake failed: Handshake failed: Connection reset by peer (os error 104))]",
+        "Failed to negotiate transport protocol(s): [(/ip4/127.0.0.1/tcp/19701: : Handshake failed: Handshake failed: Handshake failed: unexpected end of file)]",
+    ];
+    for cause in other_secret {
+        assert!(super::secret_suspected(cause), "{cause}");
+    }
+    let not_the_secret = [
+        "Failed to negotiate transport protocol(s): [(/ip4/10.102.0.3/tcp/9700/p2p/12D3KooWMPV5GYncmQN3EfyPKboiJywwJ9G9wAqfsfhrhmKsx7L6: : Handshake failed: Handshake failed: Handshake failed: input error)]",
+        "Failed to negotiate transport protocol(s): [(/ip4/127.0.0.1/tcp/19701: : Connection refused (os error 111): Connection refused (os error 111): Connection refused (os error 111))]",
+    ];
+    for cause in not_the_secret {
+        assert!(!super::secret_suspected(cause), "{cause}");
+    }
+}
