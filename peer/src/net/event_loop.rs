@@ -220,11 +220,13 @@ impl EventLoop {
         // Buckets come closest first.
         let closest = kad.kbuckets().next().and_then(|b| b.range().0.ilog2());
         let full: Vec<u32> = kad.kbuckets().filter(bucket_full).filter_map(|b| b.range().0.ilog2()).collect();
-        let bucket = refresh.round(Instant::now(), &with_room(closest, &full), rand::random());
-        debug!(?closest, ?bucket, "refreshing the routing table");
-        kad.get_closest_peers(local);
+        let now = Instant::now();
+        let last_dials = refresh.dials();
+        let bucket = refresh.round(now, &with_room(closest, &full), rand::random());
+        debug!(?closest, ?bucket, last_dials, next_in = ?refresh.next().saturating_duration_since(now), "refreshing the routing table");
+        refresh.looking_up(kad.get_closest_peers(local));
         if let Some(b) = bucket {
-            kad.get_closest_peers(key_in_bucket(local, b));
+            refresh.looking_up(kad.get_closest_peers(key_in_bucket(local, b)));
         }
     }
 
@@ -337,6 +339,11 @@ impl EventLoop {
                 self.connections.insert(connection_id, remote.clone());
                 self.dials.remove(&connection_id);
                 self.handshakes += 1;
+                if endpoint.is_dialer()
+                    && let Some(r) = &mut self.refresh
+                {
+                    r.dialed();
+                }
                 let now = Instant::now();
                 self.found.resolved(connection_id, true, now);
                 self.dial_found();
@@ -396,6 +403,9 @@ impl EventLoop {
                 self.relayed_closed(connection_id);
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                if let Some(r) = &mut self.refresh {
+                    r.dialed();
+                }
                 self.on_dial_error(connection_id, peer_id, &error);
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
@@ -629,6 +639,12 @@ impl EventLoop {
                 if !self.kad_server && !self.swarm.is_connected(&peer) {
                     self.found.offer(peer, None, Instant::now());
                     self.dial_found();
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, step, stats, .. }) if step.last => {
+                trace!(?id, requests = stats.num_requests(), "kademlia query done");
+                if let Some(r) = &mut self.refresh {
+                    r.finished(id);
                 }
             }
             BehaviourEvent::Kad(event) => trace!(?event, "kademlia"),

@@ -12,30 +12,73 @@
 //! fails, and the next peer heard of takes its slot), and a lookup into the far half of a
 //! large mesh takes more hops the larger it is. Rounds are spread over 0.5–1.5× the
 //! interval, so nodes started together do not refresh together.
+//!
+//! Even so a lookup asks more peers the larger the mesh (one more hop per doubling), and
+//! each one asked after its link idled out is a fresh handshake, the bulk of an idle node's
+//! CPU: so a round has a budget of [`UPKEEP_DIALS`] dials, and one that cost more puts the
+//! next off in proportion (up to [`MAX_STRETCH`]×). Upkeep per node then stays flat, and the
+//! idle mesh's CPU grows with the node count, not faster; a larger mesh refreshes a little
+//! less often (log2(n)), which costs nothing that matters: a dead entry still leaves at the
+//! first request that fails, and mDNS still tells a node of every LAN newcomer at once.
 
 use libp2p::PeerId;
-use libp2p::kad::KBucketKey;
+use libp2p::kad::{KBucketKey, QueryId};
 use std::time::{Duration, Instant};
 
 /// How often a node refreshes on average (libp2p's bootstrap default).
 pub(crate) const NODE_REFRESH: Duration = Duration::from_secs(300);
 
+/// Dials a round may cost before the next is put off: what a round costs in a mesh of
+/// about 64 nodes (docs/BENCHMARKS.md), where upkeep is a few hundredths of a percent of a
+/// CPU per node.
+pub(crate) const UPKEEP_DIALS: u32 = 16;
+
+/// The most a round's cost stretches the interval: beyond a mesh of many thousands, a
+/// routing table refreshed less than every 20 minutes would lag behind the churn.
+pub(crate) const MAX_STRETCH: u32 = 4;
+
 /// The farthest bucket's index (distances are 256 bits).
 const FARTHEST: u32 = 255;
 
-/// When the next round is due and which bucket it refreshes.
+/// When the next round is due, which bucket it refreshes, and what the last one cost.
 #[derive(Debug)]
 pub(crate) struct Refresh {
     every: Duration,
     next: Instant,
     last_bucket: Option<u32>,
+    /// The round's lookups still running.
+    lookups: Vec<QueryId>,
+    /// Dials made while the last round's lookups ran.
+    dials: u32,
 }
 
 impl Refresh {
     /// The first round comes `jitter(every)` after `now`; `spread` in [0, 1) picks where
     /// in 0.5–1.5× `every` (random in use, fixed in tests).
     pub(crate) fn new(every: Duration, now: Instant, spread: f64) -> Self {
-        Refresh { every, next: now + jittered(every, spread), last_bucket: None }
+        Refresh { every, next: now + jittered(every, spread), last_bucket: None, lookups: Vec::new(), dials: 0 }
+    }
+
+    /// Dials the last round made (so far, if it still runs).
+    pub(crate) fn dials(&self) -> u32 {
+        self.dials
+    }
+
+    /// A lookup of the round just started runs as `id`.
+    pub(crate) fn looking_up(&mut self, id: QueryId) {
+        self.lookups.push(id);
+    }
+
+    /// Query `id` finished (any query: others are ignored).
+    pub(crate) fn finished(&mut self, id: QueryId) {
+        self.lookups.retain(|l| *l != id);
+    }
+
+    /// The node dialed a peer (or failed to): counted against the round if one is running.
+    pub(crate) fn dialed(&mut self) {
+        if !self.lookups.is_empty() {
+            self.dials = self.dials.saturating_add(1);
+        }
     }
 
     /// When the next round is due.
@@ -47,8 +90,13 @@ impl Refresh {
     /// returns the bucket to look up beside the node's own key, the next in turn of
     /// `with_room`: the indices, in increasing order, of the buckets farther than the closest
     /// neighbour's that are not full ([`with_room`] makes it).
+    /// The next round comes later in proportion to what the last cost beyond
+    /// [`UPKEEP_DIALS`] (lookups of the last still running are no longer counted).
     pub(crate) fn round(&mut self, now: Instant, with_room: &[u32], spread: f64) -> Option<u32> {
-        self.next = now + jittered(self.every, spread);
+        let stretch = f64::from(self.dials.clamp(UPKEEP_DIALS, UPKEEP_DIALS * MAX_STRETCH)) / f64::from(UPKEEP_DIALS);
+        self.next = now + jittered(self.every.mul_f64(stretch), spread);
+        self.lookups.clear();
+        self.dials = 0;
         let bucket = self
             .last_bucket
             .and_then(|last| with_room.iter().find(|b| **b > last))
@@ -89,6 +137,7 @@ fn jittered(every: Duration, spread: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use libp2p::kad::{self, store::MemoryStore};
 
     #[test]
     fn rounds_are_spread_over_half_to_one_and_a_half_intervals() {
@@ -101,6 +150,36 @@ mod tests {
         let t1 = r.next();
         r.round(t1, &[], 0.0);
         assert_eq!(r.next(), t1 + Duration::from_secs(150));
+    }
+
+    #[test]
+    fn a_round_that_dialed_past_its_budget_puts_the_next_off_in_proportion() {
+        let t0 = Instant::now();
+        let every = Duration::from_secs(300);
+        let mut r = Refresh::new(every, t0, 0.5);
+        // Query ids come only from a Kademlia behaviour.
+        let mut kad = kad::Behaviour::new(PeerId::random(), MemoryStore::new(PeerId::random()));
+        let mut round = |r: &mut Refresh, dials: u32| {
+            let t = r.next();
+            r.round(t, &[], 0.5);
+            let lookups = [kad.get_closest_peers(PeerId::random()), kad.get_closest_peers(PeerId::random())];
+            lookups.iter().for_each(|id| r.looking_up(*id));
+            for _ in 0..dials {
+                r.dialed();
+            }
+            lookups.iter().for_each(|id| r.finished(*id));
+            // Dials after the round's lookups ended are someone else's.
+            r.dialed();
+            (r.next() - t).as_secs()
+        };
+        // Each call starts a round (returning when the next is due), then makes its dials.
+        // The first round follows no other: the interval.
+        assert_eq!(round(&mut r, UPKEEP_DIALS / 2), 300);
+        // Its 8 dials were within budget; the next 24 were 1.5 times over, and so on.
+        assert_eq!(round(&mut r, UPKEEP_DIALS * 3 / 2), 300);
+        assert_eq!(round(&mut r, 1000), 450);
+        assert_eq!(round(&mut r, 0), 300 * u64::from(MAX_STRETCH));
+        assert_eq!(round(&mut r, 0), 300);
     }
 
     #[test]
