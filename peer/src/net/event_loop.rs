@@ -173,7 +173,14 @@ impl EventLoop {
                     self.refresh_routes();
                     refresh_timer.as_mut().reset(refresh_at(&self.refresh));
                 }
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                event = self.swarm.select_next_some() => {
+                    self.on_swarm_event(event);
+                    // A round that ended over its budget puts the next off.
+                    let at = refresh_at(&self.refresh);
+                    if self.refresh.is_some() && refresh_timer.deadline() != at {
+                        refresh_timer.as_mut().reset(at);
+                    }
+                }
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Shutdown) | None => break,
                     Some(cmd) => self.on_command(cmd),
@@ -221,9 +228,8 @@ impl EventLoop {
         let closest = kad.kbuckets().next().and_then(|b| b.range().0.ilog2());
         let full: Vec<u32> = kad.kbuckets().filter(bucket_full).filter_map(|b| b.range().0.ilog2()).collect();
         let now = Instant::now();
-        let last_dials = refresh.dials();
         let bucket = refresh.round(now, &with_room(closest, &full), rand::random());
-        debug!(?closest, ?bucket, last_dials, next_in = ?refresh.next().saturating_duration_since(now), "refreshing the routing table");
+        debug!(?closest, ?bucket, next_in = ?refresh.next().saturating_duration_since(now), "refreshing the routing table");
         refresh.looking_up(kad.get_closest_peers(local));
         if let Some(b) = bucket {
             refresh.looking_up(kad.get_closest_peers(key_in_bucket(local, b)));
@@ -643,8 +649,11 @@ impl EventLoop {
             }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, step, stats, .. }) if step.last => {
                 trace!(?id, requests = stats.num_requests(), "kademlia query done");
-                if let Some(r) = &mut self.refresh {
-                    r.finished(id);
+                if let Some(r) = &mut self.refresh
+                    && let Some(dials) = r.finished(id)
+                {
+                    let next_in = r.next().saturating_duration_since(Instant::now());
+                    debug!(dials, ?next_in, "routing table refreshed");
                 }
             }
             BehaviourEvent::Kad(event) => trace!(?event, "kademlia"),

@@ -46,6 +46,9 @@ pub(crate) struct Refresh {
     every: Duration,
     next: Instant,
     last_bucket: Option<u32>,
+    /// When the last round started, and its `spread`.
+    started: Instant,
+    spread: f64,
     /// The round's lookups still running.
     lookups: Vec<QueryId>,
     /// Dials made while the last round's lookups ran.
@@ -56,12 +59,15 @@ impl Refresh {
     /// The first round comes `jitter(every)` after `now`; `spread` in [0, 1) picks where
     /// in 0.5–1.5× `every` (random in use, fixed in tests).
     pub(crate) fn new(every: Duration, now: Instant, spread: f64) -> Self {
-        Refresh { every, next: now + jittered(every, spread), last_bucket: None, lookups: Vec::new(), dials: 0 }
-    }
-
-    /// Dials the last round made (so far, if it still runs).
-    pub(crate) fn dials(&self) -> u32 {
-        self.dials
+        Refresh {
+            every,
+            next: now + jittered(every, spread),
+            last_bucket: None,
+            started: now,
+            spread,
+            lookups: Vec::new(),
+            dials: 0,
+        }
     }
 
     /// A lookup of the round just started runs as `id`.
@@ -69,9 +75,19 @@ impl Refresh {
         self.lookups.push(id);
     }
 
-    /// Query `id` finished (any query: others are ignored).
-    pub(crate) fn finished(&mut self, id: QueryId) {
+    /// Query `id` finished (any query: others are ignored). When it was the round's last
+    /// lookup, the next round comes later in proportion to what this one cost beyond
+    /// [`UPKEEP_DIALS`]; then returns the round's dials.
+    pub(crate) fn finished(&mut self, id: QueryId) -> Option<u32> {
+        let running = self.lookups.len();
         self.lookups.retain(|l| *l != id);
+        if running == 0 || !self.lookups.is_empty() {
+            return None;
+        }
+        let over = self.dials.clamp(UPKEEP_DIALS, UPKEEP_DIALS * MAX_STRETCH);
+        let stretch = f64::from(over) / f64::from(UPKEEP_DIALS);
+        self.next = self.started + jittered(self.every.mul_f64(stretch), self.spread);
+        Some(self.dials)
     }
 
     /// The node dialed a peer (or failed to): counted against the round if one is running.
@@ -90,11 +106,10 @@ impl Refresh {
     /// returns the bucket to look up beside the node's own key, the next in turn of
     /// `with_room`: the indices, in increasing order, of the buckets farther than the closest
     /// neighbour's that are not full ([`with_room`] makes it).
-    /// The next round comes later in proportion to what the last cost beyond
-    /// [`UPKEEP_DIALS`] (lookups of the last still running are no longer counted).
+    /// Lookups of the last round still running are no longer counted.
     pub(crate) fn round(&mut self, now: Instant, with_room: &[u32], spread: f64) -> Option<u32> {
-        let stretch = f64::from(self.dials.clamp(UPKEEP_DIALS, UPKEEP_DIALS * MAX_STRETCH)) / f64::from(UPKEEP_DIALS);
-        self.next = now + jittered(self.every.mul_f64(stretch), spread);
+        self.next = now + jittered(self.every, spread);
+        (self.started, self.spread) = (now, spread);
         self.lookups.clear();
         self.dials = 0;
         let bucket = self
@@ -167,19 +182,28 @@ mod tests {
             for _ in 0..dials {
                 r.dialed();
             }
-            lookups.iter().for_each(|id| r.finished(*id));
+            lookups.iter().for_each(|id| {
+                r.finished(*id);
+            });
             // Dials after the round's lookups ended are someone else's.
             r.dialed();
             (r.next() - t).as_secs()
         };
-        // Each call starts a round (returning when the next is due), then makes its dials.
-        // The first round follows no other: the interval.
+        // Each call runs a round of so many dials and returns when the next is due.
         assert_eq!(round(&mut r, UPKEEP_DIALS / 2), 300);
-        // Its 8 dials were within budget; the next 24 were 1.5 times over, and so on.
-        assert_eq!(round(&mut r, UPKEEP_DIALS * 3 / 2), 300);
-        assert_eq!(round(&mut r, 1000), 450);
-        assert_eq!(round(&mut r, 0), 300 * u64::from(MAX_STRETCH));
+        assert_eq!(round(&mut r, UPKEEP_DIALS), 300);
+        assert_eq!(round(&mut r, UPKEEP_DIALS * 3 / 2), 450);
+        assert_eq!(round(&mut r, 1000), 300 * u64::from(MAX_STRETCH));
         assert_eq!(round(&mut r, 0), 300);
+        // Until its lookups end, a round is due as if it were within budget.
+        r.round(r.next(), &[], 0.5);
+        let id = kad.get_closest_peers(PeerId::random());
+        r.looking_up(id);
+        (0..100).for_each(|_| r.dialed());
+        let t = r.next();
+        assert_eq!(r.finished(id), Some(100));
+        assert_eq!(r.next() - t, Duration::from_secs(900));
+        assert_eq!(r.finished(id), None, "a round ends once");
     }
 
     #[test]
