@@ -30,6 +30,8 @@ pub struct NodeMetrics {
     bytes_staged: Counter,
     bytes_returned: Counter,
     handshake_failures: Counter,
+    refreshes: Counter,
+    refresh_dials: Counter,
     uptime: Gauge<f64, AtomicU64>,
 }
 
@@ -66,6 +68,12 @@ impl NodeMetrics {
         self.handshake_failures.inc();
     }
 
+    /// A routing-table refresh round ended, having made `dials` dials.
+    pub fn refreshed(&self, dials: u32) {
+        self.refreshes.inc();
+        self.refresh_dials.inc_by(u64::from(dials));
+    }
+
     fn register(&self, r: &mut Registry) {
         r.register("dispy_jobs_started", "Jobs that took a CPU slot", self.jobs_started.clone());
         r.register(
@@ -82,6 +90,12 @@ impl NodeMetrics {
             "dispy_handshake_failures",
             "Connections whose secure handshake failed (another secret, or not a dispy peer)",
             self.handshake_failures.clone(),
+        );
+        r.register("dispy_routing_refreshes", "Routing-table refresh rounds ended", self.refreshes.clone());
+        r.register(
+            "dispy_routing_refresh_dials",
+            "Dials made by refresh rounds (a round over its budget puts the next off)",
+            self.refresh_dials.clone(),
         );
         r.register("dispy_uptime_seconds", "Seconds since the node started", self.uptime.clone());
     }

@@ -654,6 +654,9 @@ impl EventLoop {
                 {
                     let next_in = r.next().saturating_duration_since(Instant::now());
                     debug!(dials, ?next_in, "routing table refreshed");
+                    if let Some(m) = &self.metrics {
+                        m.node.refreshed(dials);
+                    }
                 }
             }
             BehaviourEvent::Kad(event) => trace!(?event, "kademlia"),
