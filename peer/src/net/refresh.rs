@@ -28,9 +28,10 @@ use std::time::{Duration, Instant};
 /// How often a node refreshes on average (libp2p's bootstrap default).
 pub(crate) const NODE_REFRESH: Duration = Duration::from_secs(300);
 
-/// Dials a round may cost before the next is put off: what a round costs in a mesh of
-/// about 64 nodes (docs/BENCHMARKS.md), where upkeep is a few hundredths of a percent of a
-/// CPU per node.
+/// Dials a round may cost before the next is put off: about 0.1 s of CPU per interval at
+/// ~7 ms a handshake (both ends), i.e. ~0.06 % of a CPU per node. Rounds cost ~7 dials at 8
+/// nodes, 25 at 32, 31 at 64, 41 at 256 (docs/BENCHMARKS.md): from ~16 nodes on, a node
+/// spends this budget and no more.
 pub(crate) const UPKEEP_DIALS: u32 = 16;
 
 /// The most a round's cost stretches the interval: beyond a mesh of many thousands, a
