@@ -340,16 +340,18 @@ impl EventLoop {
                 let addr = address.with(Protocol::P2p(local));
                 self.emit(NetEvent::Listening { addr });
             }
+            // Counted as dials start: a lookup's last dials land after it ends (within
+            // milliseconds, at 128 nodes 6 % of them), and are its cost all the same.
+            SwarmEvent::Dialing { .. } => {
+                if let Some(r) = &mut self.refresh {
+                    r.dialed();
+                }
+            }
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
                 let remote = endpoint.get_remote_address().clone();
                 self.connections.insert(connection_id, remote.clone());
                 self.dials.remove(&connection_id);
                 self.handshakes += 1;
-                if endpoint.is_dialer()
-                    && let Some(r) = &mut self.refresh
-                {
-                    r.dialed();
-                }
                 let now = Instant::now();
                 self.found.resolved(connection_id, true, now);
                 self.dial_found();
@@ -409,9 +411,6 @@ impl EventLoop {
                 self.relayed_closed(connection_id);
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
-                if let Some(r) = &mut self.refresh {
-                    r.dialed();
-                }
                 self.on_dial_error(connection_id, peer_id, &error);
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {

@@ -52,7 +52,7 @@ pub(crate) struct Refresh {
     spread: f64,
     /// The round's lookups still running.
     lookups: Vec<QueryId>,
-    /// Dials made while the last round's lookups ran.
+    /// Dials started while the last round's lookups ran.
     dials: u32,
 }
 
@@ -91,7 +91,7 @@ impl Refresh {
         Some(self.dials)
     }
 
-    /// The node dialed a peer (or failed to): counted against the round if one is running.
+    /// The node started a dial: counted against the round if one is running.
     pub(crate) fn dialed(&mut self) {
         if !self.lookups.is_empty() {
             self.dials = self.dials.saturating_add(1);
